@@ -1,0 +1,12 @@
+"""tumorlib: 3D brain-tumour segmentation on BraTS2020 with a 3D U-Net.
+
+Stages mirror the notebooks: ``data`` (01 explore, 02 cache), ``bench`` (03), ``model``/``losses``/``train``
+(04), ``inference``/``metrics``/``evaluate`` (05) and ``viz`` (06). Configuration lives in ``config``.
+"""
+
+from __future__ import annotations
+
+from tumorlib.config import Config, get_config, load_config, workspace
+
+__version__ = "0.1.0"
+__all__ = ["Config", "get_config", "load_config", "workspace", "__version__"]

@@ -1,0 +1,7 @@
+"""``python -m tumorlib`` runs the command line."""
+
+import sys
+
+from tumorlib.cli import main
+
+sys.exit(main())

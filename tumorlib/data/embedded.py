@@ -1,0 +1,52 @@
+"""The data folder of a config: ``TUMORLIB_DATA`` if set, else the embedded set, generated on first use."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from tumorlib.config import Config, workspace
+from tumorlib.data.kaggle import list_volumes
+from tumorlib.data.synthetic import make_synthetic
+
+__all__ = ["ensure_data", "SYNTH_MARKER"]
+
+SYNTH_MARKER = "tumorlib_synthetic.json"
+
+
+def ensure_data(config: Config, progress: bool = True) -> Path:
+    """The data folder for ``config``, generating the embedded dataset when it is missing.
+
+    With ``TUMORLIB_DATA`` set, that folder is checked (it must hold Kaggle-format volumes) and
+    returned. Otherwise the embedded set described by ``config.synth_volumes``, ``synth_shape`` and
+    ``synth_seed`` is written once into the workspace's data folder: first into a temporary sibling,
+    then renamed, so an interrupted generation never leaves a half-written set behind.
+
+    Args:
+        config: the run's config.
+        progress: show a progress bar while generating.
+
+    Returns:
+        The dataset root (pass it to ``list_volumes``/``load_volume``).
+
+    Raises:
+        FileNotFoundError: ``TUMORLIB_DATA`` points at a folder without volumes.
+    """
+    ws = workspace(config)
+    if not ws.synthetic:
+        list_volumes(ws.data_dir)
+        return ws.data_dir
+    marker = ws.data_dir / SYNTH_MARKER
+    params = {"volumes": config.synth_volumes, "shape": list(config.synth_shape), "seed": config.synth_seed}
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        return ws.data_dir
+    tmp = ws.data_dir.with_name(ws.data_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_synthetic(tmp, config.synth_volumes, config.synth_shape, seed=config.synth_seed, progress=progress)
+    (tmp / SYNTH_MARKER).write_text(json.dumps(params))
+    shutil.rmtree(ws.data_dir, ignore_errors=True)
+    ws.data_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, ws.data_dir)
+    return ws.data_dir

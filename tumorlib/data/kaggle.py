@@ -1,0 +1,223 @@
+"""Reader for the Kaggle BraTS2020 per-slice HDF5 layout (``awsaf49/brats2020-training-data``).
+
+Each volume is stored as files ``volume_{id}_slice_{s}.h5`` with datasets ``image`` (H, W, 4) float64
+(T1, T1ce, T2, FLAIR) and ``mask`` (H, W, 3) uint8 (necrosis/NET, edema, enhancing). The reader finds
+them below any root (for example kagglehub's download folder), checks them and stacks them into
+channel-first volumes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "KAGGLE_DATASET",
+    "MODALITIES",
+    "CLASS_NAMES",
+    "download_brats2020",
+    "find_slices",
+    "list_volumes",
+    "load_metadata",
+    "load_volume",
+]
+
+KAGGLE_DATASET = "awsaf49/brats2020-training-data"
+MODALITIES = ("T1", "T1ce", "T2", "FLAIR")
+CLASS_NAMES = ("necrosis", "edema", "enhancing")
+_SLICE_RE = re.compile(r"^volume_(\d+)_slice_(\d+)\.h5$")
+
+
+def find_slices(root: str | os.PathLike) -> dict[int, dict[int, Path]]:
+    """Every ``volume_{id}_slice_{s}.h5`` below ``root``.
+
+    Args:
+        root: any folder above the slice files.
+
+    Returns:
+        ``{volume_id: {slice_index: path}}``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ValueError: the same slice found twice in different folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    found: dict[int, dict[int, Path]] = {}
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            match = _SLICE_RE.match(name)
+            if not match:
+                continue
+            vid, s = int(match.group(1)), int(match.group(2))
+            path = Path(folder) / name
+            slices = found.setdefault(vid, {})
+            if s in slices:
+                raise ValueError(f"volume {vid}: slice {s} found twice: {slices[s]} and {path}")
+            slices[s] = path
+    return found
+
+
+def list_volumes(root: str | os.PathLike) -> list[int]:
+    """The volume ids present below ``root``, sorted (they need not start at 1 or be contiguous).
+
+    Raises:
+        FileNotFoundError: ``root`` is missing or holds no ``volume_*_slice_*.h5`` files.
+    """
+    ids = sorted(find_slices(root))
+    if not ids:
+        raise FileNotFoundError(f"no volume_{{id}}_slice_{{s}}.h5 files below {root}")
+    return ids
+
+
+def _volume_slices(root: str | os.PathLike, volume_id: int) -> list[Path]:
+    """The slice files of one volume in index order, checked for gaps."""
+    found = find_slices(root)
+    if not found:
+        raise FileNotFoundError(f"no volume_{{id}}_slice_{{s}}.h5 files below {root}")
+    if volume_id not in found:
+        raise KeyError(f"volume {volume_id} not found below {root} "
+                       f"(present: {min(found)}..{max(found)}, {len(found)} volumes)")
+    slices = found[volume_id]
+    n = max(slices) + 1
+    missing = sorted(set(range(n)) - set(slices))
+    if missing:
+        folder = slices[max(slices)].parent
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise ValueError(f"volume {volume_id}: slice(s) {shown} missing in {folder} "
+                         f"(found {len(slices)} of {n})")
+    return [slices[s] for s in range(n)]
+
+
+def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One slice's (image (H, W, 4), mask (H, W, 3)) with checks that name the file."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise OSError(f"{path}: unreadable HDF5 file ({err})") from err
+    with f:
+        for key in ("image", "mask"):
+            if key not in f:
+                raise KeyError(f"{path}: no '{key}' dataset (has: {', '.join(f.keys()) or 'nothing'})")
+        image, mask = f["image"][()], f["mask"][()]
+    if image.ndim != 3 or image.shape[2] != 4:
+        raise ValueError(f"{path}: image must be (H, W, 4) (T1, T1ce, T2, FLAIR), got {image.shape}")
+    if mask.ndim != 3 or mask.shape[2] != 3:
+        raise ValueError(f"{path}: mask must be (H, W, 3) (necrosis, edema, enhancing), got {mask.shape}")
+    if mask.shape[:2] != image.shape[:2]:
+        raise ValueError(f"{path}: image {image.shape} and mask {mask.shape} differ in size")
+    return image, mask
+
+
+def load_volume(root: str | os.PathLike, volume_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read one volume from its HDF5 slices.
+
+    Args:
+        root: any folder above the slice files.
+        volume_id: the id in ``volume_{id}_slice_{s}.h5``.
+
+    Returns:
+        image: (4, D, H, W) float32, channels T1, T1ce, T2, FLAIR, D = number of slices in index order.
+        mask: (3, D, H, W) uint8 in {0, 1}, channels necrosis/NET, edema, enhancing.
+
+    Raises:
+        KeyError: unknown volume id, or a slice without ``image``/``mask`` (names the file).
+        ValueError: a gap in the slice numbering, slices of different shapes, wrong channel counts,
+            NaN/inf intensities or mask values other than 0/1 (each names the file).
+        OSError: an unreadable file (names it).
+    """
+    paths = _volume_slices(root, volume_id)
+    image = mask = None
+    for s, path in enumerate(paths):
+        img_s, mask_s = _read_slice(path)
+        if image is None:
+            h, w = img_s.shape[:2]
+            image = np.empty((4, len(paths), h, w), np.float32)
+            mask = np.empty((3, len(paths), h, w), np.uint8)
+        elif img_s.shape[:2] != image.shape[2:]:
+            raise ValueError(f"{path}: slice is {img_s.shape[:2]} but earlier slices of volume "
+                             f"{volume_id} are {image.shape[2:]}")
+        if not np.isfinite(img_s).all():
+            raise ValueError(f"{path}: image holds NaN or inf values")
+        if mask_s.max(initial=0) > 1 or mask_s.min(initial=0) < 0:
+            raise ValueError(f"{path}: mask values must be 0 or 1, found {np.unique(mask_s)[:8]}")
+        image[:, s] = np.moveaxis(img_s, -1, 0)
+        mask[:, s] = np.moveaxis(mask_s, -1, 0)
+    return image, mask
+
+
+def _find_file(root: Path, name: str) -> Path | None:
+    hits = sorted(root.rglob(name))
+    return hits[0] if hits else None
+
+
+def load_metadata(root: str | os.PathLike) -> pd.DataFrame:
+    """The per-slice metadata table, joined with the per-patient CSVs where present.
+
+    Reads ``meta_data.csv`` (slice_path, target, volume, slice) and, when found, ``name_mapping.csv``
+    (Grade, BraTS_2020_subject_ID, ...) and ``survival_info.csv`` (Age, Survival_days, ...), matched to
+    volumes by the subject number (``BraTS20_Training_007`` is volume 7).
+
+    Args:
+        root: any folder above the CSVs.
+
+    Returns:
+        One row per slice, sorted by volume and slice.
+
+    Raises:
+        FileNotFoundError: no ``meta_data.csv`` below ``root``.
+        ValueError: ``meta_data.csv`` lacks one of its columns (names the file).
+    """
+    root = Path(root)
+    meta_path = _find_file(root, "meta_data.csv")
+    if meta_path is None:
+        raise FileNotFoundError(f"no meta_data.csv below {root}")
+    meta = pd.read_csv(meta_path)
+    required = {"slice_path", "target", "volume", "slice"}
+    if not required <= set(meta.columns):
+        raise ValueError(f"{meta_path}: needs columns {sorted(required)}, has {list(meta.columns)}")
+    names_path = _find_file(meta_path.parent, "name_mapping.csv") or _find_file(root, "name_mapping.csv")
+    if names_path is not None:
+        names = pd.read_csv(names_path)
+        if "BraTS_2020_subject_ID" in names.columns:
+            names["volume"] = names["BraTS_2020_subject_ID"].str.extract(r"(\d+)$")[0].astype(int)
+            keep = [c for c in ("volume", "Grade", "BraTS_2020_subject_ID") if c in names.columns]
+            meta = meta.merge(names[keep], on="volume", how="left")
+    surv_path = _find_file(meta_path.parent, "survival_info.csv") or _find_file(root, "survival_info.csv")
+    if surv_path is not None and "BraTS_2020_subject_ID" in meta.columns:
+        surv = pd.read_csv(surv_path)
+        if "Brats20ID" in surv.columns:
+            surv = surv.rename(columns={"Brats20ID": "BraTS_2020_subject_ID"})
+            meta = meta.merge(surv, on="BraTS_2020_subject_ID", how="left")
+    return meta.sort_values(["volume", "slice"], ignore_index=True)
+
+
+def download_brats2020(dataset: str = KAGGLE_DATASET) -> Path:
+    """Download BraTS2020 from Kaggle with ``kagglehub`` (``pip install tumorlib[kaggle]``).
+
+    Needs Kaggle credentials (``~/.kaggle/kaggle.json`` or ``KAGGLE_USERNAME``/``KAGGLE_KEY``) and
+    about 7 GB of disk. kagglehub caches the download, so a second call returns at once.
+
+    Args:
+        dataset: the Kaggle dataset handle.
+
+    Returns:
+        The downloaded folder; pass it as ``TUMORLIB_DATA`` or ``--data``.
+
+    Raises:
+        ImportError: kagglehub is not installed.
+        FileNotFoundError: the download holds no ``volume_*_slice_*.h5`` files.
+    """
+    try:
+        import kagglehub
+    except ImportError as err:
+        raise ImportError("downloading BraTS2020 needs kagglehub: pip install 'tumorlib[kaggle]'") from err
+    path = Path(kagglehub.dataset_download(dataset))
+    list_volumes(path)  # fails with a clear message if the download is not the expected layout
+    return path

@@ -1,0 +1,69 @@
+"""Execute the numbered notebooks headless and collect them with their figures in one folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+__all__ = ["find_notebooks", "run_notebooks"]
+
+
+def find_notebooks(notebook_dir: str | os.PathLike) -> list[Path]:
+    """The ``NN_name.ipynb`` notebooks of a folder in their numbered order.
+
+    Raises:
+        FileNotFoundError: the folder holds no numbered notebooks.
+    """
+    folder = Path(notebook_dir)
+    found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
+    return found
+
+
+def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, timeout: int = 1800,
+                  only: list[str] | None = None, quiet: bool = False) -> list[Path]:
+    """Run each notebook top to bottom in a fresh kernel and save the executed copies.
+
+    The notebooks read ``TUMORLIB_PRESET`` and ``TUMORLIB_OUT`` from the environment, so their data,
+    cache, run and figures land under the output folder too; the figures are copied to
+    ``out_dir/figures`` by the notebooks themselves through the workspace.
+
+    Args:
+        notebook_dir: folder with ``01_explore.ipynb`` ... ``06_visualize.ipynb``.
+        out_dir: where the executed notebooks are written.
+        timeout: seconds allowed per cell.
+        only: notebook name prefixes to run (e.g. ``["01", "02"]``); None runs all.
+        quiet: print nothing.
+
+    Returns:
+        The executed notebook paths.
+
+    Raises:
+        nbclient.exceptions.CellExecutionError: a cell failed (the partial notebook is still saved).
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notebooks = find_notebooks(notebook_dir)
+    if only:
+        notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in only)]
+    written = []
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent.resolve())}})
+        start = time.perf_counter()
+        target = out_dir / path.name
+        try:
+            client.execute()
+        finally:
+            nbformat.write(nb, target)
+        written.append(target)
+        if not quiet:
+            print(f"{path.name}: {time.perf_counter() - start:.0f} s -> {target}", flush=True)
+    return written
