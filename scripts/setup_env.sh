@@ -34,7 +34,7 @@ PYEOF
       spec=("torch==2.13.0"); args=()
     fi
   fi
-  "${PIP[@]}" "${args[@]}" "${spec[@]}" 2>&1 | grep -v "is ignored: it is neither" || true
+  "${PIP[@]}" "${args[@]}" "${spec[@]}" numpy 2>&1 | grep -v "is ignored: it is neither" || true
   "$VENV/bin/python" -c "import torch" || { echo "[setup] torch install failed" >&2; exit 1; }
 fi
 
