@@ -1,0 +1,107 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Explore the BraTS2020 data
+#
+# BraTS2020 gives four MRI modalities per patient — **T1**, **T1ce** (T1 after contrast agent),
+# **T2** and **FLAIR** — and a segmentation of three tumour sub-regions: **necrosis / non-enhancing
+# core**, **edema** and **enhancing tumour**. The Kaggle copy (`awsaf49/brats2020-training-data`)
+# stores each of the 369 volumes as 155 axial slices, one HDF5 file per slice
+# (`volume_{id}_slice_{s}.h5`, `image` 240×240×4 float64, `mask` 240×240×3 uint8).
+#
+# This notebook reads that layout through `tumorlib.data` and looks at what makes the task hard:
+# tumour is a small fraction of the brain, and each sub-region stands out in a different modality.
+#
+# **Data.** Without `TUMORLIB_DATA`, tumorlib generates its embedded dataset on first use:
+# deterministic brain phantoms written in the exact Kaggle layout, so everything runs offline.
+# Point `TUMORLIB_DATA` at a real download (see the README) to explore BraTS itself.
+
+# %%
+import os
+
+import matplotlib
+
+import tumorlib
+from tumorlib import data, viz
+
+matplotlib.rcParams["figure.dpi"] = 80
+
+# %% tags=["parameters"]
+PRESET = os.environ.get("TUMORLIB_PRESET", "demo")  # ci, demo or full
+config = tumorlib.get_config(PRESET)
+ws = tumorlib.workspace(config)
+SAMPLE_VOLUME = None  # a volume id to show; None picks the first one
+ws.fig_dir.mkdir(parents=True, exist_ok=True)
+
+# %% tags=["nbval-ignore-output"]
+data_dir = data.ensure_data(config)  # generates the embedded set on first use
+print("data folder:", data_dir, "(embedded synthetic set)" if ws.synthetic else "")
+
+# %% [markdown]
+# ## Metadata
+# `meta_data.csv` lists every slice with a `target` flag (any tumour on the slice); `name_mapping.csv`
+# and `survival_info.csv` add the grade and survival per patient. `load_metadata` joins them.
+
+# %%
+meta = data.load_metadata(data_dir)
+volume_ids = data.list_volumes(data_dir)
+print(f"volumes: {len(volume_ids)}  slices: {len(meta)}  slices with tumour: {int(meta.target.sum())} "
+      f"({meta.target.mean():.1%})")
+meta.groupby("volume").agg(slices=("slice", "size"), tumour_slices=("target", "sum")).head()
+
+# %% [markdown]
+# ## How much of the brain is tumour?
+# Fractions are over **brain** voxels (nonzero in any modality), not the whole 240×240×155 box,
+# most of which is background. The seed quotes about 3 % necrosis, 15 % edema and 1 % enhancing on
+# real BraTS. Small classes are why training samples patches *centred on tumour* 60 % of the time,
+# and why the loss weights enhancing (2.0) and necrosis (1.5) above edema (1.0).
+
+# %%
+stats = data.volume_stats(data_dir, volume_ids)
+stats.round(4).head(8)
+
+# %%
+stats[list(data.CLASS_NAMES)].describe().loc[["mean", "std", "min", "max"]].round(4)
+
+# %%
+fig = viz.plot_class_fractions(stats[["volume", *data.CLASS_NAMES]],
+                               reference={"necrosis": 0.03, "edema": 0.15, "enhancing": 0.01})
+fig.savefig(ws.fig_dir / "class_fractions.png", bbox_inches="tight")
+fig
+
+# %% [markdown]
+# ## Intensities per modality
+# Raw intensities have no fixed scale across scanners (and across modalities), which is why the cache
+# (notebook 02) z-scores every channel over brain voxels. Each tumour class separates from healthy
+# tissue in some modality: enhancing tumour on T1ce, edema on FLAIR and T2, necrosis dark on T1.
+
+# %%
+sample_id = SAMPLE_VOLUME or volume_ids[0]
+image, mask = data.load_volume(data_dir, sample_id)
+print(f"volume {sample_id}: image {image.shape} {image.dtype}, mask {mask.shape} {mask.dtype}")
+fig = viz.plot_intensity_histograms(image, masks=mask)
+fig.savefig(ws.fig_dir / "intensity_histograms.png", bbox_inches="tight")
+fig
+
+# %% [markdown]
+# ## One slice, four modalities, three masks
+# The axial slice with the most tumour, each modality with its own intensity window, the three
+# class masks and their overlay on FLAIR.
+
+# %%
+fig = viz.plot_sample_slice(image, mask, title=f"volume {sample_id}")
+fig.savefig(ws.fig_dir / "sample_slice.png", bbox_inches="tight")
+fig

@@ -1,0 +1,74 @@
+"""Figures and the interactive three-plane viewer, with one colour scheme for the tumour classes.
+
+- ``tumorlib.viz.colors``: class and error colours, legends, mask conversions.
+- ``tumorlib.viz.render``: numpy windowing, slicing and overlays shared by figures and viewer.
+- ``tumorlib.viz.figures``: static matplotlib figures (sample slice, class fractions, histograms, three
+  views, predictions, training curves).
+- ``tumorlib.viz.viewer``: ``ThreePlaneViewer`` (ipywidgets) and ``benchmark_viewer``; imported on first
+  use so that ``import tumorlib.viz`` stays light (no ipywidgets) for training scripts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tumorlib.viz.colors import (
+    CLASS_COLORS,
+    CLASS_KEYS,
+    CLASS_NAMES,
+    ERROR_COLORS,
+    ERROR_NAMES,
+    MODALITIES,
+    add_class_legend,
+    class_legend_handles,
+    error_legend_handles,
+    error_map,
+    to_label_map,
+)
+from tumorlib.viz.figures import (
+    class_fractions,
+    plot_class_fractions,
+    plot_intensity_histograms,
+    plot_predictions,
+    plot_sample_slice,
+    plot_three_views,
+    plot_training_curves,
+    tumor_slice,
+)
+from tumorlib.viz.render import center_of_mass, render_plane
+
+__all__ = [
+    "CLASS_COLORS",
+    "CLASS_KEYS",
+    "CLASS_NAMES",
+    "ERROR_COLORS",
+    "ERROR_NAMES",
+    "MODALITIES",
+    "ThreePlaneViewer",
+    "add_class_legend",
+    "benchmark_viewer",
+    "center_of_mass",
+    "class_fractions",
+    "class_legend_handles",
+    "error_legend_handles",
+    "error_map",
+    "plot_class_fractions",
+    "plot_intensity_histograms",
+    "plot_predictions",
+    "plot_sample_slice",
+    "plot_three_views",
+    "plot_training_curves",
+    "render_plane",
+    "to_label_map",
+    "tumor_slice",
+]
+
+_LAZY = {"ThreePlaneViewer", "benchmark_viewer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from tumorlib.viz import viewer
+
+        return getattr(viewer, name)
+    raise AttributeError(f"module 'tumorlib.viz' has no attribute {name!r}")

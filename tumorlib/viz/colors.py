@@ -1,0 +1,198 @@
+"""One colour scheme for the three tumour classes, the error colours, and the helpers that paint them.
+
+The class colours come from the Okabe-Ito palette, chosen to stay distinguishable with the common
+colour-vision deficiencies and on a grey MRI background: necrosis vermillion, edema bluish green,
+enhancing yellow. False positives are magenta, false negatives cyan, and voxels that are tumour in both
+but of a different class are white.
+
+Masks arrive in two forms, both accepted everywhere:
+
+- class channels ``(3, ...)``: binary (or probabilities, thresholded at 0.5) in the order necrosis,
+  edema, enhancing, as ``tumorlib.data.load_volume`` returns them;
+- a label map ``(...)`` of integers 0 background, 1 necrosis, 2 edema, 3 enhancing (BraTS label 4 is
+  read as enhancing too).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "CLASS_COLORS",
+    "CLASS_KEYS",
+    "CLASS_NAMES",
+    "ERROR_COLORS",
+    "ERROR_NAMES",
+    "MODALITIES",
+    "add_class_legend",
+    "class_legend_handles",
+    "error_legend_handles",
+    "error_map",
+    "to_label_map",
+    "to_numpy",
+]
+
+#: Channel order of ``image`` (4, D, H, W).
+MODALITIES: tuple[str, ...] = ("T1", "T1ce", "T2", "FLAIR")
+
+#: Short keys of the three classes, as used in column names (``dice_ncr``, ``val_dice_ed``, ...).
+CLASS_KEYS: tuple[str, ...] = ("ncr", "ed", "et")
+
+#: Human-readable class names, in mask channel order.
+CLASS_NAMES: tuple[str, ...] = ("necrosis", "edema", "enhancing")
+
+#: RGB in 0..255 per class, in mask channel order (Okabe-Ito vermillion, bluish green, yellow).
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((213, 94, 0), (0, 158, 115), (240, 228, 66))
+
+#: Names of the error categories drawn by the viewer's "errors" overlay, in ``error_map`` code order 1..3.
+ERROR_NAMES: tuple[str, ...] = ("false positive", "false negative", "wrong class")
+
+#: RGB in 0..255 per error category: magenta, cyan, white.
+ERROR_COLORS: tuple[tuple[int, int, int], ...] = ((255, 0, 255), (0, 255, 255), (255, 255, 255))
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Return ``x`` as a numpy array; torch tensors are detached and moved to the CPU first.
+
+    Args:
+        x: array-like or ``torch.Tensor``.
+
+    Returns:
+        ``np.ndarray`` view or copy of ``x``.
+    """
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        x = x.detach().cpu()
+        if str(getattr(x, "dtype", "")) in ("torch.bfloat16", "torch.float16"):
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def to_label_map(mask: Any, spatial_ndim: int | None = None) -> np.ndarray:
+    """Turn a mask into a label map 0 background, 1 necrosis, 2 edema, 3 enhancing.
+
+    Args:
+        mask: class channels ``(3, *spatial)`` (binary, boolean, or probabilities thresholded at 0.5) or a
+            label map ``(*spatial)`` with values in {0, 1, 2, 3} or BraTS labels {0, 1, 2, 4}.
+        spatial_ndim: number of spatial axes expected (3 for a volume, 2 for a slice); ``None`` guesses:
+            a leading axis of length 3 with 3 or more axes in total means class channels.
+
+    Returns:
+        ``(*spatial)`` uint8 label map. Where channels overlap, enhancing wins over necrosis over edema
+        (the rule ``tumorlib predict`` uses).
+
+    Raises:
+        ValueError: if the shape or the label values cannot be read as a mask.
+    """
+    arr = to_numpy(mask)
+    channels = arr.ndim >= 3 and arr.shape[0] == 3
+    if spatial_ndim is not None:
+        if arr.ndim == spatial_ndim + 1:
+            channels = True
+        elif arr.ndim == spatial_ndim:
+            channels = False
+        else:
+            raise ValueError(
+                f"mask of shape {arr.shape}: expected (3, {spatial_ndim} spatial axes) class channels "
+                f"or a {spatial_ndim}-D label map"
+            )
+    if channels:
+        if arr.shape[0] != 3:
+            raise ValueError(f"mask of shape {arr.shape}: class channels must be 3 (necrosis, edema, enhancing)")
+        on = arr > 0.5 if arr.dtype.kind == "f" else arr != 0
+        labels = np.zeros(arr.shape[1:], dtype=np.uint8)
+        for cls in (1, 0, 2):  # edema, then necrosis, then enhancing: the last written wins
+            labels[on[cls]] = cls + 1
+        return labels
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"label map of shape {arr.shape} holds non-integer values")
+    labels = arr.astype(np.int64, copy=False)
+    bad = ~np.isin(labels, (0, 1, 2, 3, 4))
+    if bad.any():
+        raise ValueError(
+            f"label map of shape {arr.shape} holds value {int(labels[bad].flat[0])}; "
+            "expected 0 background, 1 necrosis, 2 edema, 3 or 4 enhancing"
+        )
+    out = labels.astype(np.uint8)
+    out[out == 4] = 3
+    return out
+
+
+def error_map(gt_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
+    """Classify each voxel of a prediction against the ground truth.
+
+    Args:
+        gt_labels: ``(*spatial)`` label map of the ground truth (see ``to_label_map``).
+        pred_labels: ``(*spatial)`` label map of the prediction, same shape.
+
+    Returns:
+        ``(*spatial)`` uint8: 0 correct (both background or same class), 1 false positive (tumour predicted
+        on background), 2 false negative (tumour missed), 3 wrong class (tumour in both, classes differ).
+
+    Raises:
+        ValueError: if the shapes differ.
+    """
+    if gt_labels.shape != pred_labels.shape:
+        raise ValueError(f"ground truth {gt_labels.shape} and prediction {pred_labels.shape} differ in shape")
+    out = np.zeros(gt_labels.shape, dtype=np.uint8)
+    gt_on = gt_labels > 0
+    pred_on = pred_labels > 0
+    out[pred_on & ~gt_on] = 1
+    out[gt_on & ~pred_on] = 2
+    out[gt_on & pred_on & (gt_labels != pred_labels)] = 3
+    return out
+
+
+def _rgb01(rgb: Sequence[int]) -> tuple[float, float, float]:
+    return (rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0)
+
+
+def class_legend_handles(alpha: float = 1.0) -> list[Any]:
+    """Matplotlib legend handles for the three classes (filled patches in the class colours).
+
+    Args:
+        alpha: opacity of the patches.
+
+    Returns:
+        list of three ``matplotlib.patches.Patch``, necrosis, edema, enhancing.
+    """
+    from matplotlib.patches import Patch
+
+    return [Patch(facecolor=_rgb01(c), edgecolor="none", alpha=alpha, label=n) for n, c in zip(CLASS_NAMES, CLASS_COLORS)]
+
+
+def error_legend_handles() -> list[Any]:
+    """Matplotlib legend handles for the error categories of ``error_map`` (FP, FN, wrong class).
+
+    Returns:
+        list of three ``matplotlib.patches.Patch``.
+    """
+    from matplotlib.patches import Patch
+
+    return [Patch(facecolor=_rgb01(c), edgecolor="0.3", label=n) for n, c in zip(ERROR_NAMES, ERROR_COLORS)]
+
+
+def add_class_legend(target: Any, errors: bool = False, loc: str | None = None, **kwargs: Any) -> Any:
+    """Add the class legend (and optionally the error legend) to a figure or an axes.
+
+    Args:
+        target: ``matplotlib.figure.Figure`` (legend placed below the panels) or ``matplotlib.axes.Axes``.
+        errors: also list the error colours (false positive, false negative, wrong class).
+        loc: legend location; default ``"outside lower center"`` for a figure (below the panels, needs the
+            figure's constrained layout, which all tumorlib figures use) and ``"best"`` for an axes.
+        **kwargs: passed to ``legend``.
+
+    Returns:
+        the ``matplotlib.legend.Legend``.
+    """
+    handles = class_legend_handles() + (error_legend_handles() if errors else [])
+    kwargs.setdefault("frameon", False)
+    if hasattr(target, "add_subplot"):  # a Figure
+        kwargs.setdefault("ncol", len(handles))
+        if loc is None:
+            loc = "outside lower center" if target.get_layout_engine() is not None else "lower center"
+        return target.legend(handles=handles, loc=loc, **kwargs)
+    return target.legend(handles=handles, loc=loc or "best", **kwargs)

@@ -1,0 +1,620 @@
+"""Static matplotlib figures for the notebooks: sample slice, class fractions, intensity histograms,
+three views, predictions on patches, training curves.
+
+Every function returns a ``matplotlib.figure.Figure`` created without pyplot, so nothing accumulates in
+pyplot's figure list and nothing opens a window: in a notebook, show it as the last expression of a cell
+(or with ``IPython.display.display``), save it with ``fig.savefig(path)``. Colours come from
+``tumorlib.viz.colors`` so each class looks the same in every figure and in the viewer.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from tumorlib.viz.colors import (
+    CLASS_COLORS,
+    CLASS_KEYS,
+    CLASS_NAMES,
+    MODALITIES,
+    add_class_legend,
+    to_label_map,
+    to_numpy,
+)
+from tumorlib.viz.render import (
+    brain_mask,
+    center_of_mass,
+    intensity_window,
+    plane_aspect,
+    plane_slice,
+    render_plane,
+    to_uint8,
+)
+
+__all__ = [
+    "class_fractions",
+    "modality_index",
+    "plot_class_fractions",
+    "plot_intensity_histograms",
+    "plot_predictions",
+    "plot_sample_slice",
+    "plot_three_views",
+    "plot_training_curves",
+    "tumor_slice",
+]
+
+_CLASS_ALIASES: dict[str, tuple[str, ...]] = {
+    "necrosis": ("necrosis", "ncr", "net", "necrotic", "ncr_net"),
+    "edema": ("edema", "ed", "oedema"),
+    "enhancing": ("enhancing", "et", "enhancing_tumor"),
+}
+
+
+def _figure(figsize: tuple[float, float], **kwargs: Any) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained", **kwargs)
+
+
+def _rgb01(c: Sequence[int]) -> tuple[float, float, float]:
+    return (c[0] / 255.0, c[1] / 255.0, c[2] / 255.0)
+
+
+def modality_index(modality: str | int) -> int:
+    """Channel index of a modality name (case-insensitive: t1, t1ce, t2, flair) or pass an int through.
+
+    Args:
+        modality: name or channel index 0..3.
+
+    Returns:
+        channel index into ``image`` (4, D, H, W).
+
+    Raises:
+        ValueError: for an unknown name or an index outside 0..3.
+    """
+    if isinstance(modality, (int, np.integer)):
+        if not 0 <= int(modality) < len(MODALITIES):
+            raise ValueError(f"modality index {modality} outside 0..{len(MODALITIES) - 1}")
+        return int(modality)
+    names = [m.lower() for m in MODALITIES]
+    key = str(modality).lower()
+    if key not in names:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
+    return names.index(key)
+
+
+def _check_image(image: Any, name: str = "image") -> np.ndarray:
+    arr = to_numpy(image)
+    if arr.ndim != 4 or arr.shape[0] != len(MODALITIES):
+        raise ValueError(f"{name} of shape {arr.shape}: expected (4, D, H, W) in T1, T1ce, T2, FLAIR order")
+    return arr
+
+
+def tumor_slice(mask: Any, image: Any | None = None) -> int:
+    """Axial slice with the most tumour voxels (any class).
+
+    Args:
+        mask: ``(3, D, H, W)`` class channels or ``(D, H, W)`` label map.
+        image: optional ``(4, D, H, W)``; with no tumour, the slice with the most brain voxels is taken.
+
+    Returns:
+        slice index z; the middle slice when neither tumour nor image help.
+    """
+    labels = to_label_map(mask, spatial_ndim=3)
+    counts = (labels > 0).sum(axis=(1, 2))
+    if counts.max() > 0:
+        return int(np.argmax(counts))
+    if image is not None:
+        brain = brain_mask(image).sum(axis=(1, 2))
+        if brain.max() > 0:
+            return int(np.argmax(brain))
+    return labels.shape[0] // 2
+
+
+def class_fractions(image: Any, mask: Any) -> dict[str, float]:
+    """Fraction of brain voxels in each class.
+
+    Args:
+        image: ``(4, D, H, W)``; brain = nonzero in any channel.
+        mask: ``(3, D, H, W)`` class channels or ``(D, H, W)`` label map.
+
+    Returns:
+        ``{"necrosis": f, "edema": f, "enhancing": f}``, fractions in 0..1 (0 for an empty brain).
+    """
+    brain = brain_mask(_check_image(image))
+    labels = to_label_map(mask, spatial_ndim=3)
+    if labels.shape != brain.shape:
+        raise ValueError(f"mask {labels.shape} and image {brain.shape} differ in spatial shape")
+    n = int(brain.sum())
+    return {
+        name: (float(np.count_nonzero((labels == i + 1) & brain)) / n if n else 0.0)
+        for i, name in enumerate(CLASS_NAMES)
+    }
+
+
+# ----------------------------------------------------------------------------------------------- 01
+
+
+def plot_sample_slice(
+    image: Any,
+    mask: Any,
+    slice_index: int | None = None,
+    title: str | None = None,
+    overlay_modality: str | int = "flair",
+    opacity: float = 0.5,
+) -> Any:
+    """Four modalities, the three class masks and an overlay at one axial slice.
+
+    Args:
+        image: ``(4, D, H, W)`` in T1, T1ce, T2, FLAIR order.
+        mask: ``(3, D, H, W)`` class channels (necrosis, edema, enhancing) or ``(D, H, W)`` label map.
+        slice_index: axial slice z; default: the slice with the most tumour voxels (``tumor_slice``).
+        title: figure title; default ``"axial slice z"``.
+        overlay_modality: modality under the overlay panel.
+        opacity: overlay opacity 0..1.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with 2 x 4 panels: T1, T1ce, T2, FLAIR; necrosis, edema, enhancing,
+        overlay; class legend underneath.
+
+    Raises:
+        ValueError: for mismatched shapes or a slice index outside the volume.
+    """
+    img = _check_image(image)
+    labels = to_label_map(mask, spatial_ndim=3)
+    if labels.shape != img.shape[1:]:
+        raise ValueError(f"mask {labels.shape} and image {img.shape[1:]} differ in spatial shape")
+    z = tumor_slice(labels, img) if slice_index is None else int(slice_index)
+    if not 0 <= z < img.shape[1]:
+        raise ValueError(f"slice_index {z} outside 0..{img.shape[1] - 1}")
+    fig = _figure((12.0, 6.6))
+    axes = fig.subplots(2, 4)
+    brain = brain_mask(img[:, z])
+    grays = [to_uint8(img[c, z], intensity_window(img[c]), brain) for c in range(len(MODALITIES))]
+    for c, name in enumerate(MODALITIES):
+        axes[0, c].imshow(grays[c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        axes[0, c].set_title(name)
+    lab = labels[z]
+    for i, name in enumerate(CLASS_NAMES):
+        rgb = np.zeros(lab.shape + (3,), dtype=np.uint8)
+        rgb[lab == i + 1] = CLASS_COLORS[i]
+        axes[1, i].imshow(rgb, interpolation="nearest")
+        axes[1, i].set_title(f"{name} ({int(np.count_nonzero(lab == i + 1))} px)")
+    m = modality_index(overlay_modality)
+    axes[1, 3].imshow(render_plane(grays[m], gt=lab, overlay="ground truth", opacity=opacity), interpolation="nearest")
+    axes[1, 3].set_title(f"overlay on {MODALITIES[m]}")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title if title is not None else f"axial slice {z}")
+    add_class_legend(fig)
+    return fig
+
+
+def _class_columns(df: Any) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for col in df.columns:
+        tokens = [t for t in re.split(r"[^a-z0-9]+", str(col).lower()) if t]
+        joined = "_".join(tokens)
+        for name, aliases in _CLASS_ALIASES.items():
+            if name in found:
+                continue
+            if joined in aliases or any(t in aliases for t in tokens):
+                found[name] = col
+                break
+    return found
+
+
+def plot_class_fractions(
+    df: Any,
+    title: str | None = "Class voxel fractions over brain voxels",
+    reference: Mapping[str, float] | None = None,
+    percent: bool | None = None,
+) -> Any:
+    """Bar chart of per-class voxel fractions (mean over volumes, std as error bar, one dot per volume).
+
+    Args:
+        df: ``pandas.DataFrame`` (or a mapping of columns) with one row per volume and one column per
+            class; columns are found by name, case-insensitive, as a word of the column name:
+            necrosis / ncr / net, edema / ed, enhancing / et (e.g. ``necrosis``, ``frac_ed``,
+            ``et_fraction``). A single row gives plain bars.
+        title: axes title, or None.
+        reference: optional ``{class name: fraction}`` drawn as black ticks (e.g. the seed's quoted
+            ``{"necrosis": 0.03, "edema": 0.15, "enhancing": 0.01}``).
+        percent: values are fractions (0..1) to show as percent (True) or already percent (False);
+            default: fractions when no value exceeds 1.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with one axes.
+
+    Raises:
+        ValueError: if no class column is found.
+    """
+    import pandas as pd
+
+    frame = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
+    cols = _class_columns(frame)
+    if not cols:
+        raise ValueError(
+            f"no class columns among {list(frame.columns)}; expected names like necrosis/ncr, edema/ed, enhancing/et"
+        )
+    names = [n for n in CLASS_NAMES if n in cols]
+    values = frame[[cols[n] for n in names]].astype(float).to_numpy()
+    if percent is None:
+        percent = bool(np.nanmax(values) <= 1.0) if values.size else True
+    scale = 100.0 if percent else 1.0
+    values = values * scale
+    fig = _figure((6.0, 4.0))
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    colors = [_rgb01(CLASS_COLORS[CLASS_NAMES.index(n)]) for n in names]
+    means = np.nanmean(values, axis=0)
+    stds = np.nanstd(values, axis=0) if len(values) > 1 else None
+    ax.bar(x, means, yerr=stds, color=colors, edgecolor="0.2", capsize=4, width=0.6, zorder=2)
+    if len(values) > 1:
+        rng = np.random.default_rng(0)
+        for i in range(len(names)):
+            jitter = rng.uniform(-0.15, 0.15, size=len(values))
+            ax.scatter(x[i] + jitter, values[:, i], s=12, color="0.15", alpha=0.6, zorder=3, linewidths=0)
+    if reference:
+        for i, n in enumerate(names):
+            if n in reference:
+                ax.hlines(reference[n] * scale, x[i] - 0.35, x[i] + 0.35, colors="k", linestyles="--", zorder=4)
+        ax.plot([], [], "k--", label="reference")
+        ax.legend(frameon=False)
+    for i in range(len(names)):
+        ax.annotate(f"{means[i]:.2f}%", (x[i], means[i]), xytext=(0, 3), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("% of brain voxels")
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    ax.set_axisbelow(True)
+    if title:
+        ax.set_title(title + (f" (n={len(values)})" if len(values) > 1 else ""))
+    return fig
+
+
+def plot_intensity_histograms(
+    image_or_list: Any,
+    bins: int = 100,
+    labels: Sequence[str] | None = None,
+    masks: Any | None = None,
+    log: bool = False,
+    title: str | None = "Intensity histograms over brain voxels",
+) -> Any:
+    """Per-modality intensity histograms over brain voxels (nonzero in any channel).
+
+    Args:
+        image_or_list: one ``(4, D, H, W)`` image or a sequence of them (one line per volume).
+        bins: number of bins, shared by all volumes of a modality.
+        labels: legend label per volume (shown for up to 10 volumes).
+        masks: optional ``(3, D, H, W)`` mask (or a sequence matching the images): adds one line per tumour
+            class (all volumes pooled) in the class colours, so the class contrasts show.
+        log: logarithmic y axis.
+        title: figure title, or None.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with one panel per modality; y is a density, so volumes of different
+        sizes compare.
+
+    Raises:
+        ValueError: for images of the wrong shape, or masks not matching the images.
+    """
+    if isinstance(image_or_list, (list, tuple)):
+        images = [_check_image(im, f"image {i}") for i, im in enumerate(image_or_list)]
+    else:
+        images = [_check_image(image_or_list)]
+    if not images:
+        raise ValueError("no images given")
+    mask_list: list[np.ndarray] | None = None
+    if masks is not None:
+        mask_list = [to_label_map(m, spatial_ndim=3) for m in (masks if isinstance(masks, (list, tuple)) else [masks])]
+        if len(mask_list) != len(images):
+            raise ValueError(f"{len(mask_list)} masks for {len(images)} images")
+        for i, (im, m) in enumerate(zip(images, mask_list)):
+            if m.shape != im.shape[1:]:
+                raise ValueError(f"mask {i} {m.shape} and image {i} {im.shape[1:]} differ in spatial shape")
+    brains = [brain_mask(im) for im in images]
+    fig = _figure((13.0, 3.4))
+    axes = fig.subplots(1, len(MODALITIES))
+    single = len(images) == 1
+    for c, name in enumerate(MODALITIES):
+        ax = axes[c]
+        vals = [im[c][b] for im, b in zip(images, brains)]
+        nonempty = [v for v in vals if v.size]
+        if not nonempty:
+            ax.set_title(f"{name} (no brain voxels)")
+            continue
+        lo = min(float(v.min()) for v in nonempty)
+        hi = max(float(v.max()) for v in nonempty)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+        for i, v in enumerate(vals):
+            if not v.size:
+                continue
+            label = labels[i] if labels is not None and i < len(labels) else ("brain" if single else None)
+            ax.hist(v, bins=edges, density=True, histtype="step" if not single else "stepfilled",
+                    color="0.35" if single else None, alpha=0.8 if single else 0.7, label=label, linewidth=1.0)
+        if mask_list is not None:
+            for k, cname in enumerate(CLASS_NAMES):
+                cv = np.concatenate([im[c][m == k + 1] for im, m in zip(images, mask_list)])
+                if cv.size:
+                    ax.hist(cv, bins=edges, density=True, histtype="step", linewidth=1.6,
+                            color=_rgb01(CLASS_COLORS[k]), label=cname)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("intensity")
+        if c == 0:
+            ax.set_ylabel("density")
+    handles, hl = axes[0].get_legend_handles_labels()
+    if handles and len(handles) <= 13:
+        axes[0].legend(frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title + ("" if single else f" ({len(images)} volumes)"))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------- 04 / 05 / 06
+
+
+def _default_position(img: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | None) -> tuple[int, int, int]:
+    brain = brain_mask(img)
+    for labels in (gt, pred):
+        if labels is not None and labels.any():
+            return center_of_mass(labels > 0)
+    return center_of_mass(brain)
+
+
+def plot_three_views(
+    image: Any,
+    gt: Any | None = None,
+    pred: Any | None = None,
+    position: Sequence[int] | None = None,
+    modality: str | int = "flair",
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    opacity: float = 0.5,
+    errors: bool = False,
+    crosshair: bool = True,
+    title: str | None = None,
+) -> Any:
+    """Axial, coronal and sagittal panels through one point, with ground truth and/or prediction overlays.
+
+    Args:
+        image: ``(4, D, H, W)`` in T1, T1ce, T2, FLAIR order.
+        gt: ground truth, ``(3, D, H, W)`` class channels or ``(D, H, W)`` label map, or None.
+        pred: prediction in the same forms (probabilities are thresholded at 0.5), or None.
+        position: ``(z, y, x)`` voxel the three planes pass through; default: the centre of mass of the
+            ground-truth tumour, else of the predicted tumour, else of the brain.
+        modality: the grey image (name or channel index).
+        spacing: voxel size along (D, H, W), for the aspect ratio of each panel.
+        opacity: overlay opacity 0..1.
+        errors: add a row of errors (false positive, false negative, wrong class); needs ``gt`` and ``pred``.
+        crosshair: draw lines where the other two planes cut each panel.
+        title: figure title; default names the modality and position.
+
+    Returns:
+        ``matplotlib.figure.Figure``: one row per overlay (ground truth, prediction, errors; a single
+        image-only row when neither mask is given), columns axial, coronal, sagittal.
+
+    Raises:
+        ValueError: for mismatched shapes, a position outside the volume, or ``errors`` without both masks.
+    """
+    img = _check_image(image)
+    shape = img.shape[1:]
+    gt_l = None if gt is None else to_label_map(gt, spatial_ndim=3)
+    pred_l = None if pred is None else to_label_map(pred, spatial_ndim=3)
+    for name, lab in (("gt", gt_l), ("pred", pred_l)):
+        if lab is not None and lab.shape != shape:
+            raise ValueError(f"{name} {lab.shape} and image {shape} differ in spatial shape")
+    if errors and (gt_l is None or pred_l is None):
+        raise ValueError("errors=True needs both gt and pred")
+    pos = _default_position(img, gt_l, pred_l) if position is None else tuple(int(p) for p in position)
+    if len(pos) != 3 or any(not 0 <= p < s for p, s in zip(pos, shape)):
+        raise ValueError(f"position {tuple(pos)} outside the volume of shape {shape}")
+    if len(spacing) != 3 or any(float(s) <= 0 for s in spacing):
+        raise ValueError(f"spacing {tuple(spacing)} must be three positive numbers (D, H, W)")
+    m = modality_index(modality)
+    gray_vol = to_uint8(img[m], intensity_window(img[m]), brain_mask(img))
+    rows: list[tuple[str, str]] = []
+    if gt_l is not None:
+        rows.append(("ground truth", "ground truth"))
+    if pred_l is not None:
+        rows.append(("prediction", "prediction"))
+    if errors:
+        rows.append(("errors", "errors"))
+    if not rows:
+        rows.append((MODALITIES[m], "none"))
+    z, y, x = pos
+    D, H, W = shape
+    sz, sy, sx = (float(s) for s in spacing)
+    # panel (row, col) of each crosshair: the lines mark the other two planes in display orientation
+    cuts = {
+        "axial": (z, (y, x)),
+        "coronal": (y, (D - 1 - z, x)),
+        "sagittal": (x, (D - 1 - z, y)),
+    }
+    widths = [W * sx, W * sx, H * sy]
+    heights = [max(H * sy, D * sz)] * len(rows)
+    fig = _figure((3.6 * sum(widths) / max(widths), 3.6 * len(rows) * 1.05 + 0.6))
+    axes = fig.subplots(len(rows), 3, squeeze=False, gridspec_kw={"width_ratios": widths, "height_ratios": heights})
+    for r, (row_name, overlay) in enumerate(rows):
+        for c, plane in enumerate(("axial", "coronal", "sagittal")):
+            index, cross = cuts[plane]
+            gray = plane_slice(gray_vol, plane, index)
+            g = None if gt_l is None else plane_slice(gt_l, plane, index)
+            p = None if pred_l is None else plane_slice(pred_l, plane, index)
+            rgb = render_plane(gray, g, p, overlay=overlay, opacity=opacity, crosshair=cross if crosshair else None)
+            ax = axes[r, c]
+            ax.imshow(rgb, aspect=plane_aspect(plane, spacing), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{plane} ({'zyx'[('axial', 'coronal', 'sagittal').index(plane)]}={index})")
+            if c == 0:
+                ax.set_ylabel(row_name)
+    fig.suptitle(title if title is not None else f"{MODALITIES[m]} at (z, y, x) = {pos}")
+    if gt_l is not None or pred_l is not None:
+        add_class_legend(fig, errors=errors)
+    return fig
+
+
+def _dice(pred: np.ndarray, target: np.ndarray) -> float:
+    inter = np.count_nonzero(pred & target)
+    total = np.count_nonzero(pred) + np.count_nonzero(target)
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def plot_predictions(
+    images: Any,
+    gts: Any,
+    preds: Any,
+    slice_index: int | Sequence[int] | None = None,
+    modality: str | int = "flair",
+    max_rows: int = 4,
+    opacity: float = 0.5,
+    titles: Sequence[str] | None = None,
+    title: str | None = "Ground truth vs prediction",
+) -> Any:
+    """The seed's prediction figure: per patch, the image, ground truth, prediction and errors at one slice.
+
+    Args:
+        images: ``(N, 4, d, h, w)`` patches (array, tensor or sequence of ``(4, d, h, w)``).
+        gts: ``(N, 3, d, h, w)`` ground-truth class channels (or ``(N, d, h, w)`` label maps).
+        preds: ``(N, 3, d, h, w)`` predictions: binary, or sigmoid probabilities (thresholded at 0.5); not
+            logits.
+        slice_index: axial slice per patch (one int for all, or one per patch); default per patch: the slice
+            with the most ground-truth tumour (or predicted tumour when the ground truth is empty).
+        modality: the grey image (name or channel index).
+        max_rows: at most this many patches are drawn (the first ones).
+        opacity: overlay opacity 0..1.
+        titles: row label per patch (e.g. ``"volume 12"``).
+        title: figure title, or None.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with one row per patch and columns image, ground truth, prediction
+        (with per-class Dice of the whole patch in its title), errors.
+
+    Raises:
+        ValueError: for mismatched counts or shapes, or no patches.
+    """
+    ims = [_check_image(im, f"image {i}") for i, im in enumerate(images)]
+    gl = [to_label_map(g, spatial_ndim=3) for g in gts]
+    pl = [to_label_map(p, spatial_ndim=3) for p in preds]
+    if not ims:
+        raise ValueError("no patches given")
+    if not len(ims) == len(gl) == len(pl):
+        raise ValueError(f"{len(ims)} images, {len(gl)} ground truths, {len(pl)} predictions: counts differ")
+    n = min(len(ims), max(1, int(max_rows)))
+    m = modality_index(modality)
+    fig = _figure((12.0, 3.1 * n + 0.8))
+    axes = fig.subplots(n, 4, squeeze=False)
+    for i in range(n):
+        im, g, p = ims[i], gl[i], pl[i]
+        if g.shape != im.shape[1:] or p.shape != im.shape[1:]:
+            raise ValueError(f"patch {i}: image {im.shape[1:]}, ground truth {g.shape}, prediction {p.shape} differ")
+        if slice_index is None:
+            z = tumor_slice(g if g.any() else p, im)
+        elif isinstance(slice_index, (int, np.integer)):
+            z = int(slice_index)
+        else:
+            z = int(slice_index[i])
+        if not 0 <= z < im.shape[1]:
+            raise ValueError(f"patch {i}: slice {z} outside 0..{im.shape[1] - 1}")
+        gray = to_uint8(im[m, z], intensity_window(im[m]), brain_mask(im[:, z]))
+        dices = [_dice(p == k + 1, g == k + 1) for k in range(len(CLASS_NAMES))]
+        panels = [
+            (render_plane(gray), f"{MODALITIES[m]} (z={z})"),
+            (render_plane(gray, g[z], None, "ground truth", opacity), "ground truth"),
+            (render_plane(gray, None, p[z], "prediction", opacity),
+             "prediction, Dice " + "/".join(f"{d:.2f}" for d in dices)),
+            (render_plane(gray, g[z], p[z], "errors", max(opacity, 0.7)), "errors"),
+        ]
+        for c, (rgb, name) in enumerate(panels):
+            ax = axes[i, c]
+            ax.imshow(rgb, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(name, fontsize=9)
+        if titles is not None and i < len(titles):
+            axes[i, 0].set_ylabel(titles[i])
+    if title:
+        fig.suptitle(title + " (Dice: " + "/".join(CLASS_KEYS) + ")")
+    add_class_legend(fig, errors=True)
+    return fig
+
+
+def plot_training_curves(history_df: Any, path: Any | None = None, title: str | None = "Training history") -> Any:
+    """Loss, mean validation Dice and per-class validation Dice against epoch, with the learning rate.
+
+    Args:
+        history_df: ``pandas.DataFrame`` (or a path to ``history.csv``) with column ``epoch`` and any of
+            ``train_loss``, ``val_loss``, ``lr``, ``val_dice_mean``, ``val_dice_ncr``, ``val_dice_ed``,
+            ``val_dice_et``; missing columns and NaN rows (epochs without validation) are skipped.
+        path: optional file to save the figure to (format from the suffix, 120 dpi).
+        title: figure title, or None.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with three panels: loss (with lr on a second axis), mean Dice,
+        per-class Dice in the class colours.
+
+    Raises:
+        ValueError: if there is no ``epoch`` column or no rows.
+    """
+    import pandas as pd
+
+    df = pd.read_csv(history_df) if isinstance(history_df, (str, bytes)) or hasattr(history_df, "__fspath__") else history_df
+    if not isinstance(df, pd.DataFrame):
+        df = pd.DataFrame(df)
+    if "epoch" not in df.columns:
+        raise ValueError(f"history has no 'epoch' column; columns are {list(df.columns)}")
+    if len(df) == 0:
+        raise ValueError("history has no rows")
+    epoch = df["epoch"].to_numpy(dtype=float)
+
+    def series(ax: Any, col: str, **kw: Any) -> bool:
+        if col not in df.columns:
+            return False
+        v = df[col].to_numpy(dtype=float)
+        ok = np.isfinite(v)
+        if not ok.any():
+            return False
+        ax.plot(epoch[ok], v[ok], marker="o" if ok.sum() <= 30 else None, markersize=3, **kw)
+        return True
+
+    fig = _figure((13.0, 3.6))
+    ax_loss, ax_mean, ax_cls = fig.subplots(1, 3)
+    series(ax_loss, "train_loss", label="train", color="C0")
+    series(ax_loss, "val_loss", label="validation", color="C1")
+    ax_loss.set_title("loss")
+    ax_loss.set_ylabel("loss")
+    if "lr" in df.columns and np.isfinite(df["lr"].to_numpy(dtype=float)).any():
+        ax_lr = ax_loss.twinx()
+        series(ax_lr, "lr", color="0.5", linestyle="--", label="lr")
+        ax_lr.set_ylabel("learning rate", color="0.4")
+        ax_lr.tick_params(axis="y", colors="0.4")
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        h1, l1 = ax_loss.get_legend_handles_labels()
+        h2, l2 = ax_lr.get_legend_handles_labels()
+        ax_loss.legend(h1 + h2, l1 + l2, frameon=False, fontsize=8)
+    elif ax_loss.get_legend_handles_labels()[0]:
+        ax_loss.legend(frameon=False, fontsize=8)
+    series(ax_mean, "val_dice_mean", color="k", label="mean")
+    ax_mean.set_title("validation Dice (mean of classes)")
+    for k, name in enumerate(CLASS_NAMES):
+        series(ax_cls, f"val_dice_{CLASS_KEYS[k]}", color=_rgb01(CLASS_COLORS[k]), label=name, linewidth=2)
+    ax_cls.set_title("validation Dice per class")
+    if ax_cls.get_legend_handles_labels()[0]:
+        ax_cls.legend(frameon=False, fontsize=8)
+    for ax in (ax_mean, ax_cls):
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("Dice")
+    for ax in (ax_loss, ax_mean, ax_cls):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
