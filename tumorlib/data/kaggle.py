@@ -8,6 +8,7 @@ channel-first volumes.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -76,15 +77,35 @@ def list_volumes(root: str | os.PathLike) -> list[int]:
     return ids
 
 
+@functools.lru_cache(maxsize=32)
+def _slice_dirs(root: str) -> tuple[Path, ...]:
+    """The folders below ``root`` that hold slice files (cached: the real set has ~57k files)."""
+    return tuple(sorted({p.parent for vid in find_slices(root).values() for p in vid.values()}))
+
+
 def _volume_slices(root: str | os.PathLike, volume_id: int) -> list[Path]:
     """The slice files of one volume in index order, checked for gaps."""
-    found = find_slices(root)
-    if not found:
-        raise FileNotFoundError(f"no volume_{{id}}_slice_{{s}}.h5 files below {root}")
-    if volume_id not in found:
+    key = str(Path(root).resolve())
+    slices: dict[int, Path] = {}
+    for attempt in range(2):
+        dirs = _slice_dirs(key)
+        if attempt == 0 and not all(d.is_dir() for d in dirs):
+            continue
+        for folder in dirs:
+            for path in folder.glob(f"volume_{volume_id}_slice_*.h5"):
+                match = _SLICE_RE.match(path.name)
+                if match and int(match.group(1)) == volume_id:
+                    s = int(match.group(2))
+                    if s in slices:
+                        raise ValueError(f"volume {volume_id}: slice {s} found twice: {slices[s]} and {path}")
+                    slices[s] = path
+        if slices:
+            break
+        _slice_dirs.cache_clear()  # the folder may have changed since it was listed: list it again
+    if not slices:
+        ids = list_volumes(root)  # raises when the folder holds no volumes at all
         raise KeyError(f"volume {volume_id} not found below {root} "
-                       f"(present: {min(found)}..{max(found)}, {len(found)} volumes)")
-    slices = found[volume_id]
+                       f"(present: {min(ids)}..{max(ids)}, {len(ids)} volumes)")
     n = max(slices) + 1
     missing = sorted(set(range(n)) - set(slices))
     if missing:

@@ -89,7 +89,7 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
     grids = (z, y, x)
 
     # Brain: an ellipsoid with a bumpy surface (radius in normalised units per axis).
-    semi = np.array([0.80, 0.86, 0.74]) * rng.uniform(0.92, 1.05, size=3)
+    semi = np.array([0.88, 0.71, 0.58]) * rng.uniform(0.94, 1.04, size=3)  # BraTS-like brain box
     centre = rng.uniform(-0.04, 0.04, size=3)
     r = np.sqrt(((z - centre[0]) / semi[0]) ** 2 + ((y - centre[1]) / semi[1]) ** 2
                 + ((x - centre[2]) / semi[2]) ** 2)
@@ -130,7 +130,7 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
         rim = rng.uniform(0.08, 0.12)
         necrosis |= core_dist < nec_r
         enhancing |= core_dist < nec_r + rim
-        edema |= edema_dist < 1.0
+        edema |= edema_dist < rng.uniform(0.82, 0.92)
     enhancing &= ~necrosis
     edema &= ~(necrosis | enhancing)
     tumour_masks = [m & brain for m in (necrosis, edema, enhancing)]
