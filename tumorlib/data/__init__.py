@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+from tumorlib.data.cache import (
+    CacheError,
+    build_cache,
+    build_cache_from_reader,
+    cache_summary,
+    cached_volume_ids,
+    ensure_cache,
+    load_cache_index,
+    load_cached_volume,
+    normalize_volume,
+    prepare_volume,
+    source_to_cache,
+    uncrop,
+)
+from tumorlib.data.dataset import BraTS3DDataset, EpochSampler, make_loader
 from tumorlib.data.embedded import ensure_data
 from tumorlib.data.explore import brain_mask, volume_stats
 from tumorlib.data.kaggle import (
@@ -14,6 +29,14 @@ from tumorlib.data.kaggle import (
     load_metadata,
     load_volume,
 )
+from tumorlib.data.nifti import (
+    build_nifti_cache,
+    list_nifti_cases,
+    load_nifti_case,
+    nifti_spacing,
+    save_segmentation_nifti,
+)
+from tumorlib.data.splits import split_volumes
 from tumorlib.data.synthetic import KAGGLE_SUBDIR, make_phantom, make_synthetic, write_kaggle_volume
 
 __all__ = [
@@ -32,4 +55,25 @@ __all__ = [
     "make_phantom",
     "make_synthetic",
     "write_kaggle_volume",
+    "build_nifti_cache",
+    "list_nifti_cases",
+    "load_nifti_case",
+    "nifti_spacing",
+    "save_segmentation_nifti",
+    "BraTS3DDataset",
+    "CacheError",
+    "EpochSampler",
+    "build_cache",
+    "build_cache_from_reader",
+    "cache_summary",
+    "cached_volume_ids",
+    "ensure_cache",
+    "load_cache_index",
+    "load_cached_volume",
+    "make_loader",
+    "normalize_volume",
+    "prepare_volume",
+    "source_to_cache",
+    "split_volumes",
+    "uncrop",
 ]
