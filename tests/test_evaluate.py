@@ -1,0 +1,192 @@
+"""evaluate and predict on a tiny synthetic set, with run folders whose outputs are known in advance.
+
+A run's network is a freshly initialised ``UNet3D`` whose 1x1x1 head is replaced by constant logits
+(weights 0, bias +-10): every voxel it sees then gets the same classes, so the metrics and the label
+file can be computed by hand from the cache's crop box.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tumorlib.checkpoint import atomic_torch_save
+from tumorlib.cli import main
+from tumorlib.config import get_config
+from tumorlib.data import load_volume
+from tumorlib.data.cache import build_cache, load_cache_index, load_cached_volume, prepare_volume
+from tumorlib.data.nifti import save_nifti_case
+from tumorlib.evaluate import (
+    EVAL_COLUMNS,
+    evaluate,
+    load_run,
+    metric_table,
+    patch_predictions,
+    plot_metric_boxes,
+    predict,
+    summary_path,
+)
+from tumorlib.metrics import brats_regions, hd95
+from tumorlib.model import model_from_config
+
+
+def _make_run(folder, bias=None, config=None, splits=None):
+    """A run folder: config.json, checkpoints/best_model.pth and optionally splits.json."""
+    config = config or get_config("ci")
+    torch.manual_seed(0)
+    model = model_from_config(config)
+    if bias is not None:
+        with torch.no_grad():
+            model.head.weight.zero_()
+            model.head.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save(folder / "config.json")
+    atomic_torch_save({"model": model.state_dict(), "epoch": 1, "config": config.to_dict()},
+                      folder / "checkpoints" / "best_model.pth")
+    if splits is not None:
+        (folder / "splits.json").write_text(json.dumps(splits))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_data, tmp_path_factory):
+    cfg = get_config("ci")
+    return build_cache(tiny_data, tmp_path_factory.mktemp("cache"), workers=1, cache_hw=cfg.cache_hw,
+                       margin=cfg.cache_margin, progress=False)
+
+
+def test_evaluate_all_tumour_prediction(tiny_data, cache, tmp_path):
+    run = _make_run(tmp_path / "run", bias=[10.0, 10.0, 10.0])  # every voxel: all three classes
+    out = tmp_path / "eval" / "metrics.csv"
+    frame = evaluate(run, tiny_data, cache, split="test", out=out, device="cpu", progress=False)
+    assert tuple(frame.columns) == EVAL_COLUMNS
+    assert list(pd.read_csv(out).columns) == list(EVAL_COLUMNS)
+    # the ci split of 4 volumes keeps one for testing
+    assert len(frame) == 1 and (frame["seconds"] > 0).all()
+    vid = int(frame["volume"][0])
+    _, mask = load_cached_volume(cache, vid)
+    n = mask[0].size
+    row = frame.iloc[0]
+    for k, name in enumerate(("ncr", "ed", "et")):
+        t = int(mask[k].sum())
+        assert row[f"dice_{name}"] == pytest.approx(2 * t / (n + t))
+    regions = brats_regions(np.asarray(mask))
+    ones = np.ones_like(regions)
+    np.testing.assert_allclose(row[["hd95_wt", "hd95_tc", "hd95_et"]].to_numpy(float), hd95(ones, regions))
+    summary = pd.read_csv(summary_path(out), index_col=0)
+    assert list(summary.index) == ["mean", "median", "std"]
+    assert list(summary.columns) == list(EVAL_COLUMNS[1:])
+
+
+def test_evaluate_uses_splits_json_and_tta(tiny_data, cache, tmp_path):
+    run = _make_run(tmp_path / "run", splits={"train": [3, 4], "val": [], "test": [1, 2]})
+    frame = evaluate(run, tiny_data, cache, device="cpu", progress=False)
+    assert frame["volume"].tolist() == [1, 2]
+    with_tta = evaluate(run, tiny_data, cache, tta=True, volume_ids=[1], out=tmp_path / "tta.csv",
+                        device="cpu", progress=False)
+    assert with_tta["volume"].tolist() == [1]
+    assert not np.allclose(with_tta.iloc[0, 1:6].to_numpy(float), frame.iloc[0, 1:6].to_numpy(float))
+    assert (run / "metrics_test.csv").is_file() and (run / "metrics_test_summary.csv").is_file()
+    dice_cols = [c for c in EVAL_COLUMNS if c.startswith("dice")]
+    assert ((frame[dice_cols] >= 0) & (frame[dice_cols] <= 1)).all().all()
+    table = metric_table(frame)
+    assert list(table.index) == ["NCR", "ED", "ET", "WT", "TC", "ET"]
+    assert " ± " in table.loc["WT", "HD95 (mm)"]
+    fig = plot_metric_boxes(frame)
+    assert len(fig.axes) == 2
+
+
+def test_evaluate_on_a_resampled_cache(tiny_data, tmp_path):
+    cfg = get_config("ci", cache_hw=32)  # 48x48 slices zoomed to 32x32: scored at 48x48
+    run = _make_run(tmp_path / "run", bias=[-10.0, 10.0, -10.0], config=cfg)
+    frame = evaluate(run, tiny_data, tmp_path / "cache32", split="val", device="cpu", progress=False)
+    assert load_cache_index(tmp_path / "cache32")["cache_hw"] == 32
+    vid = int(frame["volume"][0])
+    _, mask = load_volume(tiny_data, vid)
+    row = frame.iloc[0]
+    assert row["dice_ncr"] == (1.0 if mask[0].sum() == 0 else 0.0)  # never predicted
+    assert 0.0 < row["dice_ed"] < 1.0
+
+
+def test_run_errors(tiny_data, cache, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_run(tmp_path / "missing")
+    run = _make_run(tmp_path / "run")
+    get_config("ci", features=(4, 8, 16)).save(run / "config.json")
+    with pytest.raises(ValueError, match=r"best_model\.pth does not match .*config\.json: features"):
+        load_run(run)
+    # a checkpoint without a config entry whose weights do not fit
+    ckpt = torch.load(run / "checkpoints" / "best_model.pth", weights_only=True)
+    ckpt["config"] = {}
+    torch.save(ckpt, run / "checkpoints" / "best_model.pth")
+    with pytest.raises(ValueError, match="weights do not fit"):
+        load_run(run)
+    good = _make_run(tmp_path / "good")
+    with pytest.raises(ValueError, match="unknown split"):
+        evaluate(good, tiny_data, cache, split="holdout", progress=False)
+
+
+def test_predict_kaggle_labels_fill_the_crop_box(tiny_data, tmp_path):
+    run = _make_run(tmp_path / "run", bias=[-10.0, -10.0, 10.0])  # enhancing everywhere it looks
+    out = predict(run, tmp_path / "seg.nii.gz", data_dir=tiny_data, volume_id=2, device="cpu")
+    img = nib.load(str(out))
+    labels = np.asarray(img.dataobj)
+    image, _ = load_volume(tiny_data, 2)
+    d, h, w = image.shape[1:]
+    assert labels.shape == (h, w, d) and labels.dtype == np.uint8
+    np.testing.assert_allclose(img.affine, np.eye(4))
+    _, _, entry = prepare_volume(image, None, margin=get_config("ci").cache_margin)
+    expected = np.zeros((d, h, w), np.uint8)
+    expected[tuple(slice(a, b) for a, b in entry["crop_box"])] = 4
+    np.testing.assert_array_equal(labels, np.transpose(expected, (1, 2, 0)))
+    assert 0 < (labels == 4).mean() < 1  # the crop box is a real part of the volume
+
+
+def test_predict_nifti_matches_kaggle(tiny_data, tmp_path):
+    run = _make_run(tmp_path / "run")  # random weights: a non-trivial label map
+    image, mask = load_volume(tiny_data, 3)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine[:3, 3] = [10.0, 20.0, -5.0]
+    case = save_nifti_case(tmp_path / "BraTS20_Training_003", image, mask, affine)
+    from_nifti = nib.load(str(predict(run, tmp_path / "a.nii.gz", nifti_case=case, device="cpu")))
+    from_kaggle = nib.load(str(predict(run, tmp_path / "b.nii.gz", data_dir=tiny_data, volume_id=3,
+                                       device="cpu")))
+    a = np.asarray(from_nifti.dataobj)
+    np.testing.assert_array_equal(a, np.asarray(from_kaggle.dataobj))
+    np.testing.assert_allclose(from_nifti.affine, affine)
+    assert set(np.unique(a).tolist()) <= {0, 1, 2, 4} and len(np.unique(a)) > 1
+    with pytest.raises(ValueError, match="nii"):
+        predict(run, tmp_path / "x.npy", nifti_case=case)
+    with pytest.raises(ValueError, match="either"):
+        predict(run, tmp_path / "x.nii.gz")
+
+
+def test_patch_predictions(cache, tmp_path):
+    run = _make_run(tmp_path / "run")
+    model, cfg = load_run(run)
+    out = patch_predictions(model, cfg, cache, [1, 2])
+    assert out["images"].shape == (2, 4, *cfg.patch_size)
+    assert out["gts"].shape == out["probs"].shape == (2, 3, *cfg.patch_size)
+    assert out["gts"].sum() > 0  # centred on the tumour
+    assert ((out["probs"] >= 0) & (out["probs"] <= 1)).all() and out["titles"] == ["volume 1", "volume 2"]
+
+
+def test_cli_evaluate_and_predict(tiny_data, cache, tmp_path, capsys):
+    run = _make_run(tmp_path / "run")
+    out = tmp_path / "m.csv"
+    assert main(["evaluate", "--run", str(run), "--data", str(tiny_data), "--cache", str(cache),
+                 "--split", "val", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert len(pd.read_csv(out)) == 1 and summary_path(out).is_file()
+    seg = tmp_path / "p.nii.gz"
+    assert main(["predict", "--run", str(run), "--data", str(tiny_data), "--volume", "1", "--out", str(seg),
+                 "--device", "cpu", "--quiet"]) == 0
+    assert nib.load(str(seg)).shape == (48, 48, 24)
+    assert main(["predict", "--run", str(run), "--data", str(tiny_data), "--volume", "99", "--out",
+                 str(seg), "--quiet"]) == 2
+    assert "volume 99" in capsys.readouterr().err
+    assert main(["predict", "--run", str(run), "--out", str(seg)]) == 2
