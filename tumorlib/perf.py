@@ -1,0 +1,767 @@
+"""GPU throughput: the seed configuration against tumorlib's default, measured in one run (issue 7).
+
+Two training variants of the same model, loss, optimizer, batch and accumulation:
+
+- **seed**: what the seed notebook does on CUDA: fp16 autocast with a ``GradScaler``, eager, contiguous
+  tensors, patches from the ``DataLoader`` (the preset's workers, unpinned memory). On the CPU the seed's
+  CUDA autocast does nothing, so the seed variant trains in float32 there.
+- **default**: what ``auto_settings`` picks for the device: bf16 autocast without a ``GradScaler`` where
+  the card supports bf16 (else fp16 with one), ``torch.compile`` on CUDA (mode selectable, falls back
+  to eager with the error recorded when compilation fails), ``cudnn.benchmark``, the whole cropped
+  cache resident on the GPU with patches cut there (``DevicePatchSampler``) when it fits in half the free
+  memory, else the ``DataLoader`` with persistent workers, pinned memory and non-blocking copies. On
+  the CPU: float32, eager, the ``DataLoader``.
+
+Each variant is timed for the **model step alone** (random tensors already on the device) and **end
+to end** (patches cut from the cache, moved to the device, the same step), in patches per second with
+the peak memory (``torch.cuda.max_memory_allocated``; null on the CPU, where only the process's peak
+RSS is reported), plus **full-volume inference** seconds (sliding windows with Gaussian blending over
+the preset's volume: 155x240x240 in ``full``). A **loss check** trains float32 eager, the seed and the
+default variant from the same weights on the same batches for a few optimizer steps and reports the
+largest absolute and relative loss differences, so a faster default is seen not to change training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "THROUGHPUT_TARGETS",
+    "TrainStep",
+    "Variant",
+    "auto_settings",
+    "benchmark_throughput",
+    "compare_losses",
+    "compile_available",
+    "default_variant",
+    "format_throughput",
+    "reference_variant",
+    "seed_variant",
+    "time_inference",
+    "time_train_steps",
+]
+
+#: Goals of issue 7 on one H100 with the ``full`` preset.
+THROUGHPUT_TARGETS = {"e2e_patches_per_s": 100.0, "inference_s": 0.2}
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the training step and feed it.
+
+    Attributes:
+        name: label in the table and the JSON (``seed``, ``default``, ...).
+        amp_dtype: autocast dtype, ``"float16"``, ``"bfloat16"`` or None (float32).
+        grad_scaler: scale the loss with a ``GradScaler`` (needed by fp16, not by bf16).
+        compile: wrap the model in ``torch.compile``.
+        compile_mode: ``torch.compile`` mode (None: its default; ``"reduce-overhead"`` uses CUDA graphs,
+            ``"max-autotune"`` also tunes kernels, at minutes of compile time).
+        compile_backend: ``torch.compile`` backend (``"inductor"``; ``"eager"`` or ``"aot_eager"`` only
+            trace, for tests).
+        channels_last: ``channels_last_3d`` model and inputs (measured slower with InstanceNorm on an H100).
+        cudnn_benchmark: let cuDNN time its convolution algorithms for the fixed patch shape.
+        data: ``"loader"`` (``DataLoader`` over ``BraTS3DDataset``) or ``"device"`` (``DevicePatchSampler``).
+        num_workers: DataLoader workers (None: the config's, else the platform default).
+        pin_memory: pinned host memory for the DataLoader batches (copies are non-blocking either way).
+    """
+
+    name: str
+    amp_dtype: str | None = None
+    grad_scaler: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_backend: str = "inductor"
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+    data: str = "loader"
+    num_workers: int | None = None
+    pin_memory: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp_dtype is not None and self.amp_dtype not in _DTYPES:
+            raise ValueError(f"variant {self.name}: amp_dtype must be float16, bfloat16 or None, got {self.amp_dtype!r}")
+        if self.data not in ("loader", "device"):
+            raise ValueError(f"variant {self.name}: data must be 'loader' or 'device', got {self.data!r}")
+
+    @property
+    def torch_amp_dtype(self) -> torch.dtype | None:
+        """``amp_dtype`` as a ``torch.dtype`` (None: float32)."""
+        return None if self.amp_dtype is None else _DTYPES[self.amp_dtype]
+
+    def describe(self) -> str:
+        """A short text such as ``bf16, compile(default), device data``."""
+        parts = [{"float16": "fp16", "bfloat16": "bf16", None: "fp32"}[self.amp_dtype]
+                 + ("+GradScaler" if self.grad_scaler else "")]
+        parts.append(f"compile({self.compile_mode or 'default'})" if self.compile else "eager")
+        if self.channels_last:
+            parts.append("channels_last_3d")
+        parts.append("device data" if self.data == "device" else "DataLoader" + (" pinned" if self.pin_memory else ""))
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict, with ``describe()`` as ``description``."""
+        return {**dataclasses.asdict(self), "description": self.describe()}
+
+
+# --------------------------------------------------------------------------- automatic choices
+
+def compile_available(device: str | torch.device) -> tuple[bool, str]:
+    """Whether ``torch.compile`` with inductor can be expected to work (and pay off) on ``device``.
+
+    Args:
+        device: the training device.
+
+    Returns:
+        ``(available, reason)``. False on the CPU (compiling the model takes minutes there and is off by
+        default), on Windows, without a working ``triton`` or on GPUs older than compute capability 7.0.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False, f"off on {device.type} (compiling costs minutes there; pass a compile mode to force it)"
+    if sys.platform == "win32":
+        return False, "torch.compile's inductor backend needs triton, not available on Windows"
+    if not torch.cuda.is_available():
+        return False, "CUDA not available"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 7:
+        return False, f"compute capability {major}.{minor} < 7.0 (triton needs Volta or newer)"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False, "triton is not installed"
+    return True, f"CUDA compute capability {major}.{minor} with triton"
+
+
+def auto_settings(device: str | torch.device, config: Any = None, cache_dir: str | os.PathLike | None = None,
+                  volume_ids: Sequence[int] | None = None, memory_fraction: float = 0.5,
+                  compile_mode: str | None = "auto") -> dict[str, Any]:
+    """tumorlib's default speed settings for a device, each with the reason it was chosen.
+
+    Args:
+        device: the training device (``"cpu"``, ``"cuda"``, ``torch.device``).
+        config: a ``Config`` (``amp``, ``num_workers``); None: the defaults (amp on, workers automatic).
+        cache_dir: a finished cache; with it, ``gpu_resident`` says whether the training volumes fit on
+            the device. None: ``gpu_resident`` is False.
+        volume_ids: the volumes to hold (None: every cached volume).
+        memory_fraction: share of the free device memory the resident data may take.
+        compile_mode: ``"auto"``: compile on CUDA with the default mode, not on the CPU; None or
+            ``"none"``: never; any other string: compile with that mode (on the CPU too).
+
+    Returns:
+        A dict with ``device``, ``amp_dtype`` (``"bfloat16"``, ``"float16"`` or None), ``grad_scaler``,
+        ``compile``, ``compile_mode``, ``cudnn_benchmark``, ``channels_last`` (always False),
+        ``pin_memory``, ``non_blocking``, ``num_workers``, ``persistent_workers``, ``resident_bytes``
+        (None without a cache), ``gpu_resident``, and ``reasons`` (a short text per choice).
+    """
+    from tumorlib.data.dataset import default_num_workers
+
+    device = torch.device(device)
+    cuda = device.type == "cuda" and torch.cuda.is_available()
+    amp = True if config is None else bool(config.amp)
+    reasons: dict[str, str] = {}
+    if not amp:
+        amp_dtype, reasons["amp_dtype"] = None, "config.amp is off"
+    elif cuda and torch.cuda.is_bf16_supported():
+        amp_dtype, reasons["amp_dtype"] = "bfloat16", "bf16 supported: no GradScaler needed, same range as fp32"
+    elif cuda:
+        amp_dtype, reasons["amp_dtype"] = "float16", "no bf16 on this card: fp16 with a GradScaler"
+    else:
+        amp_dtype, reasons["amp_dtype"] = None, f"float32 on {device.type} (autocast pays off on CUDA only)"
+    if compile_mode is None or str(compile_mode).lower() == "none":
+        compile_, mode, reasons["compile"] = False, None, "turned off"
+    elif compile_mode == "auto":
+        compile_, reasons["compile"] = compile_available(device)
+        mode = "default" if compile_ else None
+    else:
+        compile_, mode, reasons["compile"] = True, str(compile_mode), f"mode {compile_mode} asked for"
+    workers = None if config is None else config.num_workers
+    workers = default_num_workers() if workers is None else int(workers)
+    resident_bytes = fits = None
+    if cache_dir is not None:
+        from tumorlib.data.gpu_patches import fits_on_device, resident_nbytes
+
+        resident_bytes = resident_nbytes(cache_dir, volume_ids)
+        fits = cuda and fits_on_device(resident_bytes, device, memory_fraction)
+    if not cuda:
+        reasons["gpu_resident"] = f"no GPU ({device.type}): patches from the DataLoader"
+    elif resident_bytes is None:
+        reasons["gpu_resident"] = "no cache given to size"
+    else:
+        reasons["gpu_resident"] = (f"{resident_bytes / 2**30:.2f} GiB {'fits' if fits else 'does not fit'} in "
+                                   f"{memory_fraction:.0%} of the free GPU memory")
+    return {
+        "device": str(device),
+        "amp_dtype": amp_dtype,
+        "grad_scaler": amp_dtype == "float16",
+        "compile": compile_,
+        "compile_mode": mode,
+        "cudnn_benchmark": cuda,
+        "channels_last": False,
+        "pin_memory": cuda,
+        "non_blocking": cuda,
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        "resident_bytes": resident_bytes,
+        "gpu_resident": bool(fits),
+        "reasons": reasons,
+    }
+
+
+def seed_variant(device: str | torch.device, config: Any = None) -> Variant:
+    """The seed configuration: fp16 autocast + ``GradScaler``, eager, contiguous, unpinned DataLoader.
+
+    Args:
+        device: the training device; on the CPU the seed's CUDA autocast is a no-op, so float32.
+        config: a ``Config`` (``num_workers``); None: the platform default.
+    """
+    cuda = torch.device(device).type == "cuda"
+    return Variant("seed", amp_dtype="float16" if cuda else None, grad_scaler=cuda,
+                   num_workers=None if config is None else config.num_workers)
+
+
+def reference_variant(device: str | torch.device) -> Variant:
+    """Float32, eager, DataLoader: the reference of the loss check (tf32 stays as PyTorch sets it)."""
+    return Variant("float32")
+
+
+def default_variant(settings: dict[str, Any], **overrides: Any) -> Variant:
+    """The ``default`` variant from ``auto_settings`` output.
+
+    Args:
+        settings: from ``auto_settings``.
+        **overrides: ``Variant`` fields to change (e.g. ``data="device"`` to exercise the sampler on the CPU).
+    """
+    fields = dict(amp_dtype=settings["amp_dtype"], grad_scaler=settings["grad_scaler"], compile=settings["compile"],
+                  compile_mode=settings["compile_mode"], channels_last=settings["channels_last"],
+                  cudnn_benchmark=settings["cudnn_benchmark"],
+                  data="device" if settings["gpu_resident"] else "loader",
+                  num_workers=settings["num_workers"], pin_memory=settings["pin_memory"])
+    name = overrides.pop("name", "default")
+    fields.update(overrides)
+    return Variant(name, **fields)
+
+
+# --------------------------------------------------------------------------- the training step
+
+@contextlib.contextmanager
+def _backend_flags(variant: Variant) -> Iterator[None]:
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+def _compile(model: nn.Module, variant: Variant) -> nn.Module:
+    mode = None if variant.compile_mode in (None, "default") else variant.compile_mode
+    return torch.compile(model, mode=mode, backend=variant.compile_backend)
+
+
+class TrainStep:
+    """One optimizer step of ``tumorlib.train`` (``forward_backward`` per micro-batch, ``optimizer_step``)
+    run the variant's way; falls back to eager when compilation fails on the first step.
+
+    Args:
+        config: a ``Config`` (model, loss, ``lr``, ``weight_decay``, ``grad_clip``).
+        variant: how to run it.
+        device: the device.
+        state_dict: initial weights (None: ``torch.manual_seed(config.seed)`` then a fresh model).
+
+    Attributes:
+        model: the plain model; ``net``: what is called (compiled or the model).
+        compile_error: the error text when compilation failed and the step fell back to eager, else None.
+    """
+
+    def __init__(self, config: Any, variant: Variant, device: str | torch.device,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        from tumorlib.losses import loss_from_config
+        from tumorlib.model import model_from_config
+
+        self.config = config
+        self.variant = variant
+        self.device = torch.device(device)
+        torch.manual_seed(config.seed)
+        self.model = model_from_config(config).to(self.device)
+        if variant.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.net: nn.Module = _compile(self.model, variant) if variant.compile else self.model
+        self.criterion = loss_from_config(config)
+        self.compile_error: str | None = None
+        self._tried = False
+        self.reset(state_dict)
+
+    def reset(self, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Load ``state_dict`` (when given) and start a fresh optimizer and ``GradScaler``."""
+        if state_dict is not None:
+            self.model.load_state_dict(state_dict)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
+                                           weight_decay=self.config.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.variant.grad_scaler)
+
+    def _run(self, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        from tumorlib.train import forward_backward, optimizer_step
+
+        total = torch.zeros((), device=self.device)
+        n = 0
+        for image, mask in micro_batches:
+            image = image.to(self.device, torch.float32, non_blocking=True)
+            mask = mask.to(self.device, torch.float32, non_blocking=True)
+            if self.variant.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last_3d)
+            loss = forward_backward(self.net, self.criterion, image, mask, self.variant.torch_amp_dtype,
+                                    self.scaler, 1.0 / len(micro_batches))
+            total += loss * image.shape[0]
+            n += image.shape[0]
+        optimizer_step(self.model, self.optimizer, self.scaler, None, self.config.grad_clip)
+        return total / max(n, 1)
+
+    def __call__(self, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One optimizer step over ``micro_batches`` (image (B, 4, ...), mask (B, 3, ...)) of any dtype/device.
+
+        Returns:
+            The mean loss of the step's patches (scalar tensor on the device, detached).
+        """
+        if self._tried or self.net is self.model:
+            return self._run(micro_batches)
+        self._tried = True
+        try:
+            return self._run(micro_batches)
+        except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
+            self.compile_error = f"{type(err).__name__}: {err}".strip()[:800]
+            warnings.warn(f"torch.compile failed for variant {self.variant.name}; running eager instead "
+                          f"({self.compile_error.splitlines()[0]})", RuntimeWarning, stacklevel=2)
+            self.net = self.model
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.variant.grad_scaler)
+            return self._run(micro_batches)
+
+
+# --------------------------------------------------------------------------- measurements
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _process_max_rss_gib() -> float:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 2**30 if sys.platform == "darwin" else kib / 2**20  # bytes on macOS, KiB on Linux
+
+
+def time_train_steps(step: TrainStep, next_micro_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                     steps: int = 10, warmup: int = 3) -> dict[str, Any]:
+    """Patches per second of ``steps`` optimizer steps after ``warmup`` untimed ones.
+
+    Args:
+        step: the training step (its accumulation is ``step.config.accumulation_steps`` micro-batches).
+        next_micro_batch: returns the next (image (B, 4, ...), mask (B, 3, ...)).
+        steps: timed optimizer steps.
+        warmup: untimed steps first (compilation, cuDNN autotuning, DataLoader workers starting).
+
+    Returns:
+        ``{"patches_per_s", "seconds", "warmup_s", "peak_memory_gib"}``; the peak is the steady state after
+        warm-up (``torch.cuda.max_memory_allocated``; None on the CPU).
+    """
+    device = step.device
+    accumulation = step.config.accumulation_steps
+    with _backend_flags(step.variant):
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            step([next_micro_batch() for _ in range(accumulation)])
+        _sync(device)
+        warmup_s = time.perf_counter() - t0
+        _reset_peak(device)
+        patches = 0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            micro = [next_micro_batch() for _ in range(accumulation)]
+            step(micro)
+            patches += sum(int(m[0].shape[0]) for m in micro)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    return {"patches_per_s": patches / seconds, "seconds": seconds, "warmup_s": warmup_s,
+            "peak_memory_gib": _peak_gib(device)}
+
+
+def time_inference(model: nn.Module, variant: Variant, config: Any, device: str | torch.device,
+                   volume_shape: Sequence[int] | None = None, repeats: int = 3) -> dict[str, Any]:
+    """Seconds for one whole volume through ``sliding_window_inference`` with Gaussian blending.
+
+    The volume is random (4, D, H, W) float32 already on the device; the output stays there. The model
+    runs in eval mode under the variant's autocast, compiled separately for inference when the variant
+    compiles (falling back to eager on failure).
+
+    Args:
+        model: the trained or fresh model (put back in train mode afterwards).
+        variant: autocast dtype and compile settings.
+        config: ``patch_size``, ``sw_overlap``, ``sw_batch_size``, ``synth_shape``.
+        device: the device.
+        volume_shape: (D, H, W); None: ``config.synth_shape`` (155x240x240 in ``full``).
+        repeats: timed volumes after one untimed warm-up volume (the median is reported).
+
+    Returns:
+        ``{"inference_s", "inference_peak_memory_gib", "volume_shape", "windows_per_volume",
+        "inference_compile_error"}``.
+    """
+    from tumorlib.inference import sliding_window_inference, window_starts
+
+    device = torch.device(device)
+    shape = tuple(int(s) for s in (volume_shape or config.synth_shape))
+    gen = torch.Generator().manual_seed(config.seed)
+    image = torch.randn(1, config.in_channels, *shape, generator=gen).to(device)
+    dtype = variant.torch_amp_dtype
+    net: nn.Module = _compile(model, variant) if variant.compile else model
+    error = None
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with ctx:
+            return net(x)
+
+    def run() -> torch.Tensor:
+        return sliding_window_inference(image, predictor, config.patch_size, overlap=config.sw_overlap,
+                                        blend="gaussian", batch_size=config.sw_batch_size)
+
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with _backend_flags(variant):
+            try:
+                run()
+            except Exception as err:  # noqa: BLE001 - compiler failure: eager
+                if net is model:
+                    raise
+                error = f"{type(err).__name__}: {err}".strip()[:800]
+                net = model
+                run()
+            _sync(device)
+            _reset_peak(device)
+            for _ in range(max(1, repeats)):
+                t0 = time.perf_counter()
+                run()
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+    finally:
+        model.train(was_training)
+    padded = [max(s, p) for s, p in zip(shape, config.patch_size)]
+    windows = 1
+    for s, p in zip(padded, config.patch_size):
+        windows *= len(window_starts(s, p, config.sw_overlap))
+    return {"inference_s": float(statistics.median(times)), "inference_peak_memory_gib": _peak_gib(device),
+            "volume_shape": list(shape), "windows_per_volume": windows, "inference_compile_error": error}
+
+
+def _dataset_batches(config: Any, cache_dir: Any, volume_ids: Sequence[int], n_micro: int,
+                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n_micro`` micro-batches of epoch 0 (index order), on the CPU."""
+    from tumorlib.data.dataset import BraTS3DDataset
+
+    b = config.batch_size
+    ds = BraTS3DDataset(cache_dir, volume_ids, patch_size=config.patch_size, tumor_prob=config.tumor_prob,
+                        ram_cache_bytes=config.ram_cache_bytes, augment=config.augment, seed=config.seed,
+                        samples_per_epoch=n_micro * b)
+    out = []
+    for k in range(n_micro):
+        items = [ds[(0, k * b + j)] for j in range(b)]
+        out.append((torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])))
+    return out
+
+
+def compare_losses(config: Any, steps_by_name: dict[str, TrainStep], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                   n_steps: int, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Train each variant from the same weights on the same batches and compare the losses step by step.
+
+    Args:
+        config: the config (``accumulation_steps``).
+        steps_by_name: ``{name: TrainStep}``; each is reset to ``state_dict`` first. Every later name is
+            compared with every earlier one: ``b_vs_a``, the relative difference taken against ``a``
+            (e.g. ``{"float32", "seed", "default"}`` gives ``seed_vs_float32``, ``default_vs_float32``,
+            ``default_vs_seed``).
+        batches: at least ``n_steps * accumulation_steps`` micro-batches (image, mask) on any device.
+        n_steps: optimizer steps compared.
+        state_dict: the common initial weights.
+
+    Returns:
+        ``{"steps", "losses": {name: [...]}, "skipped_steps": {name: n}, "pairs": {"a_vs_b":
+        {"max_abs_diff", "max_rel_diff"}}}``; a skipped step is one where the ``GradScaler`` found
+        inf/NaN gradients and lowered its scale (the weights did not change).
+    """
+    acc = config.accumulation_steps
+    if len(batches) < n_steps * acc:
+        raise ValueError(f"compare_losses needs {n_steps * acc} micro-batches, got {len(batches)}")
+    losses: dict[str, list[float]] = {}
+    skipped: dict[str, int] = {}
+    for name, step in steps_by_name.items():
+        step.reset(state_dict)
+        losses[name], skipped[name] = [], 0
+        with _backend_flags(step.variant):
+            for s in range(n_steps):
+                before = step.scaler.get_scale() if step.scaler.is_enabled() else None
+                losses[name].append(float(step(batches[s * acc:(s + 1) * acc]).item()))
+                if before is not None and step.scaler.get_scale() < before:
+                    skipped[name] += 1
+    pairs = {}
+    names = list(steps_by_name)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            diffs = [abs(x - y) for x, y in zip(losses[b], losses[a])]
+            rels = [d / max(abs(y), 1e-12) for d, y in zip(diffs, losses[a])]
+            pairs[f"{b}_vs_{a}"] = {"max_abs_diff": max(diffs), "max_rel_diff": max(rels)}
+    return {"steps": n_steps, "losses": losses, "skipped_steps": skipped, "pairs": pairs}
+
+
+def _end_to_end_source(config: Any, variant: Variant, cache_dir: Any, volume_ids: Sequence[int], n_samples: int,
+                       device: torch.device, progress: bool) -> tuple[Callable[[], Any], dict[str, Any], Callable[[], None]]:
+    """``(next_micro_batch, info, close)`` for the variant's data path over one epoch of ``n_samples``."""
+    b = config.batch_size
+    if variant.data == "device":
+        from tumorlib.data.gpu_patches import DevicePatchSampler
+
+        t0 = time.perf_counter()
+        sampler = DevicePatchSampler(cache_dir, volume_ids, patch_size=config.patch_size,
+                                     tumor_prob=config.tumor_prob, augment=config.augment, seed=config.seed,
+                                     samples_per_epoch=n_samples, device=device, progress=progress)
+        _sync(device)
+        info = {"resident_load_s": time.perf_counter() - t0, "resident_gib": sampler.nbytes / 2**30}
+        batches = iter(sampler.loader(b, shuffle=True, sampler_seed=config.seed))
+        return (lambda: next(batches)), info, (lambda: None)
+    from tumorlib.data.dataset import BraTS3DDataset, make_loader
+
+    ds = BraTS3DDataset(cache_dir, volume_ids, patch_size=config.patch_size, tumor_prob=config.tumor_prob,
+                        ram_cache_bytes=config.ram_cache_bytes, augment=config.augment, seed=config.seed,
+                        samples_per_epoch=n_samples)
+    loader = make_loader(ds, config, shuffle=True, batch_size=b, num_workers=variant.num_workers,
+                         pin_memory=variant.pin_memory and device.type == "cuda")
+    batches = iter(loader)
+
+    def close() -> None:
+        nonlocal batches
+        batches = None  # shuts down the workers
+
+    return (lambda: next(batches)), {"resident_load_s": None, "resident_gib": None,
+                                     "num_workers": loader.num_workers}, close
+
+
+def benchmark_throughput(config: Any, cache_dir: str | os.PathLike | None = None,
+                         device: str | torch.device | None = None, steps: int = 10, warmup: int = 3,
+                         loss_steps: int = 5, compile_mode: str | None = "auto",
+                         variants: Sequence[Variant] | None = None, inference: bool = True,
+                         inference_repeats: int = 3, volume_shape: Sequence[int] | None = None,
+                         progress: bool = False) -> dict[str, Any]:
+    """The issue-7 benchmark: seed against default, model step alone and end to end, inference, loss check.
+
+    Args:
+        config: a ``Config`` (model, patch, batch, accumulation, loss, sliding-window settings).
+        cache_dir: a finished cache for the end-to-end runs and the loss check (its training split is
+            used); None: the workspace's, built when missing.
+        device: None: CUDA when available, else the CPU.
+        steps: timed optimizer steps per measurement.
+        warmup: untimed optimizer steps first.
+        loss_steps: optimizer steps of the loss check (0 skips it).
+        compile_mode: for the default variant, see ``auto_settings``.
+        variants: ``(seed, default)`` to measure instead of ``seed_variant`` and ``default_variant``
+            (the first is the baseline of the ratios, the last the candidate).
+        inference: time full-volume inference per variant.
+        inference_repeats: timed volumes per variant.
+        volume_shape: (D, H, W) of the inference volume; None: ``config.synth_shape``.
+        progress: progress bars while building the cache and loading resident volumes.
+
+    Returns:
+        A JSON-ready dict: ``device``, ``device_name``, ``torch_version``, ``preset``, ``patch_size``,
+        ``batch_size``, ``accumulation_steps``, ``steps``, ``warmup``, ``auto_settings``, ``variants``
+        (per name: ``settings``, ``step_patches_per_s``, ``step_peak_memory_gib``, ``e2e_patches_per_s``,
+        ``e2e_peak_memory_gib``, ``data``, ``resident_load_s``, ``resident_gib``, ``warmup_s``,
+        ``compile_error``, ``inference_s``, ``inference_peak_memory_gib``, ...), ``baseline`` and
+        ``candidate`` (the names compared), ``ratios`` (candidate / baseline for patches per second and
+        peak memory; baseline / candidate seconds for ``inference_speedup``), ``loss_check`` (see
+        ``compare_losses``), ``peak_memory_source``, ``process_max_rss_gib``, ``targets`` and
+        ``targets_met`` (None off CUDA or outside the ``full`` preset).
+    """
+    from tumorlib.data.cache import cached_volume_ids
+    from tumorlib.data.splits import split_volumes
+    from tumorlib.distributed import select_device
+    from tumorlib.model import model_from_config
+    from tumorlib.train import prepare_cache
+
+    device = select_device(device)
+    cache = prepare_cache(config, cache_dir=cache_dir, progress=progress)
+    train_ids = split_volumes(cached_volume_ids(cache), config.val_fraction, config.test_fraction,
+                              config.split_seed)[0]
+    settings = auto_settings(device, config, cache, train_ids, compile_mode=compile_mode)
+    if variants is None:
+        variants = [seed_variant(device, config), default_variant(settings)]
+    variants = list(variants)
+    if len({v.name for v in variants}) != len(variants):
+        raise ValueError(f"variant names must differ: {[v.name for v in variants]}")
+    b, acc = config.batch_size, config.accumulation_steps
+    gen = torch.Generator().manual_seed(config.seed)
+    image = torch.randn(b, config.in_channels, *config.patch_size, generator=gen).to(device)
+    mask = (torch.rand(b, config.num_classes, *config.patch_size, generator=gen) > 0.9).float().to(device)
+    n_samples = (warmup + steps) * acc * b
+
+    torch.manual_seed(config.seed)
+    init = {k: v.detach().clone() for k, v in model_from_config(config).state_dict().items()}
+    runners: dict[str, TrainStep] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        step = TrainStep(config, variant, device, init)
+        runners[variant.name] = step
+        alone = time_train_steps(step, lambda: (image, mask), steps, warmup)
+        step.reset(init)
+        source, info, close = _end_to_end_source(config, variant, cache, train_ids, n_samples, device, progress)
+        try:
+            e2e = time_train_steps(step, source, steps, warmup)
+        finally:
+            close()
+        row = {"settings": variant.to_dict(), "step_patches_per_s": alone["patches_per_s"],
+               "step_peak_memory_gib": alone["peak_memory_gib"], "e2e_patches_per_s": e2e["patches_per_s"],
+               "e2e_peak_memory_gib": e2e["peak_memory_gib"], "data": variant.data, **info,
+               "warmup_s": alone["warmup_s"], "compile_error": step.compile_error}
+        if inference:
+            row.update(time_inference(step.model, variant, config, device, volume_shape, inference_repeats))
+        rows[variant.name] = row
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    loss_check = None
+    if loss_steps > 0:
+        batches = _dataset_batches(config, cache, train_ids, loss_steps * acc)
+        checked: dict[str, TrainStep] = {}
+        ref = reference_variant(device)
+        if not any(v.amp_dtype is None and not v.compile for v in variants) and ref.name not in runners:
+            checked[ref.name] = TrainStep(config, ref, device, init)
+        checked.update(runners)
+        loss_check = compare_losses(config, checked, batches, loss_steps, init)
+
+    base, cand = rows[variants[0].name], rows[variants[-1].name]
+
+    def ratio(a: float | None, c: float | None) -> float | None:
+        return float(c / a) if a and c is not None else None
+
+    ratios = {
+        "step_patches_per_s": ratio(base["step_patches_per_s"], cand["step_patches_per_s"]),
+        "e2e_patches_per_s": ratio(base["e2e_patches_per_s"], cand["e2e_patches_per_s"]),
+        "step_peak_memory": ratio(base["step_peak_memory_gib"], cand["step_peak_memory_gib"]),
+        "inference_speedup": ratio(cand.get("inference_s"), base.get("inference_s")),
+    }
+    cuda = device.type == "cuda"
+    targets_met = None
+    if cuda and config.preset == "full":
+        targets_met = {"e2e_patches_per_s": cand["e2e_patches_per_s"] >= THROUGHPUT_TARGETS["e2e_patches_per_s"],
+                       "inference_s": (cand["inference_s"] <= THROUGHPUT_TARGETS["inference_s"]
+                                       if cand.get("inference_s") is not None else None)}
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine()),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "preset": config.preset,
+        "patch_size": list(config.patch_size),
+        "features": list(config.features),
+        "batch_size": b,
+        "accumulation_steps": acc,
+        "steps": steps,
+        "warmup": warmup,
+        "train_volumes": len(train_ids),
+        "auto_settings": settings,
+        "variants": rows,
+        "baseline": variants[0].name,
+        "candidate": variants[-1].name,
+        "ratios": ratios,
+        "loss_check": loss_check,
+        "peak_memory_source": "torch.cuda.max_memory_allocated" if cuda else None,
+        "process_max_rss_gib": _process_max_rss_gib(),
+        "targets": dict(THROUGHPUT_TARGETS),
+        "targets_met": targets_met,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads()},
+    }
+
+
+def format_throughput(result: dict[str, Any], train: dict[str, Any] | None = None) -> str:
+    """The benchmark as a text table (for the command line and the README).
+
+    Args:
+        result: from ``benchmark_throughput``.
+        train: optional ``bench_train`` keys (``train_step_patches_per_s``, ``train_patches_per_s``, ...),
+            shown as the ``train.py`` row: what ``tumorlib train`` runs today.
+
+    Returns:
+        The table with one row per variant, the ratio row and the loss check.
+    """
+
+    def num(v: Any, fmt: str = ".1f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    shape = "x".join(map(str, result["patch_size"]))
+    lines = [f"GPU throughput benchmark on {result['device_name']} ({result['device']}), preset {result['preset']}, "
+             f"patch {shape}, batch {result['batch_size']} x {result['accumulation_steps']} accumulation",
+             f"{'variant':<10} {'settings':<44} {'step p/s':>9} {'e2e p/s':>9} {'peak GiB':>9} {'infer s':>8}"]
+    rows = dict(result["variants"])
+    for name, row in rows.items():
+        lines.append(f"{name:<10} {row['settings']['description']:<44} {num(row['step_patches_per_s']):>9} "
+                     f"{num(row['e2e_patches_per_s']):>9} {num(row['step_peak_memory_gib'], '.2f'):>9} "
+                     f"{num(row.get('inference_s'), '.3f'):>8}")
+        if row.get("compile_error"):
+            lines.append(f"{'':<10} compile failed, ran eager: {row['compile_error'].splitlines()[0][:90]}")
+    if train and train.get("train_step_patches_per_s") is not None:
+        desc = f"{train.get('train_amp_dtype') or 'fp32'}, {'compile' if train.get('train_compile') else 'eager'}, DataLoader"
+        lines.append(f"{'train.py':<10} {desc:<44} {num(train['train_step_patches_per_s']):>9} "
+                     f"{num(train.get('train_patches_per_s')):>9} {num(train.get('train_peak_memory_gib'), '.2f'):>9} "
+                     f"{'-':>8}")
+    r = result["ratios"]
+
+    def times(v: float | None, width: int) -> str:
+        return f"{'-' if v is None else format(v, '.2f') + 'x':>{width}}"
+
+    lines.append(f"{result['candidate'] + ' / ' + result['baseline'] + ' (same run)':<55} "
+                 f"{times(r['step_patches_per_s'], 9)} {times(r['e2e_patches_per_s'], 9)} "
+                 f"{times(r['step_peak_memory'], 9)} {times(r['inference_speedup'], 8)}")
+    settings = [{k: v for k, v in row["settings"].items() if k not in ("name", "description")} for row in rows.values()]
+    if len(settings) > 1 and all(s == settings[0] for s in settings[1:]):
+        lines.append(f"note: on {result['device']} the variants resolve to the same settings; their ratio is "
+                     "measurement noise")
+    if result["peak_memory_source"] is None:
+        lines.append(f"peak memory: not measured on {result['device']} (process peak RSS "
+                     f"{result['process_max_rss_gib']:.2f} GiB); inference column: seconds per "
+                     f"{'x'.join(map(str, next(iter(rows.values())).get('volume_shape', [])))} volume")
+    check = result.get("loss_check")
+    if check:
+        pairs = ", ".join(f"{k} max abs {v['max_abs_diff']:.2e} rel {v['max_rel_diff']:.2e}"
+                          for k, v in check["pairs"].items())
+        lines.append(f"loss check over {check['steps']} steps from the same weights and batches: {pairs}")
+        if any(check["skipped_steps"].values()):
+            lines.append(f"  GradScaler skipped steps: {check['skipped_steps']}")
+    if result.get("targets_met") is not None:
+        met = result["targets_met"]
+        lines.append(f"targets: e2e >= {THROUGHPUT_TARGETS['e2e_patches_per_s']:g} patches/s "
+                     f"{'met' if met['e2e_patches_per_s'] else 'MISSED'}; inference <= "
+                     f"{THROUGHPUT_TARGETS['inference_s']:g} s {'met' if met['inference_s'] else 'MISSED'}")
+    return "\n".join(lines)
