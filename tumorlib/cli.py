@@ -63,6 +63,107 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tumorlib.config import workspace
+    from tumorlib.data import build_cache, ensure_data
+    from tumorlib.data.cache import load_cache_index
+
+    cfg = config_from_args(args)
+    workers = args.workers if args.workers is not None else cfg.cache_workers
+    out = Path(args.out) if args.out else workspace(cfg).cache_dir
+    if args.nifti:
+        from tumorlib.data.nifti import build_nifti_cache
+
+        cache = build_nifti_cache(args.nifti, out, workers=workers, cache_hw=cfg.cache_hw,
+                                  margin=cfg.cache_margin, progress=not args.quiet)
+    else:
+        data = args.data or ensure_data(cfg, progress=not args.quiet)
+        cache = build_cache(data, out, workers=workers, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
+                            progress=not args.quiet)
+    index = load_cache_index(cache)
+    size = sum(p.stat().st_size for p in Path(cache).glob("v*.npy"))
+    print(f"cached {len(index['volumes'])} volumes ({size / 2**20:.1f} MiB) in {cache}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tumorlib.bench import benchmark_loading, format_loading_result, write_benchmark
+    from tumorlib.config import workspace
+    from tumorlib.data import ensure_data
+
+    cfg = config_from_args(args)
+    data = args.data or ensure_data(cfg, progress=not args.quiet)
+    cache = Path(args.cache) if args.cache else workspace(cfg).cache_dir
+    result = benchmark_loading(data, cache, cfg, n_volumes=args.volumes, repeats=args.repeats,
+                               n_patches=args.patches, cold=args.cold, build=args.build,
+                               progress=not args.quiet)
+    print(format_loading_result(result))
+    if args.train:
+        from tumorlib.bench import bench_train, format_train_result
+
+        result.update(bench_train(cfg, cache, device=args.device, steps=args.train_steps, progress=not args.quiet))
+        print(format_train_result(result))
+        if args.throughput:
+            from tumorlib.perf import benchmark_throughput, format_throughput
+
+            result["throughput"] = benchmark_throughput(
+                cfg, cache, device=args.device, steps=args.train_steps, warmup=args.train_warmup,
+                loss_steps=args.loss_steps, compile_mode=args.compile_mode, progress=not args.quiet)
+            print(format_throughput(result["throughput"], result))
+    if args.out:
+        print(f"wrote {write_benchmark(result, args.out)}")
+    elif args.quiet:
+        print(json.dumps(result))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from tumorlib.train import train
+
+    cfg = config_from_args(args)
+    if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
+        print(cfg.table(), flush=True)
+    try:
+        history = train(cfg, args.data, args.cache, args.out, resume=args.resume, progress=not args.quiet,
+                        device=args.device, stop_after_epoch=args.stop_after_epoch)
+    except FloatingPointError as err:
+        print(f"tumorlib train: error: {err}", file=sys.stderr)
+        return 3
+    if int(os.environ.get("RANK", "0")) == 0 and len(history):
+        best = history.loc[history.val_dice_mean.idxmax()]
+        print(f"{len(history)} epochs; best validation mean Dice {best.val_dice_mean:.4f} at epoch "
+              f"{int(best.epoch)}; run folder {args.out or 'the workspace run_dir'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tumorlib.evaluate import evaluate
+
+    evaluate(args.run, args.data, args.cache, split=args.split, tta=args.tta, out=args.out, device=args.device,
+             amp=args.amp, progress=not args.quiet)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tumorlib.evaluate import predict
+
+    if args.nifti is not None and (args.data is not None or args.volume is not None):
+        raise ValueError("give --nifti CASE_DIR or --data DIR --volume ID, not both")
+    if args.nifti is None and (args.data is None or args.volume is None):
+        raise ValueError("give --data DIR and --volume ID, or --nifti CASE_DIR")
+    path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
+                   tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="tumorlib", description=__doc__.splitlines()[0])
@@ -85,6 +186,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_notebooks)
 
     # >>> further subcommands register here (one block each) <<<
+
+    p = sub.add_parser("cache", help="pre-cache volumes as normalised, cropped float16 .npy files")
+    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's, generated if needed)")
+    p.add_argument("--nifti", default=None, metavar="ROOT",
+                   help="a folder of official BraTS NIfTI cases instead of --data")
+    p.add_argument("--out", default=None, help="cache folder CACHE (default: the workspace's)")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: cache_workers)")
+    p.add_argument("--quiet", action="store_true")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_cache)
+
+    p = sub.add_parser("bench", help="loading benchmark: HDF5 slices against the cache, build, patches/s")
+    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
+    p.add_argument("--cache", default=None, help="cache folder, built when missing (default: the workspace's)")
+    p.add_argument("--out", default=None, help="write the results as JSON to this file")
+    p.add_argument("--volumes", type=int, default=3, help="volumes measured (the first N)")
+    p.add_argument("--repeats", type=int, default=3, help="warm loads per volume and source")
+    p.add_argument("--patches", type=int, default=200, help="patches timed")
+    p.add_argument("--no-cold", dest="cold", action="store_false", help="skip the cold-cache loads")
+    p.add_argument("--no-build", dest="build", action="store_false", help="skip timing the cache build")
+    p.add_argument("--train", action="store_true",
+                   help="add training throughput (train_patches_per_s: model step alone and with data loading)")
+    p.add_argument("--train-steps", type=int, default=5, help="timed optimizer steps for --train")
+    p.add_argument("--device", default=None, help="device for --train: cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--train-warmup", type=int, default=3,
+                   help="untimed optimizer steps before each seed/default measurement (compilation, autotuning)")
+    p.add_argument("--loss-steps", type=int, default=5,
+                   help="optimizer steps of the seed/default loss check (0 skips it)")
+    p.add_argument("--compile-mode", default="auto",
+                   help="torch.compile mode of the default variant: auto (on CUDA only), none, default, "
+                        "reduce-overhead, max-autotune, max-autotune-no-cudagraphs")
+    p.add_argument("--no-throughput", dest="throughput", action="store_false",
+                   help="with --train, skip the seed/default comparison (tumorlib.perf; key 'throughput')")
+    p.add_argument("--quiet", action="store_true")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("train", help="train the UNet3D (under torchrun: DistributedDataParallel)")
+    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
+    p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
+    p.add_argument("--out", default=None, help="run folder RUN (default: the workspace's run_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pth")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
+                   help="stop after epoch N as if interrupted (resume later with --resume)")
+    p.add_argument("--quiet", action="store_true")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a trained run on whole volumes of a split (Dice, HD95)")
+    p.add_argument("--run", required=True, help="run folder (config.json, checkpoints/best_model.pth)")
+    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
+    p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips")
+    p.add_argument("--out", default=None, help="metrics CSV (default RUN/metrics_<split>.csv); summary beside it")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="write a BraTS label NIfTI (0/1/2/4) for one volume or NIfTI case")
+    p.add_argument("--run", required=True, help="run folder (config.json, checkpoints/best_model.pth)")
+    p.add_argument("--data", default=None, help="Kaggle-format data folder (with --volume)")
+    p.add_argument("--volume", type=int, default=None, help="volume id in --data")
+    p.add_argument("--nifti", default=None, metavar="CASE_DIR",
+                   help="official BraTS case folder (*_t1/_t1ce/_t2/_flair.nii.gz) instead of --data/--volume")
+    p.add_argument("--out", required=True, help="output file, *.nii.gz")
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+
 
     return parser
 

@@ -1,0 +1,170 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Train the 3D U-Net
+#
+# This notebook trains the seed's 3D U-Net on tumour-centred patches cut from the `.npy` cache
+# (02_cache) and writes the **run folder** that 05_evaluate and 06_visualize read:
+#
+# | file | content |
+# |---|---|
+# | `RUN/config.json` | the configuration: a run is reproduced from its folder |
+# | `RUN/splits.json` | train / validation / test volume ids |
+# | `RUN/history.csv` | one row per epoch: lr, losses, validation Dice per class, seconds, patches/s |
+# | `RUN/checkpoints/best_model.pth` | the weights with the best validation mean Dice |
+# | `RUN/checkpoints/last.pth` | model, optimizer, scheduler, scaler, random states: resume from here |
+# | `RUN/training_curves.png` | loss, mean Dice and per-class Dice |
+#
+# Everything here is a call into `tumorlib.train`, which the command line runs too:
+#
+# ```
+# tumorlib train --preset demo --out RUN            # one process, GPU when there is one
+# tumorlib train --preset demo --out RUN --resume   # continue after an interruption
+# torchrun --nproc_per_node 4 -m tumorlib train --preset full --out RUN   # DistributedDataParallel
+# ```
+
+# %%
+import os
+
+import matplotlib
+import pandas as pd
+
+import tumorlib
+from tumorlib import checkpoint, model, schedule, train, viz
+
+matplotlib.rcParams["figure.dpi"] = 80
+
+# %% tags=["parameters"]
+PRESET = os.environ.get("TUMORLIB_PRESET", "demo")  # ci, demo or full
+config = tumorlib.get_config(PRESET)
+ws = tumorlib.workspace(config)
+LOAD_EXISTING_RUN = False  # True: show the run already in ws.run_dir (trained before) instead of training
+ws.fig_dir.mkdir(parents=True, exist_ok=True)
+
+# %% [markdown]
+# ## Configuration
+# The `full` preset is the seed's table; `demo` and `ci` shrink the network and the patches so that a
+# 2-core CPU trains in minutes or seconds. The training fields of this preset beside the seed's:
+
+# %%
+fields = ["patch_size", "tumor_prob", "features", "batch_size", "accumulation_steps", "epochs",
+          "warmup_epochs", "lr", "min_lr_ratio", "weight_decay", "samples_per_epoch", "val_samples",
+          "class_weights", "focal_gamma", "dice_weight", "grad_clip", "amp", "compile", "seed"]
+seed_config = tumorlib.get_config("full")
+pd.DataFrame({PRESET: [str(getattr(config, f)) for f in fields],
+              "full (seed)": [str(getattr(seed_config, f)) for f in fields]}, index=fields)
+
+# %% [markdown]
+# ## Data and splits
+# The cache is built on first use (02_cache shows it in detail). Volumes are split by patient,
+# deterministically (`split_seed`), into training, validation (model selection, every epoch) and a
+# test set that only 05_evaluate touches. Validation uses a fixed set of patches so that epochs compare.
+
+# %% tags=["nbval-ignore-output"]
+cache_dir = train.prepare_cache(config, progress=False)
+print("cache:", cache_dir)
+
+# %%
+train_ds, val_ds, splits = train.make_datasets(config, cache_dir)
+pd.DataFrame({"volumes": [len(v) for v in splits.values()],
+              "patches an epoch": [len(train_ds), len(val_ds), "whole volumes in 05"]}, index=list(splits))
+
+# %% [markdown]
+# ## The network
+# `UNet3D` follows the seed's diagram:
+#
+# - **Encoder** 4 → 32 → 64 → 128 → 256 channels, each stage a `DoubleConv3D` (two 3×3×3 convolutions,
+#   each followed by `InstanceNorm3d` and `LeakyReLU(0.01)`) after a 2×2×2 max-pool; **bottleneck** 512.
+# - **Decoder**: four `Up3D` stages, a 2×2×2 transposed convolution, concatenation with the encoder's
+#   skip connection at the same resolution (fine detail for the borders), then a `DoubleConv3D`.
+# - **Head**: a 1×1×1 convolution to 3 logits, one **sigmoid** per class (necrosis/NET, edema, enhancing).
+#
+# Why these choices (the seed's reasons):
+#
+# - **InstanceNorm, not BatchNorm**: a 64×160×160 patch fills a GPU, so a batch holds 1–2 patches, too
+#   few for batch statistics; instance norm normalises each patch on its own and is the same in
+#   training and inference.
+# - **Tumour-centred sampling**: tumour is under 1 % of the voxels; with `tumor_prob = 0.6` most patches
+#   are centred on a tumour voxel, the rest placed uniformly so the network also sees healthy brain.
+# - **Dice + focal loss** (0.5 / 0.5): soft Dice optimises overlap directly and ignores the imbalance;
+#   class weights (1.5, 1.0, 2.0) favour the small necrotic and enhancing regions. Focal BCE (γ = 2)
+#   adds a dense per-voxel gradient and down-weights the many easy background voxels.
+# - **Gradient accumulation**: batch 2 × 2 steps = an effective batch of 4 on one GPU.
+# - **Warmup then cosine**: 5 epochs of linear warmup keep the first updates of a freshly initialised
+#   network small; a cosine decay to 1 % of the peak fine-tunes at the end. Stepped per optimizer step.
+#
+# Sides that are not multiples of 16 (four poolings) are zero-padded inside the network and cropped back.
+#
+# **Parameters.** With the default features the network holds **22,577,987** parameters. The seed's
+# text says "about 11 million"; its own diagram, rebuilt layer by layer below, gives 22.6 million (the
+# bottleneck alone holds 10.6 million).
+
+# %%
+seed_net = model.UNet3D()
+model.layer_table(seed_net, seed_config.patch_size)
+
+# %%
+print(f"seed UNet3D {seed_net.features}: {model.count_parameters(seed_net):,} parameters")
+net = model.model_from_config(config)
+print(f"{PRESET} UNet3D {net.features}: {model.count_parameters(net):,} parameters")
+model.layer_table(net, config.patch_size)
+
+# %% [markdown]
+# The learning rate over the run, one point per optimizer step (what `RUN/history.csv` records is the
+# value at the last step of each epoch):
+
+# %%
+steps = schedule.optimizer_steps_per_epoch(len(train_ds), config.batch_size, config.accumulation_steps)
+lrs = schedule.lr_schedule(config, steps)
+ax = lrs.plot(x="epoch", y="lr", figsize=(6, 2.5), legend=False, title=f"{PRESET}: {steps} optimizer steps an epoch")
+ax.set_ylabel("learning rate")
+ax.figure.tight_layout()
+
+# %% [markdown]
+# ## Training
+# One process on the CPU trains in float32; on a GPU the same call uses mixed precision (bf16 where
+# supported, else fp16 with a gradient scaler). Every epoch ends with a validation pass and an atomic
+# write of `last.pth`; a run interrupted at any point continues with `resume=True` (`--resume`) and, on
+# the CPU, ends with exactly the history of an uninterrupted run. Set `LOAD_EXISTING_RUN = True` to look
+# at a run trained earlier (for example with the `full` preset on a GPU) without training again.
+
+# %% tags=["nbval-ignore-output"]
+history_file = ws.run_dir / "history.csv"
+if LOAD_EXISTING_RUN and history_file.is_file():
+    history = pd.read_csv(history_file)
+    print(f"loaded the run in {ws.run_dir} ({len(history)} epochs)")
+else:
+    history = train.train(config, cache_dir=cache_dir, out_dir=ws.run_dir, progress=True)
+
+# %% tags=["nbval-ignore-output"]
+history.round(4)
+
+# %% [markdown]
+# ## Curves
+# Loss (with the learning rate), mean validation Dice (the best epoch circled: its weights are
+# `best_model.pth`) and Dice per class. Enhancing tumour and necrosis, the small classes, come last.
+
+# %%
+fig = viz.plot_training_curves(history, ws.fig_dir / "training_curves.png")
+
+# %% tags=["nbval-ignore-output"]
+best = checkpoint.load_checkpoint(ws.run_dir / "checkpoints" / "best_model.pth")
+metrics = pd.Series(best["metrics"]).rename(f"best epoch {best['epoch']}")
+metrics.round(4).to_frame()
+
+# %% [markdown]
+# `val_dice_wt` is the **whole tumour** (any of the three classes), the region BraTS reports first.
+# 05_evaluate scores the best model on whole test volumes with sliding-window inference.
