@@ -16,7 +16,7 @@ from tumorlib.data.gpu_patches import DevicePatchSampler, fits_on_device, reside
 from tumorlib.data.synthetic import make_phantom
 
 PATCH = (16, 32, 32)
-SHAPES = {1: (24, 48, 48), 2: (20, 40, 44), 3: (28, 44, 40), 4: (8, 12, 10)}  # volume 4 < patch
+SHAPES = {1: (24, 60, 60), 2: (22, 56, 60), 3: (28, 60, 56), 4: (8, 12, 10)}  # volume 4 < patch
 
 
 def _reader(volume_id):

@@ -89,7 +89,7 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
     grids = (z, y, x)
 
     # Brain: an ellipsoid with a bumpy surface (radius in normalised units per axis).
-    semi = np.array([0.88, 0.71, 0.58]) * rng.uniform(0.94, 1.04, size=3)  # BraTS-like brain box
+    semi = np.array([0.85, 0.66, 0.55]) * rng.uniform(0.95, 1.04, size=3)  # BraTS-like brain box
     centre = rng.uniform(-0.04, 0.04, size=3)
     r = np.sqrt(((z - centre[0]) / semi[0]) ** 2 + ((y - centre[1]) / semi[1]) ** 2
                 + ((x - centre[2]) / semi[2]) ** 2)
