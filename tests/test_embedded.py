@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tumorlib.config import get_config, workspace
@@ -15,6 +17,10 @@ def test_ensure_data_generates_once(monkeypatch):
     stamp = (root / SYNTH_MARKER).stat().st_mtime_ns
     assert ensure_data(cfg, progress=False) == root
     assert (root / SYNTH_MARKER).stat().st_mtime_ns == stamp  # not regenerated
+    marker = json.loads((root / SYNTH_MARKER).read_text())
+    (root / SYNTH_MARKER).write_text(json.dumps({**marker, "version": marker["version"] - 1}))
+    ensure_data(cfg, progress=False)  # written by an older generator: regenerated
+    assert json.loads((root / SYNTH_MARKER).read_text()) == marker
     assert not list(root.parent.glob("*.tmp*"))
 
 

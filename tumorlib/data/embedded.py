@@ -14,6 +14,8 @@ from tumorlib.data.synthetic import make_synthetic
 __all__ = ["ensure_data", "SYNTH_MARKER"]
 
 SYNTH_MARKER = "tumorlib_synthetic.json"
+# Bump when make_phantom changes its output, so embedded sets written by older code are regenerated.
+SYNTH_VERSION = 2
 
 
 def ensure_data(config: Config, progress: bool = True) -> Path:
@@ -39,7 +41,7 @@ def ensure_data(config: Config, progress: bool = True) -> Path:
         list_volumes(ws.data_dir)
         return ws.data_dir
     marker = ws.data_dir / SYNTH_MARKER
-    params = {"volumes": config.synth_volumes, "shape": list(config.synth_shape), "seed": config.synth_seed}
+    params = {"version": SYNTH_VERSION, "volumes": config.synth_volumes, "shape": list(config.synth_shape), "seed": config.synth_seed}
     if marker.is_file() and json.loads(marker.read_text()) == params:
         return ws.data_dir
     tmp = ws.data_dir.with_name(ws.data_dir.name + f".tmp{os.getpid()}")
