@@ -10,23 +10,14 @@ import pytest
 import torch
 
 from tumorlib.config import get_config
-from tumorlib.data.cache import build_cache_from_reader, load_cache_index
+from tumorlib.data.cache import load_cache_index
 from tumorlib.data.dataset import BraTS3DDataset, make_loader
 from tumorlib.data.gpu_patches import DevicePatchSampler, fits_on_device, resident_nbytes
-from tumorlib.data.synthetic import make_phantom
-
-PATCH = (16, 32, 32)
-SHAPES = {1: (24, 60, 60), 2: (22, 56, 60), 3: (28, 60, 56), 4: (8, 12, 10)}  # volume 4 < patch
-
-
-def _reader(volume_id):
-    return make_phantom(SHAPES[volume_id], seed=3, volume_id=volume_id)
-
+from phantom_cache import PATCH, SHAPES, build_phantom_cache
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return build_cache_from_reader(_reader, list(SHAPES), tmp_path_factory.mktemp("gp") / "cache",
-                                   source="phantoms", workers=1, progress=False)
+    return build_phantom_cache(tmp_path_factory.mktemp("gp"))
 
 
 def _pair(cache, **kw):
