@@ -48,6 +48,32 @@ class PatchPlan(tuple):
     shift = property(lambda self: self[5])
 
 
+def _cut(volume: np.ndarray, src: list[slice], dst: list[slice], patch_size: tuple[int, ...]) -> np.ndarray:
+    """Copy ``volume[:, src]`` into a new zero-padded (C, *patch_size) array at ``dst``.
+
+    In-memory (writable) volumes are copied with torch, whose copy kernel is about twice as fast as
+    numpy's here (it uses every core); the bytes are the same either way. Read-only memory maps stay
+    with numpy (torch refuses non-writable buffers).
+    """
+    inner = (slice(None),) + tuple(src)
+    full = all(d.start == 0 and d.stop == p for d, p in zip(dst, patch_size))
+    if not volume.flags.writeable:
+        if full:
+            return np.ascontiguousarray(volume[inner])
+        out = np.zeros((volume.shape[0],) + tuple(patch_size), volume.dtype)
+        out[(slice(None),) + tuple(dst)] = volume[inner]
+        return out
+    source = torch.from_numpy(volume)[inner]
+    if full:
+        return source.contiguous().numpy()
+    out = torch.empty((volume.shape[0],) + tuple(patch_size), dtype=source.dtype)
+    for axis, (d, p) in enumerate(zip(dst, patch_size), start=1):  # zero only the padding slabs
+        out.narrow(axis, 0, d.start).zero_()
+        out.narrow(axis, d.stop, p - d.stop).zero_()
+    out[(slice(None),) + tuple(dst)] = source
+    return out.numpy()
+
+
 class BraTS3DDataset(Dataset):
     """Random 3-D patches from cached volumes, deterministic per (seed, epoch, index).
 
@@ -211,15 +237,8 @@ class BraTS3DDataset(Dataset):
             a, b = max(start, 0), min(start + p, size)
             src.append(slice(a, b))
             dst.append(slice(a - start, b - start))
-        full = all(s.start == 0 and s.stop == p for s, p in zip(dst, self.patch_size))
-        if full:
-            img = np.ascontiguousarray(image[(slice(None),) + tuple(src)])
-            msk = np.ascontiguousarray(mask[(slice(None),) + tuple(src)])
-        else:
-            img = np.zeros((image.shape[0],) + self.patch_size, image.dtype)
-            msk = np.zeros((mask.shape[0],) + self.patch_size, mask.dtype)
-            img[(slice(None),) + tuple(dst)] = image[(slice(None),) + tuple(src)]
-            msk[(slice(None),) + tuple(dst)] = mask[(slice(None),) + tuple(src)]
+        img = _cut(image, src, dst, self.patch_size)
+        msk = _cut(mask, src, dst, self.patch_size)
         if any(plan.flips):
             axes = tuple(a + 1 for a, f in enumerate(plan.flips) if f)
             img = np.ascontiguousarray(np.flip(img, axes))
