@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tumorlib.data.cache import (
     CacheError,
+    brain_mask,
     build_cache,
     build_cache_from_reader,
     cache_summary,
@@ -18,7 +19,7 @@ from tumorlib.data.cache import (
 )
 from tumorlib.data.dataset import BraTS3DDataset, EpochSampler, make_loader
 from tumorlib.data.embedded import ensure_data
-from tumorlib.data.explore import brain_mask, volume_stats
+from tumorlib.data.explore import volume_stats
 from tumorlib.data.kaggle import (
     CLASS_NAMES,
     KAGGLE_DATASET,

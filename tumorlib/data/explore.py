@@ -8,21 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from tumorlib.data.cache import brain_mask
 from tumorlib.data.kaggle import CLASS_NAMES, list_volumes, load_volume
 
-__all__ = ["brain_mask", "volume_stats"]
-
-
-def brain_mask(image: np.ndarray) -> np.ndarray:
-    """Brain voxels of a skull-stripped volume.
-
-    Args:
-        image: (4, D, H, W) intensities.
-
-    Returns:
-        (D, H, W) bool, True where any channel is nonzero.
-    """
-    return (image != 0).any(axis=0)
+__all__ = ["volume_stats"]
 
 
 def volume_stats(root: str | os.PathLike, volume_ids: Sequence[int] | None = None,

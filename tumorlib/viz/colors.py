@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tumorlib.data.kaggle import CLASS_NAMES, MODALITIES  # one definition, re-exported here
+
 __all__ = [
     "CLASS_COLORS",
     "CLASS_KEYS",
@@ -34,14 +36,8 @@ __all__ = [
     "to_numpy",
 ]
 
-#: Channel order of ``image`` (4, D, H, W).
-MODALITIES: tuple[str, ...] = ("T1", "T1ce", "T2", "FLAIR")
-
 #: Short keys of the three classes, as used in column names (``dice_ncr``, ``val_dice_ed``, ...).
 CLASS_KEYS: tuple[str, ...] = ("ncr", "ed", "et")
-
-#: Human-readable class names, in mask channel order.
-CLASS_NAMES: tuple[str, ...] = ("necrosis", "edema", "enhancing")
 
 #: RGB in 0..255 per class, in mask channel order (Okabe-Ito vermillion, bluish green, yellow).
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((213, 94, 0), (0, 158, 115), (240, 228, 66))
