@@ -169,7 +169,10 @@ def test_labels_precedence_enhancing_over_necrosis_over_edema():
     labels = labels_from_probabilities(torch.from_numpy(prob))
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels[0, 0], [0, 2, 1, 4, 1, 4, 4, 4])
-    assert labels_from_probabilities(np.full((3, 1, 1, 1), 0.5))[0, 0, 0] == 0  # strictly above
+    single = np.array([0.5, 0.0, 0.0]).reshape(3, 1, 1, 1)
+    assert labels_from_probabilities(single)[0, 0, 0] == 0  # strictly above
+    # the union of three 0.5s passes (no hole where classes share); the tie goes to enhancing
+    assert labels_from_probabilities(np.full((3, 1, 1, 1), 0.5))[0, 0, 0] == 4
 
 
 def test_labels_round_trip_and_errors():

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tumorlib.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER
 from tumorlib.data import (
     KAGGLE_SUBDIR,
     download_brats2020,
@@ -14,15 +15,21 @@ from tumorlib.data import (
     load_metadata,
     load_volume,
     make_phantom,
+    write_kaggle_volume,
 )
 
 
 def _write_slices(folder, vid, n_slices, hw=(20, 24), rng=None, skip=(), image_dtype=np.float64):
-    """Write a volume the way other code might: raw h5py, one file per slice."""
+    """Write a volume the way other code might: raw h5py, one file per slice.
+
+    The image is positive inside a box and exactly 0 around it; the mask channels are disjoint.
+    """
     rng = rng or np.random.default_rng(vid)
     folder.mkdir(parents=True, exist_ok=True)
-    image = rng.uniform(0, 100, size=(n_slices, *hw, 4)).astype(image_dtype)
-    mask = (rng.random(size=(n_slices, *hw, 3)) < 0.1).astype(np.uint8)
+    image = rng.uniform(1, 100, size=(n_slices, *hw, 4)).astype(image_dtype)
+    image[:, :3] = image[:, -3:] = image[:, :, :3] = image[:, :, -3:] = 0
+    cls = rng.integers(0, 30, size=(n_slices, *hw))
+    mask = np.stack([cls == k for k in (1, 2, 3)], axis=-1).astype(np.uint8)
     for s in range(n_slices):
         if s in skip:
             continue
@@ -104,9 +111,92 @@ def test_other_writer_noncontiguous_ids_few_slices(tmp_path):
     assert list_volumes(tmp_path / "download") == [7, 42, 113]
     for vid, (image, mask) in expected.items():
         got_image, got_mask = load_volume(tmp_path / "download", vid)
-        np.testing.assert_array_equal(got_image, np.moveaxis(image, -1, 0).astype(np.float32))
+        # stored FLAIR, T1, T1ce, T2 -> canonical T1, T1ce, T2, FLAIR
+        stored = np.moveaxis(image, -1, 0).astype(np.float32)
+        np.testing.assert_array_equal(got_image, stored[[1, 2, 3, 0]])
         np.testing.assert_array_equal(got_mask, np.moveaxis(mask, -1, 0))
         assert got_image.shape == (4, image.shape[0], 20, 24)
+        # another stored order, given explicitly
+        same, _ = load_volume(tmp_path / "download", vid, stored_order=("t1", "t1ce", "t2", "flair"))
+        np.testing.assert_array_equal(same, stored)
+
+
+def test_synth_stores_pack_order_and_reads_back_canonical(tmp_path):
+    image, mask = make_phantom((10, 24, 24), seed=1, volume_id=3)
+    write_kaggle_volume(tmp_path, 3, image, mask)
+    with h5py.File(tmp_path / "volume_3_slice_5.h5") as f:
+        stored = f["image"][()]
+    for c, name in enumerate(KAGGLE_STORED_ORDER):  # the file holds FLAIR, T1, T1ce, T2
+        np.testing.assert_array_equal(stored[..., c], image[CANONICAL_ORDER.index(name), 5])
+    got, got_mask = load_volume(tmp_path, 3)
+    np.testing.assert_array_equal(got, image)
+    np.testing.assert_array_equal(got_mask, mask)
+    write_kaggle_volume(tmp_path / "other", 3, image, mask, stored_order=("t2", "t1", "flair", "t1ce"))
+    np.testing.assert_array_equal(load_volume(tmp_path / "other", 3, ("t2", "t1", "flair", "t1ce"))[0], image)
+    with pytest.raises(ValueError, match="t1 given more than once"):
+        load_volume(tmp_path, 3, stored_order=("t1", "t1", "t2", "flair"))
+    with pytest.raises(ValueError, match="unknown modality 'pd'"):
+        load_volume(tmp_path, 3, stored_order=("pd", "t1", "t2", "flair"))
+
+
+def test_config_channel_order_field():
+    from tumorlib.config import get_config, parse_field
+
+    cfg = get_config("ci")
+    assert cfg.kaggle_channel_order == KAGGLE_STORED_ORDER
+    assert parse_field("kaggle_channel_order", "T1,T1ce,T2,FLAIR") == ("T1", "T1ce", "T2", "FLAIR")
+    assert cfg.replace(kaggle_channel_order=["T1", "T1ce", "T2", "FLAIR"]).kaggle_channel_order == CANONICAL_ORDER
+    with pytest.raises(ValueError, match="flair missing"):
+        cfg.replace(kaggle_channel_order=("t1", "t1ce", "t2"))
+
+
+def test_warns_on_overlapping_masks(tmp_path):
+    image, mask = _write_slices(tmp_path, 4, 3)
+    with h5py.File(tmp_path / "volume_4_slice_1.h5", "a") as f:
+        m = f["mask"][()]
+        m[5, 5] = m[5, 6] = (1, 1, 0)
+        m[6, 6] = (1, 1, 1)
+        del f["mask"]
+        f["mask"] = m
+    with pytest.warns(UserWarning, match="volume 4: 3 voxels lie in more than one mask channel"):
+        load_volume(tmp_path, 4)
+
+
+def test_warns_on_normalised_image(tmp_path):
+    rng = np.random.default_rng(0)
+    for s in range(3):
+        with h5py.File(tmp_path / f"volume_6_slice_{s}.h5", "w") as f:
+            f["image"] = rng.normal(size=(12, 12, 4))  # z-scored: negative values, no zero background
+            f["mask"] = np.zeros((12, 12, 3), np.uint8)
+    with pytest.warns(UserWarning, match="volume 6: image looks already normalised"):
+        load_volume(tmp_path, 6)
+    for s in range(3):  # positive everywhere but no background: normalised to [0, 1] with an offset
+        with h5py.File(tmp_path / f"volume_8_slice_{s}.h5", "w") as f:
+            f["image"] = rng.uniform(0.1, 1.0, size=(12, 12, 4))
+            f["mask"] = np.zeros((12, 12, 3), np.uint8)
+    with pytest.warns(UserWarning, match=r"volume 8: .*0\.00% of voxels are exactly 0"):
+        load_volume(tmp_path, 8)
+
+
+def test_raw_volume_reads_without_warnings(tiny_data, tmp_path):
+    import warnings
+
+    _write_slices(tmp_path, 2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_volume(tiny_data, 1)
+        load_volume(tmp_path, 2)
+
+
+def test_error_depth_differs_from_metadata(tmp_path):
+    _write_slices(tmp_path, 9, 4)
+    _write_slices(tmp_path, 10, 3)
+    rows = [(f"/content/data/volume_{v}_slice_{s}.h5", 0, v, s) for v, n in ((9, 5), (10, 3)) for s in range(n)]
+    pd.DataFrame(rows, columns=["slice_path", "target", "volume", "slice"]).to_csv(
+        tmp_path / "meta_data.csv", index=False)
+    assert load_volume(tmp_path, 10)[0].shape[1] == 3
+    with pytest.raises(ValueError, match="volume 9: 4 slices in .* but .*meta_data.csv lists 5"):
+        load_volume(tmp_path, 9)
 
 
 def test_error_missing_slice(tmp_path):

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tumorlib.brats import check_order
+
 __all__ = [
     "Config",
     "PRESETS",
@@ -54,6 +56,8 @@ class Config:
     synth_volumes: int = 20
     synth_shape: tuple[int, int, int] = (155, 240, 240)
     synth_seed: int = 0
+    # the modality of each stored image channel of the Kaggle HDF5 files (tumorlib.brats)
+    kaggle_channel_order: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
     # cache
     cache_hw: int | None = 240  # in-plane size of the cache; None or the native size = no resampling
     cache_margin: int = 4  # voxels kept around the brain's bounding box
@@ -99,6 +103,7 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
+        object.__setattr__(self, "kaggle_channel_order", check_order(self.kaggle_channel_order))
         if len(self.synth_shape) != 3 or len(self.patch_size) != 3:
             raise ValueError(f"synth_shape and patch_size need 3 sides (D, H, W): {self.synth_shape}, "
                              f"{self.patch_size}")

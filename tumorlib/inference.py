@@ -1,5 +1,6 @@
 """Full-volume inference: sliding windows with Gaussian blending, flip test-time augmentation, and the
-conversion of sigmoid outputs to BraTS labels.
+conversion of sigmoid outputs to BraTS labels (``labels_from_probabilities``, which is
+``tumorlib.brats.decode_probabilities``).
 
 ``sliding_window_inference`` computes what MONAI's function of the same name computes with
 ``overlap=overlap, mode=blend, sigma_scale=0.125, padding_mode="constant", cval=0`` (the tests compare
@@ -28,6 +29,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+# BraTS labels and the decoding rule are defined once, in tumorlib.brats; these names stay importable here.
+from tumorlib.brats import BRATS_LABELS, labels_to_channels
+from tumorlib.brats import decode_probabilities as labels_from_probabilities
+
 __all__ = [
     "BRATS_LABELS",
     "FLIP_AXES",
@@ -38,8 +43,6 @@ __all__ = [
     "window_starts",
 ]
 
-#: BraTS label value of each tumorlib class channel (necrosis/NET, edema, enhancing).
-BRATS_LABELS = (1, 2, 4)
 #: The 8 combinations of flips of the spatial axes (2, 3, 4) of a (B, C, D, H, W) tensor, for TTA.
 FLIP_AXES: tuple[tuple[int, ...], ...] = tuple(
     axes for r in range(4) for axes in itertools.combinations((2, 3, 4), r))
@@ -202,50 +205,3 @@ def sliding_window_inference(
     output /= weight_sum
     crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, spatial))
     return output[(slice(None), slice(None), *crop)]
-
-
-def labels_from_probabilities(prob: torch.Tensor | np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """BraTS labels from per-class probabilities, with a fixed precedence where classes overlap.
-
-    The model predicts three independent sigmoid channels, so a voxel can pass the threshold in more
-    than one. The label is decided in the order enhancing (4) > necrosis/NET (1) > edema (2): the
-    enhancing rim and necrotic core sit inside the edema, so the inner class wins.
-
-    Args:
-        prob: (3, D, H, W) probabilities of (necrosis/NET, edema, enhancing), numpy or torch.
-        threshold: a channel is on where its probability is above ``threshold``.
-
-    Returns:
-        (D, H, W) uint8 labels in {0, 1, 2, 4}.
-
-    Raises:
-        ValueError: ``prob`` is not (3, D, H, W).
-    """
-    p = prob.detach().cpu().numpy() if isinstance(prob, torch.Tensor) else np.asarray(prob)
-    if p.ndim != 4 or p.shape[0] != 3:
-        raise ValueError(f"prob must be (3, D, H, W), got shape {p.shape}")
-    on = p > threshold
-    labels = np.zeros(p.shape[1:], dtype=np.uint8)
-    labels[on[1]] = BRATS_LABELS[1]  # edema, lowest precedence
-    labels[on[0]] = BRATS_LABELS[0]  # necrosis / non-enhancing core
-    labels[on[2]] = BRATS_LABELS[2]  # enhancing, highest precedence
-    return labels
-
-
-def labels_to_channels(labels: np.ndarray) -> np.ndarray:
-    """The inverse of ``labels_from_probabilities`` for hard labels.
-
-    Args:
-        labels: (D, H, W) integer labels in {0, 1, 2, 4}.
-
-    Returns:
-        (3, D, H, W) uint8 disjoint channels (necrosis/NET, edema, enhancing).
-
-    Raises:
-        ValueError: a label outside {0, 1, 2, 4} (lists the values found).
-    """
-    labels = np.asarray(labels)
-    unknown = sorted(set(np.unique(labels).tolist()) - {0, *BRATS_LABELS})
-    if unknown:
-        raise ValueError(f"labels {unknown} are not BraTS labels (0, 1, 2, 4)")
-    return np.stack([labels == v for v in BRATS_LABELS]).astype(np.uint8)

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from tumorlib.brats import CLASS_KEYS, REGION_KEYS, channels_to_regions
+
 __all__ = [
     "BRATS_EMPTY_HD95",
     "CLASS_NAMES",
@@ -37,10 +39,12 @@ __all__ = [
 
 #: HD95 when exactly one of prediction and ground truth is empty (BraTS convention, mm).
 BRATS_EMPTY_HD95 = 373.13
-#: Mask channels of tumorlib, in order.
-CLASS_NAMES = ("ncr", "ed", "et")
+#: Mask channels of tumorlib, in order (the class keys of ``tumorlib.brats``).
+CLASS_NAMES = CLASS_KEYS
 #: BraTS evaluation regions returned by ``brats_regions``, in order.
-REGION_NAMES = ("wt", "tc", "et")
+REGION_NAMES = REGION_KEYS
+#: WT, TC, ET from the class channels (defined in ``tumorlib.brats``).
+brats_regions = channels_to_regions
 #: The metric columns of ``brats_scores`` (and of ``tumorlib evaluate``'s CSV, after ``volume``).
 METRIC_COLUMNS = ("dice_ncr", "dice_ed", "dice_et", "dice_wt", "dice_tc", "hd95_wt", "hd95_tc", "hd95_et")
 
@@ -159,33 +163,6 @@ def hd95(pred: ArrayLike, target: ArrayLike, spacing: Sequence[float] = (1.0, 1.
         raise ValueError(f"percentile must lie in [0, 100], got {percentile}")
     return np.array([_hd_channel(p[c], t[c], spacing, percentile, empty_value)
                      for c in range(p.shape[0])], dtype=np.float64)
-
-
-def brats_regions(mask: ArrayLike) -> ArrayLike:
-    """BraTS evaluation regions from the three class channels.
-
-    Args:
-        mask: (3, D, H, W) binary class channels (necrosis/NET, edema, enhancing), numpy or torch;
-            a leading batch axis is allowed: (B, 3, D, H, W).
-
-    Returns:
-        Bool array or tensor (same library) of shape (3, D, H, W) (or (B, 3, D, H, W)):
-        WT = any tumour (all three), TC = tumour core (necrosis ∪ enhancing), ET = enhancing.
-
-    Raises:
-        ValueError: the channel axis does not have 3 entries.
-    """
-    axis = 0 if mask.ndim == 4 else 1
-    if mask.shape[axis] != 3:
-        raise ValueError(f"brats_regions needs 3 class channels (ncr, ed, et) on axis {axis}, "
-                         f"got shape {tuple(mask.shape)}")
-    if isinstance(mask, torch.Tensor):
-        m = mask != 0
-        ncr, ed, et = m.unbind(axis)
-        return torch.stack([ncr | ed | et, ncr | et, et], dim=axis)
-    m = np.asarray(mask) != 0
-    ncr, ed, et = (np.take(m, i, axis=axis) for i in range(3))
-    return np.stack([ncr | ed | et, ncr | et, et], axis=axis)
 
 
 def brats_scores(pred: ArrayLike, target: ArrayLike,

@@ -15,7 +15,7 @@ __all__ = ["ensure_data", "SYNTH_MARKER"]
 
 SYNTH_MARKER = "tumorlib_synthetic.json"
 # Bump when make_phantom changes its output, so embedded sets written by older code are regenerated.
-SYNTH_VERSION = 2
+SYNTH_VERSION = 3  # 3: image channels stored in the Kaggle pack's order (FLAIR, T1, T1ce, T2)
 
 
 def ensure_data(config: Config, progress: bool = True) -> Path:

@@ -1,9 +1,13 @@
 """Reader for the Kaggle BraTS2020 per-slice HDF5 layout (``awsaf49/brats2020-training-data``).
 
 Each volume is stored as files ``volume_{id}_slice_{s}.h5`` with datasets ``image`` (H, W, 4) float64
-(T1, T1ce, T2, FLAIR) and ``mask`` (H, W, 3) uint8 (necrosis/NET, edema, enhancing). The reader finds
-them below any root (for example kagglehub's download folder), checks them and stacks them into
-channel-first volumes.
+and ``mask`` (H, W, 3) uint8 (necrosis/NET, edema, enhancing). The pack stores the image channels as
+FLAIR, T1, T1ce, T2 (``tumorlib.brats.KAGGLE_STORED_ORDER``; ``tumorlib inspect-modalities`` checks a
+folder); the reader returns them in the canonical order T1, T1ce, T2, FLAIR. It finds the files below
+any root (for example kagglehub's download folder), checks them and stacks them into channel-first
+volumes. Besides errors for broken files it warns when mask channels overlap or the background is not
+exactly 0 (an image that was already normalised), and checks each volume's depth against
+``meta_data.csv`` when that file sits beside the slices.
 """
 
 from __future__ import annotations
@@ -11,16 +15,23 @@ from __future__ import annotations
 import functools
 import os
 import re
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
+# re-exported: the definitions live in tumorlib.brats
+from tumorlib.brats import CLASS_NAMES, KAGGLE_STORED_ORDER, MODALITIES, channel_permutation
+
 __all__ = [
     "KAGGLE_DATASET",
+    "KAGGLE_STORED_ORDER",
     "MODALITIES",
     "CLASS_NAMES",
+    "check_volume",
     "download_brats2020",
     "find_slices",
     "list_volumes",
@@ -29,8 +40,6 @@ __all__ = [
 ]
 
 KAGGLE_DATASET = "awsaf49/brats2020-training-data"
-MODALITIES = ("T1", "T1ce", "T2", "FLAIR")
-CLASS_NAMES = ("necrosis", "edema", "enhancing")
 _SLICE_RE = re.compile(r"^volume_(\d+)_slice_(\d+)\.h5$")
 
 
@@ -128,7 +137,7 @@ def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise KeyError(f"{path}: no '{key}' dataset (has: {', '.join(f.keys()) or 'nothing'})")
         image, mask = f["image"][()], f["mask"][()]
     if image.ndim != 3 or image.shape[2] != 4:
-        raise ValueError(f"{path}: image must be (H, W, 4) (T1, T1ce, T2, FLAIR), got {image.shape}")
+        raise ValueError(f"{path}: image must be (H, W, 4) (four modalities), got {image.shape}")
     if mask.ndim != 3 or mask.shape[2] != 3:
         raise ValueError(f"{path}: mask must be (H, W, 3) (necrosis, edema, enhancing), got {mask.shape}")
     if mask.shape[:2] != image.shape[:2]:
@@ -136,12 +145,70 @@ def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def load_volume(root: str | os.PathLike, volume_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read one volume from its HDF5 slices.
+#: Fraction of voxels that must be exactly 0 in every channel for the background to look raw.
+MIN_BACKGROUND_FRACTION = 0.01
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_depths(meta_path: str, _mtime_ns: int) -> dict[int, int]:
+    """Number of rows per volume in ``meta_data.csv`` (cached per file version)."""
+    meta = pd.read_csv(meta_path, usecols=lambda c: c in {"volume", "slice"})
+    if "volume" not in meta.columns:
+        return {}
+    return {int(v): int(n) for v, n in meta.groupby("volume").size().items()}
+
+
+def _check_depth(paths: list[Path], volume_id: int) -> None:
+    """Compare the number of slices found with the rows of ``meta_data.csv`` beside them."""
+    meta_path = paths[0].parent / "meta_data.csv"
+    if not meta_path.is_file():
+        return
+    depths = _meta_depths(str(meta_path), meta_path.stat().st_mtime_ns)
+    expected = depths.get(int(volume_id))
+    if expected is not None and expected != len(paths):
+        raise ValueError(f"volume {volume_id}: {len(paths)} slices in {paths[0].parent} but {meta_path} "
+                         f"lists {expected}")
+
+
+def check_volume(image: np.ndarray, mask: np.ndarray, volume_id: int | str) -> dict[str, float]:
+    """Warn about a volume that breaks the pack's conventions (the reader calls this).
+
+    Args:
+        image: (4, D, H, W) intensities as stored (raw scanner units, background exactly 0).
+        mask: (3, D, H, W) class channels, which should be mutually exclusive.
+        volume_id: named in the warnings.
+
+    Returns:
+        ``{"overlap_voxels": n, "background_fraction": f, "min_intensity": m}``.
+
+    Warns:
+        UserWarning: mask channels overlap (with the voxel count), or the image has negative values or
+            almost no voxel exactly 0 in all channels: it looks already normalised, and the brain mask
+            (non-zero voxels) used for cropping and normalisation would be wrong.
+    """
+    overlap = int(np.count_nonzero(mask.sum(axis=0, dtype=np.uint8) > 1))
+    if overlap:
+        warnings.warn(f"volume {volume_id}: {overlap} voxels lie in more than one mask channel "
+                      "(necrosis, edema, enhancing should be disjoint)", stacklevel=3)
+    background = float(np.mean(~image.any(axis=0)))
+    low = float(image.min(initial=0.0))
+    if low < 0 or background < MIN_BACKGROUND_FRACTION:
+        why = f"negative intensities (min {low:.3g})" if low < 0 else \
+            f"only {background:.2%} of voxels are exactly 0 in every channel"
+        warnings.warn(f"volume {volume_id}: image looks already normalised ({why}); tumorlib expects raw "
+                      "intensities with background exactly 0, else its brain mask is wrong", stacklevel=3)
+    return {"overlap_voxels": overlap, "background_fraction": background, "min_intensity": low}
+
+
+def load_volume(root: str | os.PathLike, volume_id: int,
+                stored_order: Sequence[str] = KAGGLE_STORED_ORDER) -> tuple[np.ndarray, np.ndarray]:
+    """Read one volume from its HDF5 slices, channels in the canonical order.
 
     Args:
         root: any folder above the slice files.
         volume_id: the id in ``volume_{id}_slice_{s}.h5``.
+        stored_order: the modality of each stored ``image`` channel (default: the Kaggle pack's
+            FLAIR, T1, T1ce, T2; a config's ``kaggle_channel_order``).
 
     Returns:
         image: (4, D, H, W) float32, channels T1, T1ce, T2, FLAIR, D = number of slices in index order.
@@ -149,11 +216,17 @@ def load_volume(root: str | os.PathLike, volume_id: int) -> tuple[np.ndarray, np
 
     Raises:
         KeyError: unknown volume id, or a slice without ``image``/``mask`` (names the file).
-        ValueError: a gap in the slice numbering, slices of different shapes, wrong channel counts,
-            NaN/inf intensities or mask values other than 0/1 (each names the file).
+        ValueError: a gap in the slice numbering, a depth that differs from ``meta_data.csv``, slices
+            of different shapes, wrong channel counts, NaN/inf intensities or mask values other than
+            0/1 (each names the file or volume), or a bad ``stored_order``.
         OSError: an unreadable file (names it).
+
+    Warns:
+        UserWarning: overlapping mask channels or an image that looks normalised (``check_volume``).
     """
+    perm = list(channel_permutation(stored_order))
     paths = _volume_slices(root, volume_id)
+    _check_depth(paths, volume_id)
     image = mask = None
     for s, path in enumerate(paths):
         img_s, mask_s = _read_slice(path)
@@ -168,8 +241,9 @@ def load_volume(root: str | os.PathLike, volume_id: int) -> tuple[np.ndarray, np
             raise ValueError(f"{path}: image holds NaN or inf values")
         if mask_s.max(initial=0) > 1 or mask_s.min(initial=0) < 0:
             raise ValueError(f"{path}: mask values must be 0 or 1, found {np.unique(mask_s)[:8]}")
-        image[:, s] = np.moveaxis(img_s, -1, 0)
+        image[:, s] = np.moveaxis(img_s[:, :, perm], -1, 0)
         mask[:, s] = np.moveaxis(mask_s, -1, 0)
+    check_volume(image, mask, volume_id)
     return image, mask
 
 

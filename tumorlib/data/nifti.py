@@ -29,6 +29,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from tumorlib.brats import BRATS_LABELS, CANONICAL_ORDER, channels_to_labels
+
 __all__ = [
     "NIFTI_LABELS",
     "NIFTI_MODALITIES",
@@ -43,10 +45,10 @@ __all__ = [
     "save_segmentation_nifti",
 ]
 
-#: File-name suffixes of the four modalities, in tumorlib's channel order (T1, T1ce, T2, FLAIR).
-NIFTI_MODALITIES = ("t1", "t1ce", "t2", "flair")
+#: File-name suffixes of the four modalities, stacked in the canonical order (T1, T1ce, T2, FLAIR).
+NIFTI_MODALITIES = CANONICAL_ORDER
 #: BraTS label of each mask channel (necrosis/NET, edema, enhancing).
-NIFTI_LABELS = (1, 2, 4)
+NIFTI_LABELS = BRATS_LABELS
 _EXTENSIONS = (".nii.gz", ".nii")
 # BraTS20_Training_355 ships its segmentation as "W39_1998.09.19_Segm.nii": accept *seg / *segm
 _SEG_RE = re.compile(r"(^|[_\-.])segm?\.nii(\.gz)?$", re.IGNORECASE)
@@ -218,7 +220,7 @@ def save_nifti_case(case_dir: str | os.PathLike, image: np.ndarray, mask: np.nda
         case_dir: the folder to create; its name is the file prefix unless ``name`` is given.
         image: (4, D, H, W) intensities, channels T1, T1ce, T2, FLAIR (written as float32).
         mask: (3, D, H, W) binary class channels, written as ``*_seg.nii.gz`` labels 1/2/4 (where
-            channels overlap the later one wins), or None.
+            channels overlap, ``tumorlib.brats.CLASS_PRECEDENCE`` decides), or None.
         affine: (4, 4) affine; None: 1 mm identity.
         name: file prefix, e.g. ``BraTS20_Training_001``.
 
@@ -240,9 +242,7 @@ def save_nifti_case(case_dir: str | os.PathLike, image: np.ndarray, mask: np.nda
         img = nib.Nifti1Image(_to_nifti(np.asarray(image[c], np.float32)), affine)
         nib.save(img, str(case / f"{prefix}_{modality}.nii.gz"))
     if mask is not None:
-        labels = np.zeros(image.shape[1:], np.uint8)
-        for c, value in enumerate(NIFTI_LABELS):
-            labels[np.asarray(mask[c]) != 0] = value
+        labels = channels_to_labels(mask)
         save_segmentation_nifti(labels, case / f"{prefix}_seg.nii.gz", affine)
     return case
 

@@ -19,11 +19,14 @@ The layout written is that of the Kaggle dataset ``awsaf49/brats2020-training-da
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
+
+from tumorlib.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, reorder_channels
 
 __all__ = ["KAGGLE_SUBDIR", "make_phantom", "make_synthetic", "write_kaggle_volume"]
 
@@ -159,24 +162,27 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
 
 
 def write_kaggle_volume(data_dir: str | os.PathLike, volume_id: int, image: np.ndarray,
-                        mask: np.ndarray) -> list[Path]:
-    """Write one volume as Kaggle per-slice HDF5 files.
+                        mask: np.ndarray, stored_order: Sequence[str] = KAGGLE_STORED_ORDER) -> list[Path]:
+    """Write one volume as Kaggle per-slice HDF5 files, channels in the pack's stored order.
 
     Args:
         data_dir: the folder that receives ``volume_{id}_slice_{s}.h5``.
         volume_id: the volume number in the file names.
-        image: (4, D, H, W) intensities; written as (H, W, 4) float64 per slice.
+        image: (4, D, H, W) intensities in the canonical order T1, T1ce, T2, FLAIR; written as
+            (H, W, 4) float64 per slice with channels in ``stored_order``.
         mask: (3, D, H, W) binary; written as (H, W, 3) uint8 per slice.
+        stored_order: the channel order of the files (default: the Kaggle pack's FLAIR, T1, T1ce, T2).
 
     Returns:
         The slice files in slice order.
 
     Raises:
-        ValueError: shapes that do not match or the wrong channel counts.
+        ValueError: shapes that do not match, the wrong channel counts or a bad ``stored_order``.
     """
     if image.ndim != 4 or image.shape[0] != 4 or mask.shape != (3,) + image.shape[1:]:
         raise ValueError(f"volume {volume_id}: need image (4, D, H, W) and mask (3, D, H, W), "
                          f"got {image.shape} and {mask.shape}")
+    image = reorder_channels(image, CANONICAL_ORDER, stored_order)
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     paths = []

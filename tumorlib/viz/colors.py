@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tumorlib.data.kaggle import CLASS_NAMES, MODALITIES  # one definition, re-exported here
+from tumorlib.brats import CLASS_KEYS, CLASS_NAMES, MODALITIES, channels_to_classes, decode_classes  # re-exported
 
 __all__ = [
     "CLASS_COLORS",
@@ -35,9 +35,6 @@ __all__ = [
     "to_label_map",
     "to_numpy",
 ]
-
-#: Short keys of the three classes, as used in column names (``dice_ncr``, ``val_dice_ed``, ...).
-CLASS_KEYS: tuple[str, ...] = ("ncr", "ed", "et")
 
 #: RGB in 0..255 per class, in mask channel order (Okabe-Ito vermillion, bluish green, yellow).
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((213, 94, 0), (0, 158, 115), (240, 228, 66))
@@ -76,8 +73,9 @@ def to_label_map(mask: Any, spatial_ndim: int | None = None) -> np.ndarray:
             a leading axis of length 3 with 3 or more axes in total means class channels.
 
     Returns:
-        ``(*spatial)`` uint8 label map. Where channels overlap, enhancing wins over necrosis over edema
-        (the rule ``tumorlib predict`` uses).
+        ``(*spatial)`` uint8 label map. Probabilities are decoded by ``tumorlib.brats.decode_classes``
+        (the rule ``tumorlib predict`` uses); where binary channels overlap, enhancing wins over
+        necrosis over edema.
 
     Raises:
         ValueError: if the shape or the label values cannot be read as a mask.
@@ -97,11 +95,9 @@ def to_label_map(mask: Any, spatial_ndim: int | None = None) -> np.ndarray:
     if channels:
         if arr.shape[0] != 3:
             raise ValueError(f"mask of shape {arr.shape}: class channels must be 3 (necrosis, edema, enhancing)")
-        on = arr > 0.5 if arr.dtype.kind == "f" else arr != 0
-        labels = np.zeros(arr.shape[1:], dtype=np.uint8)
-        for cls in (1, 0, 2):  # edema, then necrosis, then enhancing: the last written wins
-            labels[on[cls]] = cls + 1
-        return labels
+        if arr.dtype.kind == "f":  # probabilities, of a volume or a slice: decode voxel by voxel
+            return decode_classes(arr.reshape(3, 1, 1, -1), 0.5).reshape(arr.shape[1:])
+        return channels_to_classes(arr)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             raise ValueError(f"label map of shape {arr.shape} holds non-integer values")
