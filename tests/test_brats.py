@@ -1,0 +1,118 @@
+"""tumorlib.brats: orders, conversions between channels, labels and regions, and the decoding rule."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from tumorlib import brats
+from tumorlib.brats import (
+    BRATS_LABELS,
+    CANONICAL_ORDER,
+    KAGGLE_STORED_ORDER,
+    channel_permutation,
+    channels_to_labels,
+    channels_to_regions,
+    check_order,
+    decode_probabilities,
+    decode_to_channels,
+    labels_to_channels,
+    labels_to_regions,
+    reorder_channels,
+    tumour_probability,
+)
+
+
+def test_constants_agree_with_old_names():
+    from tumorlib import inference, metrics
+    from tumorlib.data import kaggle, nifti
+    from tumorlib.viz import colors
+
+    assert CANONICAL_ORDER == ("t1", "t1ce", "t2", "flair") and brats.MODALITIES == ("T1", "T1ce", "T2", "FLAIR")
+    assert KAGGLE_STORED_ORDER == ("flair", "t1", "t1ce", "t2")
+    assert kaggle.MODALITIES is brats.MODALITIES and kaggle.CLASS_NAMES is brats.CLASS_NAMES
+    assert metrics.CLASS_NAMES is brats.CLASS_KEYS and metrics.REGION_NAMES is brats.REGION_KEYS
+    assert metrics.brats_regions is channels_to_regions
+    assert inference.BRATS_LABELS is BRATS_LABELS and inference.labels_from_probabilities is decode_probabilities
+    assert nifti.NIFTI_MODALITIES is CANONICAL_ORDER and nifti.NIFTI_LABELS is BRATS_LABELS
+    assert colors.CLASS_KEYS is brats.CLASS_KEYS
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(CANONICAL_ORDER)))
+def test_reorder_round_trip_every_order(order):
+    image = np.arange(4 * 2 * 3 * 2, dtype=np.float32).reshape(4, 2, 3, 2)
+    stored = reorder_channels(image, CANONICAL_ORDER, order)
+    for c, name in enumerate(order):
+        np.testing.assert_array_equal(stored[c], image[CANONICAL_ORDER.index(name)])
+    np.testing.assert_array_equal(reorder_channels(stored, order), image)
+    t = reorder_channels(torch.from_numpy(stored), [m.upper() for m in order])
+    assert isinstance(t, torch.Tensor) and torch.equal(t, torch.from_numpy(image))
+
+
+def test_order_errors_name_the_modality():
+    assert check_order("FLAIR, T1, T1Gd, T2") == KAGGLE_STORED_ORDER
+    assert channel_permutation(KAGGLE_STORED_ORDER) == (1, 2, 3, 0)
+    with pytest.raises(ValueError, match="unknown modality 'dwi'"):
+        check_order(("t1", "dwi", "t2", "flair"))
+    with pytest.raises(ValueError, match="t2 given more than once"):
+        check_order(("t1", "t2", "t2", "flair"))
+    with pytest.raises(ValueError, match="t1ce missing"):
+        check_order(("t1", "t2", "flair"))
+    with pytest.raises(ValueError, match="3 channels on axis 0"):
+        reorder_channels(np.zeros((3, 2, 2, 2)), KAGGLE_STORED_ORDER)
+
+
+def test_labels_channels_regions_hand_case():
+    labels = np.array([0, 1, 2, 4, 4, 0], np.uint8).reshape(1, 2, 3)
+    ch = labels_to_channels(labels)
+    assert ch.shape == (3, 1, 2, 3) and ch.sum(0).max() == 1
+    np.testing.assert_array_equal(channels_to_labels(ch), labels)
+    regions = labels_to_regions(labels).reshape(3, -1)
+    np.testing.assert_array_equal(regions[0], [0, 1, 1, 1, 1, 0])  # WT
+    np.testing.assert_array_equal(regions[1], [0, 1, 0, 1, 1, 0])  # TC
+    np.testing.assert_array_equal(regions[2], [0, 0, 0, 1, 1, 0])  # ET
+    batch = torch.from_numpy(np.stack([ch, ch]))
+    assert torch.equal(channels_to_regions(batch)[1], torch.from_numpy(labels_to_regions(labels)))
+    with pytest.raises(ValueError, match=r"\[3\]"):
+        labels_to_channels(np.array([[[0, 3]]]))
+
+
+def test_overlapping_channels_keep_the_inner_class():
+    # none, ncr+ed, ncr+et, ed+et, all three
+    on = np.array([[0, 1, 1, 0, 1], [0, 1, 0, 1, 1], [0, 0, 1, 1, 1]], np.uint8).reshape(3, 1, 1, 5)
+    np.testing.assert_array_equal(channels_to_labels(on).ravel(), [0, 1, 4, 4, 4])
+    np.testing.assert_array_equal(decode_probabilities(on.astype(np.float32)).ravel(), [0, 1, 4, 4, 4])
+
+
+def test_decode_union_then_most_probable_class():
+    # columns: background; one class over 0.5; two classes sharing 0.45 each (max 0.45 < 0.5 would
+    # leave a hole, noisy-OR 0.6975 does not); most probable class wins over precedence; all low
+    p = np.array([[0.1, 0.1, 0.00, 0.6, 0.2],
+                  [0.1, 0.8, 0.45, 0.7, 0.2],
+                  [0.1, 0.3, 0.45, 0.2, 0.2]], np.float32).reshape(3, 1, 1, 5)
+    union = tumour_probability(p).ravel()
+    np.testing.assert_allclose(union, [1 - 0.9 ** 3, 1 - 0.9 * 0.2 * 0.7, 1 - 0.55 ** 2,
+                                       1 - 0.4 * 0.3 * 0.8, 1 - 0.8 ** 3], rtol=1e-6)
+    np.testing.assert_array_equal(decode_probabilities(p).ravel(), [0, 2, 4, 2, 0])
+    np.testing.assert_array_equal(decode_probabilities(torch.from_numpy(p), threshold=0.6).ravel(),
+                                  [0, 2, 4, 2, 0])
+    np.testing.assert_array_equal(decode_probabilities(p, threshold=0.7).ravel(), [0, 2, 0, 2, 0])
+    with pytest.raises(ValueError, match=r"\(3, D, H, W\)"):
+        decode_probabilities(np.zeros((2, 1, 1, 1)))
+
+
+def test_decode_properties_on_random_probabilities():
+    rng = np.random.default_rng(0)
+    p = rng.random((3, 6, 7, 8)).astype(np.float32) ** 2
+    labels = decode_probabilities(p, 0.5)
+    ch = decode_to_channels(p, 0.5)
+    assert ch.sum(0).max() == 1 and np.array_equal(channels_to_labels(ch), labels)
+    # tumour exactly where the union passes; never fewer tumour voxels than "any channel passes"
+    np.testing.assert_array_equal(labels > 0, tumour_probability(p) > 0.5)
+    assert ((p > 0.5).any(0) <= (labels > 0)).all()
+    # the class is the arg-max of the probabilities
+    on = labels > 0
+    np.testing.assert_array_equal(ch.argmax(0)[on], p.argmax(0)[on])
