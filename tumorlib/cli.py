@@ -164,6 +164,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect_modalities(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tumorlib.data.embedded import ensure_data
+    from tumorlib.data.modalities import format_modality_report, inspect_modalities
+
+    config = config_from_args(args)
+    data = args.data if args.data is not None else ensure_data(config, progress=not args.quiet)
+    report = inspect_modalities(data, volumes=args.volumes, configured=config.kaggle_channel_order,
+                                progress=not args.quiet)
+    print(format_modality_report(report))
+    if args.json is not None:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="tumorlib", description=__doc__.splitlines()[0])
@@ -186,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_notebooks)
 
     # >>> further subcommands register here (one block each) <<<
+
+    p = sub.add_parser("inspect-modalities",
+                       help="infer which stored image channel is which modality from the images and masks")
+    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
+    p.add_argument("--volumes", type=int, default=5, help="volumes read, spread over the ids")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the votes and verdict as JSON")
+    p.add_argument("--quiet", action="store_true")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_inspect_modalities)
 
     p = sub.add_parser("cache", help="pre-cache volumes as normalised, cropped float16 .npy files")
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's, generated if needed)")
