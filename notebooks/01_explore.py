@@ -63,6 +63,35 @@ print(f"volumes: {len(volume_ids)}  slices: {len(meta)}  slices with tumour: {in
 meta.groupby("volume").agg(slices=("slice", "size"), tumour_slices=("target", "sum")).head()
 
 # %% [markdown]
+# ## Which stored channel is which modality?
+# The Kaggle files do not name their four `image` channels. Public inspections of the real pack found
+# them stored as **FLAIR, T1, T1ce, T2** (the alphabetical order of the source NIfTI files), not in
+# the order the modalities are usually listed: only channel 3 shows bright CSF (T2), and channel 2 is
+# the one that lights up inside the enhancing-tumour mask and at the choroid plexus (T1ce). The reader
+# maps the stored order (config field `kaggle_channel_order`, default FLAIR, T1, T1ce, T2) to the
+# model's canonical order **T1, T1ce, T2, FLAIR**, and the embedded set is written in the pack's order.
+#
+# `tumorlib inspect-modalities` checks this on the data itself, with textbook contrasts only: the two
+# most correlated channels over healthy brain are T1 and T1ce (same contrast); CSF, the tissue darkest
+# on them, is bright on T2 and suppressed on FLAIR; enhancing tumour is far brighter on T1ce than on
+# T1. Each volume votes for an order; the verdict is the majority.
+
+# %%
+from tumorlib.brats import CANONICAL_ORDER
+from tumorlib.data.modalities import format_modality_report, inspect_modalities
+from tumorlib.viz.modalities import plot_modality_signatures
+
+report = inspect_modalities(data_dir, volumes=4, configured=config.kaggle_channel_order)
+print(format_modality_report(report))
+
+# %%
+# the sample volume with its channels as stored (identity order), to show what each channel looks like
+stored_image, stored_mask = data.load_volume(data_dir, volume_ids[0], stored_order=CANONICAL_ORDER)
+fig = plot_modality_signatures(report, stored_image, stored_mask)
+fig.savefig(ws.fig_dir / "modality_signatures.png", bbox_inches="tight")
+fig
+
+# %% [markdown]
 # ## How much of the brain is tumour?
 # Fractions are over **brain** voxels (nonzero in any modality), not the whole 240×240×155 box,
 # most of which is background. The seed quotes about 3 % necrosis, 15 % edema and 1 % enhancing on

@@ -128,3 +128,21 @@ def test_report_text_for_an_undecided_folder():
               "agreeing_votes": 0, "decided_votes": 0, "volumes": []}
     text = format_modality_report(report)
     assert "verdict: undecided" in text and "DIFFERS" in text
+
+
+def test_signature_figure(orders_root):
+    from tumorlib.data import load_volume
+    from tumorlib.viz.modalities import plot_modality_signatures
+
+    folder = orders_root / "_".join(KAGGLE_STORED_ORDER)
+    report = inspect_modalities(folder, volumes=None)
+    image, mask = load_volume(folder, 1, stored_order=CANONICAL_ORDER)  # channels as stored
+    fig = plot_modality_signatures(report, image, mask)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:4] == ["stored channel 0: FLAIR", "stored channel 1: T1", "stored channel 2: T1ce",
+                          "stored channel 3: T2"]
+    bars = fig.axes[4]
+    assert [t.get_text() for t in bars.get_legend().get_texts()][3] == "channel 3 = T2"
+    assert len(plot_modality_signatures(report).axes) == 1
+    with pytest.raises(ValueError, match="no volumes"):
+        plot_modality_signatures({"volumes": []})
