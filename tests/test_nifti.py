@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from tumorlib.data.cache import load_cache_index, load_cached_volume
+from tumorlib.brats import channels_to_labels, decode_probabilities
+from tumorlib.data import load_volume, make_phantom
 from tumorlib.data.nifti import (
+    BRATS2020_AFFINE,
+    brats2020_header,
     build_nifti_cache,
+    nifti_case_to_kaggle,
+    nifti_header,
+    save_kaggle_segmentation,
     list_nifti_cases,
     load_nifti_case,
     load_nifti_volume,
@@ -170,3 +177,60 @@ def test_cli_cache_nifti(tmp_path, capsys):
     assert load_cache_index(out)["volume_ids"] == [12]
     assert main(["cache", "--nifti", str(tmp_path / "nothing"), "--out", str(out), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_brats2020_header_on_kaggle_segmentation(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.choice(np.array([0, 1, 2, 4], np.uint8), size=(4, 6, 5))  # (D, H, W) = Kaggle layout
+    img = nib.load(str(save_kaggle_segmentation(labels, tmp_path / "seg.nii.gz")))
+    assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+    np.testing.assert_allclose(img.header.get_qform(), BRATS2020_AFFINE)
+    np.testing.assert_allclose(img.header.get_sform(), BRATS2020_AFFINE)
+    assert img.header.get_xyzt_units()[0] == "mm" and img.get_data_dtype() == np.uint8
+    data = np.asarray(img.dataobj)
+    assert data.shape == (6, 5, 4)
+    for s in range(4):  # slice s of the Kaggle layout is the third NIfTI axis; rows are the first
+        np.testing.assert_array_equal(data[:, :, s], labels[s])
+
+
+def test_nifti_and_kaggle_paths_give_the_same_file(tmp_path):
+    image, mask = make_phantom((10, 24, 20), seed=0, volume_id=2)
+    case = save_nifti_case(tmp_path / "BraTS20_Training_002", image, mask, header=brats2020_header())
+    official = nib.load(str(case / "BraTS20_Training_002_seg.nii.gz"))
+    # NIfTI path: read the case, decode (probabilities from the truth), write with the case's own header
+    img_a, mask_a, affine_a = load_nifti_case(case)
+    prob_a = 0.05 + 0.9 * mask_a.astype(np.float32)
+    out_a = save_segmentation_nifti(decode_probabilities(prob_a), tmp_path / "a.nii.gz", affine_a,
+                                    header=nifti_header(case))
+    # Kaggle path: the same case as per-slice HDF5 files (pack channel order), read back, BraTS header
+    nifti_case_to_kaggle(case, tmp_path / "kaggle", 2)
+    img_b, mask_b = load_volume(tmp_path / "kaggle", 2)
+    np.testing.assert_array_equal(img_b, img_a)  # both readers give the canonical order
+    prob_b = 0.05 + 0.9 * mask_b.astype(np.float32)
+    out_b = save_kaggle_segmentation(decode_probabilities(prob_b), tmp_path / "b.nii.gz")
+    a, b = nib.load(str(out_a)), nib.load(str(out_b))
+    np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+    np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(official.dataobj))
+    np.testing.assert_array_equal(np.asarray(a.dataobj), channels_to_labels(mask).transpose(1, 2, 0))
+    for img in (a, b, official):
+        np.testing.assert_allclose(img.affine, BRATS2020_AFFINE)
+        assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+        np.testing.assert_allclose(img.header.get_qform(), BRATS2020_AFFINE)
+
+
+def test_nifti_input_keeps_its_own_header(tmp_path):
+    case = _write_case(tmp_path, seg=_seg())
+    flair = case / "BraTS20_Training_003_flair.nii.gz"
+    img = nib.load(str(flair))
+    img.set_qform(AFFINE, code=1)
+    img.set_sform(AFFINE, code=4)
+    nib.save(img, str(flair))
+    _image, mask, affine = load_nifti_case(case)
+    out = nib.load(str(save_segmentation_nifti(channels_to_labels(mask), tmp_path / "p.nii.gz", affine,
+                                               header=nifti_header(case))))
+    assert int(out.header["qform_code"]) == 1 and int(out.header["sform_code"]) == 4
+    np.testing.assert_allclose(out.header.get_sform(), AFFINE)
+    np.testing.assert_allclose(out.header.get_qform(), AFFINE, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(out.dataobj), _seg())
+    with pytest.raises(FileNotFoundError, match="no flair file"):
+        nifti_header(tmp_path)

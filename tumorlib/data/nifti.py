@@ -14,7 +14,14 @@ slice index first, (C, D, H, W), as the Kaggle HDF5 slices (slice ``s`` of the K
     nifti[h, w, d]    == tumorlib[d, h, w]     # save:  np.transpose(volume, (1, 2, 0))
 
 No resampling or reorientation is done: the affine read from a case is returned unchanged and written
-back unchanged, so a saved segmentation overlays its input in any NIfTI viewer.
+back unchanged, so a saved segmentation overlays its input in any NIfTI viewer; ``nifti_header`` gives
+the case's header, whose qform and sform (with their codes) ``save_segmentation_nifti`` copies.
+
+Kaggle HDF5 input carries no geometry, but it is the official BraTS2020 grid (slice ``s`` is
+``nifti[:, :, s]``, rows are the first NIfTI axis): ``save_kaggle_segmentation`` writes a label volume
+from that layout with the header every BraTS2020 case carries (``BRATS2020_AFFINE`` as qform and sform,
+both with code 1, scanner anatomical, as ITK writes them), so it overlays the official
+``*_seg.nii.gz`` in ITK-SNAP or 3D Slicer and passes the BraTS tools' header check.
 """
 
 from __future__ import annotations
@@ -32,9 +39,16 @@ import numpy as np
 from tumorlib.brats import BRATS_LABELS, CANONICAL_ORDER, channels_to_labels
 
 __all__ = [
+    "BRATS2020_AFFINE",
+    "BRATS2020_SHAPE",
+    "BRATS2020_XFORM_CODE",
     "NIFTI_LABELS",
     "NIFTI_MODALITIES",
+    "brats2020_header",
     "build_nifti_cache",
+    "nifti_case_to_kaggle",
+    "nifti_header",
+    "save_kaggle_segmentation",
     "find_nifti_file",
     "list_nifti_cases",
     "load_nifti_case",
@@ -49,6 +63,15 @@ __all__ = [
 NIFTI_MODALITIES = CANONICAL_ORDER
 #: BraTS label of each mask channel (necrosis/NET, edema, enhancing).
 NIFTI_LABELS = BRATS_LABELS
+#: qform and sform of every official BraTS2020 case (1 mm voxels, (H, W, D) array axes).
+BRATS2020_AFFINE = np.array([[-1.0, 0.0, 0.0, 0.0],
+                             [0.0, -1.0, 0.0, 239.0],
+                             [0.0, 0.0, 1.0, 0.0],
+                             [0.0, 0.0, 0.0, 1.0]])
+#: NIfTI array shape (H, W, D) of the BraTS2020 grid.
+BRATS2020_SHAPE = (240, 240, 155)
+#: qform_code and sform_code of the BraTS2020 files: 1, scanner anatomical coordinates.
+BRATS2020_XFORM_CODE = 1
 _EXTENSIONS = (".nii.gz", ".nii")
 # BraTS20_Training_355 ships its segmentation as "W39_1998.09.19_Segm.nii": accept *seg / *segm
 _SEG_RE = re.compile(r"(^|[_\-.])segm?\.nii(\.gz)?$", re.IGNORECASE)
@@ -180,13 +203,15 @@ def nifti_spacing(affine: np.ndarray) -> tuple[float, float, float]:
 
 
 def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
-                            affine: np.ndarray | None = None) -> Path:
+                            affine: np.ndarray | None = None, header: nib.Nifti1Header | None = None) -> Path:
     """Write a BraTS label volume as NIfTI.
 
     Args:
         labels: (D, H, W) integer labels in {0, 1, 2, 4} (tumorlib layout).
         path: output file, usually ``*.nii.gz`` (parent folders are created).
-        affine: (4, 4) affine of the input case; None writes a 1 mm identity.
+        affine: (4, 4) affine of the input case; None: the header's best affine, else a 1 mm identity.
+        header: the input case's header (``nifti_header``); its qform and sform are copied with their
+            codes. None: ``affine`` becomes the sform (code 2, nibabel's default), qform unset.
 
     Returns:
         The path written; the file holds a uint8 (H, W, D) array.
@@ -194,6 +219,8 @@ def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
     Raises:
         ValueError: ``labels`` is not 3-D or holds values outside {0, 1, 2, 4}, or a bad affine.
     """
+    if affine is None and header is not None:
+        affine = header.get_best_affine()
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"labels must be (D, H, W), got shape {labels.shape}")
@@ -208,12 +235,86 @@ def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
     img = nib.Nifti1Image(_to_nifti(labels.astype(np.uint8)), affine)
     img.set_data_dtype(np.uint8)
     img.header.set_xyzt_units("mm")
+    if header is not None:
+        qform, qcode = header.get_qform(coded=True)
+        sform, scode = header.get_sform(coded=True)
+        img.set_qform(qform, code=int(qcode))
+        img.set_sform(sform, code=int(scode))
     nib.save(img, str(path))
     return path
 
 
+def brats2020_header() -> nib.Nifti1Header:
+    """A NIfTI header with the BraTS2020 geometry: ``BRATS2020_AFFINE`` as qform and sform, codes 1, mm."""
+    header = nib.Nifti1Header()
+    header.set_qform(BRATS2020_AFFINE, code=BRATS2020_XFORM_CODE)
+    header.set_sform(BRATS2020_AFFINE, code=BRATS2020_XFORM_CODE)
+    header.set_xyzt_units("mm")
+    return header
+
+
+def save_kaggle_segmentation(labels: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write labels predicted from Kaggle HDF5 input on the BraTS2020 grid with the BraTS2020 header.
+
+    The Kaggle volume (D, H, W) = (slices, rows, columns) is the official (H, W, D) NIfTI array with
+    the slice index moved first, so the file overlays the case's official ``*_seg.nii.gz``.
+
+    Args:
+        labels: (D, H, W) integer labels in {0, 1, 2, 4}, at the full input size (155, 240, 240) for
+            the real pack (other sizes are written on the same 1 mm grid).
+        path: output file, usually ``*.nii.gz``.
+
+    Returns:
+        The path written: uint8 (H, W, D), qform = sform = ``BRATS2020_AFFINE``, codes 1.
+
+    Raises:
+        ValueError: see ``save_segmentation_nifti``.
+    """
+    return save_segmentation_nifti(labels, path, header=brats2020_header())
+
+
+def nifti_header(case_dir: str | os.PathLike) -> nib.Nifti1Header:
+    """The header of a case's FLAIR file (the file whose affine ``load_nifti_case`` returns).
+
+    Raises:
+        FileNotFoundError: no FLAIR file in the case folder.
+        OSError: an unreadable file (names it).
+    """
+    path = find_nifti_file(case_dir, "flair")
+    if path is None:
+        raise FileNotFoundError(f"{case_dir}: no flair file (*_flair.nii.gz) in the case folder")
+    img, _affine, _shape = _read(path)
+    return img.header.copy()
+
+
+def nifti_case_to_kaggle(case_dir: str | os.PathLike, data_dir: str | os.PathLike, volume_id: int) -> list[Path]:
+    """Write a labelled NIfTI case in the Kaggle per-slice HDF5 layout (channels in the pack's order).
+
+    Slice ``s`` of the output is ``nifti[:, :, s]``, rows are the first NIfTI axis, as in the pack.
+
+    Args:
+        case_dir: the case folder.
+        data_dir: the folder receiving ``volume_{id}_slice_{s}.h5``.
+        volume_id: the id in the file names.
+
+    Returns:
+        The slice files in slice order.
+
+    Raises:
+        FileNotFoundError: the case has no segmentation, or a modality is missing.
+        ValueError: see ``load_nifti_case``.
+    """
+    from .synthetic import write_kaggle_volume
+
+    image, mask, _affine = load_nifti_case(case_dir)
+    if mask is None:
+        raise FileNotFoundError(f"{case_dir}: no segmentation (*_seg.nii.gz) to write as the Kaggle mask")
+    return write_kaggle_volume(data_dir, volume_id, image, mask)
+
+
 def save_nifti_case(case_dir: str | os.PathLike, image: np.ndarray, mask: np.ndarray | None = None,
-                    affine: np.ndarray | None = None, name: str | None = None) -> Path:
+                    affine: np.ndarray | None = None, name: str | None = None,
+                    header: nib.Nifti1Header | None = None) -> Path:
     """Write a volume as a BraTS-style NIfTI case folder (the inverse of ``load_nifti_case``).
 
     Args:
@@ -223,6 +324,8 @@ def save_nifti_case(case_dir: str | os.PathLike, image: np.ndarray, mask: np.nda
             channels overlap, ``tumorlib.brats.CLASS_PRECEDENCE`` decides), or None.
         affine: (4, 4) affine; None: 1 mm identity.
         name: file prefix, e.g. ``BraTS20_Training_001``.
+        header: qform and sform (with codes) for every file, e.g. ``brats2020_header()``; the affine
+            then defaults to the header's.
 
     Returns:
         The case folder.
@@ -236,14 +339,19 @@ def save_nifti_case(case_dir: str | os.PathLike, image: np.ndarray, mask: np.nda
     if mask is not None and (mask.ndim != 4 or mask.shape != (3,) + image.shape[1:]):
         raise ValueError(f"mask must be (3, D, H, W) matching image {image.shape}, got {mask.shape}")
     prefix = name or case.name
+    if affine is None and header is not None:
+        affine = header.get_best_affine()
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     case.mkdir(parents=True, exist_ok=True)
     for c, modality in enumerate(NIFTI_MODALITIES):
         img = nib.Nifti1Image(_to_nifti(np.asarray(image[c], np.float32)), affine)
+        if header is not None:
+            img.set_qform(*header.get_qform(coded=True))
+            img.set_sform(*header.get_sform(coded=True))
         nib.save(img, str(case / f"{prefix}_{modality}.nii.gz"))
     if mask is not None:
         labels = channels_to_labels(mask)
-        save_segmentation_nifti(labels, case / f"{prefix}_seg.nii.gz", affine)
+        save_segmentation_nifti(labels, case / f"{prefix}_seg.nii.gz", affine, header=header)
     return case
 
 
