@@ -146,3 +146,14 @@ def test_signature_figure(orders_root):
     assert len(plot_modality_signatures(report).axes) == 1
     with pytest.raises(ValueError, match="no volumes"):
         plot_modality_signatures({"volumes": []})
+
+
+def test_report_without_enhancing_tumour_is_valid_json(tmp_path):
+    image, mask = _textbook_volume(2, enhancing=False)
+    write_kaggle_volume(tmp_path, 5, image, mask)
+    report = inspect_modalities(tmp_path, volumes=None)
+    assert report["inferred_order"] is None and report["decided_votes"] == 0
+    assert report["volumes"][0]["order"] == ["flair", None, None, "t2"]
+    text = json.dumps(report, allow_nan=False)  # no NaN: strict JSON
+    assert json.loads(text)["volumes"][0]["signatures"]["enhancing"] == [None] * 4
+    assert "n/a" in format_modality_report(report)

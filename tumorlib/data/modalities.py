@@ -73,7 +73,8 @@ def infer_channel_order(image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         ``{"order": [4 names or None], "evidence": {...}, "signatures": {...}}``: ``order[c]`` is the
         lower-case modality of stored channel ``c`` (``None`` for T1/T1ce when the volume has no
         enhancing tumour); ``evidence`` holds ``pair_correlations`` (six pairs), ``t1_pair``,
-        ``csf_ratio`` and ``enhancing_ratio`` per channel, ``enhancing_voxels``.
+        ``csf_ratio`` and ``enhancing_ratio`` per channel (None without enhancing tumour),
+        ``enhancing_voxels``.
 
     Raises:
         ValueError: bad shapes, or fewer than 100 healthy brain voxels.
@@ -99,7 +100,7 @@ def infer_channel_order(image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     order[t2], order[flair] = "t2", "flair"
     enh = mask[2] & image.any(axis=0)
     n_enh = int(enh.sum())
-    enh_ratio = [float(np.median(image[c][enh]) / scale[c]) if n_enh else float("nan") for c in range(4)]
+    enh_ratio = [float(np.median(image[c][enh]) / scale[c]) if n_enh else None for c in range(4)]
     if n_enh >= _MIN_VOXELS:
         t1ce = max(t1_pair, key=lambda c: enh_ratio[c])
         t1 = t1_pair[0] if t1_pair[1] == t1ce else t1_pair[1]
@@ -119,8 +120,8 @@ def modality_signatures(image: np.ndarray, mask: np.ndarray,
         csf: bool over the healthy voxels (as ``infer_channel_order`` finds it); None: found here.
 
     Returns:
-        ``{tissue: [4 ratios]}`` for the tissues of ``SIGNATURE_TISSUES`` (NaN for a tissue absent
-        from the volume). Textbook values: CSF > 1 only on T2; edema > 1 on T2 and FLAIR; enhancing
+        ``{tissue: [4 ratios]}`` for the tissues of ``SIGNATURE_TISSUES`` (None for a tissue absent
+        from the volume, so the dict stays valid JSON). Textbook values: CSF > 1 only on T2; edema > 1 on T2 and FLAIR; enhancing
         far above 1 on T1ce only.
     """
     if csf is None:
@@ -138,7 +139,7 @@ def modality_signatures(image: np.ndarray, mask: np.ndarray,
         elif region.any():
             out[name] = [float(np.median(image[c][region]) / scale[c]) for c in range(4)]
         else:
-            out[name] = [float("nan")] * 4
+            out[name] = [None] * 4
     return out
 
 
@@ -208,7 +209,7 @@ def format_modality_report(report: dict[str, Any]) -> str:
         ev = v["evidence"]
         a, b = ev["t1_pair"]
         csf = " ".join(f"{r:.2f}" for r in ev["csf_ratio"])
-        enh = " ".join(f"{r:.2f}" for r in ev["enhancing_ratio"])
+        enh = " ".join("n/a" if r is None else f"{r:.2f}" for r in ev["enhancing_ratio"])
         lines.append(f"volume {v['volume']}: {_names(v['order'])}  (T1 pair = channels {a},{b}, "
                      f"r = {ev['pair_correlations'][f'{a}-{b}']:.2f}; CSF/healthy per channel {csf}; "
                      f"enhancing/healthy {enh}, {ev['enhancing_voxels']} voxels)")
