@@ -130,7 +130,8 @@ def modality_signatures(image: np.ndarray, mask: np.ndarray,
     brain, healthy = _regions(image, mask)
     scale = np.array([np.median(image[c][healthy]) for c in range(4)], np.float64)
     scale[scale <= 0] = 1.0
-    regions = {"csf": None, "edema": mask[1] & brain, "enhancing": mask[2] & brain, "necrosis": mask[0] & brain}
+    regions = {"csf": None, "edema": mask[1] & brain, "enhancing": mask[2] & brain,
+               "necrosis": mask[0] & brain}
     out: dict[str, list[float]] = {}
     for name in SIGNATURE_TISSUES:
         region = regions[name]
