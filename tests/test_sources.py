@@ -184,3 +184,12 @@ def test_install_hint_never_installs_torch(url, capsys):
 
 def test_install_hint_is_a_top_level_name():
     assert tumorlib.install_hint is install_hint and tumorlib.describe_setup is describe_setup
+
+
+def test_gpu16_preset_is_the_seed_model_at_the_same_effective_batch():
+    full, gpu16 = get_config("full"), get_config("gpu16")
+    assert gpu16.patch_size == full.patch_size == (64, 160, 160)
+    assert gpu16.features == full.features == (32, 64, 128, 256)
+    assert gpu16.batch_size == 1
+    assert gpu16.batch_size * gpu16.accumulation_steps == full.batch_size * full.accumulation_steps
+    assert gpu16.amp and gpu16.epochs > full.epochs

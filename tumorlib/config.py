@@ -1,4 +1,4 @@
-"""Presets (``ci``, ``demo``, ``full``) as one frozen dataclass, and the folders a run uses.
+"""Presets (``ci``, ``demo``, ``full``, ``gpu16``) as one frozen dataclass, and the folders a run uses.
 
 The ``full`` preset is the seed design's table exactly; ``demo`` trains in minutes on a 2-core CPU and
 ``ci`` runs each notebook in seconds. Every field can be overridden by keyword (``get_config(epochs=3)``)
@@ -165,6 +165,18 @@ class Config:
 PRESETS: dict[str, Config] = {
     # The seed's configuration: 240x240 in-plane, 155 slices.
     "full": Config(preset="full"),
+    # 16 GB GPUs (Kaggle T4/P100, Colab T4): the seed's model and patch, batch 1 x accumulation 4 (the
+    # same effective batch of 4 as full), fp16 autocast where the card has no native bf16, and an epoch
+    # budget that fits a 9-hour Kaggle session (README: "Presets"). Resume with the same run folder.
+    "gpu16": Config(
+        preset="gpu16",
+        batch_size=1,
+        accumulation_steps=4,
+        epochs=120,
+        warmup_epochs=5,
+        ram_cache_bytes=2 * 2**30,
+        sw_batch_size=2,
+    ),
     # Minutes on a 2-core CPU; small phantoms, a narrow network, small patches.
     "demo": Config(
         preset="demo",
