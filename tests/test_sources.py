@@ -193,3 +193,29 @@ def test_gpu16_preset_is_the_seed_model_at_the_same_effective_batch():
     assert gpu16.batch_size == 1
     assert gpu16.batch_size * gpu16.accumulation_steps == full.batch_size * full.accumulation_steps
     assert gpu16.amp and gpu16.epochs > full.epochs
+
+
+def test_previous_run_attached_as_input(tmp_path, monkeypatch):
+    from tumorlib.data.sources import find_previous_run
+
+    root = tmp_path / "kaggle"
+    monkeypatch.setenv("TUMORLIB_KAGGLE_ROOT", str(root))
+    assert find_previous_run("gpu16") is None
+    old = root / "input" / "my-notebook-v1" / "tumorlib" / "outputs" / "gpu16" / "run"
+    new = root / "input" / "my-notebook-v2" / "tumorlib" / "outputs" / "gpu16" / "run"
+    (old / "checkpoints").mkdir(parents=True)
+    (new / "checkpoints").mkdir(parents=True)
+    (root / "input" / "x" / "tumorlib" / "outputs" / "gpu16" / "run").mkdir(parents=True)  # no checkpoint
+    assert find_previous_run("gpu16") is None
+    (old / "checkpoints" / "last.pth").write_bytes(b"1")
+    (new / "checkpoints" / "last.pth").write_bytes(b"2")
+    os.utime(old / "checkpoints" / "last.pth", (1000, 1000))
+    assert find_previous_run("gpu16") == new
+    assert find_previous_run("full") is None
+    outside = tmp_path / "elsewhere" / "run"
+    (outside / "checkpoints").mkdir(parents=True)
+    (outside / "checkpoints" / "last.pth").write_bytes(b"3")
+    link = root / "input" / "linked" / "tumorlib" / "outputs" / "full"
+    link.mkdir(parents=True)
+    os.symlink(outside, link / "run", target_is_directory=True)
+    assert find_previous_run("full") is None  # a link out of the input root does not count

@@ -40,6 +40,7 @@ __all__ = [
     "find_data_source",
     "find_kaggle_mount",
     "find_kagglehub_download",
+    "find_previous_run",
     "kaggle_root",
     "kaggle_working_dir",
     "kagglehub_cache_dir",
@@ -187,3 +188,29 @@ def find_data_source(embedded_dir: str | os.PathLike) -> DataSource:
     return DataSource("embedded", path,
                       f"the embedded synthetic set in {path} (brain phantoms in the Kaggle layout); "
                       + SYNTHETIC_NOTE)
+
+
+def find_previous_run(preset: str) -> Path | None:
+    """A run folder of ``preset`` saved by an earlier Kaggle session and attached as input, or None.
+
+    Kaggle wipes ``/kaggle/working`` between sessions; a notebook's saved output can be attached to the
+    next session, where it appears read-only as ``/kaggle/input/<name>/tumorlib/outputs/<preset>/run``
+    (possibly one folder deeper). Only runs holding ``checkpoints/last.pth`` count; with several, the one
+    whose checkpoint is newest wins. Copy it into the workspace's ``run_dir`` before resuming.
+
+    Args:
+        preset: the preset name, e.g. ``"gpu16"``.
+
+    Returns:
+        The run folder (read-only: never resume in place).
+    """
+    inputs = kaggle_root() / "input"
+    if not inputs.is_dir():
+        return None
+    found = []
+    for pattern in (f"*/tumorlib/outputs/{preset}/run", f"*/*/tumorlib/outputs/{preset}/run"):
+        for run in inputs.glob(pattern):
+            last = run / "checkpoints" / "last.pth"
+            if last.is_file() and _inside(last, inputs):
+                found.append((last.stat().st_mtime, str(run), run))
+    return max(found)[2] if found else None
