@@ -237,7 +237,7 @@ def get_config(preset: str | None = None, **overrides: Any) -> Config:
     """A preset's config with optional field overrides.
 
     Args:
-        preset: ``ci``, ``demo`` or ``full``; None reads ``$TUMORLIB_PRESET`` (default ``demo``).
+        preset: ``ci``, ``demo``, ``full`` or ``gpu16``; None reads ``$TUMORLIB_PRESET`` (default ``demo``).
         **overrides: fields to change, e.g. ``epochs=3``.
 
     Returns:
