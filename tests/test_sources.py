@@ -219,3 +219,19 @@ def test_previous_run_attached_as_input(tmp_path, monkeypatch):
     link.mkdir(parents=True)
     os.symlink(outside, link / "run", target_is_directory=True)
     assert find_previous_run("full") is None  # a link out of the input root does not count
+
+
+@pytest.mark.parametrize("major, expected", [(6, "fp16"), (7, "fp16"), (8, "bf16"), (9, "bf16")])
+def test_auto_precision_on_cuda_by_compute_capability(monkeypatch, major, expected):
+    import types
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(major=major))
+    monkeypatch.setattr(torch.version, "hip", None)
+    # T4 (7.5) and P100 (6.0) emulate bf16: is_bf16_supported() says True there, the choice must not
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert auto_precision("cuda") == expected
+    assert auto_precision("cpu") == "fp32"
