@@ -9,13 +9,13 @@ setup:
 	bash scripts/setup_env.sh
 
 demo: setup
-	TUMORLIB_PRESET=$(PRESET) TUMORLIB_OUT=$(CURDIR)/$(OUT) $(PY) -m tumorlib notebooks --out $(OUT)
+	TUMORLIB_DATA=$${TUMORLIB_DATA:-embedded} TUMORLIB_PRESET=$(PRESET) TUMORLIB_OUT=$(CURDIR)/$(OUT) $(PY) -m tumorlib notebooks --out $(OUT)
 
 test: setup
-	TUMORLIB_PRESET=ci TUMORLIB_HOME=$(CURDIR)/.tumorlib/test $(PY) -m pytest --nbval tests notebooks -p no:cacheprovider
+	TUMORLIB_DATA=embedded TUMORLIB_PRESET=ci TUMORLIB_HOME=$(CURDIR)/.tumorlib/test $(PY) -m pytest --nbval tests notebooks -p no:cacheprovider
 
 test-fast: setup
-	TUMORLIB_PRESET=ci TUMORLIB_HOME=$(CURDIR)/.tumorlib/test $(PY) -m pytest tests -m "not slow and not browser"
+	TUMORLIB_DATA=embedded TUMORLIB_PRESET=ci TUMORLIB_HOME=$(CURDIR)/.tumorlib/test $(PY) -m pytest tests -m "not slow and not browser"
 
 lab: setup
 	$(PY) -m jupyter lab notebooks

@@ -47,6 +47,9 @@ SAMPLE_VOLUME = None  # a volume id to show; None picks the first one
 ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
 # %% tags=["nbval-ignore-output"]
+print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
+
+# %% tags=["nbval-ignore-output"]
 data_dir = data.ensure_data(config)  # generates the embedded set on first use
 print("data folder:", data_dir, "(embedded synthetic set)" if ws.synthetic else "")
 

@@ -53,6 +53,9 @@ ws = tumorlib.workspace(config)
 SAMPLE_VOLUME = None  # a volume id to show; None picks the first one
 ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
+# %% tags=["nbval-ignore-output"]
+print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
+
 # %% [markdown]
 # ## Build (or reuse) the cache
 # `ensure_cache` generates the embedded data if needed, then builds the cache of this preset's

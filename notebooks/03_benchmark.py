@@ -50,6 +50,9 @@ REPEATS = 2 if PRESET == "ci" else 3  # warm loads per volume and source
 N_PATCHES = 20 if PRESET == "ci" else 200  # patches timed
 ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
+# %% tags=["nbval-ignore-output"]
+print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
+
 # %% [markdown]
 # ## Data and cache
 # Created with this preset when missing (see 02_cache).

@@ -54,6 +54,9 @@ ws = tumorlib.workspace(config)
 LOAD_EXISTING_RUN = False  # True: show the run already in ws.run_dir (trained before) instead of training
 ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
+# %% tags=["nbval-ignore-output"]
+print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
+
 # %% [markdown]
 # ## Configuration
 # The `full` preset is the seed's table; `demo` and `ci` shrink the network and the patches so that a

@@ -56,6 +56,9 @@ SPLIT = "test"  # the volumes held out from training and model selection
 TTA = False  # average each window over its 8 flips (8x slower, usually a little better)
 ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
+# %% tags=["nbval-ignore-output"]
+print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
+
 # %% [markdown]
 # ## The trained run
 # The run of this preset is the one 04_train wrote (`RUN/config.json`, `RUN/splits.json`,

@@ -54,6 +54,9 @@ VOLUME = None  # a test volume id to show; None picks the first volume of the te
 MODALITY = "FLAIR"  # the grey image under the overlays: T1, T1ce, T2 or FLAIR
 ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
+# %% tags=["nbval-ignore-output"]
+print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
+
 # %% [markdown]
 # ## The trained run
 # The run folder of this preset is the one 04_train wrote and 05_evaluate scored. When it is missing

@@ -13,6 +13,9 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TUMORLIB_HOME", str(tmp_path_factory.mktemp("tumorlib_home")))
     for var in ("TUMORLIB_DATA", "TUMORLIB_OUT", "TUMORLIB_CACHE"):
         monkeypatch.delenv(var, raising=False)
+    # no Kaggle mount and no kagglehub download, whatever this machine holds (tumorlib.data.sources)
+    monkeypatch.setenv("TUMORLIB_KAGGLE_ROOT", str(tmp_path_factory.mktemp("no_kaggle")))
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path_factory.mktemp("no_kagglehub")))
 
 
 @pytest.fixture(scope="session")

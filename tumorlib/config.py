@@ -1,4 +1,4 @@
-"""Presets (``ci``, ``demo``, ``full``) as one frozen dataclass, and the folders a run uses.
+"""Presets (``ci``, ``demo``, ``full``, ``gpu16``) as one frozen dataclass, and the folders a run uses.
 
 The ``full`` preset is the seed design's table exactly; ``demo`` trains in minutes on a 2-core CPU and
 ``ci`` runs each notebook in seconds. Every field can be overridden by keyword (``get_config(epochs=3)``)
@@ -7,9 +7,11 @@ run can be reproduced from its folder.
 
 Environment variables:
     TUMORLIB_PRESET: preset name when none is given (default ``demo``).
-    TUMORLIB_DATA: a Kaggle-format BraTS2020 folder; unset, the embedded synthetic set is generated on
-        first use into ``$TUMORLIB_HOME/data/synthetic_<volumes>x<D>x<H>x<W>_seed<S>``.
-    TUMORLIB_HOME: root for generated data and default outputs (default ``~/.cache/tumorlib``).
+    TUMORLIB_DATA: a Kaggle-format BraTS2020 folder; unset, a Kaggle input mount or kagglehub download
+        of the pack when there is one (``tumorlib.data.sources``), else the embedded synthetic set,
+        generated on first use into ``$TUMORLIB_HOME/data/synthetic_<volumes>x<D>x<H>x<W>_seed<S>``.
+    TUMORLIB_HOME: root for generated data and default outputs (default ``~/.cache/tumorlib``;
+        ``/kaggle/working/tumorlib`` in a Kaggle notebook).
     TUMORLIB_OUT: output folder of a preset (default ``$TUMORLIB_HOME/outputs/<preset>``); holds
         ``cache/``, ``run/`` and ``figures/``.
     TUMORLIB_CACHE: the ``.npy`` cache folder (default ``$TUMORLIB_OUT/cache``).
@@ -168,6 +170,18 @@ class Config:
 PRESETS: dict[str, Config] = {
     # The seed's configuration: 240x240 in-plane, 155 slices.
     "full": Config(preset="full"),
+    # 16 GB GPUs (Kaggle T4/P100, Colab T4): the seed's model and patch, batch 1 x accumulation 4 (the
+    # same effective batch of 4 as full), fp16 autocast where the card has no native bf16, and an epoch
+    # budget that fits a 9-hour Kaggle session (README: "Presets"). Resume with the same run folder.
+    "gpu16": Config(
+        preset="gpu16",
+        batch_size=1,
+        accumulation_steps=4,
+        epochs=120,
+        warmup_epochs=5,
+        ram_cache_bytes=2 * 2**30,
+        sw_batch_size=2,
+    ),
     # Minutes on a 2-core CPU; small phantoms, a narrow network, small patches.
     "demo": Config(
         preset="demo",
@@ -228,7 +242,7 @@ def get_config(preset: str | None = None, **overrides: Any) -> Config:
     """A preset's config with optional field overrides.
 
     Args:
-        preset: ``ci``, ``demo`` or ``full``; None reads ``$TUMORLIB_PRESET`` (default ``demo``).
+        preset: ``ci``, ``demo``, ``full`` or ``gpu16``; None reads ``$TUMORLIB_PRESET`` (default ``demo``).
         **overrides: fields to change, e.g. ``epochs=3``.
 
     Returns:
@@ -289,7 +303,8 @@ class Workspace:
     """The folders one preset works in.
 
     Attributes:
-        data_dir: Kaggle-format data (``TUMORLIB_DATA`` or the embedded synthetic set).
+        data_dir: Kaggle-format data (``TUMORLIB_DATA``, a Kaggle mount or kagglehub download, or the
+            embedded synthetic set: ``tumorlib.data.sources.find_data_source``).
         out_dir: the preset's output root.
         cache_dir: the ``.npy`` cache.
         run_dir: the training run (checkpoints, history, config).
@@ -314,11 +329,13 @@ def workspace(config: Config) -> Workspace:
     Returns:
         The workspace; no folder is created.
     """
-    home = Path(os.environ.get("TUMORLIB_HOME") or Path.home() / ".cache" / "tumorlib").expanduser()
-    data_env = os.environ.get("TUMORLIB_DATA")
+    from tumorlib.data.sources import default_home, find_data_source  # here: tumorlib.data imports config
+
+    home = Path(os.environ.get("TUMORLIB_HOME") or default_home()).expanduser()
     d, h, w = config.synth_shape
     tag = f"synthetic_{config.synth_volumes}x{d}x{h}x{w}_seed{config.synth_seed}"
-    data_dir = Path(data_env).expanduser() if data_env else home / "data" / tag
+    source = find_data_source(home / "data" / tag)
+    data_dir = source.path
     out_dir = Path(os.environ.get("TUMORLIB_OUT") or home / "outputs" / config.preset).expanduser()
     cache_dir = Path(os.environ.get("TUMORLIB_CACHE") or out_dir / "cache").expanduser()
     return Workspace(
@@ -327,5 +344,5 @@ def workspace(config: Config) -> Workspace:
         cache_dir=cache_dir.resolve(),
         run_dir=(out_dir / "run").resolve(),
         fig_dir=(out_dir / "figures").resolve(),
-        synthetic=not data_env,
+        synthetic=source.synthetic,
     )

@@ -360,7 +360,7 @@ def plot_metric_boxes(frame: pd.DataFrame, title: str | None = None) -> Any:
     Returns:
         ``matplotlib.figure.Figure`` with two panels (Dice, HD95), each volume drawn as a dot.
     """
-    from matplotlib.figure import Figure
+    from tumorlib.viz.notebook_figure import NotebookFigure as Figure  # a PNG in notebooks without pyplot
 
     dice_cols = [f"dice_{n}" for n in (*CLASS_NAMES, "wt", "tc")]
     hd_cols = [f"hd95_{n}" for n in REGION_NAMES]

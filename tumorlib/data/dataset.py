@@ -335,8 +335,10 @@ def make_loader(dataset: Dataset, config: Any, shuffle: bool = False, batch_size
                 num_workers: int | None = None, pin_memory: bool | None = None) -> DataLoader:
     """A DataLoader with the preset's settings and an ``EpochSampler``.
 
-    Workers: ``num_workers``, else ``config.num_workers``, else ``default_num_workers()``; forced to 0 on
-    Windows. With workers they are persistent. Memory is pinned when CUDA is available.
+    Workers: ``num_workers``, else ``config.num_workers``, else ``default_num_workers()`` (0 on Windows).
+    With workers they are persistent; they work under the ``spawn`` start method (Windows, macOS), from a
+    script with an ``if __name__ == "__main__":`` guard or from a notebook. Memory is pinned when CUDA is
+    available.
 
     Args:
         dataset: usually a ``BraTS3DDataset``; call ``dataset.set_epoch(e)`` before each epoch.
@@ -355,8 +357,6 @@ def make_loader(dataset: Dataset, config: Any, shuffle: bool = False, batch_size
     workers = num_workers if num_workers is not None else getattr(config, "num_workers", None)
     if workers is None:
         workers = default_num_workers()
-    if sys.platform == "win32":
-        workers = 0
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     sampler = EpochSampler(dataset, shuffle=shuffle, seed=getattr(config, "seed", 0), rank=rank,
                            world_size=world_size)

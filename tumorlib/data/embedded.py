@@ -1,4 +1,8 @@
-"""The data folder of a config: ``TUMORLIB_DATA`` if set, else the embedded set, generated on first use."""
+"""The data folder of a config: ``TUMORLIB_DATA``, a Kaggle mount or kagglehub download, else the embedded set.
+
+The choice is ``tumorlib.data.sources.find_data_source`` (through ``workspace``); only the embedded set is
+generated here, on first use.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ SYNTH_VERSION = 3  # 3: image channels stored in the Kaggle pack's order (FLAIR,
 def ensure_data(config: Config, progress: bool = True) -> Path:
     """The data folder for ``config``, generating the embedded dataset when it is missing.
 
-    With ``TUMORLIB_DATA`` set, that folder is checked (it must hold Kaggle-format volumes) and
-    returned. Otherwise the embedded set described by ``config.synth_volumes``, ``synth_shape`` and
+    With ``TUMORLIB_DATA`` set, or a Kaggle mount or kagglehub download found, that folder is checked
+    (it must hold Kaggle-format volumes) and returned. Otherwise the embedded set described by ``config.synth_volumes``, ``synth_shape`` and
     ``synth_seed`` is written once into the workspace's data folder: first into a temporary sibling,
     then renamed, so an interrupted generation never leaves a half-written set behind.
 
@@ -34,7 +38,7 @@ def ensure_data(config: Config, progress: bool = True) -> Path:
         The dataset root (pass it to ``list_volumes``/``load_volume``).
 
     Raises:
-        FileNotFoundError: ``TUMORLIB_DATA`` points at a folder without volumes.
+        FileNotFoundError: ``TUMORLIB_DATA`` points at a folder without volumes (names the folder).
     """
     ws = workspace(config)
     if not ws.synthetic:

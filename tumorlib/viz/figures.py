@@ -53,9 +53,9 @@ _CLASS_ALIASES: dict[str, tuple[str, ...]] = {
 
 
 def _figure(figsize: tuple[float, float], **kwargs: Any) -> Any:
-    from matplotlib.figure import Figure
+    from tumorlib.viz.notebook_figure import NotebookFigure  # shown as PNG in notebooks without pyplot
 
-    return Figure(figsize=figsize, layout="constrained", **kwargs)
+    return NotebookFigure(figsize=figsize, layout="constrained", **kwargs)
 
 
 def _rgb01(c: Sequence[int]) -> tuple[float, float, float]:
