@@ -53,23 +53,16 @@ def _make_run(folder, bias=None, config=None, splits=None):
     return folder
 
 
-@pytest.fixture(scope="module")
-def cache(tiny_data, tmp_path_factory):
-    cfg = get_config("ci")
-    return build_cache(tiny_data, tmp_path_factory.mktemp("cache"), workers=1, cache_hw=cfg.cache_hw,
-                       margin=cfg.cache_margin, progress=False)
-
-
-def test_evaluate_all_tumour_prediction(tiny_data, cache, tmp_path):
+def test_evaluate_all_tumour_prediction(tiny_data, tiny_cache, tmp_path):
     run = _make_run(tmp_path / "run", bias=[10.0, 10.0, 10.0])  # every voxel: all three classes
     out = tmp_path / "eval" / "metrics.csv"
-    frame = evaluate(run, tiny_data, cache, split="test", out=out, device="cpu", progress=False)
+    frame = evaluate(run, tiny_data, tiny_cache, split="test", out=out, device="cpu", progress=False)
     assert tuple(frame.columns) == EVAL_COLUMNS
     assert list(pd.read_csv(out).columns) == list(EVAL_COLUMNS)
     # the ci split of 4 volumes keeps one for testing
     assert len(frame) == 1 and (frame["seconds"] > 0).all()
     vid = int(frame["volume"][0])
-    _, mask = load_cached_volume(cache, vid)
+    _, mask = load_cached_volume(tiny_cache, vid)
     n = mask[0].size
     row = frame.iloc[0]
     for k, name in enumerate(("ncr", "ed", "et")):
@@ -83,11 +76,11 @@ def test_evaluate_all_tumour_prediction(tiny_data, cache, tmp_path):
     assert list(summary.columns) == list(EVAL_COLUMNS[1:])
 
 
-def test_evaluate_uses_splits_json_and_tta(tiny_data, cache, tmp_path):
+def test_evaluate_uses_splits_json_and_tta(tiny_data, tiny_cache, tmp_path):
     run = _make_run(tmp_path / "run", splits={"train": [3, 4], "val": [], "test": [1, 2]})
-    frame = evaluate(run, tiny_data, cache, device="cpu", progress=False)
+    frame = evaluate(run, tiny_data, tiny_cache, device="cpu", progress=False)
     assert frame["volume"].tolist() == [1, 2]
-    with_tta = evaluate(run, tiny_data, cache, tta=True, volume_ids=[1], out=tmp_path / "tta.csv",
+    with_tta = evaluate(run, tiny_data, tiny_cache, tta=True, volume_ids=[1], out=tmp_path / "tta.csv",
                         device="cpu", progress=False)
     assert with_tta["volume"].tolist() == [1]
     assert not np.allclose(with_tta.iloc[0, 1:6].to_numpy(float), frame.iloc[0, 1:6].to_numpy(float))
@@ -113,7 +106,7 @@ def test_evaluate_on_a_resampled_cache(tiny_data, tmp_path):
     assert 0.0 < row["dice_ed"] < 1.0
 
 
-def test_run_errors(tiny_data, cache, tmp_path):
+def test_run_errors(tiny_data, tiny_cache, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_run(tmp_path / "missing")
     run = _make_run(tmp_path / "run")
@@ -128,7 +121,7 @@ def test_run_errors(tiny_data, cache, tmp_path):
         load_run(run)
     good = _make_run(tmp_path / "good")
     with pytest.raises(ValueError, match="unknown split"):
-        evaluate(good, tiny_data, cache, split="holdout", progress=False)
+        evaluate(good, tiny_data, tiny_cache, split="holdout", progress=False)
 
 
 def test_predict_kaggle_labels_fill_the_crop_box(tiny_data, tmp_path):
@@ -166,20 +159,20 @@ def test_predict_nifti_matches_kaggle(tiny_data, tmp_path):
         predict(run, tmp_path / "x.nii.gz")
 
 
-def test_patch_predictions(cache, tmp_path):
+def test_patch_predictions(tiny_cache, tmp_path):
     run = _make_run(tmp_path / "run")
     model, cfg = load_run(run)
-    out = patch_predictions(model, cfg, cache, [1, 2])
+    out = patch_predictions(model, cfg, tiny_cache, [1, 2])
     assert out["images"].shape == (2, 4, *cfg.patch_size)
     assert out["gts"].shape == out["probs"].shape == (2, 3, *cfg.patch_size)
     assert out["gts"].sum() > 0  # centred on the tumour
     assert ((out["probs"] >= 0) & (out["probs"] <= 1)).all() and out["titles"] == ["volume 1", "volume 2"]
 
 
-def test_cli_evaluate_and_predict(tiny_data, cache, tmp_path, capsys):
+def test_cli_evaluate_and_predict(tiny_data, tiny_cache, tmp_path, capsys):
     run = _make_run(tmp_path / "run")
     out = tmp_path / "m.csv"
-    assert main(["evaluate", "--run", str(run), "--data", str(tiny_data), "--cache", str(cache),
+    assert main(["evaluate", "--run", str(run), "--data", str(tiny_data), "--cache", str(tiny_cache),
                  "--split", "val", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     assert len(pd.read_csv(out)) == 1 and summary_path(out).is_file()
     seg = tmp_path / "p.nii.gz"

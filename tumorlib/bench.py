@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tumorlib.config import Config
+
 __all__ = [
     "LOADING_TARGETS",
     "bench_train",
@@ -458,57 +460,25 @@ def format_loading_result(result: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- training throughput (issue 4)
 
-def _train_step_rate(config: Any, device: Any, batches: Callable[[], Any], steps: int, warmup: int) -> dict[str, Any]:
-    """Patches per second of ``steps`` optimizer steps (after ``warmup`` untimed ones) on batches from ``batches``."""
-    import torch
+def _train_step_rate(trainer: Any, batches: Callable[[], Any], steps: int, warmup: int) -> dict[str, Any]:
+    """Patches per second of ``steps`` optimizer steps of ``trainer`` (after ``warmup`` untimed ones)."""
+    from tumorlib.perf import time_train_steps
 
-    from tumorlib.losses import loss_from_config
-    from tumorlib.model import model_from_config
-    from tumorlib.train import amp_dtype, forward_backward, optimizer_step
-
-    torch.manual_seed(config.seed)
-    model = model_from_config(config).to(device)
-    net = torch.compile(model) if config.compile else model
-    dtype = amp_dtype(device, config.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    criterion = loss_from_config(config)
-    accumulation = config.accumulation_steps
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    patches = 0
-    t0 = time.perf_counter()
-    for step in range(warmup + steps):
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0, patches = time.perf_counter(), 0
-        for _ in range(accumulation):
-            image, mask = batches()
-            image = image.to(device, torch.float32, non_blocking=True)
-            mask = mask.to(device, torch.float32, non_blocking=True)
-            forward_backward(net, criterion, image, mask, dtype, scaler, 1.0 / accumulation)
-            patches += image.shape[0]
-        optimizer_step(model, optimizer, scaler, None, config.grad_clip)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"patches_per_s": patches / seconds, "peak_gib": peak,
-            "amp_dtype": None if dtype is None else str(dtype).replace("torch.", "")}
+    timed = time_train_steps(trainer, batches, steps, warmup)
+    return {"patches_per_s": timed["patches_per_s"], "peak_gib": timed["peak_memory_gib"]}
 
 
-def bench_train(config: Any, cache_dir: str | os.PathLike | None = None, device: Any = None, steps: int = 5,
+def bench_train(config: Config, cache_dir: str | os.PathLike | None = None, device: Any = None, steps: int = 5,
                 warmup: int = 2, with_data: bool = True, progress: bool = False) -> dict[str, Any]:
-    """Training throughput of the config's model and patch on one device, as JSON-ready keys.
+    """Training throughput of ``tumorlib train`` on one device, as JSON-ready keys.
 
-    Two measurements with the same model, optimizer, loss, autocast and accumulation as ``tumorlib.train``:
-    the **model step alone** (random tensors already on the device) and **end to end** (patches cut from
-    the cache by the training DataLoader, copied to the device, then the same step).
+    The step is ``engine.Trainer`` with the settings ``tumorlib train`` resolves for the device and cache
+    (``engine.resolve_settings``), measured twice: the **model step alone** (random tensors already on
+    the device) and **end to end** (patches from the run's data path, on the device, then the same step).
 
     Args:
         config: a ``Config`` (``features``, ``patch_size``, ``batch_size``, ``accumulation_steps``, ``amp``,
-            ``compile``, ...).
+            the GPU speed fields, ...).
         cache_dir: a finished cache for the end-to-end measurement; None: the workspace's, built when missing.
         device: None: CUDA when available, else CPU.
         steps: timed optimizer steps.
@@ -517,46 +487,48 @@ def bench_train(config: Any, cache_dir: str | os.PathLike | None = None, device:
         progress: tqdm bars while building a missing cache.
 
     Returns:
-        Dict with ``train_device``, ``train_amp_dtype``, ``train_compile``, ``train_parameters``,
+        Dict with ``train_device``, ``train_amp_dtype``, ``train_compile``, ``train_data``, ``train_parameters``,
         ``train_patch_size``, ``train_batch_size``, ``train_accumulation_steps``, ``train_step_patches_per_s``
         (model step alone), ``train_patches_per_s`` (end to end; None without ``with_data``),
-        ``train_peak_memory_gib`` (CUDA only, else None).
+        ``train_peak_memory_gib`` (CUDA only, else None), ``train_compile_error``.
     """
     import torch
 
+    from tumorlib.data.resolve import resolve_cache, run_splits
     from tumorlib.distributed import select_device
-    from tumorlib.model import count_parameters, model_from_config
+    from tumorlib.engine import Trainer, resolve_settings
+    from tumorlib.model import count_parameters
+    from tumorlib.perf import end_to_end_source
 
     device = select_device(device)
     b, shape = config.batch_size, tuple(config.patch_size)
+    cache = train_ids = None
+    if with_data:
+        cache = resolve_cache(config, cache_dir=cache_dir, progress=progress)
+        train_ids = run_splits(config, cache)["train"]
+    settings, _ = resolve_settings(config, device, cache, train_ids, name="train")
+    trainer = Trainer(config, settings, device)
+    init = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     gen = torch.Generator().manual_seed(config.seed)
     image = torch.randn(b, config.in_channels, *shape, generator=gen).to(device)
     mask = (torch.rand(b, config.num_classes, *shape, generator=gen) > 0.9).float().to(device)
-    alone = _train_step_rate(config, device, lambda: (image, mask), steps, warmup)
+    alone = _train_step_rate(trainer, lambda: (image, mask), steps, warmup)
     result: dict[str, Any] = {
         "train_device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "train_amp_dtype": alone["amp_dtype"], "train_compile": bool(config.compile),
-        "train_parameters": count_parameters(model_from_config(config)), "train_patch_size": list(shape),
+        "train_amp_dtype": settings.amp_dtype, "train_compile": settings.compile, "train_data": settings.data,
+        "train_parameters": count_parameters(trainer.model), "train_patch_size": list(shape),
         "train_batch_size": b, "train_accumulation_steps": config.accumulation_steps,
         "train_step_patches_per_s": alone["patches_per_s"], "train_patches_per_s": None,
-        "train_peak_memory_gib": alone["peak_gib"],
+        "train_peak_memory_gib": alone["peak_gib"], "train_compile_error": trainer.compile_error,
     }
     if with_data:
-        from tumorlib.data.cache import cached_volume_ids
-        from tumorlib.data.dataset import BraTS3DDataset, make_loader
-        from tumorlib.data.splits import split_volumes
-        from tumorlib.train import prepare_cache
-
-        cache = prepare_cache(config, cache_dir=cache_dir, progress=progress)
-        train_ids = split_volumes(cached_volume_ids(cache), config.val_fraction, config.test_fraction,
-                                  config.split_seed)[0]
+        trainer.reset(init)
         n = (warmup + steps) * config.accumulation_steps * b
-        ds = BraTS3DDataset(cache, train_ids, patch_size=shape, tumor_prob=config.tumor_prob,
-                            ram_cache_bytes=config.ram_cache_bytes, augment=config.augment, seed=config.seed,
-                            samples_per_epoch=n)
-        loader = make_loader(ds, config, batch_size=b, pin_memory=device.type == "cuda")
-        batches = iter(loader)
-        end_to_end = _train_step_rate(config, device, lambda: next(batches), steps, warmup)
+        source, _, close = end_to_end_source(config, settings, cache, train_ids, n, device, progress)
+        try:
+            end_to_end = _train_step_rate(trainer, source, steps, warmup)
+        finally:
+            close()
         result["train_patches_per_s"] = end_to_end["patches_per_s"]
         if end_to_end["peak_gib"] is not None:
             result["train_peak_memory_gib"] = max(alone["peak_gib"], end_to_end["peak_gib"])
