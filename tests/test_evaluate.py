@@ -183,3 +183,31 @@ def test_cli_evaluate_and_predict(tiny_data, tiny_cache, tmp_path, capsys):
                  str(seg), "--quiet"]) == 2
     assert "volume 99" in capsys.readouterr().err
     assert main(["predict", "--run", str(run), "--out", str(seg)]) == 2
+
+
+@pytest.mark.parametrize("cache_hw", [None, 32])
+def test_evaluate_on_a_nifti_cache_equals_the_kaggle_cache(tiny_data, tmp_path, cache_hw):
+    """The same volumes as NIfTI cases: same scores, the resampled cache reopening its source through the
+    reader the index records (NIfTI here) for the full-size ground truth and voxel size."""
+    from tumorlib.data.cache import open_source
+    from tumorlib.data.nifti import build_nifti_cache
+
+    root = tmp_path / "nifti"
+    for vid in (1, 2):
+        image, mask = load_volume(tiny_data, vid)
+        save_nifti_case(root / f"BraTS20_Training_{vid:03d}", image, mask)
+    cfg = get_config("ci", cache_hw=cache_hw)
+    run = _make_run(tmp_path / "run", bias=[-10.0, 10.0, -10.0], config=cfg,
+                    splits={"train": [], "val": [], "test": [1, 2]})
+    nifti_cache = build_nifti_cache(root, tmp_path / "nifti_cache", workers=1, cache_hw=cache_hw, progress=False)
+    kaggle_cache = build_cache(tiny_data, tmp_path / "kaggle_cache", workers=1, cache_hw=cache_hw,
+                               volume_ids=[1, 2], progress=False)
+    index = load_cache_index(nifti_cache)
+    assert index["reader"] == "nifti" and type(open_source(index)).__name__ == "NiftiSource"
+    assert open_source(index).spacing(1) == pytest.approx((1.0, 1.0, 1.0))
+    a = evaluate(run, cache_dir=nifti_cache, device="cpu", progress=False, out=tmp_path / "a.csv")
+    b = evaluate(run, cache_dir=kaggle_cache, device="cpu", progress=False, out=tmp_path / "b.csv")
+    assert a["volume"].tolist() == [1, 2]
+    metrics = [c for c in EVAL_COLUMNS if c not in ("volume", "seconds")]
+    pd.testing.assert_frame_equal(a[metrics], b[metrics], rtol=1e-6)
+    assert 0.0 < a["dice_ed"].min() < 1.0

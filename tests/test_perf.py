@@ -15,9 +15,7 @@ import types
 import pytest
 import torch
 
-from tumorlib import perf
 from tumorlib.config import get_config
-from tumorlib.data.cache import build_cache
 from tumorlib.data.gpu_patches import resident_nbytes
 from tumorlib.engine import Trainer, TrainSettings, reference_settings
 from tumorlib.perf import (

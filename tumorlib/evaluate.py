@@ -166,7 +166,7 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, con
 def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[int], split: str) -> list[int]:
     """The volume ids of one split of a run.
 
-    Uses ``RUN/splits.json`` when present, else recomputes ``split_volumes`` with the config's
+    Uses ``RUN/splits.json`` when present, else recomputes ``split_ids`` with the config's
     fractions and seed (what training does).
 
     Args:
@@ -181,7 +181,7 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
     Raises:
         ValueError: an unknown split name, or split volumes missing from the cache.
     """
-    from tumorlib.data.splits import split_volumes
+    from tumorlib.data.resolve import split_ids
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -196,33 +196,7 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
             raise ValueError(f"{path}: {split} volumes {missing} are not in the cache; was the run trained "
                              "on other data?")
         return chosen
-    train, val, test = split_volumes(ids, config.val_fraction, config.test_fraction, config.split_seed)
-    return {"train": train, "val": val, "test": test}[split]
-
-
-def _source_mask(index: dict[str, Any], volume_id: int) -> np.ndarray:
-    """The full-size ground truth of a cached volume, read from its source."""
-    from tumorlib.data import load_volume
-    from tumorlib.data.nifti import load_nifti_volume
-
-    reader = index.get("reader")
-    if reader == "nifti":
-        return load_nifti_volume(index["source"], volume_id)[1]
-    if reader == "kaggle":
-        return load_volume(index["source"], volume_id)[1]
-    raise ValueError(f"cache of reader {reader!r}: cannot read the full-size ground truth of volume {volume_id}")
-
-
-def _spacing(index: dict[str, Any], volume_id: int) -> tuple[float, float, float]:
-    """Voxel size (D, H, W) in mm: the NIfTI header for NIfTI caches, else 1 mm (BraTS is 1 mm^3)."""
-    if index.get("reader") == "nifti":
-        import nibabel as nib
-
-        from tumorlib.data.nifti import find_nifti_file, list_nifti_cases, nifti_spacing
-
-        case = list_nifti_cases(index["source"])[volume_id]
-        return nifti_spacing(nib.load(str(find_nifti_file(case, "flair"))).affine)
-    return (1.0, 1.0, 1.0)
+    return split_ids(config, ids)[split]
 
 
 def summary_path(csv_path: str | os.PathLike) -> Path:
@@ -281,12 +255,12 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     """
     from tqdm.auto import tqdm
 
-    from tumorlib.data.cache import load_cache_index, load_cached_volume, uncrop
-    from tumorlib.train import prepare_cache
+    from tumorlib.data.cache import CacheError, load_cache_index, load_cached_volume, open_source, uncrop
+    from tumorlib.data.resolve import resolve_cache
 
     dev = _device(device)
     model, config = load_run(run_dir, dev)
-    cache = prepare_cache(config, data_dir, cache_dir, progress=progress)
+    cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
     index = load_cache_index(cache)
     cached = sorted(int(k) for k in index["volumes"])
     if volume_ids is None:
@@ -298,6 +272,10 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
             raise ValueError(f"volumes {missing} are not in the cache {cache}")
     if not ids:
         raise ValueError(f"the {split} split of {run_dir} is empty")
+    try:
+        source = open_source(index)
+    except CacheError:
+        source = None  # a cache from a custom reader: 1 mm voxels, scored in the cache frame only
     rows = []
     for vid in tqdm(ids, desc=f"evaluate {split}", unit="vol", disable=not progress):
         entry = index["volumes"][str(vid)]
@@ -308,11 +286,14 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - start
+        spacing = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
         if all(abs(z - 1.0) < 1e-9 for z in entry["zoom"]):
-            scores = brats_scores(pred.cpu().numpy(), np.asarray(mask), _spacing(index, vid))
-        else:
+            scores = brats_scores(pred.cpu().numpy(), np.asarray(mask), spacing)
+        else:  # a resampled cache: scored at the source resolution, against the source's ground truth
             full = uncrop(prob.cpu().numpy(), entry, fill=0.0) > config.threshold
-            scores = brats_scores(full, _source_mask(index, vid), _spacing(index, vid))
+            if source is None:
+                open_source(index)  # raises CacheError naming the reader
+            scores = brats_scores(full, source.read(vid)[1], spacing)
         rows.append({"volume": vid, **scores, "seconds": seconds})
     frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
     out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .cache import _single_thread_torch, load_cache_index, load_cached_volume
+from .cache import load_cache_index, load_cached_volume
+from .cache.preprocess import _single_thread_torch
 
 __all__ = ["BraTS3DDataset", "EpochSampler", "PatchPlan", "default_num_workers", "make_loader"]
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
 from tumorlib.config import Config, workspace
 
-__all__ = ["make_datasets", "resolve_cache", "run_splits"]
+__all__ = ["make_datasets", "resolve_cache", "run_splits", "split_ids"]
 
 
 def resolve_cache(config: Config, data_dir: str | os.PathLike | None = None,
@@ -54,6 +55,16 @@ def resolve_cache(config: Config, data_dir: str | os.PathLike | None = None,
                             margin=config.cache_margin, progress=progress))
 
 
+def split_ids(config: Config, volume_ids: Sequence[int]) -> dict[str, list[int]]:
+    """The config's train / val / test split of ``volume_ids`` (``val_fraction``, ``test_fraction``,
+    ``split_seed``): ``{"train": [...], "val": [...], "test": [...]}``."""
+    from tumorlib.data.splits import split_volumes
+
+    train, val, test = split_volumes(sorted(int(v) for v in volume_ids), config.val_fraction,
+                                     config.test_fraction, config.split_seed)
+    return {"train": train, "val": val, "test": test}
+
+
 def run_splits(config: Config, cache_dir: str | os.PathLike) -> dict[str, list[int]]:
     """The config's train / val / test split of the cached volumes.
 
@@ -65,11 +76,8 @@ def run_splits(config: Config, cache_dir: str | os.PathLike) -> dict[str, list[i
         ``{"train": [...], "val": [...], "test": [...]}`` (volume ids).
     """
     from tumorlib.data.cache import cached_volume_ids
-    from tumorlib.data.splits import split_volumes
 
-    train, val, test = split_volumes(cached_volume_ids(cache_dir), config.val_fraction, config.test_fraction,
-                                     config.split_seed)
-    return {"train": train, "val": val, "test": test}
+    return split_ids(config, cached_volume_ids(cache_dir))
 
 
 def make_datasets(config: Config, cache_dir: str | os.PathLike) -> tuple[Dataset, Dataset, dict[str, list[int]]]:
