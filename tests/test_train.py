@@ -368,7 +368,7 @@ def test_ddp_two_gloo_processes_on_cpu(ci_cache, tmp_path):
 
 
 def test_bench_train_on_cpu(ci_cache):
-    from tumorlib.bench import bench_train, format_train_result
+    from tumorlib.throughput import bench_train, format_train_result
 
     result = bench_train(get_config("ci"), ci_cache, device="cpu", steps=1, warmup=1)
     assert result["train_device"] == "cpu" and result["train_amp_dtype"] is None

@@ -18,17 +18,16 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tumorlib.config import Config
+if TYPE_CHECKING:
+    from tumorlib.config import Config
 
 __all__ = [
     "LOADING_TARGETS",
-    "bench_train",
     "benchmark_loading",
     "drop_page_cache",
     "format_loading_result",
-    "format_train_result",
     "loading_table",
     "loading_targets_met",
     "map_populated",
@@ -41,6 +40,14 @@ __all__ = [
 
 # Targets on full-size (155x240x240) volumes on a 2-core machine (issue 3).
 LOADING_TARGETS = {"load_speedup": 40.0, "patch_samples_per_s": 150.0, "cache_build_overhead": 1.5}
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("bench_train", "format_train_result"):  # training throughput: tumorlib.throughput
+        from tumorlib import throughput
+
+        return getattr(throughput, name)
+    raise AttributeError(f"module 'tumorlib.bench' has no attribute {name!r}")
 
 
 def drop_page_cache(paths: Sequence[str | os.PathLike]) -> bool:
@@ -249,7 +256,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return float(a / b) if a is not None and b else None
 
 
-def benchmark_loading(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, config: Any = None,
+def benchmark_loading(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, config: Config | None = None,
                       volume_ids: Sequence[int] | None = None, n_volumes: int = 3, repeats: int = 3,
                       n_patches: int = 200, cold: bool = True, build: bool = True,
                       progress: bool = False) -> dict[str, Any]:
@@ -373,7 +380,7 @@ def loading_targets_met(result: dict[str, Any]) -> dict[str, bool | None]:
 
 
 def loading_table(result: dict[str, Any]) -> Any:
-    """The seed's loading table (HDF5 slices against the cache, cold and warm) as a DataFrame.
+    """The reference design's loading table (HDF5 slices against the cache, cold and warm) as a DataFrame.
 
     Args:
         result: from ``benchmark_loading``.
@@ -456,89 +463,3 @@ def format_loading_result(result: dict[str, Any]) -> str:
             target = f"   target {op} {LOADING_TARGETS[key]:g}: {'met' if met[key] else 'MISSED'}"
         lines.append(f"  {key:<36} {fmt(result.get(key)):>10}{target}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- training throughput (issue 4)
-
-def _train_step_rate(trainer: Any, batches: Callable[[], Any], steps: int, warmup: int) -> dict[str, Any]:
-    """Patches per second of ``steps`` optimizer steps of ``trainer`` (after ``warmup`` untimed ones)."""
-    from tumorlib.perf import time_train_steps
-
-    timed = time_train_steps(trainer, batches, steps, warmup)
-    return {"patches_per_s": timed["patches_per_s"], "peak_gib": timed["peak_memory_gib"]}
-
-
-def bench_train(config: Config, cache_dir: str | os.PathLike | None = None, device: Any = None, steps: int = 5,
-                warmup: int = 2, with_data: bool = True, progress: bool = False) -> dict[str, Any]:
-    """Training throughput of ``tumorlib train`` on one device, as JSON-ready keys.
-
-    The step is ``engine.Trainer`` with the settings ``tumorlib train`` resolves for the device and cache
-    (``engine.resolve_settings``), measured twice: the **model step alone** (random tensors already on
-    the device) and **end to end** (patches from the run's data path, on the device, then the same step).
-
-    Args:
-        config: a ``Config`` (``features``, ``patch_size``, ``batch_size``, ``accumulation_steps``, ``amp``,
-            the GPU speed fields, ...).
-        cache_dir: a finished cache for the end-to-end measurement; None: the workspace's, built when missing.
-        device: None: CUDA when available, else CPU.
-        steps: timed optimizer steps.
-        warmup: untimed optimizer steps first (compilation, allocator, page cache).
-        with_data: also measure end to end.
-        progress: tqdm bars while building a missing cache.
-
-    Returns:
-        Dict with ``train_device``, ``train_amp_dtype``, ``train_compile``, ``train_data``, ``train_parameters``,
-        ``train_patch_size``, ``train_batch_size``, ``train_accumulation_steps``, ``train_step_patches_per_s``
-        (model step alone), ``train_patches_per_s`` (end to end; None without ``with_data``),
-        ``train_peak_memory_gib`` (CUDA only, else None), ``train_compile_error``.
-    """
-    import torch
-
-    from tumorlib.data.resolve import resolve_cache, run_splits
-    from tumorlib.distributed import select_device
-    from tumorlib.engine import Trainer, resolve_settings
-    from tumorlib.model import count_parameters
-    from tumorlib.perf import end_to_end_source
-
-    device = select_device(device)
-    b, shape = config.batch_size, tuple(config.patch_size)
-    cache = train_ids = None
-    if with_data:
-        cache = resolve_cache(config, cache_dir=cache_dir, progress=progress)
-        train_ids = run_splits(config, cache)["train"]
-    settings, _ = resolve_settings(config, device, cache, train_ids, name="train")
-    trainer = Trainer(config, settings, device)
-    init = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    gen = torch.Generator().manual_seed(config.seed)
-    image = torch.randn(b, config.in_channels, *shape, generator=gen).to(device)
-    mask = (torch.rand(b, config.num_classes, *shape, generator=gen) > 0.9).float().to(device)
-    alone = _train_step_rate(trainer, lambda: (image, mask), steps, warmup)
-    result: dict[str, Any] = {
-        "train_device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "train_amp_dtype": settings.amp_dtype, "train_compile": settings.compile, "train_data": settings.data,
-        "train_parameters": count_parameters(trainer.model), "train_patch_size": list(shape),
-        "train_batch_size": b, "train_accumulation_steps": config.accumulation_steps,
-        "train_step_patches_per_s": alone["patches_per_s"], "train_patches_per_s": None,
-        "train_peak_memory_gib": alone["peak_gib"], "train_compile_error": trainer.compile_error,
-    }
-    if with_data:
-        trainer.reset(init)
-        n = (warmup + steps) * config.accumulation_steps * b
-        source, _, close = end_to_end_source(config, settings, cache, train_ids, n, device, progress)
-        try:
-            end_to_end = _train_step_rate(trainer, source, steps, warmup)
-        finally:
-            close()
-        result["train_patches_per_s"] = end_to_end["patches_per_s"]
-        if end_to_end["peak_gib"] is not None:
-            result["train_peak_memory_gib"] = max(alone["peak_gib"], end_to_end["peak_gib"])
-    return result
-
-
-def format_train_result(result: dict[str, Any]) -> str:
-    """A short text table of ``bench_train`` keys (for the command line)."""
-    keys = [k for k in result if k.startswith("train_")]
-    width = max(len(k) for k in keys)
-    return "training benchmark:\n" + "\n".join(
-        f"  {k:<{width}} {result[k]:.4g}" if isinstance(result[k], float) else f"  {k:<{width}} {result[k]}"
-        for k in keys)

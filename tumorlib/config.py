@@ -1,6 +1,6 @@
 """Presets (``ci``, ``demo``, ``full``) as one frozen dataclass, and the folders a run uses.
 
-The ``full`` preset is the seed design's table exactly; ``demo`` trains in minutes on a 2-core CPU and
+The ``full`` preset is the reference design's table exactly; ``demo`` trains in minutes on a 2-core CPU and
 ``ci`` runs each notebook in seconds. Every field can be overridden by keyword (``get_config(epochs=3)``)
 or on the command line (``--epochs 3``). A config is saved as ``config.json`` beside every output so a
 run can be reproduced from its folder.
@@ -200,7 +200,7 @@ def resume_fields() -> frozenset[str]:
 
 
 PRESETS: dict[str, Config] = {
-    # The seed's configuration: 240x240 in-plane, 155 slices.
+    # The reference design's configuration: 240x240 in-plane, 155 slices.
     "full": Config(preset="full"),
     # Minutes on a 2-core CPU; small phantoms, a narrow network, small patches.
     "demo": Config(

@@ -26,25 +26,26 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
-import statistics
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from tumorlib.config import Config
 from tumorlib.engine import (
     TrainSettings,
     Trainer,
-    autocast,
     compile_available,
     float32_settings,
     reference_settings,
     resolve_settings,
+)
+from tumorlib.throughput import (
+    _dataset_batches,
+    _process_max_rss_gib,
+    end_to_end_source,
+    time_inference,
+    time_train_steps,
 )
 
 __all__ = [
@@ -54,11 +55,8 @@ __all__ = [
     "compare_losses",
     "compile_available",
     "default_variant",
-    "end_to_end_source",
     "format_throughput",
     "reference_settings",
-    "time_inference",
-    "time_train_steps",
 ]
 
 #: Goals on one H100 with the ``full`` preset.
@@ -129,149 +127,6 @@ def default_variant(settings: dict[str, Any], **overrides: Any) -> TrainSettings
     return TrainSettings(name, **fields)
 
 
-# --------------------------------------------------------------------------- measurements
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-def _process_max_rss_gib() -> float:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / 2**30 if sys.platform == "darwin" else kib / 2**20  # bytes on macOS, KiB on Linux
-
-
-def time_train_steps(step: Trainer, next_micro_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-                     steps: int = 10, warmup: int = 3) -> dict[str, Any]:
-    """Patches per second of ``steps`` optimizer steps after ``warmup`` untimed ones.
-
-    Args:
-        step: the training step (its accumulation is ``step.config.accumulation_steps`` micro-batches).
-        next_micro_batch: returns the next (image (B, 4, ...), mask (B, 3, ...)).
-        steps: timed optimizer steps.
-        warmup: untimed steps first (compilation, cuDNN autotuning, DataLoader workers starting).
-
-    Returns:
-        ``{"patches_per_s", "seconds", "warmup_s", "peak_memory_gib"}``; the peak is the steady state after
-        warm-up (``torch.cuda.max_memory_allocated``; None on the CPU).
-    """
-    device = step.device
-    accumulation = step.config.accumulation_steps
-    with step.backend_flags():
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            step([next_micro_batch() for _ in range(accumulation)])
-        _sync(device)
-        warmup_s = time.perf_counter() - t0
-        _reset_peak(device)
-        patches = 0
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            micro = [next_micro_batch() for _ in range(accumulation)]
-            step(micro)
-            patches += sum(int(m[0].shape[0]) for m in micro)
-        _sync(device)
-        seconds = time.perf_counter() - t0
-    return {"patches_per_s": patches / seconds, "seconds": seconds, "warmup_s": warmup_s,
-            "peak_memory_gib": _peak_gib(device)}
-
-
-def time_inference(model: nn.Module, variant: TrainSettings, config: Config, device: str | torch.device,
-                   volume_shape: Sequence[int] | None = None, repeats: int = 3) -> dict[str, Any]:
-    """Seconds for one whole volume through ``sliding_window_inference`` with Gaussian blending.
-
-    The volume is random (4, D, H, W) float32 already on the device; the output stays there. The model
-    runs in eval mode under the variant's autocast, compiled separately for inference when the variant
-    compiles (falling back to eager on failure).
-
-    Args:
-        model: the trained or fresh model (put back in train mode afterwards).
-        variant: autocast dtype and compile settings.
-        config: ``patch_size``, ``sw_overlap``, ``sw_batch_size``, ``synth_shape``.
-        device: the device.
-        volume_shape: (D, H, W); None: ``config.synth_shape`` (155x240x240 in ``full``).
-        repeats: timed volumes after one untimed warm-up volume (the median is reported).
-
-    Returns:
-        ``{"inference_s", "inference_peak_memory_gib", "volume_shape", "windows_per_volume",
-        "inference_compile_error"}``.
-    """
-    from tumorlib.inference import sliding_window_inference, window_starts
-
-    device = torch.device(device)
-    shape = tuple(int(s) for s in (volume_shape or config.synth_shape))
-    gen = torch.Generator().manual_seed(config.seed)
-    image = torch.randn(1, config.in_channels, *shape, generator=gen).to(device)
-    dtype = variant.torch_amp_dtype
-    mode = None if variant.compile_mode in (None, "default") else variant.compile_mode
-    net: nn.Module = torch.compile(model, mode=mode, backend=variant.compile_backend) if variant.compile else model
-    error = None
-
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        with autocast(device, dtype):
-            return net(x)
-
-    def run() -> torch.Tensor:
-        return sliding_window_inference(image, predictor, config.patch_size, overlap=config.sw_overlap,
-                                        blend="gaussian", batch_size=config.sw_batch_size)
-
-    was_training = model.training
-    model.eval()
-    times = []
-    old_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
-    try:
-        try:
-            run()
-        except Exception as err:  # noqa: BLE001 - compiler failure: eager
-            if net is model:
-                raise
-            error = f"{type(err).__name__}: {err}".strip()[:800]
-            net = model
-            run()
-        _sync(device)
-        _reset_peak(device)
-        for _ in range(max(1, repeats)):
-            t0 = time.perf_counter()
-            run()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-    finally:
-        torch.backends.cudnn.benchmark = old_benchmark
-        model.train(was_training)
-    padded = [max(s, p) for s, p in zip(shape, config.patch_size)]
-    windows = 1
-    for s, p in zip(padded, config.patch_size):
-        windows *= len(window_starts(s, p, config.sw_overlap))
-    return {"inference_s": float(statistics.median(times)), "inference_peak_memory_gib": _peak_gib(device),
-            "volume_shape": list(shape), "windows_per_volume": windows, "inference_compile_error": error}
-
-
-def _dataset_batches(config: Config, cache_dir: str | os.PathLike, volume_ids: Sequence[int], n_micro: int,
-                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``n_micro`` micro-batches of epoch 0 (index order), on the CPU."""
-    from tumorlib.data.dataset import BraTS3DDataset
-
-    b = config.batch_size
-    ds = BraTS3DDataset(cache_dir, volume_ids, patch_size=config.patch_size, tumor_prob=config.tumor_prob,
-                        ram_cache_bytes=config.ram_cache_bytes, augment=config.augment, seed=config.seed,
-                        samples_per_epoch=n_micro * b)
-    out = []
-    for k in range(n_micro):
-        items = [ds[(0, k * b + j)] for j in range(b)]
-        out.append((torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])))
-    return out
-
-
 def compare_losses(config: Config, steps_by_name: dict[str, Trainer], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                    n_steps: int, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Train each variant from the same weights on the same batches and compare the losses step by step.
@@ -313,44 +168,6 @@ def compare_losses(config: Config, steps_by_name: dict[str, Trainer], batches: S
             rels = [d / max(abs(y), 1e-12) for d, y in zip(diffs, losses[a])]
             pairs[f"{b}_vs_{a}"] = {"max_abs_diff": max(diffs), "max_rel_diff": max(rels)}
     return {"steps": n_steps, "losses": losses, "skipped_steps": skipped, "pairs": pairs}
-
-
-def end_to_end_source(config: Config, variant: TrainSettings, cache_dir: str | os.PathLike, volume_ids: Sequence[int],
-                      n_samples: int, device: torch.device,
-                      progress: bool = False) -> tuple[Callable[[], Any], dict[str, Any], Callable[[], None]]:
-    """The settings' data path over one epoch of ``n_samples`` patches.
-
-    Returns:
-        ``(next_micro_batch, info, close)``: ``next_micro_batch()`` gives (image (B, 4, ...), mask (B, 3, ...));
-        ``info`` has ``resident_load_s`` and ``resident_gib`` (None for the DataLoader); ``close()`` ends it.
-    """
-    b = config.batch_size
-    if variant.data == "device":
-        from tumorlib.data.gpu_patches import DevicePatchSampler
-
-        t0 = time.perf_counter()
-        sampler = DevicePatchSampler(cache_dir, volume_ids, patch_size=config.patch_size,
-                                     tumor_prob=config.tumor_prob, augment=config.augment, seed=config.seed,
-                                     samples_per_epoch=n_samples, device=device, progress=progress)
-        _sync(device)
-        info = {"resident_load_s": time.perf_counter() - t0, "resident_gib": sampler.nbytes / 2**30}
-        batches = iter(sampler.loader(b, shuffle=True, sampler_seed=config.seed))
-        return (lambda: next(batches)), info, (lambda: None)
-    from tumorlib.data.dataset import BraTS3DDataset, make_loader
-
-    ds = BraTS3DDataset(cache_dir, volume_ids, patch_size=config.patch_size, tumor_prob=config.tumor_prob,
-                        ram_cache_bytes=config.ram_cache_bytes, augment=config.augment, seed=config.seed,
-                        samples_per_epoch=n_samples)
-    loader = make_loader(ds, config, shuffle=True, batch_size=b, num_workers=variant.num_workers,
-                         pin_memory=variant.pin_memory and device.type == "cuda")
-    batches = iter(loader)
-
-    def close() -> None:
-        nonlocal batches
-        batches = None  # shuts down the workers
-
-    return (lambda: next(batches)), {"resident_load_s": None, "resident_gib": None,
-                                     "num_workers": loader.num_workers}, close
 
 
 def benchmark_throughput(config: Config, cache_dir: str | os.PathLike | None = None,

@@ -10,7 +10,7 @@
     RUN/checkpoints/best_model.pth  the weights with the best validation mean Dice
     RUN/training_curves.png         loss, mean Dice, per-class Dice
 
-Design choices from the seed: ``0.5 * weighted Dice + 0.5 * focal BCE`` (overlap and a dense per-voxel
+Design choices from the reference design: ``0.5 * weighted Dice + 0.5 * focal BCE`` (overlap and a dense per-voxel
 signal), batch 2 with 2 accumulation steps (effective 4) because a 64x160x160 patch fills a GPU, a
 linear warmup before the cosine decay, gradient clipping at 1.0. The step itself is
 ``tumorlib.engine.Trainer``; on a GPU it runs tumorlib's default (bf16 autocast where supported, else fp16
