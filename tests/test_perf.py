@@ -229,7 +229,7 @@ def test_cli_bench_train(tiny_data, tmp_path, capsys):
                  "--loss-steps", "1", "--num_workers", "0", "--quiet"])
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["train_patches_per_s"] > 0 and result["train_step_patches_per_s"] > 0  # issue 4's keys
+    assert result["train_patches_per_s"] > 0 and result["train_step_patches_per_s"] > 0  # bench_train's keys
     t = result["throughput"]
     assert t["variants"]["default"]["e2e_patches_per_s"] > 0 and t["ratios"]["e2e_patches_per_s"] > 0
     assert t["loss_check"]["steps"] == 1

@@ -38,7 +38,7 @@ __all__ = [
     "write_benchmark",
 ]
 
-# Targets on full-size (155x240x240) volumes on a 2-core machine (issue 3).
+# Targets on full-size (155x240x240) volumes on a 2-core machine.
 LOADING_TARGETS = {"load_speedup": 40.0, "patch_samples_per_s": 150.0, "cache_build_overhead": 1.5}
 
 
@@ -260,7 +260,7 @@ def benchmark_loading(data_dir: str | os.PathLike, cache_dir: str | os.PathLike,
                       volume_ids: Sequence[int] | None = None, n_volumes: int = 3, repeats: int = 3,
                       n_patches: int = 200, cold: bool = True, build: bool = True,
                       progress: bool = False) -> dict[str, Any]:
-    """The loading benchmark of issue 3, as a JSON-ready dict.
+    """The loading benchmark, as a JSON-ready dict.
 
     Builds ``cache_dir`` first when it does not hold the volumes (not timed; the build is timed
     separately in a scratch folder).

@@ -138,7 +138,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         FileNotFoundError, ValueError: see ``load_run``; unknown split; volumes not in the cache.
         CacheError: the cache folder holds other data.
     """
-    from tqdm.auto import tqdm
+    from tumorlib.progress import tqdm
 
     from tumorlib.data.cache import CacheError, load_cache_index, load_cached_volume, open_source, uncrop
     from tumorlib.data.resolve import resolve_cache

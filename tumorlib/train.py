@@ -178,7 +178,7 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
         ValueError: resuming a run made with another config (names the differing fields).
         FloatingPointError: a non-finite training or validation loss; ``last.pth`` keeps the last good epoch.
     """
-    from tqdm.auto import tqdm
+    from tumorlib.progress import tqdm
 
     info = info or DistInfo()
     device = select_device(device, info.local_rank)

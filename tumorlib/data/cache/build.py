@@ -149,7 +149,7 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         CacheError: the folder holds a cache of other data, other settings or another version.
         Exception: whatever the reader raises for bad input, unchanged.
     """
-    from tqdm.auto import tqdm
+    from tumorlib.progress import tqdm
 
     cache = Path(cache_dir).expanduser().resolve()
     cache.mkdir(parents=True, exist_ok=True)
