@@ -57,7 +57,7 @@ class Config:
     splits and inference. Shapes are (D, H, W) = (slices, rows, columns). Fields marked runtime
     (``runtime_fields()``) change speed or later stages only, so a run may resume with other values.
 
-    GPU speed fields, each ``auto`` by default and resolved per device by ``engine.resolve_settings``
+    GPU speed fields, each ``auto`` by default and resolved per device by ``speed.resolve_settings``
     (the resolved values are what ``config.json`` records): ``amp_dtype`` (auto: bf16 where the GPU
     supports it, else fp16 with a GradScaler; float32 on the CPU), ``compile`` (auto: ``torch.compile``
     on CUDA with triton, falling back to eager when the first step fails; ``off`` or a mode name),

@@ -1,12 +1,12 @@
 """GPU throughput: the reference design's settings against tumorlib's default, measured in one run.
 
-Two settings (``engine.TrainSettings``) of the same ``engine.Trainer`` (model, loss, optimizer, batch and
+Two settings (``speed.TrainSettings``) of the same ``engine.Trainer`` (model, loss, optimizer, batch and
 accumulation), the one ``tumorlib train`` uses:
 
 - **reference**: what the reference design does on CUDA: fp16 autocast with a ``GradScaler``, eager,
   contiguous tensors, patches from the ``DataLoader`` (the preset's workers, unpinned memory). On the
   CPU its CUDA autocast does nothing, so it trains in float32 there.
-- **default**: what ``tumorlib train`` resolves for the device (``engine.resolve_settings``): bf16
+- **default**: what ``tumorlib train`` resolves for the device (``speed.resolve_settings``): bf16
   autocast without a ``GradScaler`` where the card supports bf16 (else fp16 with one), ``torch.compile``
   on CUDA (falling back to eager with the error recorded when compilation fails), ``cudnn.benchmark``,
   the whole cropped cache resident on the GPU with patches cut there (``DevicePatchSampler``) when it
@@ -65,7 +65,7 @@ THROUGHPUT_TARGETS = {"e2e_patches_per_s": 100.0, "inference_s": 0.2}
 def auto_settings(device: str | torch.device, config: Config | None = None, cache_dir: str | os.PathLike | None = None,
                   volume_ids: Sequence[int] | None = None, memory_fraction: float = 0.5,
                   compile_mode: str | None = "auto") -> dict[str, Any]:
-    """tumorlib's default speed settings for a device (``engine.resolve_settings``), as a JSON-ready dict.
+    """tumorlib's default speed settings for a device (``speed.resolve_settings``), as a JSON-ready dict.
 
     Args:
         device: the training device (``"cpu"``, ``"cuda"``, ``torch.device``).

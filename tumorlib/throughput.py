@@ -221,7 +221,7 @@ def bench_train(config: Config, cache_dir: str | os.PathLike | None = None, devi
     """Training throughput of ``tumorlib train`` on one device, as JSON-ready keys.
 
     The step is ``engine.Trainer`` with the settings ``tumorlib train`` resolves for the device and cache
-    (``engine.resolve_settings``), measured twice: the **model step alone** (random tensors already on
+    (``speed.resolve_settings``), measured twice: the **model step alone** (random tensors already on
     the device) and **end to end** (patches from the run's data path, on the device, then the same step).
 
     Args:

@@ -154,7 +154,7 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
     """Train on given datasets and write the run folder (``train`` prepares the datasets and calls this).
 
     The speed fields of ``config`` (``amp_dtype``, ``compile``, ``cudnn_benchmark``, ``data_placement``,
-    ``pin_memory``) are resolved for the device first (``engine.resolve_settings``); ``config.json`` and
+    ``pin_memory``) are resolved for the device first (``speed.resolve_settings``); ``config.json`` and
     the checkpoints record the resolved values.
 
     Args:
