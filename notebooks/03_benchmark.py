@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 03 · How fast is the data path?
 #
-# A GPU that trains the seed's model at 35–55 patches per second must never wait for data. This
+# A GPU that trains the reference design's model at 35–55 patches per second must never wait for data. This
 # notebook measures, live on this machine and in one run:
 #
 # - **volume loading**: one volume from its HDF5 slices against the same volume from the `.npy`
@@ -27,7 +27,7 @@
 # - **patch sampling**: training patches per second from one process, 60 % centred on tumour, as
 #   the float16 tensors the training loop receives (it casts them to float32 on its device).
 #
-# The seed reported 2.3 s (warm) and 15–25 s (cold) per volume from HDF5 against 0.05 s from `.npy`.
+# The reference design reported 2.3 s (warm) and 15–25 s (cold) per volume from HDF5 against 0.05 s from `.npy`.
 # `tumorlib bench --data DIR --cache CACHE --out FILE.json` runs the same measurement from the
 # command line.
 
@@ -75,7 +75,7 @@ print(bench.format_loading_result(result))
 bench.write_benchmark(result, ws.out_dir / "bench_loading.json")
 
 # %% [markdown]
-# ## The seed's loading table, measured here
+# ## The reference design's loading table, measured here
 # Seconds per volume (median); `speedup` is HDF5 over `.npy`.
 
 # %% tags=["nbval-ignore-output"]

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 04 · Train the 3D U-Net
 #
-# This notebook trains the seed's 3D U-Net on tumour-centred patches cut from the `.npy` cache
+# This notebook trains the reference design's 3D U-Net on tumour-centred patches cut from the `.npy` cache
 # (02_cache) and writes the **run folder** that 05_evaluate and 06_visualize read:
 #
 # | file | content |
@@ -44,6 +44,7 @@ import pandas as pd
 
 import tumorlib
 from tumorlib import checkpoint, model, schedule, train, viz
+from tumorlib.data.resolve import make_datasets, resolve_cache
 
 matplotlib.rcParams["figure.dpi"] = 80
 
@@ -59,16 +60,16 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 
 # %% [markdown]
 # ## Configuration
-# The `full` preset is the seed's table; `demo` and `ci` shrink the network and the patches so that a
-# 2-core CPU trains in minutes or seconds. The training fields of this preset beside the seed's:
+# The `full` preset is the reference design's table; `demo` and `ci` shrink the network and the patches so that a
+# 2-core CPU trains in minutes or seconds. The training fields of this preset beside the reference design's:
 
 # %%
 fields = ["patch_size", "tumor_prob", "features", "batch_size", "accumulation_steps", "epochs",
           "warmup_epochs", "lr", "min_lr_ratio", "weight_decay", "samples_per_epoch", "val_samples",
           "class_weights", "focal_gamma", "dice_weight", "grad_clip", "amp", "compile", "seed"]
-seed_config = tumorlib.get_config("full")
+reference_config = tumorlib.get_config("full")
 pd.DataFrame({PRESET: [str(getattr(config, f)) for f in fields],
-              "full (seed)": [str(getattr(seed_config, f)) for f in fields]}, index=fields)
+              "full (reference)": [str(getattr(reference_config, f)) for f in fields]}, index=fields)
 
 # %% [markdown]
 # ## Data and splits
@@ -77,17 +78,17 @@ pd.DataFrame({PRESET: [str(getattr(config, f)) for f in fields],
 # test set that only 05_evaluate touches. Validation uses a fixed set of patches so that epochs compare.
 
 # %% tags=["nbval-ignore-output"]
-cache_dir = train.prepare_cache(config, progress=False)
+cache_dir = resolve_cache(config, progress=False)
 print("cache:", cache_dir)
 
 # %%
-train_ds, val_ds, splits = train.make_datasets(config, cache_dir)
+train_ds, val_ds, splits = make_datasets(config, cache_dir)
 pd.DataFrame({"volumes": [len(v) for v in splits.values()],
               "patches an epoch": [len(train_ds), len(val_ds), "whole volumes in 05"]}, index=list(splits))
 
 # %% [markdown]
 # ## The network
-# `UNet3D` follows the seed's diagram:
+# `UNet3D` follows the reference design's diagram:
 #
 # - **Encoder** 4 → 32 → 64 → 128 → 256 channels, each stage a `DoubleConv3D` (two 3×3×3 convolutions,
 #   each followed by `InstanceNorm3d` and `LeakyReLU(0.01)`) after a 2×2×2 max-pool; **bottleneck** 512.
@@ -95,7 +96,7 @@ pd.DataFrame({"volumes": [len(v) for v in splits.values()],
 #   skip connection at the same resolution (fine detail for the borders), then a `DoubleConv3D`.
 # - **Head**: a 1×1×1 convolution to 3 logits, one **sigmoid** per class (necrosis/NET, edema, enhancing).
 #
-# Why these choices (the seed's reasons):
+# Why these choices (the reference design's reasons):
 #
 # - **InstanceNorm, not BatchNorm**: a 64×160×160 patch fills a GPU, so a batch holds 1–2 patches, too
 #   few for batch statistics; instance norm normalises each patch on its own and is the same in
@@ -111,16 +112,16 @@ pd.DataFrame({"volumes": [len(v) for v in splits.values()],
 #
 # Sides that are not multiples of 16 (four poolings) are zero-padded inside the network and cropped back.
 #
-# **Parameters.** With the default features the network holds **22,577,987** parameters. The seed's
+# **Parameters.** With the default features the network holds **22,577,987** parameters. The reference design's
 # text says "about 11 million"; its own diagram, rebuilt layer by layer below, gives 22.6 million (the
 # bottleneck alone holds 10.6 million).
 
 # %%
-seed_net = model.UNet3D()
-model.layer_table(seed_net, seed_config.patch_size)
+reference_net = model.UNet3D()
+model.layer_table(reference_net, reference_config.patch_size)
 
 # %%
-print(f"seed UNet3D {seed_net.features}: {model.count_parameters(seed_net):,} parameters")
+print(f"reference UNet3D {reference_net.features}: {model.count_parameters(reference_net):,} parameters")
 net = model.model_from_config(config)
 print(f"{PRESET} UNet3D {net.features}: {model.count_parameters(net):,} parameters")
 model.layer_table(net, config.patch_size)

@@ -43,8 +43,7 @@ import numpy as np
 import torch
 
 import tumorlib
-from tumorlib import data, evaluate, train, viz
-from tumorlib.data.cache import cached_volume_ids, load_cached_volume
+from tumorlib import data, evaluate, runs, viz
 
 matplotlib.rcParams["figure.dpi"] = 80
 
@@ -67,17 +66,13 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 
 # %% tags=["nbval-ignore-output"]
 data_dir = data.ensure_data(config, progress=False)  # the embedded set is generated on first use
-checkpoint = ws.run_dir / "checkpoints" / "best_model.pth"
-if not checkpoint.is_file():
-    print(f"no trained run in {ws.run_dir}: training one with the {PRESET!r} preset (as 04_train does)")
-    train.train(config, progress=False)
-model, run_config = evaluate.load_run(ws.run_dir, device="cpu")
-cache_dir = train.prepare_cache(run_config, progress=False)
-print("run:  ", ws.run_dir)
+run = runs.ensure_run(config, device="cpu")  # trained first when missing
+model, run_config, cache_dir = run.model, run.config, run.cache_dir
+print("run:  ", run.run_dir)
 print("cache:", cache_dir)
 
 # %%
-test_ids = evaluate.run_split(ws.run_dir, run_config, cached_volume_ids(cache_dir), SPLIT)
+test_ids = run.split(SPLIT)
 print(f"{SPLIT} volumes: {len(test_ids)}  patch {run_config.patch_size}  overlap {run_config.sw_overlap}  "
       f"blend {run_config.sw_blend}  threshold {run_config.threshold}")
 
@@ -89,7 +84,7 @@ print(f"{SPLIT} volumes: {len(test_ids)}  patch {run_config.patch_size}  overlap
 # (mean, median, std) is written beside the CSV.
 
 # %% tags=["nbval-ignore-output"]
-frame = evaluate.evaluate(ws.run_dir, cache_dir=cache_dir, split=SPLIT, tta=TTA, device="cpu", progress=False)
+frame = evaluate.evaluate(run.run_dir, cache_dir=cache_dir, split=SPLIT, tta=TTA, device="cpu", progress=False)
 print("columns:", ", ".join(frame.columns))
 frame.round(3)
 
@@ -107,9 +102,9 @@ fig.savefig(ws.fig_dir / "05_metrics_boxplot.png", dpi=100)
 fig
 
 # %% [markdown]
-# ## The seed's figure: patches
+# ## The reference design's figure: patches
 # One patch per test volume, centred on its tumour and predicted in a single forward pass, as the
-# training notebook of the seed showed it: image, ground truth, prediction (Dice per class of the
+# training notebook of the reference design showed it: image, ground truth, prediction (Dice per class of the
 # whole patch in its title) and errors.
 
 # %% tags=["nbval-ignore-output"]
@@ -127,15 +122,12 @@ fig
 
 # %%
 volume_id = test_ids[0]
-image, gt = load_cached_volume(cache_dir, volume_id)
-image, gt = np.asarray(image, dtype=np.float32), np.asarray(gt)
-print(f"volume {volume_id}: image {image.shape}, windows of {run_config.patch_size}")
+print(f"volume {volume_id}: windows of {run_config.patch_size}")
 
 # %% tags=["nbval-ignore-output"]
 start = time.perf_counter()
-prob = evaluate.predict_volume(model, image, run_config, device="cpu")
+image, gt, prob, pred = runs.predict_cached_volume(model, run_config, cache_dir, volume_id, device="cpu")
 seconds = time.perf_counter() - start
-pred = (prob > run_config.threshold).numpy().astype(np.uint8)
 print(f"full-volume inference on the CPU: {seconds:.2f} s ({torch.get_num_threads()} threads)")
 
 # %% tags=["nbval-ignore-output"]
@@ -154,7 +146,7 @@ fig
 # over edema (the inner structure wins).
 
 # %%
-seg_path = evaluate.predict(ws.run_dir, ws.out_dir / "predictions" / f"volume_{volume_id}_seg.nii.gz",
+seg_path = evaluate.predict(run.run_dir, ws.out_dir / "predictions" / f"volume_{volume_id}_seg.nii.gz",
                             data_dir=data_dir,
                             volume_id=volume_id, device="cpu")
 seg = nib.load(str(seg_path))

@@ -37,12 +37,10 @@
 import os
 
 import matplotlib
-import numpy as np
 import pandas as pd
 
 import tumorlib
-from tumorlib import data, evaluate, metrics, train, viz
-from tumorlib.data.cache import cached_volume_ids, load_cached_volume
+from tumorlib import metrics, runs, viz
 
 matplotlib.rcParams["figure.dpi"] = 80
 
@@ -64,14 +62,9 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 # `demo` takes seconds to minutes on a CPU.
 
 # %% tags=["nbval-ignore-output"]
-checkpoint = ws.run_dir / "checkpoints" / "best_model.pth"
-if not checkpoint.is_file():
-    print(f"no trained run in {ws.run_dir}: training one with the {PRESET!r} preset (as 04_train does)")
-    data.ensure_data(config, progress=False)
-    train.train(config, progress=False)
-model, run_config = evaluate.load_run(ws.run_dir, device="cpu")
-cache_dir = train.prepare_cache(run_config, progress=False)
-print("run:", ws.run_dir)
+run = runs.ensure_run(config, device="cpu")  # trained first when missing
+model, run_config, cache_dir = run.model, run.config, run.cache_dir
+print("run:", run.run_dir)
 
 # %% [markdown]
 # ## One test volume, its ground truth and the prediction
@@ -80,17 +73,13 @@ print("run:", ws.run_dir)
 # threshold. The three output channels are necrosis, edema and enhancing.
 
 # %%
-test_ids = evaluate.run_split(ws.run_dir, run_config, cached_volume_ids(cache_dir), "test")
+test_ids = run.split("test")
 volume_id = test_ids[0] if VOLUME is None else VOLUME
-image, gt = load_cached_volume(cache_dir, volume_id)
-image = np.array(image, dtype=np.float32)  # copies out of the read-only memory map
-gt = np.array(gt)
 print(f"test volumes: {test_ids}; showing volume {volume_id}")
-print(f"image {image.shape} {image.dtype}, ground truth {gt.shape} {gt.dtype}")
 
 # %% tags=["nbval-ignore-output"]
-prob = evaluate.predict_volume(model, image, run_config, device="cpu")
-pred = (prob > run_config.threshold).numpy().astype(np.uint8)
+image, gt, prob, pred = runs.predict_cached_volume(model, run_config, cache_dir, volume_id, device="cpu")
+print(f"image {image.shape} {image.dtype}, ground truth {gt.shape} {gt.dtype}")
 scores = pd.DataFrame(
     {"dice": metrics.dice(pred, gt), "voxels (truth)": gt.sum(axis=(1, 2, 3)), "voxels (predicted)": pred.sum(axis=(1, 2, 3))},
     index=list(viz.CLASS_NAMES),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU throughput benchmark of issue 7: the seed configuration against tumorlib's default, in one run.
+# GPU throughput benchmark: the reference design's settings against tumorlib's default, in one run.
 #
 #   scripts/gpu_bench.sh [OUT.json]          (default OUT: gpu_bench.json in the current folder)
 #
@@ -43,44 +43,8 @@ export TUMORLIB_HOME="$WORK/home"
 unset TUMORLIB_DATA TUMORLIB_OUT TUMORLIB_CACHE
 PYPATH="$REPO"
 
-# tumorlib imports tqdm (progress bars) and nibabel (NIfTI I/O, unused here); a stock image may lack
-# both: stand-ins that satisfy the imports (FORCE_SHIMS=1 uses them even when the packages exist).
-SHIMS="$WORK/shims"
-if [[ "${FORCE_SHIMS:-0}" == 1 ]] || ! "$PYTHON" -c "import tqdm.auto" 2>/dev/null; then
-    mkdir -p "$SHIMS/tqdm"
-    cat > "$SHIMS/tqdm/__init__.py" <<'PY'
-"""Stand-in for tqdm written by scripts/gpu_bench.sh: iterates without drawing a bar."""
-class tqdm:
-    def __init__(self, iterable=None, *args, **kwargs):
-        self.iterable = iterable
-    def __iter__(self):
-        return iter(self.iterable)
-    def __enter__(self):
-        return self
-    def __exit__(self, *exc):
-        return False
-    def update(self, n=1): pass
-    def set_postfix(self, *a, **k): pass
-    def set_description(self, *a, **k): pass
-    def close(self): pass
-    @staticmethod
-    def write(text, *a, **k):
-        print(text)
-PY
-    echo "from tqdm import tqdm" > "$SHIMS/tqdm/auto.py"
-    PYPATH="$SHIMS:$PYPATH"
-    echo "note: tqdm not importable; using a stand-in without progress bars"
-fi
-if [[ "${FORCE_SHIMS:-0}" == 1 ]] || ! "$PYTHON" -c "import nibabel" 2>/dev/null; then
-    mkdir -p "$SHIMS/nibabel"
-    cat > "$SHIMS/nibabel/__init__.py" <<'PY'
-"""Stand-in for nibabel written by scripts/gpu_bench.sh: the benchmark never reads NIfTI."""
-def __getattr__(name):
-    raise ImportError("nibabel is not installed (scripts/gpu_bench.sh stand-in): pip install nibabel")
-PY
-    [[ ":$PYPATH:" == *":$SHIMS:"* ]] || PYPATH="$SHIMS:$PYPATH"
-    echo "note: nibabel not importable; using a stand-in (NIfTI is not used by the benchmark)"
-fi
+# tqdm, nibabel and kagglehub are imported only where used (tumorlib.progress draws no bars without
+# tqdm), so the stock image's packages are enough.
 export PYTHONPATH="$PYPATH${PYTHONPATH:+:$PYTHONPATH}"
 cd "$REPO"
 

@@ -24,3 +24,27 @@ def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_data")
     make_synthetic(root, 4, (24, 48, 48), seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_data, tmp_path_factory):
+    """The cache of ``tiny_data`` with the ci preset's settings; returns the cache folder."""
+    from tumorlib.config import get_config
+    from tumorlib.data.cache import build_cache
+
+    cfg = get_config("ci")
+    return build_cache(tiny_data, tmp_path_factory.mktemp("tiny_cache") / "cache", workers=1,
+                       cache_hw=cfg.cache_hw, margin=cfg.cache_margin, progress=False)
+
+
+@pytest.fixture(scope="session")
+def ci_cache(tmp_path_factory):
+    """The ci preset's embedded data (8 volumes of 24x48x48) and its cache; returns the cache folder."""
+    from tumorlib.config import get_config
+    from tumorlib.data.cache import build_cache
+
+    cfg = get_config("ci")
+    root = tmp_path_factory.mktemp("ci_data")
+    make_synthetic(root, cfg.synth_volumes, cfg.synth_shape, seed=cfg.synth_seed, progress=False)
+    return build_cache(root, root / "cache", workers=1, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
+                       progress=False)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tumorlib.config import PRESETS, Config, get_config, load_config, parse_field, preset_name, workspace
@@ -88,3 +90,31 @@ def test_workspace_folders(monkeypatch, tmp_path):
 def test_table_lists_every_field():
     text = Config().table()
     assert "patch_size" in text and "(64, 160, 160)" not in text and "[64, 160, 160]" in text
+
+
+def test_every_config_field_is_classified_for_resume():
+    """A new field must be placed on purpose: runtime (may differ on resume) or training (must match)."""
+    from tumorlib.config import resume_fields, runtime_fields
+
+    runtime = {"cache_workers", "ram_cache_bytes", "num_workers", "compile", "cudnn_benchmark", "data_placement",
+               "pin_memory", "sw_overlap", "sw_batch_size", "sw_blend", "threshold"}
+    training = {"preset", "seed", "synth_volumes", "synth_shape", "synth_seed", "cache_hw", "cache_margin",
+                "patch_size", "tumor_prob", "augment", "in_channels", "num_classes", "features", "epochs",
+                "warmup_epochs", "batch_size", "accumulation_steps", "lr", "min_lr_ratio", "weight_decay",
+                "samples_per_epoch", "val_samples", "class_weights", "focal_gamma", "dice_weight", "grad_clip",
+                "amp", "amp_dtype", "val_fraction", "test_fraction", "split_seed"}
+    assert runtime_fields() == runtime
+    assert resume_fields() == training
+    assert {f.name for f in dataclasses.fields(Config)} == runtime | training
+
+
+def test_gpu_speed_fields_default_to_auto_and_check_their_values():
+    cfg = get_config("ci")
+    assert (cfg.amp_dtype, cfg.compile, cfg.cudnn_benchmark, cfg.data_placement, cfg.pin_memory) == ("auto",) * 5
+    assert get_config("ci", compile=True).compile == "default"  # configs saved before "auto" held a bool
+    assert get_config("ci", compile=False).compile == "off"
+    assert parse_field("compile", "reduce-overhead") == "reduce-overhead"
+    with pytest.raises(ValueError, match="amp_dtype must be one of"):
+        get_config("ci", amp_dtype="float8")
+    with pytest.raises(ValueError, match="data_placement must be one of"):
+        get_config("ci", data_placement="disk")

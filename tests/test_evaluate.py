@@ -53,23 +53,16 @@ def _make_run(folder, bias=None, config=None, splits=None):
     return folder
 
 
-@pytest.fixture(scope="module")
-def cache(tiny_data, tmp_path_factory):
-    cfg = get_config("ci")
-    return build_cache(tiny_data, tmp_path_factory.mktemp("cache"), workers=1, cache_hw=cfg.cache_hw,
-                       margin=cfg.cache_margin, progress=False)
-
-
-def test_evaluate_all_tumour_prediction(tiny_data, cache, tmp_path):
+def test_evaluate_all_tumour_prediction(tiny_data, tiny_cache, tmp_path):
     run = _make_run(tmp_path / "run", bias=[10.0, 10.0, 10.0])  # every voxel: all three classes
     out = tmp_path / "eval" / "metrics.csv"
-    frame = evaluate(run, tiny_data, cache, split="test", out=out, device="cpu", progress=False)
+    frame = evaluate(run, tiny_data, tiny_cache, split="test", out=out, device="cpu", progress=False)
     assert tuple(frame.columns) == EVAL_COLUMNS
     assert list(pd.read_csv(out).columns) == list(EVAL_COLUMNS)
     # the ci split of 4 volumes keeps one for testing
     assert len(frame) == 1 and (frame["seconds"] > 0).all()
     vid = int(frame["volume"][0])
-    _, mask = load_cached_volume(cache, vid)
+    _, mask = load_cached_volume(tiny_cache, vid)
     n = mask[0].size
     row = frame.iloc[0]
     for k, name in enumerate(("ncr", "ed", "et")):
@@ -83,11 +76,11 @@ def test_evaluate_all_tumour_prediction(tiny_data, cache, tmp_path):
     assert list(summary.columns) == list(EVAL_COLUMNS[1:])
 
 
-def test_evaluate_uses_splits_json_and_tta(tiny_data, cache, tmp_path):
+def test_evaluate_uses_splits_json_and_tta(tiny_data, tiny_cache, tmp_path):
     run = _make_run(tmp_path / "run", splits={"train": [3, 4], "val": [], "test": [1, 2]})
-    frame = evaluate(run, tiny_data, cache, device="cpu", progress=False)
+    frame = evaluate(run, tiny_data, tiny_cache, device="cpu", progress=False)
     assert frame["volume"].tolist() == [1, 2]
-    with_tta = evaluate(run, tiny_data, cache, tta=True, volume_ids=[1], out=tmp_path / "tta.csv",
+    with_tta = evaluate(run, tiny_data, tiny_cache, tta=True, volume_ids=[1], out=tmp_path / "tta.csv",
                         device="cpu", progress=False)
     assert with_tta["volume"].tolist() == [1]
     assert not np.allclose(with_tta.iloc[0, 1:6].to_numpy(float), frame.iloc[0, 1:6].to_numpy(float))
@@ -113,7 +106,7 @@ def test_evaluate_on_a_resampled_cache(tiny_data, tmp_path):
     assert 0.0 < row["dice_ed"] < 1.0
 
 
-def test_run_errors(tiny_data, cache, tmp_path):
+def test_run_errors(tiny_data, tiny_cache, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_run(tmp_path / "missing")
     run = _make_run(tmp_path / "run")
@@ -128,7 +121,7 @@ def test_run_errors(tiny_data, cache, tmp_path):
         load_run(run)
     good = _make_run(tmp_path / "good")
     with pytest.raises(ValueError, match="unknown split"):
-        evaluate(good, tiny_data, cache, split="holdout", progress=False)
+        evaluate(good, tiny_data, tiny_cache, split="holdout", progress=False)
 
 
 def test_predict_kaggle_labels_fill_the_crop_box(tiny_data, tmp_path):
@@ -166,20 +159,20 @@ def test_predict_nifti_matches_kaggle(tiny_data, tmp_path):
         predict(run, tmp_path / "x.nii.gz")
 
 
-def test_patch_predictions(cache, tmp_path):
+def test_patch_predictions(tiny_cache, tmp_path):
     run = _make_run(tmp_path / "run")
     model, cfg = load_run(run)
-    out = patch_predictions(model, cfg, cache, [1, 2])
+    out = patch_predictions(model, cfg, tiny_cache, [1, 2])
     assert out["images"].shape == (2, 4, *cfg.patch_size)
     assert out["gts"].shape == out["probs"].shape == (2, 3, *cfg.patch_size)
     assert out["gts"].sum() > 0  # centred on the tumour
     assert ((out["probs"] >= 0) & (out["probs"] <= 1)).all() and out["titles"] == ["volume 1", "volume 2"]
 
 
-def test_cli_evaluate_and_predict(tiny_data, cache, tmp_path, capsys):
+def test_cli_evaluate_and_predict(tiny_data, tiny_cache, tmp_path, capsys):
     run = _make_run(tmp_path / "run")
     out = tmp_path / "m.csv"
-    assert main(["evaluate", "--run", str(run), "--data", str(tiny_data), "--cache", str(cache),
+    assert main(["evaluate", "--run", str(run), "--data", str(tiny_data), "--cache", str(tiny_cache),
                  "--split", "val", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     assert len(pd.read_csv(out)) == 1 and summary_path(out).is_file()
     seg = tmp_path / "p.nii.gz"
@@ -190,3 +183,31 @@ def test_cli_evaluate_and_predict(tiny_data, cache, tmp_path, capsys):
                  str(seg), "--quiet"]) == 2
     assert "volume 99" in capsys.readouterr().err
     assert main(["predict", "--run", str(run), "--out", str(seg)]) == 2
+
+
+@pytest.mark.parametrize("cache_hw", [None, 32])
+def test_evaluate_on_a_nifti_cache_equals_the_kaggle_cache(tiny_data, tmp_path, cache_hw):
+    """The same volumes as NIfTI cases: same scores, the resampled cache reopening its source through the
+    reader the index records (NIfTI here) for the full-size ground truth and voxel size."""
+    from tumorlib.data.cache import open_source
+    from tumorlib.data.nifti import build_nifti_cache
+
+    root = tmp_path / "nifti"
+    for vid in (1, 2):
+        image, mask = load_volume(tiny_data, vid)
+        save_nifti_case(root / f"BraTS20_Training_{vid:03d}", image, mask)
+    cfg = get_config("ci", cache_hw=cache_hw)
+    run = _make_run(tmp_path / "run", bias=[-10.0, 10.0, -10.0], config=cfg,
+                    splits={"train": [], "val": [], "test": [1, 2]})
+    nifti_cache = build_nifti_cache(root, tmp_path / "nifti_cache", workers=1, cache_hw=cache_hw, progress=False)
+    kaggle_cache = build_cache(tiny_data, tmp_path / "kaggle_cache", workers=1, cache_hw=cache_hw,
+                               volume_ids=[1, 2], progress=False)
+    index = load_cache_index(nifti_cache)
+    assert index["reader"] == "nifti" and type(open_source(index)).__name__ == "NiftiSource"
+    assert open_source(index).spacing(1) == pytest.approx((1.0, 1.0, 1.0))
+    a = evaluate(run, cache_dir=nifti_cache, device="cpu", progress=False, out=tmp_path / "a.csv")
+    b = evaluate(run, cache_dir=kaggle_cache, device="cpu", progress=False, out=tmp_path / "b.csv")
+    assert a["volume"].tolist() == [1, 2]
+    metrics = [c for c in EVAL_COLUMNS if c not in ("volume", "seconds")]
+    pd.testing.assert_frame_equal(a[metrics], b[metrics], rtol=1e-6)
+    assert 0.0 < a["dice_ed"].min() < 1.0

@@ -13,7 +13,7 @@ def _notebook(path, source):
     nbformat.write(nb, path)
 
 
-def test_runs_numbered_notebooks_in_order(tmp_path):
+def test_runs_numbered_notebooks_in_order(tmp_path, capfd):
     src = tmp_path / "nbs"
     src.mkdir()
     _notebook(src / "02_second.ipynb", "print(6 * 7)")
@@ -26,6 +26,8 @@ def test_runs_numbered_notebooks_in_order(tmp_path):
     assert first.cells[0].outputs[0]["text"].strip() == "nbs"  # runs in the notebook's folder
     second = nbformat.read(written[1], as_version=4)
     assert second.cells[0].outputs[0]["text"].strip() == "42"
+    out, err = capfd.readouterr()
+    assert "without encryption" not in out + err  # local IPC sockets, not TCP
 
 
 def test_failing_cell_raises_and_keeps_partial(tmp_path):

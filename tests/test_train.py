@@ -107,6 +107,19 @@ def test_steps_per_epoch_and_schedule_table():
     assert table.lr.idxmax() == 49  # the warmup (5 epochs x 10 steps) ends at the peak
 
 
+def test_fit_takes_the_optimizer_steps_the_schedule_counts(tmp_path):
+    """The steps ``fit`` really takes (scheduler and AdamW counters) equal ``optimizer_steps_per_epoch``."""
+    for samples, batch, acc in ((6, 2, 2), (8, 2, 1), (5, 2, 3)):
+        cfg = get_config("ci", **{**TINY, "epochs": 1, "samples_per_epoch": samples, "batch_size": batch,
+                                  "accumulation_steps": acc})
+        run = tmp_path / f"run{samples}_{batch}_{acc}"
+        fit(cfg, Patches(samples), Patches(2, seed=1), run, progress=False)
+        last = torch.load(run / "checkpoints" / "last.pth", weights_only=True)
+        expected = optimizer_steps_per_epoch(samples, batch, acc)
+        assert last["scheduler"]["last_epoch"] == expected
+        assert all(int(s["step"]) == expected for s in last["optimizer"]["state"].values())
+
+
 def test_group_sizes():
     assert _group_sizes(5, 2) == [2, 2, 1]
     assert _group_sizes(4, 2) == [2, 2]
@@ -223,14 +236,17 @@ def test_fit_writes_the_run_folder(tmp_path):
     assert ((history.filter(like="val_dice") >= 0) & (history.filter(like="val_dice") <= 1)).all().all()
     for name in ("config.json", "training_curves.png", "checkpoints/best_model.pth", "checkpoints/last.pth"):
         assert (run / name).is_file(), name
-    assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
+    # the auto speed fields are recorded as the CPU resolved them
+    resolved = cfg.replace(amp_dtype="float32", compile="off", cudnn_benchmark="off", data_placement="loader",
+                           pin_memory="off")
+    assert json.loads((run / "config.json").read_text()) == resolved.to_dict()
     last = torch.load(run / "checkpoints" / "last.pth", weights_only=True)
-    assert last["epoch"] == 2 and last["config"] == cfg.to_dict()
+    assert last["epoch"] == 2 and last["config"] == resolved.to_dict()
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "history", "best_dice"} <= set(last)
     best = torch.load(run / "checkpoints" / "best_model.pth", weights_only=True)
     assert best["metrics"]["val_dice_mean"] == pytest.approx(history.val_dice_mean.max())
     model, loaded_cfg = load_model(run)
-    assert isinstance(model, UNet3D) and loaded_cfg == cfg and not model.training
+    assert isinstance(model, UNet3D) and loaded_cfg == resolved and not model.training
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best_model.pth", "last.pth"]
 
 
@@ -266,7 +282,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 @pytest.mark.skipif(not os.environ.get("TUMORLIB_TEST_COMPILE"),
                     reason="torch.compile on the CPU compiles for ~3 minutes; set TUMORLIB_TEST_COMPILE=1")
 def test_compiled_training_saves_plain_state_dict(tmp_path):
-    cfg = get_config("ci", **{**TINY, "epochs": 1, "compile": True})
+    cfg = get_config("ci", **{**TINY, "epochs": 1, "compile": "default"})
     history = fit(cfg, Patches(4), Patches(2, seed=1), tmp_path / "run", progress=False)
     assert np.isfinite(history.train_loss).all()
     keys = torch.load(tmp_path / "run" / "checkpoints" / "best_model.pth", weights_only=True)["model"]
@@ -287,19 +303,6 @@ def test_resume_with_another_config_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------- real data, ci preset
-
-
-@pytest.fixture(scope="module")
-def ci_cache(tmp_path_factory):
-    """The ci preset's embedded data (8 volumes of 24x48x48) and its cache; returns the cache folder."""
-    from tumorlib.data import make_synthetic
-    from tumorlib.data.cache import build_cache
-
-    cfg = get_config("ci")
-    root = tmp_path_factory.mktemp("ci_data")
-    make_synthetic(root, cfg.synth_volumes, cfg.synth_shape, seed=cfg.synth_seed, progress=False)
-    return build_cache(root, root / "cache", workers=1, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
-                       progress=False)
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -365,7 +368,7 @@ def test_ddp_two_gloo_processes_on_cpu(ci_cache, tmp_path):
 
 
 def test_bench_train_on_cpu(ci_cache):
-    from tumorlib.bench import bench_train, format_train_result
+    from tumorlib.throughput import bench_train, format_train_result
 
     result = bench_train(get_config("ci"), ci_cache, device="cpu", steps=1, warmup=1)
     assert result["train_device"] == "cpu" and result["train_amp_dtype"] is None
@@ -373,3 +376,67 @@ def test_bench_train_on_cpu(ci_cache):
     assert result["train_step_patches_per_s"] > 0 and result["train_patches_per_s"] > 0
     assert result["train_peak_memory_gib"] is None
     assert "train_patches_per_s" in format_train_result(result)
+
+
+def test_device_placement_and_compile_fallback_train_as_the_loader(ci_cache, tmp_path, monkeypatch):
+    """The GPU paths on the CPU: patches cut from the resident cache and a failed ``torch.compile``
+    (falling back to eager on the first step) give the DataLoader's eager history to the last digit."""
+    from tumorlib.data.resolve import make_datasets
+
+    cfg = get_config("ci", epochs=2)
+    keep = [c for c in HISTORY_COLUMNS if c not in TIMING_COLUMNS]
+    histories = {}
+    for name, overrides in (("loader", {"data_placement": "loader"}), ("device", {"data_placement": "device"})):
+        c = cfg.replace(**overrides)
+        train_ds, val_ds, _ = make_datasets(c, ci_cache)
+        histories[name] = fit(c, train_ds, val_ds, tmp_path / name, progress=False)
+    assert json.loads((tmp_path / "device" / "config.json").read_text())["data_placement"] == "device"
+
+    def broken_compile(module, **kwargs):
+        class Broken(torch.nn.Module):
+            def forward(self, x):
+                raise RuntimeError("no compiler here")
+        return Broken()
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    c = cfg.replace(compile="default")
+    train_ds, val_ds, _ = make_datasets(c, ci_cache)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        histories["compile"] = fit(c, train_ds, val_ds, tmp_path / "compile", progress=False)
+    for name in ("device", "compile"):
+        pd.testing.assert_frame_equal(histories[name][keep], histories["loader"][keep], check_exact=True)
+
+
+def test_train_and_bench_run_without_tqdm_nibabel_kagglehub(ci_cache, tmp_path):
+    """A stock GPU image has torch, numpy, h5py, scipy, pandas and matplotlib only: training and the
+    training benchmark must run there (no bars drawn), as scripts/gpu_bench.sh relies on."""
+    script = textwrap.dedent(f"""
+        import importlib.machinery
+        import sys
+
+        class Block:  # the packages look installed but fail to import, as if missing
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tqdm", "nibabel", "kagglehub"):
+                    return importlib.machinery.ModuleSpec(name, self)
+
+            def create_module(self, spec):
+                return None
+
+            def exec_module(self, module):
+                raise ImportError(f"{{module.__name__}} is not installed (blocked for this test)")
+
+        sys.meta_path.insert(0, Block())
+        from tumorlib.cli import main
+
+        assert main(["train", "--preset", "ci", "--cache", {str(ci_cache)!r}, "--out", {str(tmp_path / 'run')!r},
+                     "--device", "cpu", "--epochs", "1"]) == 0
+        from tumorlib.throughput import bench_train
+
+        assert bench_train(__import__("tumorlib").get_config("ci"), {str(ci_cache)!r}, device="cpu", steps=1,
+                           warmup=0)["train_patches_per_s"] > 0
+        assert not any(m.split(".")[0] in ("tqdm", "nibabel", "kagglehub") for m in sys.modules)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(1), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "epoch   1/1" in proc.stdout
+    assert pd.read_csv(tmp_path / "run" / "history.csv").epoch.tolist() == [1]

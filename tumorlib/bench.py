@@ -18,15 +18,16 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tumorlib.config import Config
 
 __all__ = [
     "LOADING_TARGETS",
-    "bench_train",
     "benchmark_loading",
     "drop_page_cache",
     "format_loading_result",
-    "format_train_result",
     "loading_table",
     "loading_targets_met",
     "map_populated",
@@ -37,8 +38,16 @@ __all__ = [
     "write_benchmark",
 ]
 
-# Targets on full-size (155x240x240) volumes on a 2-core machine (issue 3).
+# Targets on full-size (155x240x240) volumes on a 2-core machine.
 LOADING_TARGETS = {"load_speedup": 40.0, "patch_samples_per_s": 150.0, "cache_build_overhead": 1.5}
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("bench_train", "format_train_result"):  # training throughput: tumorlib.throughput
+        from tumorlib import throughput
+
+        return getattr(throughput, name)
+    raise AttributeError(f"module 'tumorlib.bench' has no attribute {name!r}")
 
 
 def drop_page_cache(paths: Sequence[str | os.PathLike]) -> bool:
@@ -247,11 +256,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return float(a / b) if a is not None and b else None
 
 
-def benchmark_loading(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, config: Any = None,
+def benchmark_loading(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, config: Config | None = None,
                       volume_ids: Sequence[int] | None = None, n_volumes: int = 3, repeats: int = 3,
                       n_patches: int = 200, cold: bool = True, build: bool = True,
                       progress: bool = False) -> dict[str, Any]:
-    """The loading benchmark of issue 3, as a JSON-ready dict.
+    """The loading benchmark, as a JSON-ready dict.
 
     Builds ``cache_dir`` first when it does not hold the volumes (not timed; the build is timed
     separately in a scratch folder).
@@ -371,7 +380,7 @@ def loading_targets_met(result: dict[str, Any]) -> dict[str, bool | None]:
 
 
 def loading_table(result: dict[str, Any]) -> Any:
-    """The seed's loading table (HDF5 slices against the cache, cold and warm) as a DataFrame.
+    """The reference design's loading table (HDF5 slices against the cache, cold and warm) as a DataFrame.
 
     Args:
         result: from ``benchmark_loading``.
@@ -454,119 +463,3 @@ def format_loading_result(result: dict[str, Any]) -> str:
             target = f"   target {op} {LOADING_TARGETS[key]:g}: {'met' if met[key] else 'MISSED'}"
         lines.append(f"  {key:<36} {fmt(result.get(key)):>10}{target}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- training throughput (issue 4)
-
-def _train_step_rate(config: Any, device: Any, batches: Callable[[], Any], steps: int, warmup: int) -> dict[str, Any]:
-    """Patches per second of ``steps`` optimizer steps (after ``warmup`` untimed ones) on batches from ``batches``."""
-    import torch
-
-    from tumorlib.losses import loss_from_config
-    from tumorlib.model import model_from_config
-    from tumorlib.train import amp_dtype, forward_backward, optimizer_step
-
-    torch.manual_seed(config.seed)
-    model = model_from_config(config).to(device)
-    net = torch.compile(model) if config.compile else model
-    dtype = amp_dtype(device, config.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    criterion = loss_from_config(config)
-    accumulation = config.accumulation_steps
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    patches = 0
-    t0 = time.perf_counter()
-    for step in range(warmup + steps):
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0, patches = time.perf_counter(), 0
-        for _ in range(accumulation):
-            image, mask = batches()
-            image = image.to(device, torch.float32, non_blocking=True)
-            mask = mask.to(device, torch.float32, non_blocking=True)
-            forward_backward(net, criterion, image, mask, dtype, scaler, 1.0 / accumulation)
-            patches += image.shape[0]
-        optimizer_step(model, optimizer, scaler, None, config.grad_clip)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"patches_per_s": patches / seconds, "peak_gib": peak,
-            "amp_dtype": None if dtype is None else str(dtype).replace("torch.", "")}
-
-
-def bench_train(config: Any, cache_dir: str | os.PathLike | None = None, device: Any = None, steps: int = 5,
-                warmup: int = 2, with_data: bool = True, progress: bool = False) -> dict[str, Any]:
-    """Training throughput of the config's model and patch on one device, as JSON-ready keys.
-
-    Two measurements with the same model, optimizer, loss, autocast and accumulation as ``tumorlib.train``:
-    the **model step alone** (random tensors already on the device) and **end to end** (patches cut from
-    the cache by the training DataLoader, copied to the device, then the same step).
-
-    Args:
-        config: a ``Config`` (``features``, ``patch_size``, ``batch_size``, ``accumulation_steps``, ``amp``,
-            ``compile``, ...).
-        cache_dir: a finished cache for the end-to-end measurement; None: the workspace's, built when missing.
-        device: None: CUDA when available, else CPU.
-        steps: timed optimizer steps.
-        warmup: untimed optimizer steps first (compilation, allocator, page cache).
-        with_data: also measure end to end.
-        progress: tqdm bars while building a missing cache.
-
-    Returns:
-        Dict with ``train_device``, ``train_amp_dtype``, ``train_compile``, ``train_parameters``,
-        ``train_patch_size``, ``train_batch_size``, ``train_accumulation_steps``, ``train_step_patches_per_s``
-        (model step alone), ``train_patches_per_s`` (end to end; None without ``with_data``),
-        ``train_peak_memory_gib`` (CUDA only, else None).
-    """
-    import torch
-
-    from tumorlib.distributed import select_device
-    from tumorlib.model import count_parameters, model_from_config
-
-    device = select_device(device)
-    b, shape = config.batch_size, tuple(config.patch_size)
-    gen = torch.Generator().manual_seed(config.seed)
-    image = torch.randn(b, config.in_channels, *shape, generator=gen).to(device)
-    mask = (torch.rand(b, config.num_classes, *shape, generator=gen) > 0.9).float().to(device)
-    alone = _train_step_rate(config, device, lambda: (image, mask), steps, warmup)
-    result: dict[str, Any] = {
-        "train_device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "train_amp_dtype": alone["amp_dtype"], "train_compile": bool(config.compile),
-        "train_parameters": count_parameters(model_from_config(config)), "train_patch_size": list(shape),
-        "train_batch_size": b, "train_accumulation_steps": config.accumulation_steps,
-        "train_step_patches_per_s": alone["patches_per_s"], "train_patches_per_s": None,
-        "train_peak_memory_gib": alone["peak_gib"],
-    }
-    if with_data:
-        from tumorlib.data.cache import cached_volume_ids
-        from tumorlib.data.dataset import BraTS3DDataset, make_loader
-        from tumorlib.data.splits import split_volumes
-        from tumorlib.train import prepare_cache
-
-        cache = prepare_cache(config, cache_dir=cache_dir, progress=progress)
-        train_ids = split_volumes(cached_volume_ids(cache), config.val_fraction, config.test_fraction,
-                                  config.split_seed)[0]
-        n = (warmup + steps) * config.accumulation_steps * b
-        ds = BraTS3DDataset(cache, train_ids, patch_size=shape, tumor_prob=config.tumor_prob,
-                            ram_cache_bytes=config.ram_cache_bytes, augment=config.augment, seed=config.seed,
-                            samples_per_epoch=n)
-        loader = make_loader(ds, config, batch_size=b, pin_memory=device.type == "cuda")
-        batches = iter(loader)
-        end_to_end = _train_step_rate(config, device, lambda: next(batches), steps, warmup)
-        result["train_patches_per_s"] = end_to_end["patches_per_s"]
-        if end_to_end["peak_gib"] is not None:
-            result["train_peak_memory_gib"] = max(alone["peak_gib"], end_to_end["peak_gib"])
-    return result
-
-
-def format_train_result(result: dict[str, Any]) -> str:
-    """A short text table of ``bench_train`` keys (for the command line)."""
-    keys = [k for k in result if k.startswith("train_")]
-    width = max(len(k) for k in keys)
-    return "training benchmark:\n" + "\n".join(
-        f"  {k:<{width}} {result[k]:.4g}" if isinstance(result[k], float) else f"  {k:<{width}} {result[k]}"
-        for k in keys)

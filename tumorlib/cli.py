@@ -104,7 +104,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                                progress=not args.quiet)
     print(format_loading_result(result))
     if args.train:
-        from tumorlib.bench import bench_train, format_train_result
+        from tumorlib.throughput import bench_train, format_train_result
 
         result.update(bench_train(cfg, cache, device=args.device, steps=args.train_steps, progress=not args.quiet))
         print(format_train_result(result))
@@ -242,12 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-warmup", type=int, default=3,
                    help="untimed optimizer steps before each seed/default measurement (compilation, autotuning)")
     p.add_argument("--loss-steps", type=int, default=5,
-                   help="optimizer steps of the seed/default loss check (0 skips it)")
+                   help="optimizer steps of the reference/default loss check (0 skips it)")
     p.add_argument("--compile-mode", default="auto",
                    help="torch.compile mode of the default variant: auto (on CUDA only), none, default, "
                         "reduce-overhead, max-autotune, max-autotune-no-cudagraphs")
     p.add_argument("--no-throughput", dest="throughput", action="store_false",
-                   help="with --train, skip the seed/default comparison (tumorlib.perf; key 'throughput')")
+                   help="with --train, skip the reference/default comparison (tumorlib.perf; key 'throughput')")
     p.add_argument("--quiet", action="store_true")
     add_config_args(p)
     p.set_defaults(func=_cmd_bench)

@@ -1,6 +1,6 @@
 """Presets (``ci``, ``demo``, ``full``, ``gpu16``) as one frozen dataclass, and the folders a run uses.
 
-The ``full`` preset is the seed design's table exactly; ``demo`` trains in minutes on a 2-core CPU and
+The ``full`` preset is the reference design's table exactly; ``demo`` trains in minutes on a 2-core CPU and
 ``ci`` runs each notebook in seconds. Every field can be overridden by keyword (``get_config(epochs=3)``)
 or on the command line (``--epochs 3``). A config is saved as ``config.json`` beside every output so a
 run can be reproduced from its folder.
@@ -23,7 +23,7 @@ import dataclasses
 import json
 import os
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +37,36 @@ __all__ = [
     "load_config",
     "parse_field",
     "preset_name",
+    "resume_fields",
+    "runtime_fields",
     "workspace",
 ]
 
 PRESET_ENV = "TUMORLIB_PRESET"
 DEFAULT_PRESET = "demo"
+_RUNTIME = {"runtime": True}  # field metadata: changes speed or later stages, not the training itself
+_AUTO_VALUES = {
+    "amp_dtype": ("auto", "bfloat16", "float16", "float32"),
+    "cudnn_benchmark": ("auto", "on", "off"),
+    "data_placement": ("auto", "device", "loader"),
+    "pin_memory": ("auto", "on", "off"),
+}
 
 
 @dataclass(frozen=True)
 class Config:
     """Every setting of the pipeline, one field each; see ``PRESETS`` for the three presets.
 
-    Groups: embedded data (``synth_*``), cache (``cache_*``), patches, model, training, splits and
-    inference. Shapes are (D, H, W) = (slices, rows, columns).
+    Groups: embedded data (``synth_*``), cache (``cache_*``), patches, model, training, GPU speed,
+    splits and inference. Shapes are (D, H, W) = (slices, rows, columns). Fields marked runtime
+    (``runtime_fields()``) change speed or later stages only, so a run may resume with other values.
+
+    GPU speed fields, each ``auto`` by default and resolved per device by ``speed.resolve_settings``
+    (the resolved values are what ``config.json`` records): ``amp_dtype`` (auto: bf16 where the GPU
+    supports it, else fp16 with a GradScaler; float32 on the CPU), ``compile`` (auto: ``torch.compile``
+    on CUDA with triton, falling back to eager when the first step fails; ``off`` or a mode name),
+    ``cudnn_benchmark``, ``data_placement`` (auto: the cropped cache on the GPU with patches cut there
+    when it fits in half the free memory, else the DataLoader) and ``pin_memory`` (auto: on CUDA).
     """
 
     preset: str = "full"
@@ -63,13 +80,13 @@ class Config:
     # cache
     cache_hw: int | None = 240  # in-plane size of the cache; None or the native size = no resampling
     cache_margin: int = 4  # voxels kept around the brain's bounding box
-    cache_workers: int = 2
+    cache_workers: int = field(default=2, metadata=_RUNTIME)
     # patches
     patch_size: tuple[int, int, int] = (64, 160, 160)
     tumor_prob: float = 0.6
     augment: bool = False
-    ram_cache_bytes: int = 4 * 2**30
-    num_workers: int | None = None  # None: chosen per platform (0 on Windows)
+    ram_cache_bytes: int = field(default=4 * 2**30, metadata=_RUNTIME)
+    num_workers: int | None = field(default=None, metadata=_RUNTIME)  # None: chosen per platform (0 on Windows)
     # model
     in_channels: int = 4
     num_classes: int = 3
@@ -89,16 +106,21 @@ class Config:
     dice_weight: float = 0.5
     grad_clip: float = 1.0
     amp: bool = True
-    compile: bool = False
+    # GPU speed (see the class docstring); "auto" is resolved per device
+    amp_dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    compile: str = field(default="auto", metadata=_RUNTIME)  # auto | off | default | reduce-overhead | ...
+    cudnn_benchmark: str = field(default="auto", metadata=_RUNTIME)  # auto | on | off
+    data_placement: str = field(default="auto", metadata=_RUNTIME)  # auto | device | loader
+    pin_memory: str = field(default="auto", metadata=_RUNTIME)  # auto | on | off
     # splits
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_seed: int = 42
     # inference
-    sw_overlap: float = 0.5
-    sw_batch_size: int = 4
-    sw_blend: str = "gaussian"
-    threshold: float = 0.5
+    sw_overlap: float = field(default=0.5, metadata=_RUNTIME)
+    sw_batch_size: int = field(default=4, metadata=_RUNTIME)
+    sw_blend: str = field(default="gaussian", metadata=_RUNTIME)
+    threshold: float = field(default=0.5, metadata=_RUNTIME)
 
     def __post_init__(self) -> None:
         for name in ("synth_shape", "patch_size", "features", "class_weights"):
@@ -106,6 +128,12 @@ class Config:
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "kaggle_channel_order", check_order(self.kaggle_channel_order))
+        if isinstance(self.compile, bool) or str(self.compile).lower() in ("true", "false", "none", "1", "0"):
+            on = str(self.compile).lower() in ("true", "1")
+            object.__setattr__(self, "compile", "default" if on else "off")  # configs saved before "auto"
+        for name, allowed in _AUTO_VALUES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if len(self.synth_shape) != 3 or len(self.patch_size) != 3:
             raise ValueError(f"synth_shape and patch_size need 3 sides (D, H, W): {self.synth_shape}, "
                              f"{self.patch_size}")
@@ -167,10 +195,21 @@ class Config:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in self.to_dict().items())
 
 
+def runtime_fields() -> frozenset[str]:
+    """Config fields marked runtime: they change speed or later stages, not the training (a run may
+    resume with other values)."""
+    return frozenset(f.name for f in dataclasses.fields(Config) if f.metadata.get("runtime"))
+
+
+def resume_fields() -> frozenset[str]:
+    """Config fields a resumed run must share with its checkpoint (every field not marked runtime)."""
+    return frozenset(f.name for f in dataclasses.fields(Config)) - runtime_fields()
+
+
 PRESETS: dict[str, Config] = {
-    # The seed's configuration: 240x240 in-plane, 155 slices.
+    # The reference design's configuration: 240x240 in-plane, 155 slices.
     "full": Config(preset="full"),
-    # 16 GB GPUs (Kaggle T4/P100, Colab T4): the seed's model and patch, batch 1 x accumulation 4 (the
+    # 16 GB GPUs (Kaggle T4/P100, Colab T4): the reference model and patch, batch 1 x accumulation 4 (the
     # same effective batch of 4 as full), fp16 autocast where the card has no native bf16, and an epoch
     # budget that fits a 9-hour Kaggle session (README: "Presets"). Resume with the same run folder.
     "gpu16": Config(

@@ -1,33 +1,30 @@
-"""Evaluate a trained run on whole volumes, and predict BraTS label files.
+"""Evaluate a trained run on whole volumes: scores per volume, summaries and report tables.
 
 ``evaluate(run_dir, data_dir, cache_dir, split="test")`` predicts every volume of a split with the
 sliding window (``tumorlib.inference``), thresholds the sigmoid outputs and scores them with
 ``tumorlib.metrics.brats_scores``; it writes one CSV row per volume (``EVAL_COLUMNS``) and a summary
-(mean, median, std of each column) beside it. ``predict(run_dir, out, ...)`` writes a NIfTI file with
-BraTS labels 0/1/2/4 for one raw volume (Kaggle HDF5 or an official NIfTI case), at the input's full
-size, normalised by the cache's own code (``tumorlib.data.cache.prepare_volume``).
-
-A run folder is what ``tumorlib.train.train`` writes: ``RUN/config.json``, ``RUN/splits.json`` and
-``RUN/checkpoints/best_model.pth``.
+(mean, median, std of each column) beside it. Loading a run lives in ``tumorlib.runs``, NIfTI label
+files in ``tumorlib.predict``, the box plot in ``tumorlib.viz`` (all re-exported here).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from tumorlib.config import Config, load_config
-from tumorlib.inference import labels_from_probabilities, sliding_window_inference
+from tumorlib.config import Config
 from tumorlib.metrics import CLASS_NAMES, METRIC_COLUMNS, REGION_NAMES, brats_scores
+from tumorlib.predict import predict
+from tumorlib.runs import _device, load_run, make_predictor, predict_volume
+from tumorlib.viz.results import plot_metric_boxes
 
 __all__ = [
     "EVAL_COLUMNS",
@@ -49,124 +46,12 @@ __all__ = [
 EVAL_COLUMNS = ("volume", *METRIC_COLUMNS, "seconds")
 #: Split names ``evaluate`` accepts.
 SPLITS = ("train", "val", "test", "all")
-_MODEL_FIELDS = ("in_channels", "num_classes", "features")
 
-
-# --------------------------------------------------------------------------- model
-
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but CUDA is not available; use --device cpu")
-    return device
-
-
-def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = "cpu") -> tuple[torch.nn.Module, Config]:
-    """The trained model of a run folder, in eval mode, and the run's config.
-
-    Args:
-        run_dir: a folder written by ``tumorlib.train.train`` (``config.json`` and
-            ``checkpoints/best_model.pth``).
-        device: where to put the model; None: CUDA when available, else CPU.
-
-    Returns:
-        ``(model, config)`` with the config read from ``RUN/config.json``.
-
-    Raises:
-        FileNotFoundError: the folder, its config or its checkpoint is missing (names the path).
-        ValueError: the checkpoint was trained with another model configuration than ``config.json``
-            says, or its weights do not fit the model (names both files).
-    """
-    from tumorlib.checkpoint import BEST_NAME, load_checkpoint
-    from tumorlib.model import model_from_config
-
-    run = Path(run_dir).expanduser()
-    if not run.is_dir():
-        raise FileNotFoundError(f"run folder {run} does not exist; train one with `tumorlib train`")
-    config_path = run / "config.json"
-    ckpt_path = run / "checkpoints" / BEST_NAME
-    config = load_config(config_path)
-    ckpt = load_checkpoint(ckpt_path)
-    saved = ckpt.get("config") or {}
-    diffs = [f"{k}={saved.get(k)!r} in the checkpoint but {config.to_dict()[k]!r} in {config_path.name}"
-             for k in _MODEL_FIELDS if k in saved and saved[k] != config.to_dict()[k]]
-    if diffs:
-        raise ValueError(f"{ckpt_path} does not match {config_path}: " + "; ".join(diffs))
-    model = model_from_config(config)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[:3]
-        raise ValueError(f"{ckpt_path}: weights do not fit the model described by {config_path} "
-                         f"({' '.join(first)})") from err
-    return model.to(_device(device)).eval(), config
-
-
-def make_predictor(model: torch.nn.Module, amp: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Wrap a model for ``sliding_window_inference``: no gradients, autocast on CUDA.
-
-    Args:
-        model: maps (N, C, d, h, w) to (N, K, d, h, w) logits.
-        amp: run under bf16 autocast (fp16 where bf16 is unsupported) on CUDA; ignored on the CPU.
-
-    Returns:
-        ``predictor(x) -> logits`` as float32.
-    """
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        if amp and x.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            ctx = torch.autocast("cuda", dtype=dtype)
-        else:
-            ctx = contextlib.nullcontext()
-        with torch.inference_mode(), ctx:
-            return model(x).float()
-
-    return predictor
-
-
-def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, config: Config,
-                   device: str | torch.device | None = None, tta: bool = False, amp: bool = True,
-                   progress: bool = False) -> torch.Tensor:
-    """Sigmoid probabilities of one whole (normalised) volume by sliding window.
-
-    Args:
-        model: the trained network (on ``device``).
-        image: (C, D, H, W) normalised image (e.g. a cached volume, float16 or float32).
-        config: the run's config (``patch_size``, ``sw_overlap``, ``sw_blend``, ``sw_batch_size``).
-        device: where the windows run; None: the model's device.
-        tta: average over the 8 flips of (D, H, W).
-        amp: autocast on CUDA.
-        progress: tqdm bar over the windows.
-
-    Returns:
-        (K, D, H, W) float32 probabilities on ``device`` (logits are blended, then the sigmoid).
-
-    Raises:
-        ValueError: the image does not have ``config.in_channels`` channels.
-    """
-    if image.shape[0] != config.in_channels:
-        raise ValueError(f"image has {image.shape[0]} channels, the model expects {config.in_channels} "
-                         f"(shape {tuple(image.shape)})")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    if isinstance(image, torch.Tensor):
-        x = image.to(dev, torch.float32)[None]
-    else:  # a read-only memory map from the cache: copy it once, as float32
-        x = torch.from_numpy(np.array(image, dtype=np.float32))[None].to(dev)
-    logits = sliding_window_inference(x, make_predictor(model, amp), config.patch_size,
-                                      overlap=config.sw_overlap, blend=config.sw_blend,
-                                      batch_size=config.sw_batch_size, device=dev, tta=tta,
-                                      progress=progress)
-    return torch.sigmoid_(logits[0])
-
-
-# --------------------------------------------------------------------------- evaluate
 
 def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[int], split: str) -> list[int]:
     """The volume ids of one split of a run.
 
-    Uses ``RUN/splits.json`` when present, else recomputes ``split_volumes`` with the config's
+    Uses ``RUN/splits.json`` when present, else recomputes ``split_ids`` with the config's
     fractions and seed (what training does).
 
     Args:
@@ -181,7 +66,7 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
     Raises:
         ValueError: an unknown split name, or split volumes missing from the cache.
     """
-    from tumorlib.data.splits import split_volumes
+    from tumorlib.data.resolve import split_ids
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -196,33 +81,7 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
             raise ValueError(f"{path}: {split} volumes {missing} are not in the cache; was the run trained "
                              "on other data?")
         return chosen
-    train, val, test = split_volumes(ids, config.val_fraction, config.test_fraction, config.split_seed)
-    return {"train": train, "val": val, "test": test}[split]
-
-
-def _source_mask(index: dict[str, Any], volume_id: int) -> np.ndarray:
-    """The full-size ground truth of a cached volume, read from its source."""
-    from tumorlib.data import load_volume
-    from tumorlib.data.nifti import load_nifti_volume
-
-    reader = index.get("reader")
-    if reader == "nifti":
-        return load_nifti_volume(index["source"], volume_id)[1]
-    if reader == "kaggle":
-        return load_volume(index["source"], volume_id)[1]
-    raise ValueError(f"cache of reader {reader!r}: cannot read the full-size ground truth of volume {volume_id}")
-
-
-def _spacing(index: dict[str, Any], volume_id: int) -> tuple[float, float, float]:
-    """Voxel size (D, H, W) in mm: the NIfTI header for NIfTI caches, else 1 mm (BraTS is 1 mm^3)."""
-    if index.get("reader") == "nifti":
-        import nibabel as nib
-
-        from tumorlib.data.nifti import find_nifti_file, list_nifti_cases, nifti_spacing
-
-        case = list_nifti_cases(index["source"])[volume_id]
-        return nifti_spacing(nib.load(str(find_nifti_file(case, "flair"))).affine)
-    return (1.0, 1.0, 1.0)
+    return split_ids(config, ids)[split]
 
 
 def summary_path(csv_path: str | os.PathLike) -> Path:
@@ -279,14 +138,14 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         FileNotFoundError, ValueError: see ``load_run``; unknown split; volumes not in the cache.
         CacheError: the cache folder holds other data.
     """
-    from tqdm.auto import tqdm
+    from tumorlib.progress import tqdm
 
-    from tumorlib.data.cache import load_cache_index, load_cached_volume, uncrop
-    from tumorlib.train import prepare_cache
+    from tumorlib.data.cache import CacheError, load_cache_index, load_cached_volume, open_source, uncrop
+    from tumorlib.data.resolve import resolve_cache
 
     dev = _device(device)
     model, config = load_run(run_dir, dev)
-    cache = prepare_cache(config, data_dir, cache_dir, progress=progress)
+    cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
     index = load_cache_index(cache)
     cached = sorted(int(k) for k in index["volumes"])
     if volume_ids is None:
@@ -298,6 +157,10 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
             raise ValueError(f"volumes {missing} are not in the cache {cache}")
     if not ids:
         raise ValueError(f"the {split} split of {run_dir} is empty")
+    try:
+        source = open_source(index)
+    except CacheError:
+        source = None  # a cache from a custom reader: 1 mm voxels, scored in the cache frame only
     rows = []
     for vid in tqdm(ids, desc=f"evaluate {split}", unit="vol", disable=not progress):
         entry = index["volumes"][str(vid)]
@@ -308,11 +171,14 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - start
+        spacing = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
         if all(abs(z - 1.0) < 1e-9 for z in entry["zoom"]):
-            scores = brats_scores(pred.cpu().numpy(), np.asarray(mask), _spacing(index, vid))
-        else:
+            scores = brats_scores(pred.cpu().numpy(), np.asarray(mask), spacing)
+        else:  # a resampled cache: scored at the source resolution, against the source's ground truth
             full = uncrop(prob.cpu().numpy(), entry, fill=0.0) > config.threshold
-            scores = brats_scores(full, _source_mask(index, vid), _spacing(index, vid))
+            if source is None:
+                open_source(index)  # raises CacheError naming the reader
+            scores = brats_scores(full, source.read(vid)[1], spacing)
         rows.append({"volume": vid, **scores, "seconds": seconds})
     frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
     out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
@@ -350,38 +216,6 @@ def metric_table(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("name")
 
 
-def plot_metric_boxes(frame: pd.DataFrame, title: str | None = None) -> Any:
-    """Box plots of Dice (classes and regions) and HD95 (regions) over the volumes.
-
-    Args:
-        frame: the per-volume table from ``evaluate``.
-        title: figure title; None: the number of volumes.
-
-    Returns:
-        ``matplotlib.figure.Figure`` with two panels (Dice, HD95), each volume drawn as a dot.
-    """
-    from tumorlib.viz.notebook_figure import NotebookFigure as Figure  # a PNG in notebooks without pyplot
-
-    dice_cols = [f"dice_{n}" for n in (*CLASS_NAMES, "wt", "tc")]
-    hd_cols = [f"hd95_{n}" for n in REGION_NAMES]
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    ax_d, ax_h = fig.subplots(1, 2, gridspec_kw={"width_ratios": [5, 3]})
-    for ax, cols, label in ((ax_d, dice_cols, "Dice"), (ax_h, hd_cols, "HD95 (mm)")):
-        data = [frame[c].astype(float).to_numpy() for c in cols]
-        ax.boxplot(data, showmeans=True)
-        ax.set_xticks(range(1, len(cols) + 1), [c.split("_")[1].upper() for c in cols])
-        rng = np.random.default_rng(0)
-        for i, values in enumerate(data, start=1):
-            ax.plot(i + rng.uniform(-0.08, 0.08, len(values)), values, ".", color="0.3", alpha=0.6)
-        ax.set_ylabel(label)
-        ax.grid(axis="y", alpha=0.3)
-    ax_d.set_ylim(-0.02, 1.02)
-    ax_d.set_title("Dice: classes | regions")
-    ax_h.set_title("HD95: regions")
-    fig.suptitle(title if title is not None else f"{len(frame)} volumes")
-    return fig
-
-
 def _tumour_window(mask: np.ndarray, patch_size: Sequence[int]) -> tuple[slice, ...]:
     """A patch-sized window centred on the tumour's bounding box (or the volume), clipped to it."""
     shape = mask.shape[1:]
@@ -401,7 +235,7 @@ def _tumour_window(mask: np.ndarray, patch_size: Sequence[int]) -> tuple[slice, 
 def patch_predictions(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike,
                       volume_ids: Sequence[int], device: str | torch.device | None = None,
                       amp: bool = True) -> dict[str, Any]:
-    """One tumour-centred patch per volume, predicted in a single forward pass (the seed's figure).
+    """One tumour-centred patch per volume, predicted in a single forward pass (the reference design's figure).
 
     Args:
         model: the trained network.
@@ -432,66 +266,3 @@ def patch_predictions(model: torch.nn.Module, config: Config, cache_dir: str | o
         gts.append(np.asarray(mask[window]))
     return {"images": np.stack(images), "gts": np.stack(gts), "probs": np.stack(probs),
             "titles": [f"volume {v}" for v in volume_ids]}
-
-
-# --------------------------------------------------------------------------- predict
-
-def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-            volume_id: int | None = None, nifti_case: str | os.PathLike | None = None, tta: bool = False,
-            device: str | torch.device | None = None, amp: bool = True,
-            progress: bool = False) -> Path:
-    """Segment one raw volume and write BraTS labels as NIfTI.
-
-    The input is prepared exactly as the cache prepares it (``prepare_volume``: optional in-plane
-    zoom to ``cache_hw``, crop to the brain plus ``cache_margin``, per-channel z-score), predicted by
-    sliding window, mapped back to the full input size (``uncrop``, probabilities outside the crop
-    are 0) and thresholded. Where several classes pass the threshold, enhancing (4) wins over
-    necrosis/NET (1), which wins over edema (2).
-
-    Args:
-        run_dir: the run folder.
-        out: the output file, ``*.nii.gz`` or ``*.nii``.
-        data_dir: a Kaggle-format folder (with ``volume_id``).
-        volume_id: the volume to predict from ``data_dir``.
-        nifti_case: an official BraTS case folder (``*_t1/_t1ce/_t2/_flair.nii.gz``), instead of
-            ``data_dir``/``volume_id``.
-        tta: average over the 8 flips.
-        device: None: CUDA when available, else CPU.
-        amp: bf16 autocast on CUDA.
-        progress: tqdm bar over the windows.
-
-    Returns:
-        The path written: uint8 labels {0, 1, 2, 4}, array shape (H, W, D) (slice index last, as
-        BraTS files), with the case's affine for NIfTI input and a 1 mm identity for Kaggle input.
-
-    Raises:
-        ValueError: neither or both inputs given, an output name that is not NIfTI, a volume with
-            the wrong number of channels, or a run whose config and weights disagree.
-        KeyError: ``volume_id`` not in ``data_dir``.
-        FileNotFoundError: a missing run, folder or modality file (names it).
-    """
-    from tumorlib.data import load_volume
-    from tumorlib.data.cache import prepare_volume, uncrop
-    from tumorlib.data.nifti import load_nifti_case, save_segmentation_nifti
-
-    out = Path(out)
-    if not out.name.endswith((".nii.gz", ".nii")):
-        raise ValueError(f"output {out} must end in .nii.gz or .nii")
-    if (nifti_case is None) == (data_dir is None or volume_id is None):
-        raise ValueError("give either nifti_case, or data_dir and volume_id")
-    dev = _device(device)
-    model, config = load_run(run_dir, dev)
-    if nifti_case is not None:
-        image, _mask, affine = load_nifti_case(nifti_case)
-        name = str(nifti_case)
-    else:
-        image, _mask = load_volume(data_dir, int(volume_id))
-        affine = None
-        name = f"volume {volume_id} of {data_dir}"
-    if image.shape[0] != config.in_channels:
-        raise ValueError(f"{name}: {image.shape[0]} channels, the run's model expects {config.in_channels}")
-    image_c, _, entry = prepare_volume(image, None, cache_hw=config.cache_hw, margin=config.cache_margin)
-    prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress)
-    full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
-    labels = labels_from_probabilities(full, config.threshold)
-    return save_segmentation_nifti(labels, out, affine)

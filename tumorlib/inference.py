@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 # BraTS labels and the decoding rule are defined once, in tumorlib.brats; these names stay importable here.
 from tumorlib.brats import BRATS_LABELS, labels_to_channels
@@ -188,6 +187,8 @@ def sliding_window_inference(
     jobs = [(b, w) for b in range(n_batch) for w in windows]
     output: torch.Tensor | None = None
     calls = range(0, len(jobs), batch_size)
+    from tumorlib.progress import tqdm
+
     for first in tqdm(calls, desc="windows", disable=not progress, leave=False):
         chunk = jobs[first:first + batch_size]
         batch = torch.stack([image[b, :, z:z + patch_size[0], y:y + patch_size[1], x:x + patch_size[2]]

@@ -1,9 +1,9 @@
-"""The seed's 3D U-Net: ``DoubleConv3D``, ``Down3D``, ``Up3D`` and ``UNet3D``.
+"""The reference design's 3D U-Net: ``DoubleConv3D``, ``Down3D``, ``Up3D`` and ``UNet3D``.
 
-With the default ``features=(32, 64, 128, 256)`` the network holds **22,577,987** parameters (the seed's
+With the default ``features=(32, 64, 128, 256)`` the network holds **22,577,987** parameters (the reference design's
 text says "about 11 million"; its own diagram, rebuilt layer by layer here, gives 22.6 M).
 
-Design (from the seed):
+Design (from the reference design):
 
 - ``DoubleConv3D``: two 3x3x3 convolutions, each followed by ``InstanceNorm3d`` and ``LeakyReLU(0.01)``.
   Instance normalisation because the batch holds 1-2 patches, too few for batch statistics.
@@ -98,7 +98,7 @@ class Up3D(nn.Module):
 
 
 class UNet3D(nn.Module):
-    """The seed's 3D U-Net.
+    """The reference design's 3D U-Net.
 
     Args:
         in_channels: input modalities (4: T1, T1ce, T2, FLAIR).

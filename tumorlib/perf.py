@@ -1,167 +1,81 @@
-"""GPU throughput: the seed configuration against tumorlib's default, measured in one run (issue 7).
+"""GPU throughput: the reference design's settings against tumorlib's default, measured in one run.
 
-Two training variants of the same model, loss, optimizer, batch and accumulation:
+Two settings (``speed.TrainSettings``) of the same ``engine.Trainer`` (model, loss, optimizer, batch and
+accumulation), the one ``tumorlib train`` uses:
 
-- **seed**: what the seed notebook does on CUDA: fp16 autocast with a ``GradScaler``, eager, contiguous
-  tensors, patches from the ``DataLoader`` (the preset's workers, unpinned memory). On the CPU the seed's
-  CUDA autocast does nothing, so the seed variant trains in float32 there.
-- **default**: what ``auto_settings`` picks for the device: bf16 autocast without a ``GradScaler`` where
-  the card supports bf16 (else fp16 with one), ``torch.compile`` on CUDA (mode selectable, falls back
-  to eager with the error recorded when compilation fails), ``cudnn.benchmark``, the whole cropped
-  cache resident on the GPU with patches cut there (``DevicePatchSampler``) when it fits in half the free
-  memory, else the ``DataLoader`` with persistent workers, pinned memory and non-blocking copies. On
-  the CPU: float32, eager, the ``DataLoader``.
+- **reference**: what the reference design does on CUDA: fp16 autocast with a ``GradScaler``, eager,
+  contiguous tensors, patches from the ``DataLoader`` (the preset's workers, unpinned memory). On the
+  CPU its CUDA autocast does nothing, so it trains in float32 there.
+- **default**: what ``tumorlib train`` resolves for the device (``speed.resolve_settings``): bf16
+  autocast without a ``GradScaler`` where the card supports bf16 (else fp16 with one), ``torch.compile``
+  on CUDA (falling back to eager with the error recorded when compilation fails), ``cudnn.benchmark``,
+  the whole cropped cache resident on the GPU with patches cut there (``DevicePatchSampler``) when it
+  fits in half the free memory, else the ``DataLoader`` with persistent workers, pinned memory and
+  non-blocking copies. On the CPU: float32, eager, the ``DataLoader``.
 
-Each variant is timed for the **model step alone** (random tensors already on the device) and **end
-to end** (patches cut from the cache, moved to the device, the same step), in patches per second with
-the peak memory (``torch.cuda.max_memory_allocated``; null on the CPU, where only the process's peak
-RSS is reported), plus **full-volume inference** seconds (sliding windows with Gaussian blending over
-the preset's volume: 155x240x240 in ``full``). A **loss check** trains float32 eager, the seed and the
-default variant from the same weights on the same batches for a few optimizer steps and reports the
-largest absolute and relative loss differences, so a faster default is seen not to change training.
+Each is timed for the **model step alone** (random tensors already on the device) and **end to end**
+(patches cut from the cache, moved to the device, the same step), in patches per second with the peak
+memory (``torch.cuda.max_memory_allocated``; null on the CPU, where only the process's peak RSS is
+reported), plus **full-volume inference** seconds (sliding windows with Gaussian blending over the
+preset's volume: 155x240x240 in ``full``). A **loss check** trains float32 eager, the reference and the
+default from the same weights on the same batches for a few optimizer steps and reports the largest
+absolute and relative loss differences, so a faster default is seen not to change training.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import platform
-import resource
-import statistics
-import sys
-import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+
+from tumorlib.config import Config
+from tumorlib.engine import (
+    TrainSettings,
+    Trainer,
+    compile_available,
+    float32_settings,
+    reference_settings,
+    resolve_settings,
+)
+from tumorlib.throughput import (
+    _dataset_batches,
+    _process_max_rss_gib,
+    end_to_end_source,
+    time_inference,
+    time_train_steps,
+)
 
 __all__ = [
     "THROUGHPUT_TARGETS",
-    "TrainStep",
-    "Variant",
     "auto_settings",
     "benchmark_throughput",
     "compare_losses",
     "compile_available",
     "default_variant",
     "format_throughput",
-    "reference_variant",
-    "seed_variant",
-    "time_inference",
-    "time_train_steps",
+    "reference_settings",
 ]
 
-#: Goals of issue 7 on one H100 with the ``full`` preset.
+#: Goals on one H100 with the ``full`` preset.
 THROUGHPUT_TARGETS = {"e2e_patches_per_s": 100.0, "inference_s": 0.2}
 
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One way to run the training step and feed it.
-
-    Attributes:
-        name: label in the table and the JSON (``seed``, ``default``, ...).
-        amp_dtype: autocast dtype, ``"float16"``, ``"bfloat16"`` or None (float32).
-        grad_scaler: scale the loss with a ``GradScaler`` (needed by fp16, not by bf16).
-        compile: wrap the model in ``torch.compile``.
-        compile_mode: ``torch.compile`` mode (None: its default; ``"reduce-overhead"`` uses CUDA graphs,
-            ``"max-autotune"`` also tunes kernels, at minutes of compile time).
-        compile_backend: ``torch.compile`` backend (``"inductor"``; ``"eager"`` or ``"aot_eager"`` only
-            trace, for tests).
-        channels_last: ``channels_last_3d`` model and inputs (measured slower with InstanceNorm on an H100).
-        cudnn_benchmark: let cuDNN time its convolution algorithms for the fixed patch shape.
-        data: ``"loader"`` (``DataLoader`` over ``BraTS3DDataset``) or ``"device"`` (``DevicePatchSampler``).
-        num_workers: DataLoader workers (None: the config's, else the platform default).
-        pin_memory: pinned host memory for the DataLoader batches (copies are non-blocking either way).
-    """
-
-    name: str
-    amp_dtype: str | None = None
-    grad_scaler: bool = False
-    compile: bool = False
-    compile_mode: str | None = None
-    compile_backend: str = "inductor"
-    channels_last: bool = False
-    cudnn_benchmark: bool = False
-    data: str = "loader"
-    num_workers: int | None = None
-    pin_memory: bool = False
-
-    def __post_init__(self) -> None:
-        if self.amp_dtype is not None and self.amp_dtype not in _DTYPES:
-            raise ValueError(f"variant {self.name}: amp_dtype must be float16, bfloat16 or None, got {self.amp_dtype!r}")
-        if self.data not in ("loader", "device"):
-            raise ValueError(f"variant {self.name}: data must be 'loader' or 'device', got {self.data!r}")
-
-    @property
-    def torch_amp_dtype(self) -> torch.dtype | None:
-        """``amp_dtype`` as a ``torch.dtype`` (None: float32)."""
-        return None if self.amp_dtype is None else _DTYPES[self.amp_dtype]
-
-    def describe(self) -> str:
-        """A short text such as ``bf16, compile(default), device data``."""
-        parts = [{"float16": "fp16", "bfloat16": "bf16", None: "fp32"}[self.amp_dtype]
-                 + ("+GradScaler" if self.grad_scaler else "")]
-        parts.append(f"compile({self.compile_mode or 'default'})" if self.compile else "eager")
-        if self.channels_last:
-            parts.append("channels_last_3d")
-        parts.append("device data" if self.data == "device" else "DataLoader" + (" pinned" if self.pin_memory else ""))
-        return ", ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict, with ``describe()`` as ``description``."""
-        return {**dataclasses.asdict(self), "description": self.describe()}
-
-
-# --------------------------------------------------------------------------- automatic choices
-
-def compile_available(device: str | torch.device) -> tuple[bool, str]:
-    """Whether ``torch.compile`` with inductor can be expected to work (and pay off) on ``device``.
-
-    Args:
-        device: the training device.
-
-    Returns:
-        ``(available, reason)``. False on the CPU (compiling the model takes minutes there and is off by
-        default), on Windows, without a working ``triton`` or on GPUs older than compute capability 7.0.
-    """
-    device = torch.device(device)
-    if device.type != "cuda":
-        return False, f"off on {device.type} (compiling costs minutes there; pass a compile mode to force it)"
-    if sys.platform == "win32":
-        return False, "torch.compile's inductor backend needs triton, not available on Windows"
-    if not torch.cuda.is_available():
-        return False, "CUDA not available"
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 7:
-        return False, f"compute capability {major}.{minor} < 7.0 (triton needs Volta or newer)"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False, "triton is not installed"
-    return True, f"CUDA compute capability {major}.{minor} with triton"
-
-
-def auto_settings(device: str | torch.device, config: Any = None, cache_dir: str | os.PathLike | None = None,
+def auto_settings(device: str | torch.device, config: Config | None = None, cache_dir: str | os.PathLike | None = None,
                   volume_ids: Sequence[int] | None = None, memory_fraction: float = 0.5,
                   compile_mode: str | None = "auto") -> dict[str, Any]:
-    """tumorlib's default speed settings for a device, each with the reason it was chosen.
+    """tumorlib's default speed settings for a device (``speed.resolve_settings``), as a JSON-ready dict.
 
     Args:
         device: the training device (``"cpu"``, ``"cuda"``, ``torch.device``).
-        config: a ``Config`` (``amp``, ``num_workers``); None: the defaults (amp on, workers automatic).
+        config: a ``Config`` (``amp``, the GPU speed fields, ``num_workers``); None: the defaults.
         cache_dir: a finished cache; with it, ``gpu_resident`` says whether the training volumes fit on
             the device. None: ``gpu_resident`` is False.
         volume_ids: the volumes to hold (None: every cached volume).
         memory_fraction: share of the free device memory the resident data may take.
-        compile_mode: ``"auto"``: compile on CUDA with the default mode, not on the CPU; None or
-            ``"none"``: never; any other string: compile with that mode (on the CPU too).
+        compile_mode: ``"auto"``: the config's ``compile`` field; None or ``"none"``: never; any other
+            string: compile with that mode (on the CPU too).
 
     Returns:
         A dict with ``device``, ``amp_dtype`` (``"bfloat16"``, ``"float16"`` or None), ``grad_scaler``,
@@ -169,83 +83,39 @@ def auto_settings(device: str | torch.device, config: Any = None, cache_dir: str
         ``pin_memory``, ``non_blocking``, ``num_workers``, ``persistent_workers``, ``resident_bytes``
         (None without a cache), ``gpu_resident``, and ``reasons`` (a short text per choice).
     """
-    from tumorlib.data.dataset import default_num_workers
-
-    device = torch.device(device)
-    cuda = device.type == "cuda" and torch.cuda.is_available()
-    amp = True if config is None else bool(config.amp)
-    reasons: dict[str, str] = {}
-    if not amp:
-        amp_dtype, reasons["amp_dtype"] = None, "config.amp is off"
-    elif cuda and torch.cuda.is_bf16_supported():
-        amp_dtype, reasons["amp_dtype"] = "bfloat16", "bf16 supported: no GradScaler needed, same range as fp32"
-    elif cuda:
-        amp_dtype, reasons["amp_dtype"] = "float16", "no bf16 on this card: fp16 with a GradScaler"
-    else:
-        amp_dtype, reasons["amp_dtype"] = None, f"float32 on {device.type} (autocast pays off on CUDA only)"
+    config = config if config is not None else Config()
     if compile_mode is None or str(compile_mode).lower() == "none":
-        compile_, mode, reasons["compile"] = False, None, "turned off"
-    elif compile_mode == "auto":
-        compile_, reasons["compile"] = compile_available(device)
-        mode = "default" if compile_ else None
-    else:
-        compile_, mode, reasons["compile"] = True, str(compile_mode), f"mode {compile_mode} asked for"
-    workers = None if config is None else config.num_workers
-    workers = default_num_workers() if workers is None else int(workers)
-    resident_bytes = fits = None
-    if cache_dir is not None:
-        from tumorlib.data.gpu_patches import fits_on_device, resident_nbytes
-
-        resident_bytes = resident_nbytes(cache_dir, volume_ids)
-        fits = cuda and fits_on_device(resident_bytes, device, memory_fraction)
-    if not cuda:
-        reasons["gpu_resident"] = f"no GPU ({device.type}): patches from the DataLoader"
-    elif resident_bytes is None:
-        reasons["gpu_resident"] = "no cache given to size"
-    else:
-        reasons["gpu_resident"] = (f"{resident_bytes / 2**30:.2f} GiB {'fits' if fits else 'does not fit'} in "
-                                   f"{memory_fraction:.0%} of the free GPU memory")
+        config = config.replace(compile="off")
+    elif compile_mode != "auto":
+        config = config.replace(compile=str(compile_mode))
+    device = torch.device(device)
+    settings, facts = resolve_settings(config, device, cache_dir, volume_ids, memory_fraction)
+    cuda = device.type == "cuda" and torch.cuda.is_available()
     return {
         "device": str(device),
-        "amp_dtype": amp_dtype,
-        "grad_scaler": amp_dtype == "float16",
-        "compile": compile_,
-        "compile_mode": mode,
-        "cudnn_benchmark": cuda,
-        "channels_last": False,
-        "pin_memory": cuda,
+        "amp_dtype": settings.amp_dtype,
+        "grad_scaler": settings.grad_scaler,
+        "compile": settings.compile,
+        "compile_mode": settings.compile_mode,
+        "cudnn_benchmark": settings.cudnn_benchmark,
+        "channels_last": settings.channels_last,
+        "pin_memory": settings.pin_memory,
         "non_blocking": cuda,
-        "num_workers": workers,
-        "persistent_workers": workers > 0,
-        "resident_bytes": resident_bytes,
-        "gpu_resident": bool(fits),
-        "reasons": reasons,
+        "num_workers": facts["num_workers"],
+        "persistent_workers": facts["num_workers"] > 0,
+        "resident_bytes": facts["resident_bytes"],
+        "gpu_resident": settings.data == "device",
+        "reasons": facts["reasons"],
     }
 
 
-def seed_variant(device: str | torch.device, config: Any = None) -> Variant:
-    """The seed configuration: fp16 autocast + ``GradScaler``, eager, contiguous, unpinned DataLoader.
-
-    Args:
-        device: the training device; on the CPU the seed's CUDA autocast is a no-op, so float32.
-        config: a ``Config`` (``num_workers``); None: the platform default.
-    """
-    cuda = torch.device(device).type == "cuda"
-    return Variant("seed", amp_dtype="float16" if cuda else None, grad_scaler=cuda,
-                   num_workers=None if config is None else config.num_workers)
-
-
-def reference_variant(device: str | torch.device) -> Variant:
-    """Float32, eager, DataLoader: the reference of the loss check (tf32 stays as PyTorch sets it)."""
-    return Variant("float32")
-
-
-def default_variant(settings: dict[str, Any], **overrides: Any) -> Variant:
-    """The ``default`` variant from ``auto_settings`` output.
+def default_variant(settings: dict[str, Any], **overrides: Any) -> TrainSettings:
+    """The ``default`` settings from ``auto_settings`` output.
 
     Args:
         settings: from ``auto_settings``.
-        **overrides: ``Variant`` fields to change (e.g. ``data="device"`` to exercise the sampler on the CPU).
+        **overrides: ``TrainSettings`` fields to change (e.g. ``data="device"`` to exercise the sampler
+            on the CPU).
     """
     fields = dict(amp_dtype=settings["amp_dtype"], grad_scaler=settings["grad_scaler"], compile=settings["compile"],
                   compile_mode=settings["compile_mode"], channels_last=settings["channels_last"],
@@ -254,256 +124,19 @@ def default_variant(settings: dict[str, Any], **overrides: Any) -> Variant:
                   num_workers=settings["num_workers"], pin_memory=settings["pin_memory"])
     name = overrides.pop("name", "default")
     fields.update(overrides)
-    return Variant(name, **fields)
+    return TrainSettings(name, **fields)
 
 
-# --------------------------------------------------------------------------- the training step
-
-@contextlib.contextmanager
-def _backend_flags(variant: Variant) -> Iterator[None]:
-    old = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = old
-
-
-def _compile(model: nn.Module, variant: Variant) -> nn.Module:
-    mode = None if variant.compile_mode in (None, "default") else variant.compile_mode
-    return torch.compile(model, mode=mode, backend=variant.compile_backend)
-
-
-class TrainStep:
-    """One optimizer step of ``tumorlib.train`` (``forward_backward`` per micro-batch, ``optimizer_step``)
-    run the variant's way; falls back to eager when compilation fails on the first step.
-
-    Args:
-        config: a ``Config`` (model, loss, ``lr``, ``weight_decay``, ``grad_clip``).
-        variant: how to run it.
-        device: the device.
-        state_dict: initial weights (None: ``torch.manual_seed(config.seed)`` then a fresh model).
-
-    Attributes:
-        model: the plain model; ``net``: what is called (compiled or the model).
-        compile_error: the error text when compilation failed and the step fell back to eager, else None.
-    """
-
-    def __init__(self, config: Any, variant: Variant, device: str | torch.device,
-                 state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        from tumorlib.losses import loss_from_config
-        from tumorlib.model import model_from_config
-
-        self.config = config
-        self.variant = variant
-        self.device = torch.device(device)
-        torch.manual_seed(config.seed)
-        self.model = model_from_config(config).to(self.device)
-        if variant.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last_3d)
-        self.net: nn.Module = _compile(self.model, variant) if variant.compile else self.model
-        self.criterion = loss_from_config(config)
-        self.compile_error: str | None = None
-        self._tried = False
-        self.reset(state_dict)
-
-    def reset(self, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Load ``state_dict`` (when given) and start a fresh optimizer and ``GradScaler``."""
-        if state_dict is not None:
-            self.model.load_state_dict(state_dict)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
-                                           weight_decay=self.config.weight_decay)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.variant.grad_scaler)
-
-    def _run(self, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        from tumorlib.train import forward_backward, optimizer_step
-
-        total = torch.zeros((), device=self.device)
-        n = 0
-        for image, mask in micro_batches:
-            image = image.to(self.device, torch.float32, non_blocking=True)
-            mask = mask.to(self.device, torch.float32, non_blocking=True)
-            if self.variant.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last_3d)
-            loss = forward_backward(self.net, self.criterion, image, mask, self.variant.torch_amp_dtype,
-                                    self.scaler, 1.0 / len(micro_batches))
-            total += loss * image.shape[0]
-            n += image.shape[0]
-        optimizer_step(self.model, self.optimizer, self.scaler, None, self.config.grad_clip)
-        return total / max(n, 1)
-
-    def __call__(self, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """One optimizer step over ``micro_batches`` (image (B, 4, ...), mask (B, 3, ...)) of any dtype/device.
-
-        Returns:
-            The mean loss of the step's patches (scalar tensor on the device, detached).
-        """
-        if self._tried or self.net is self.model:
-            return self._run(micro_batches)
-        self._tried = True
-        try:
-            return self._run(micro_batches)
-        except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
-            self.compile_error = f"{type(err).__name__}: {err}".strip()[:800]
-            warnings.warn(f"torch.compile failed for variant {self.variant.name}; running eager instead "
-                          f"({self.compile_error.splitlines()[0]})", RuntimeWarning, stacklevel=2)
-            self.net = self.model
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.variant.grad_scaler)
-            return self._run(micro_batches)
-
-
-# --------------------------------------------------------------------------- measurements
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-def _process_max_rss_gib() -> float:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / 2**30 if sys.platform == "darwin" else kib / 2**20  # bytes on macOS, KiB on Linux
-
-
-def time_train_steps(step: TrainStep, next_micro_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-                     steps: int = 10, warmup: int = 3) -> dict[str, Any]:
-    """Patches per second of ``steps`` optimizer steps after ``warmup`` untimed ones.
-
-    Args:
-        step: the training step (its accumulation is ``step.config.accumulation_steps`` micro-batches).
-        next_micro_batch: returns the next (image (B, 4, ...), mask (B, 3, ...)).
-        steps: timed optimizer steps.
-        warmup: untimed steps first (compilation, cuDNN autotuning, DataLoader workers starting).
-
-    Returns:
-        ``{"patches_per_s", "seconds", "warmup_s", "peak_memory_gib"}``; the peak is the steady state after
-        warm-up (``torch.cuda.max_memory_allocated``; None on the CPU).
-    """
-    device = step.device
-    accumulation = step.config.accumulation_steps
-    with _backend_flags(step.variant):
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            step([next_micro_batch() for _ in range(accumulation)])
-        _sync(device)
-        warmup_s = time.perf_counter() - t0
-        _reset_peak(device)
-        patches = 0
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            micro = [next_micro_batch() for _ in range(accumulation)]
-            step(micro)
-            patches += sum(int(m[0].shape[0]) for m in micro)
-        _sync(device)
-        seconds = time.perf_counter() - t0
-    return {"patches_per_s": patches / seconds, "seconds": seconds, "warmup_s": warmup_s,
-            "peak_memory_gib": _peak_gib(device)}
-
-
-def time_inference(model: nn.Module, variant: Variant, config: Any, device: str | torch.device,
-                   volume_shape: Sequence[int] | None = None, repeats: int = 3) -> dict[str, Any]:
-    """Seconds for one whole volume through ``sliding_window_inference`` with Gaussian blending.
-
-    The volume is random (4, D, H, W) float32 already on the device; the output stays there. The model
-    runs in eval mode under the variant's autocast, compiled separately for inference when the variant
-    compiles (falling back to eager on failure).
-
-    Args:
-        model: the trained or fresh model (put back in train mode afterwards).
-        variant: autocast dtype and compile settings.
-        config: ``patch_size``, ``sw_overlap``, ``sw_batch_size``, ``synth_shape``.
-        device: the device.
-        volume_shape: (D, H, W); None: ``config.synth_shape`` (155x240x240 in ``full``).
-        repeats: timed volumes after one untimed warm-up volume (the median is reported).
-
-    Returns:
-        ``{"inference_s", "inference_peak_memory_gib", "volume_shape", "windows_per_volume",
-        "inference_compile_error"}``.
-    """
-    from tumorlib.inference import sliding_window_inference, window_starts
-
-    device = torch.device(device)
-    shape = tuple(int(s) for s in (volume_shape or config.synth_shape))
-    gen = torch.Generator().manual_seed(config.seed)
-    image = torch.randn(1, config.in_channels, *shape, generator=gen).to(device)
-    dtype = variant.torch_amp_dtype
-    net: nn.Module = _compile(model, variant) if variant.compile else model
-    error = None
-
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with ctx:
-            return net(x)
-
-    def run() -> torch.Tensor:
-        return sliding_window_inference(image, predictor, config.patch_size, overlap=config.sw_overlap,
-                                        blend="gaussian", batch_size=config.sw_batch_size)
-
-    was_training = model.training
-    model.eval()
-    times = []
-    try:
-        with _backend_flags(variant):
-            try:
-                run()
-            except Exception as err:  # noqa: BLE001 - compiler failure: eager
-                if net is model:
-                    raise
-                error = f"{type(err).__name__}: {err}".strip()[:800]
-                net = model
-                run()
-            _sync(device)
-            _reset_peak(device)
-            for _ in range(max(1, repeats)):
-                t0 = time.perf_counter()
-                run()
-                _sync(device)
-                times.append(time.perf_counter() - t0)
-    finally:
-        model.train(was_training)
-    padded = [max(s, p) for s, p in zip(shape, config.patch_size)]
-    windows = 1
-    for s, p in zip(padded, config.patch_size):
-        windows *= len(window_starts(s, p, config.sw_overlap))
-    return {"inference_s": float(statistics.median(times)), "inference_peak_memory_gib": _peak_gib(device),
-            "volume_shape": list(shape), "windows_per_volume": windows, "inference_compile_error": error}
-
-
-def _dataset_batches(config: Any, cache_dir: Any, volume_ids: Sequence[int], n_micro: int,
-                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``n_micro`` micro-batches of epoch 0 (index order), on the CPU."""
-    from tumorlib.data.dataset import BraTS3DDataset
-
-    b = config.batch_size
-    ds = BraTS3DDataset(cache_dir, volume_ids, patch_size=config.patch_size, tumor_prob=config.tumor_prob,
-                        ram_cache_bytes=config.ram_cache_bytes, augment=config.augment, seed=config.seed,
-                        samples_per_epoch=n_micro * b)
-    out = []
-    for k in range(n_micro):
-        items = [ds[(0, k * b + j)] for j in range(b)]
-        out.append((torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])))
-    return out
-
-
-def compare_losses(config: Any, steps_by_name: dict[str, TrainStep], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+def compare_losses(config: Config, steps_by_name: dict[str, Trainer], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                    n_steps: int, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Train each variant from the same weights on the same batches and compare the losses step by step.
 
     Args:
         config: the config (``accumulation_steps``).
-        steps_by_name: ``{name: TrainStep}``; each is reset to ``state_dict`` first. Every later name is
+        steps_by_name: ``{name: Trainer}``; each is reset to ``state_dict`` first. Every later name is
             compared with every earlier one: ``b_vs_a``, the relative difference taken against ``a``
-            (e.g. ``{"float32", "seed", "default"}`` gives ``seed_vs_float32``, ``default_vs_float32``,
-            ``default_vs_seed``).
+            (e.g. ``{"float32", "reference", "default"}`` gives ``reference_vs_float32``,
+            ``default_vs_float32``, ``default_vs_reference``).
         batches: at least ``n_steps * accumulation_steps`` micro-batches (image, mask) on any device.
         n_steps: optimizer steps compared.
         state_dict: the common initial weights.
@@ -521,7 +154,7 @@ def compare_losses(config: Any, steps_by_name: dict[str, TrainStep], batches: Se
     for name, step in steps_by_name.items():
         step.reset(state_dict)
         losses[name], skipped[name] = [], 0
-        with _backend_flags(step.variant):
+        with step.backend_flags():
             for s in range(n_steps):
                 before = step.scaler.get_scale() if step.scaler.is_enabled() else None
                 losses[name].append(float(step(batches[s * acc:(s + 1) * acc]).item()))
@@ -537,45 +170,13 @@ def compare_losses(config: Any, steps_by_name: dict[str, TrainStep], batches: Se
     return {"steps": n_steps, "losses": losses, "skipped_steps": skipped, "pairs": pairs}
 
 
-def _end_to_end_source(config: Any, variant: Variant, cache_dir: Any, volume_ids: Sequence[int], n_samples: int,
-                       device: torch.device, progress: bool) -> tuple[Callable[[], Any], dict[str, Any], Callable[[], None]]:
-    """``(next_micro_batch, info, close)`` for the variant's data path over one epoch of ``n_samples``."""
-    b = config.batch_size
-    if variant.data == "device":
-        from tumorlib.data.gpu_patches import DevicePatchSampler
-
-        t0 = time.perf_counter()
-        sampler = DevicePatchSampler(cache_dir, volume_ids, patch_size=config.patch_size,
-                                     tumor_prob=config.tumor_prob, augment=config.augment, seed=config.seed,
-                                     samples_per_epoch=n_samples, device=device, progress=progress)
-        _sync(device)
-        info = {"resident_load_s": time.perf_counter() - t0, "resident_gib": sampler.nbytes / 2**30}
-        batches = iter(sampler.loader(b, shuffle=True, sampler_seed=config.seed))
-        return (lambda: next(batches)), info, (lambda: None)
-    from tumorlib.data.dataset import BraTS3DDataset, make_loader
-
-    ds = BraTS3DDataset(cache_dir, volume_ids, patch_size=config.patch_size, tumor_prob=config.tumor_prob,
-                        ram_cache_bytes=config.ram_cache_bytes, augment=config.augment, seed=config.seed,
-                        samples_per_epoch=n_samples)
-    loader = make_loader(ds, config, shuffle=True, batch_size=b, num_workers=variant.num_workers,
-                         pin_memory=variant.pin_memory and device.type == "cuda")
-    batches = iter(loader)
-
-    def close() -> None:
-        nonlocal batches
-        batches = None  # shuts down the workers
-
-    return (lambda: next(batches)), {"resident_load_s": None, "resident_gib": None,
-                                     "num_workers": loader.num_workers}, close
-
-
-def benchmark_throughput(config: Any, cache_dir: str | os.PathLike | None = None,
+def benchmark_throughput(config: Config, cache_dir: str | os.PathLike | None = None,
                          device: str | torch.device | None = None, steps: int = 10, warmup: int = 3,
                          loss_steps: int = 5, compile_mode: str | None = "auto",
-                         variants: Sequence[Variant] | None = None, inference: bool = True,
+                         variants: Sequence[TrainSettings] | None = None, inference: bool = True,
                          inference_repeats: int = 3, volume_shape: Sequence[int] | None = None,
                          progress: bool = False) -> dict[str, Any]:
-    """The issue-7 benchmark: seed against default, model step alone and end to end, inference, loss check.
+    """Reference against default: model step alone and end to end, inference, loss check.
 
     Args:
         config: a ``Config`` (model, patch, batch, accumulation, loss, sliding-window settings).
@@ -586,7 +187,7 @@ def benchmark_throughput(config: Any, cache_dir: str | os.PathLike | None = None
         warmup: untimed optimizer steps first.
         loss_steps: optimizer steps of the loss check (0 skips it).
         compile_mode: for the default variant, see ``auto_settings``.
-        variants: ``(seed, default)`` to measure instead of ``seed_variant`` and ``default_variant``
+        variants: ``(reference, default)`` to measure instead of ``reference_settings`` and ``default_variant``
             (the first is the baseline of the ratios, the last the candidate).
         inference: time full-volume inference per variant.
         inference_repeats: timed volumes per variant.
@@ -604,19 +205,16 @@ def benchmark_throughput(config: Any, cache_dir: str | os.PathLike | None = None
         ``compare_losses``), ``peak_memory_source``, ``process_max_rss_gib``, ``targets`` and
         ``targets_met`` (None off CUDA or outside the ``full`` preset).
     """
-    from tumorlib.data.cache import cached_volume_ids
-    from tumorlib.data.splits import split_volumes
+    from tumorlib.data.resolve import resolve_cache, run_splits
     from tumorlib.distributed import select_device
     from tumorlib.model import model_from_config
-    from tumorlib.train import prepare_cache
 
     device = select_device(device)
-    cache = prepare_cache(config, cache_dir=cache_dir, progress=progress)
-    train_ids = split_volumes(cached_volume_ids(cache), config.val_fraction, config.test_fraction,
-                              config.split_seed)[0]
+    cache = resolve_cache(config, cache_dir=cache_dir, progress=progress)
+    train_ids = run_splits(config, cache)["train"]
     settings = auto_settings(device, config, cache, train_ids, compile_mode=compile_mode)
     if variants is None:
-        variants = [seed_variant(device, config), default_variant(settings)]
+        variants = [reference_settings(device, config), default_variant(settings)]
     variants = list(variants)
     if len({v.name for v in variants}) != len(variants):
         raise ValueError(f"variant names must differ: {[v.name for v in variants]}")
@@ -628,14 +226,14 @@ def benchmark_throughput(config: Any, cache_dir: str | os.PathLike | None = None
 
     torch.manual_seed(config.seed)
     init = {k: v.detach().clone() for k, v in model_from_config(config).state_dict().items()}
-    runners: dict[str, TrainStep] = {}
+    runners: dict[str, Trainer] = {}
     rows: dict[str, dict[str, Any]] = {}
     for variant in variants:
-        step = TrainStep(config, variant, device, init)
+        step = Trainer(config, variant, device, init)
         runners[variant.name] = step
         alone = time_train_steps(step, lambda: (image, mask), steps, warmup)
         step.reset(init)
-        source, info, close = _end_to_end_source(config, variant, cache, train_ids, n_samples, device, progress)
+        source, info, close = end_to_end_source(config, variant, cache, train_ids, n_samples, device, progress)
         try:
             e2e = time_train_steps(step, source, steps, warmup)
         finally:
@@ -653,10 +251,10 @@ def benchmark_throughput(config: Any, cache_dir: str | os.PathLike | None = None
     loss_check = None
     if loss_steps > 0:
         batches = _dataset_batches(config, cache, train_ids, loss_steps * acc)
-        checked: dict[str, TrainStep] = {}
-        ref = reference_variant(device)
+        checked: dict[str, Trainer] = {}
+        ref = float32_settings()
         if not any(v.amp_dtype is None and not v.compile for v in variants) and ref.name not in runners:
-            checked[ref.name] = TrainStep(config, ref, device, init)
+            checked[ref.name] = Trainer(config, ref, device, init)
         checked.update(runners)
         loss_check = compare_losses(config, checked, batches, loss_steps, init)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["find_notebooks", "run_notebooks"]
 
@@ -21,6 +23,19 @@ def find_notebooks(notebook_dir: str | os.PathLike) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
     return found
+
+
+def _kernel_manager(kernel_name: str, folder: Path) -> Any:
+    """A kernel manager over local IPC sockets in ``folder`` (POSIX), None elsewhere (nbclient's TCP default).
+
+    Over IPC the kernel does not warn "Kernel is running over TCP without encryption", and nothing
+    listens on a network port.
+    """
+    if os.name != "posix":
+        return None
+    from jupyter_client import KernelManager
+
+    return KernelManager(kernel_name=kernel_name, transport="ipc", connection_file=str(folder / "kernel.json"))
 
 
 def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, timeout: int = 1800,
@@ -55,7 +70,8 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
     written = []
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        sockets = Path(tempfile.mkdtemp(prefix="tumorlib-kernel-"))  # short: socket paths are limited
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", km=_kernel_manager("python3", sockets),
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
         start = time.perf_counter()
         target = out_dir / path.name
@@ -63,6 +79,7 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
             client.execute()
         finally:
             nbformat.write(nb, target)
+            shutil.rmtree(sockets, ignore_errors=True)
         written.append(target)
         if not quiet:
             print(f"{path.name}: {time.perf_counter() - start:.0f} s -> {target}", flush=True)

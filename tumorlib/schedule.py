@@ -1,6 +1,6 @@
 """Learning-rate schedule: linear warmup, then cosine decay to ``lr * min_lr_ratio``, per optimizer step.
 
-The seed warms up for 5 epochs: with a batch of 2-4 patches and randomly initialised InstanceNorm
+The reference design warms up for 5 epochs: with a batch of 2-4 patches and randomly initialised InstanceNorm
 statistics, the first updates at the full learning rate are large and noisy, and a short ramp keeps them
 from knocking the network into a poor region. After the warmup the rate follows half a cosine to 1 % of
 its peak, so the last epochs fine-tune with small steps.

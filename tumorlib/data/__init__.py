@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tumorlib.data.cache import (
     CacheError,
     brain_mask,
@@ -29,13 +31,6 @@ from tumorlib.data.kaggle import (
     list_volumes,
     load_metadata,
     load_volume,
-)
-from tumorlib.data.nifti import (
-    build_nifti_cache,
-    list_nifti_cases,
-    load_nifti_case,
-    nifti_spacing,
-    save_segmentation_nifti,
 )
 from tumorlib.data.splits import split_volumes
 from tumorlib.data.synthetic import KAGGLE_SUBDIR, make_phantom, make_synthetic, write_kaggle_volume
@@ -78,3 +73,13 @@ __all__ = [
     "split_volumes",
     "uncrop",
 ]
+
+_NIFTI = {"build_nifti_cache", "list_nifti_cases", "load_nifti_case", "nifti_spacing", "save_segmentation_nifti"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NIFTI:  # imported on first use: nibabel is needed for NIfTI only
+        from tumorlib.data import nifti
+
+        return getattr(nifti, name)
+    raise AttributeError(f"module 'tumorlib.data' has no attribute {name!r}")

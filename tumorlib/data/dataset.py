@@ -18,13 +18,17 @@ import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .cache import _single_thread_torch, load_cache_index, load_cached_volume
+from .cache import load_cache_index, load_cached_volume
+from .cache.preprocess import _single_thread_torch
+
+if TYPE_CHECKING:
+    from tumorlib.config import Config
 
 __all__ = ["BraTS3DDataset", "EpochSampler", "PatchPlan", "default_num_workers", "make_loader"]
 
@@ -330,7 +334,7 @@ def default_num_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
-def make_loader(dataset: Dataset, config: Any, shuffle: bool = False, batch_size: int | None = None,
+def make_loader(dataset: Dataset, config: Config, shuffle: bool = False, batch_size: int | None = None,
                 rank: int = 0, world_size: int = 1, drop_last: bool = False,
                 num_workers: int | None = None, pin_memory: bool | None = None) -> DataLoader:
     """A DataLoader with the preset's settings and an ``EpochSampler``.

@@ -27,7 +27,7 @@ def volume_stats(root: str | os.PathLike, volume_ids: Sequence[int] | None = Non
         Columns volume, slices, height, width, brain_voxels, tumour_slices, and per class
         (necrosis, edema, enhancing) the fraction of brain voxels.
     """
-    from tqdm.auto import tqdm
+    from tumorlib.progress import tqdm
 
     ids = list_volumes(root) if volume_ids is None else list(volume_ids)
     rows = []

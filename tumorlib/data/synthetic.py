@@ -216,7 +216,7 @@ def make_synthetic(out_dir: str | os.PathLike, n_volumes: int, shape: tuple[int,
     """
     if n_volumes < 1:
         raise ValueError(f"n_volumes must be >= 1, got {n_volumes}")
-    from tqdm.auto import tqdm
+    from tumorlib.progress import tqdm
 
     data_dir = Path(out_dir) / KAGGLE_SUBDIR
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -29,13 +29,12 @@ from tumorlib.viz.figures import (
     class_fractions,
     plot_class_fractions,
     plot_intensity_histograms,
-    plot_predictions,
     plot_sample_slice,
     plot_three_views,
-    plot_training_curves,
     tumor_slice,
 )
 from tumorlib.viz.render import center_of_mass, render_plane
+from tumorlib.viz.results import plot_metric_boxes, plot_predictions, plot_training_curves
 
 __all__ = [
     "CLASS_COLORS",
@@ -54,6 +53,7 @@ __all__ = [
     "error_map",
     "plot_class_fractions",
     "plot_intensity_histograms",
+    "plot_metric_boxes",
     "plot_predictions",
     "plot_sample_slice",
     "plot_three_views",

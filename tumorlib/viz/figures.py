@@ -1,5 +1,5 @@
-"""Static matplotlib figures for the notebooks: sample slice, class fractions, intensity histograms,
-three views, predictions on patches, training curves.
+"""Static matplotlib figures of the data for the notebooks: sample slice, class fractions, intensity
+histograms, three views (figures of results are in ``tumorlib.viz.results``).
 
 Every function returns a ``matplotlib.figure.Figure`` created without pyplot, so nothing accumulates in
 pyplot's figure list and nothing opens a window: in a notebook, show it as the last expression of a cell
@@ -16,7 +16,6 @@ import numpy as np
 
 from tumorlib.viz.colors import (
     CLASS_COLORS,
-    CLASS_KEYS,
     CLASS_NAMES,
     MODALITIES,
     add_class_legend,
@@ -38,10 +37,8 @@ __all__ = [
     "modality_index",
     "plot_class_fractions",
     "plot_intensity_histograms",
-    "plot_predictions",
     "plot_sample_slice",
     "plot_three_views",
-    "plot_training_curves",
     "tumor_slice",
 ]
 
@@ -221,7 +218,7 @@ def plot_class_fractions(
             necrosis / ncr / net, edema / ed, enhancing / et (e.g. ``necrosis``, ``frac_ed``,
             ``et_fraction``). A single row gives plain bars.
         title: axes title, or None.
-        reference: optional ``{class name: fraction}`` drawn as black ticks (e.g. the seed's quoted
+        reference: optional ``{class name: fraction}`` drawn as black ticks (e.g. the reference design's quoted
             ``{"necrosis": 0.03, "edema": 0.15, "enhancing": 0.01}``).
         percent: values are fractions (0..1) to show as percent (True) or already percent (False);
             default: fractions when no value exceeds 1.
@@ -457,164 +454,4 @@ def plot_three_views(
     fig.suptitle(title if title is not None else f"{MODALITIES[m]} at (z, y, x) = {pos}")
     if gt_l is not None or pred_l is not None:
         add_class_legend(fig, errors=errors)
-    return fig
-
-
-def _dice(pred: np.ndarray, target: np.ndarray) -> float:
-    inter = np.count_nonzero(pred & target)
-    total = np.count_nonzero(pred) + np.count_nonzero(target)
-    return 1.0 if total == 0 else 2.0 * inter / total
-
-
-def plot_predictions(
-    images: Any,
-    gts: Any,
-    preds: Any,
-    slice_index: int | Sequence[int] | None = None,
-    modality: str | int = "flair",
-    max_rows: int = 4,
-    opacity: float = 0.5,
-    titles: Sequence[str] | None = None,
-    title: str | None = "Ground truth vs prediction",
-) -> Any:
-    """The seed's prediction figure: per patch, the image, ground truth, prediction and errors at one slice.
-
-    Args:
-        images: ``(N, 4, d, h, w)`` patches (array, tensor or sequence of ``(4, d, h, w)``).
-        gts: ``(N, 3, d, h, w)`` ground-truth class channels (or ``(N, d, h, w)`` label maps).
-        preds: ``(N, 3, d, h, w)`` predictions: binary, or sigmoid probabilities (thresholded at 0.5); not
-            logits.
-        slice_index: axial slice per patch (one int for all, or one per patch); default per patch: the slice
-            with the most ground-truth tumour (or predicted tumour when the ground truth is empty).
-        modality: the grey image (name or channel index).
-        max_rows: at most this many patches are drawn (the first ones).
-        opacity: overlay opacity 0..1.
-        titles: row label per patch (e.g. ``"volume 12"``).
-        title: figure title, or None.
-
-    Returns:
-        ``matplotlib.figure.Figure`` with one row per patch and columns image, ground truth, prediction
-        (with per-class Dice of the whole patch in its title), errors.
-
-    Raises:
-        ValueError: for mismatched counts or shapes, or no patches.
-    """
-    ims = [_check_image(im, f"image {i}") for i, im in enumerate(images)]
-    gl = [to_label_map(g, spatial_ndim=3) for g in gts]
-    pl = [to_label_map(p, spatial_ndim=3) for p in preds]
-    if not ims:
-        raise ValueError("no patches given")
-    if not len(ims) == len(gl) == len(pl):
-        raise ValueError(f"{len(ims)} images, {len(gl)} ground truths, {len(pl)} predictions: counts differ")
-    n = min(len(ims), max(1, int(max_rows)))
-    m = modality_index(modality)
-    fig = _figure((12.0, 3.1 * n + 0.8))
-    axes = fig.subplots(n, 4, squeeze=False)
-    for i in range(n):
-        im, g, p = ims[i], gl[i], pl[i]
-        if g.shape != im.shape[1:] or p.shape != im.shape[1:]:
-            raise ValueError(f"patch {i}: image {im.shape[1:]}, ground truth {g.shape}, prediction {p.shape} differ")
-        if slice_index is None:
-            z = tumor_slice(g if g.any() else p, im)
-        elif isinstance(slice_index, (int, np.integer)):
-            z = int(slice_index)
-        else:
-            z = int(slice_index[i])
-        if not 0 <= z < im.shape[1]:
-            raise ValueError(f"patch {i}: slice {z} outside 0..{im.shape[1] - 1}")
-        gray = to_uint8(im[m, z], intensity_window(im[m]), brain_mask(im[:, z]))
-        dices = [_dice(p == k + 1, g == k + 1) for k in range(len(CLASS_NAMES))]
-        panels = [
-            (render_plane(gray), f"{MODALITIES[m]} (z={z})"),
-            (render_plane(gray, g[z], None, "ground truth", opacity), "ground truth"),
-            (render_plane(gray, None, p[z], "prediction", opacity),
-             "prediction, Dice " + "/".join(f"{d:.2f}" for d in dices)),
-            (render_plane(gray, g[z], p[z], "errors", max(opacity, 0.7)), "errors"),
-        ]
-        for c, (rgb, name) in enumerate(panels):
-            ax = axes[i, c]
-            ax.imshow(rgb, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(name, fontsize=9)
-        if titles is not None and i < len(titles):
-            axes[i, 0].set_ylabel(titles[i])
-    if title:
-        fig.suptitle(title + " (Dice: " + "/".join(CLASS_KEYS) + ")")
-    add_class_legend(fig, errors=True)
-    return fig
-
-
-def plot_training_curves(history_df: Any, path: Any | None = None, title: str | None = "Training history") -> Any:
-    """Loss, mean validation Dice and per-class validation Dice against epoch, with the learning rate.
-
-    Args:
-        history_df: ``pandas.DataFrame`` (or a path to ``history.csv``) with column ``epoch`` and any of
-            ``train_loss``, ``val_loss``, ``lr``, ``val_dice_mean``, ``val_dice_ncr``, ``val_dice_ed``,
-            ``val_dice_et``; missing columns and NaN rows (epochs without validation) are skipped.
-        path: optional file to save the figure to (format from the suffix, 120 dpi).
-        title: figure title, or None.
-
-    Returns:
-        ``matplotlib.figure.Figure`` with three panels: loss (with lr on a second axis), mean Dice,
-        per-class Dice in the class colours.
-
-    Raises:
-        ValueError: if there is no ``epoch`` column or no rows.
-    """
-    import pandas as pd
-
-    df = pd.read_csv(history_df) if isinstance(history_df, (str, bytes)) or hasattr(history_df, "__fspath__") else history_df
-    if not isinstance(df, pd.DataFrame):
-        df = pd.DataFrame(df)
-    if "epoch" not in df.columns:
-        raise ValueError(f"history has no 'epoch' column; columns are {list(df.columns)}")
-    if len(df) == 0:
-        raise ValueError("history has no rows")
-    epoch = df["epoch"].to_numpy(dtype=float)
-
-    def series(ax: Any, col: str, **kw: Any) -> bool:
-        if col not in df.columns:
-            return False
-        v = df[col].to_numpy(dtype=float)
-        ok = np.isfinite(v)
-        if not ok.any():
-            return False
-        ax.plot(epoch[ok], v[ok], marker="o" if ok.sum() <= 30 else None, markersize=3, **kw)
-        return True
-
-    fig = _figure((13.0, 3.6))
-    ax_loss, ax_mean, ax_cls = fig.subplots(1, 3)
-    series(ax_loss, "train_loss", label="train", color="C0")
-    series(ax_loss, "val_loss", label="validation", color="C1")
-    ax_loss.set_title("loss")
-    ax_loss.set_ylabel("loss")
-    if "lr" in df.columns and np.isfinite(df["lr"].to_numpy(dtype=float)).any():
-        ax_lr = ax_loss.twinx()
-        series(ax_lr, "lr", color="0.5", linestyle="--", label="lr")
-        ax_lr.set_ylabel("learning rate", color="0.4")
-        ax_lr.tick_params(axis="y", colors="0.4")
-        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-        h1, l1 = ax_loss.get_legend_handles_labels()
-        h2, l2 = ax_lr.get_legend_handles_labels()
-        ax_loss.legend(h1 + h2, l1 + l2, frameon=False, fontsize=8)
-    elif ax_loss.get_legend_handles_labels()[0]:
-        ax_loss.legend(frameon=False, fontsize=8)
-    series(ax_mean, "val_dice_mean", color="k", label="mean")
-    ax_mean.set_title("validation Dice (mean of classes)")
-    for k, name in enumerate(CLASS_NAMES):
-        series(ax_cls, f"val_dice_{CLASS_KEYS[k]}", color=_rgb01(CLASS_COLORS[k]), label=name, linewidth=2)
-    ax_cls.set_title("validation Dice per class")
-    if ax_cls.get_legend_handles_labels()[0]:
-        ax_cls.legend(frameon=False, fontsize=8)
-    for ax in (ax_mean, ax_cls):
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("Dice")
-    for ax in (ax_loss, ax_mean, ax_cls):
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        fig.savefig(path, dpi=120)
     return fig

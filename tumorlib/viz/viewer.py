@@ -12,9 +12,8 @@ to square pixels of the smallest spacing before encoding, so the PNG itself has 
 
 from __future__ import annotations
 
-import struct
+import io
 import time
-import zlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -39,7 +38,7 @@ from tumorlib.viz.render import (
     to_uint8,
 )
 
-__all__ = ["OVERLAYS", "ThreePlaneViewer", "benchmark_viewer", "encode_png"]
+__all__ = ["OVERLAYS", "ThreePlaneViewer", "benchmark_viewer"]
 
 #: Overlay choices: (label shown in the dropdown, value).
 OVERLAYS: tuple[tuple[str, str], ...] = (
@@ -57,36 +56,13 @@ _VIEWER_CSS = """<style>
 </style>"""
 
 
-def encode_png(rgb: np.ndarray, compress_level: int = 1) -> bytes:
-    """Encode an RGB image as PNG bytes, fast and lossless.
+def _png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an (h, w, 3) uint8 image (Pillow, fast zlib level, lossless)."""
+    from PIL import Image
 
-    A minimal writer (one IDAT chunk, no per-row filter, zlib at ``compress_level``): about twice as fast
-    as Pillow's adaptive-filter encoder on MRI slices, at a similar size.
-
-    Args:
-        rgb: ``(h, w, 3)`` uint8.
-        compress_level: zlib level 0..9.
-
-    Returns:
-        PNG file bytes (8-bit RGB, readable by any PNG decoder).
-
-    Raises:
-        ValueError: if ``rgb`` is not ``(h, w, 3)`` uint8.
-    """
-    arr = np.asarray(rgb)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"encode_png needs an (h, w, 3) uint8 image, got {arr.shape} {arr.dtype}")
-    h, w, _ = arr.shape
-    raw = np.empty((h, w * 3 + 1), dtype=np.uint8)
-    raw[:, 0] = 0  # filter type "none" for every row
-    raw[:, 1:] = arr.reshape(h, w * 3)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, colour type 2 (RGB)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(raw.tobytes(), compress_level)) + chunk(b"IEND", b""))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def _nearest_index(n: int, out_n: int) -> np.ndarray:
@@ -382,7 +358,7 @@ class ThreePlaneViewer:
             previous = self.rendered.get(plane)
             if previous is None or previous.shape != rgb.shape or not np.array_equal(previous, rgb):
                 self.rendered[plane] = rgb
-                self.images[plane].value = encode_png(rgb)
+                self.images[plane].value = _png(rgb)
         self._update_text()
         self.redraw_count += 1
         self.last_redraw_ms = (time.perf_counter() - start) * 1000.0
@@ -428,22 +404,11 @@ class ThreePlaneViewer:
 
 
 def _benchmark_volume(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A quick brain-like volume (ellipsoid with noise) with a spherical tumour and a shifted prediction."""
-    rng = np.random.default_rng(seed)
-    D, H, W = shape
-    zz, yy, xx = np.ogrid[:D, :H, :W]
-    brain = ((zz - D / 2) / (0.45 * D)) ** 2 + ((yy - H / 2) / (0.42 * H)) ** 2 + ((xx - W / 2) / (0.38 * W)) ** 2 < 1
-    image = np.empty((4,) + shape, dtype=np.float32)
-    for c in range(4):
-        image[c] = brain * (100.0 * (c + 1) + rng.normal(0, 10, size=shape).astype(np.float32))
-    r = np.sqrt((zz - 0.55 * D) ** 2 + (yy - 0.45 * H) ** 2 + (xx - 0.6 * W) ** 2)
-    R = 0.12 * min(H, W)
-    gt = np.zeros(shape, dtype=np.uint8)
-    gt[r < R] = 2
-    gt[r < 0.6 * R] = 3
-    gt[r < 0.35 * R] = 1
-    pred = np.roll(gt, 3, axis=2)
-    return image, gt, pred
+    """A phantom of the embedded dataset, its ground truth and a prediction shifted by 3 voxels."""
+    from tumorlib.data.synthetic import make_phantom
+
+    image, mask = make_phantom(shape, seed=seed)
+    return image, mask, np.roll(mask, 3, axis=-1)
 
 
 def benchmark_viewer(

@@ -1,0 +1,290 @@
+"""Building a cache: the streamed writer and the parallel, resumable build from any volume reader.
+
+The source of each volume is a plain callable ``reader(volume_id) -> (image, mask)``, so any format
+(Kaggle HDF5 slices, NIfTI cases) is cached by the same code (``build_cache_from_reader``). Every file is
+written to a temporary name and renamed, so a build killed at any point and run again skips the
+finished volumes, redoes the interrupted one and ends byte-identical to an uninterrupted build.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .preprocess import _cast_into, _Plan, _resample_and_plan, _single_thread_torch, _slabs, _zscore_slabs
+from .store import (
+    CACHE_VERSION,
+    FORMAT_NAME,
+    INDEX_NAME,
+    CacheError,
+    _atomic_write,
+    _check_settings,
+    _dump_entry,
+    _dump_index,
+    _image_name,
+    _mask_name,
+    _meta_name,
+    _read_entry,
+    _settings,
+    load_cache_index,
+)
+
+if TYPE_CHECKING:
+    from tumorlib.config import Config, Workspace
+
+__all__ = ["Fingerprint", "Reader", "build_cache", "build_cache_from_reader", "ensure_cache"]
+
+Reader = Callable[[int], tuple[np.ndarray, np.ndarray]]
+Fingerprint = Callable[[int], str]
+
+
+@contextlib.contextmanager
+def _build_lock(cache_dir: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``cache_dir/.lock`` (POSIX; a no-op elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, builds into one folder must not overlap
+        yield
+        return
+    with open(cache_dir / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _compute_one(reader: Reader, volume_id: int, cache_hw: int | None, margin: int, source: str,
+                 fingerprint: str | None) -> _Plan:
+    """Read and plan one volume (crop, moments, index entry); the z-scoring happens while writing."""
+    image, mask = reader(volume_id)
+    plan = _resample_and_plan(image, mask, cache_hw, margin, volume_id)
+    plan.entry = {"volume": int(volume_id), "source": source, "fingerprint": fingerprint, "cache_hw": cache_hw,
+                  "margin": int(margin), "image_file": _image_name(volume_id), "mask_file": _mask_name(volume_id),
+                  **plan.entry}
+    return plan
+
+
+def _stream_image(f: Any, plan: _Plan) -> None:
+    """Write the z-scored float16 image as ``.npy`` slab by slab (same bytes as ``np.save`` of
+    ``prepare_volume``'s image, without holding the whole float16 volume in memory)."""
+    shape = (plan.image.shape[0],) + tuple(plan.entry["shape"])
+    np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": shape})
+    out = None
+    with _single_thread_torch():
+        for _, _, w in _zscore_slabs(plan.image, plan.brain, plan.mean, plan.std, background_zero=True):
+            if out is None or out.shape[0] < w.shape[0]:
+                out = np.empty(w.shape, np.float16)
+            o = out[: w.shape[0]]
+            _cast_into(o, w)
+            f.write(memoryview(o).cast("B"))
+
+
+def _stream_mask(f: Any, plan: _Plan) -> None:
+    """Write the cropped uint8 mask as ``.npy`` slab by slab (same bytes as ``np.save``)."""
+    m = plan.mask
+    np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": m.shape})
+    slabs = _slabs(m.shape[1:])
+    buf = np.empty(((slabs[0].stop - slabs[0].start) if slabs else 0,) + m.shape[2:], np.uint8)
+    for k in range(m.shape[0]):
+        for sl in slabs:
+            b = buf[: sl.stop - sl.start]
+            np.copyto(b, m[k, sl], casting="unsafe")
+            f.write(memoryview(b).cast("B"))
+
+
+def _write_one(cache: Path, plan: _Plan) -> dict[str, Any]:
+    """Write a planned volume: image, mask, then the meta file that marks it finished."""
+    volume_id = plan.entry["volume"]
+    _atomic_write(cache / _image_name(volume_id), lambda f: _stream_image(f, plan))
+    _atomic_write(cache / _mask_name(volume_id), lambda f: _stream_mask(f, plan))
+    text = _dump_entry(plan.entry) + "\n"
+    _atomic_write(cache / _meta_name(volume_id), lambda f: f.write(text), mode="w")
+    return plan.entry
+
+
+def _cache_one(reader: Reader, volume_id: int, cache_dir: str, cache_hw: int | None, margin: int,
+               source: str, fingerprint: str | None) -> dict[str, Any]:
+    """Read, prepare and write one volume; returns its index entry. Runs in a worker process."""
+    return _write_one(Path(cache_dir), _compute_one(reader, volume_id, cache_hw, margin, source, fingerprint))
+
+
+# --------------------------------------------------------------------------- build
+
+def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir: str | os.PathLike, *,
+                            source: str, fingerprint: Fingerprint | None = None, reader_name: str = "custom",
+                            workers: int = 2, cache_hw: int | None = None, margin: int = 4,
+                            progress: bool = True) -> Path:
+    """Cache volumes from any source given as ``reader(volume_id) -> (image, mask)``.
+
+    Finished volumes (all three files present, same fingerprint) are skipped, so an interrupted
+    build is resumed by running it again. Volumes already in the index and not asked for stay in it.
+
+    Args:
+        reader: returns image (4, D, H, W) float and mask (3, D, H, W) uint8 for a volume id;
+            must be picklable when ``workers > 1`` (a module-level function or a ``functools.partial``).
+        volume_ids: the volumes to cache.
+        cache_dir: output folder (created).
+        source: the data folder, recorded in the index; a cache of another folder is refused.
+        fingerprint: ``fingerprint(volume_id) -> str`` identifying the source content cheaply;
+            finished volumes whose fingerprint changed are refused. None records no fingerprint.
+        reader_name: recorded in the index (``kaggle``, ``nifti``, ...).
+        workers: processes working on volumes in parallel (1: in this process).
+        cache_hw: largest in-plane size (zoom down when the data is bigger); None: native.
+        margin: voxels kept around the brain's bounding box.
+        progress: show a tqdm bar.
+
+    Returns:
+        The cache folder.
+
+    Raises:
+        CacheError: the folder holds a cache of other data, other settings or another version.
+        Exception: whatever the reader raises for bad input, unchanged.
+    """
+    from tumorlib.progress import tqdm
+
+    cache = Path(cache_dir).expanduser().resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    ids = sorted(int(v) for v in volume_ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"build_cache: duplicate volume ids in {ids}")
+    settings = _settings(cache_hw, margin, reader_name)
+    with _build_lock(cache):
+        for tmp in cache.glob(".*.tmp*"):  # leftovers of a killed build (we hold the lock)
+            tmp.unlink()
+        index_path = cache / INDEX_NAME
+        kept: dict[int, dict[str, Any]] = {}  # volumes already indexed and not asked for: stay
+        if index_path.is_file():
+            header = load_cache_index(cache)
+            _check_settings(cache, header, settings)
+            if header.get("source") != source:
+                raise CacheError(f"cache {cache} was built from {header.get('source')}, not {source}; "
+                                 "delete it or choose another cache folder")
+            kept = {int(k): e for k, e in header["volumes"].items() if int(k) not in set(ids)}
+        todo: list[int] = []
+        entries: dict[int, dict[str, Any]] = {}
+        for vid in ids:
+            entry = _read_entry(cache, vid)
+            if entry is None:
+                todo.append(vid)
+                continue
+            fp = fingerprint(vid) if fingerprint is not None else None
+            if entry.get("source") != source or entry.get("fingerprint") != fp:
+                raise CacheError(f"cache {cache}: volume {vid} was cached from other data "
+                                 f"({entry.get('source')}); delete the folder or choose another one")
+            if entry.get("cache_hw") != cache_hw or entry.get("margin") != margin:
+                raise CacheError(f"cache {cache}: volume {vid} was cached with cache_hw={entry.get('cache_hw')}, "
+                                 f"margin={entry.get('margin')}, this build asks for cache_hw={cache_hw}, "
+                                 f"margin={margin}; delete the folder or choose another one")
+            entries[vid] = entry
+        fps = {vid: (fingerprint(vid) if fingerprint is not None else None) for vid in todo}
+        bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="cache", unit="vol",
+                   disable=not progress)
+        try:
+            if workers <= 1 or len(todo) <= 1:
+                for vid in todo:
+                    entries[vid] = _cache_one(reader, vid, str(cache), cache_hw, margin, source, fps[vid])
+                    bar.update(1)
+            else:
+                ctx = multiprocessing.get_context()
+                with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
+                    futures = {pool.submit(_cache_one, reader, vid, str(cache), cache_hw, margin, source,
+                                           fps[vid]): vid for vid in todo}
+                    try:
+                        for fut in concurrent.futures.as_completed(futures):
+                            entries[futures[fut]] = fut.result()
+                            bar.update(1)
+                    except BaseException:
+                        for fut in futures:
+                            fut.cancel()
+                        raise
+        finally:
+            bar.close()
+        entries.update(kept)
+        all_ids = sorted(entries)
+        index = {"format": FORMAT_NAME, "version": CACHE_VERSION, "source": source,
+                 "volume_ids": all_ids, **settings, "volumes": {str(v): entries[v] for v in all_ids}}
+        text = _dump_index(index)
+        if not index_path.is_file() or index_path.read_text() != text:
+            _atomic_write(index_path, lambda f: f.write(text), mode="w")
+    return cache
+
+
+def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, workers: int = 2,
+                cache_hw: int | None = None, margin: int = 4, progress: bool = True,
+                volume_ids: Sequence[int] | None = None) -> Path:
+    """Cache a Kaggle-format BraTS2020 folder (HDF5 slices) as normalised, cropped ``.npy`` files.
+
+    Args:
+        data_dir: a folder holding (anywhere below it) ``volume_{id}_slice_{s}.h5``.
+        cache_dir: the output folder (created).
+        workers: processes working on volumes in parallel.
+        cache_hw: largest in-plane size (e.g. 128 on machines with little memory); None: native.
+        margin: voxels kept around the brain's bounding box.
+        progress: show a tqdm bar.
+        volume_ids: a subset of the volumes; None caches all of them.
+
+    Returns:
+        The cache folder.
+
+    Raises:
+        CacheError: the folder holds a cache of other data, other settings or another version.
+        ValueError, FileNotFoundError: the reader's errors for bad input, unchanged.
+    """
+    from .. import kaggle
+    from ..kaggle_cache import kaggle_fingerprints
+
+    data = Path(data_dir).expanduser().resolve()
+    ids = kaggle.list_volumes(data) if volume_ids is None else list(volume_ids)
+    return build_cache_from_reader(
+        functools.partial(kaggle.load_volume, data), ids, cache_dir, source=str(data),
+        fingerprint=kaggle_fingerprints(data), reader_name="kaggle", workers=workers,
+        cache_hw=cache_hw, margin=margin, progress=progress)
+
+
+def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = True) -> Path:
+    """The workspace's cache, built first when it is missing or incomplete.
+
+    Args:
+        config: a ``tumorlib.config.Config`` (``cache_hw``, ``cache_margin``, ``cache_workers``).
+        ws: a ``Workspace``; None resolves ``workspace(config)``.
+        progress: show tqdm bars.
+
+    Returns:
+        The cache folder (``ws.cache_dir``).
+
+    Raises:
+        CacheError: the folder holds a cache of other data or incompatible settings.
+    """
+    from tumorlib.config import workspace
+
+    from .. import ensure_data, kaggle
+    from ..kaggle_cache import kaggle_fingerprints
+
+    ws = ws if ws is not None else workspace(config)
+    data = Path(ensure_data(config, progress=progress)).resolve()
+    ids = kaggle.list_volumes(data)
+    cache = Path(ws.cache_dir)
+    if (cache / INDEX_NAME).is_file():
+        index = load_cache_index(cache)
+        _check_settings(cache, index, _settings(config.cache_hw, config.cache_margin, "kaggle"))
+        if index.get("source") != str(data):
+            raise CacheError(f"cache {cache} was built from {index.get('source')}, not {data}; delete it, "
+                             "or set TUMORLIB_CACHE to another folder")
+        if set(ids) <= set(index.get("volume_ids", [])):
+            fingerprint = kaggle_fingerprints(data)
+            for vid in sorted({ids[0], ids[len(ids) // 2], ids[-1]}):  # a spot check keeps this cheap
+                if index["volumes"][str(vid)].get("fingerprint") != fingerprint(vid):
+                    raise CacheError(f"cache {cache}: volume {vid} was cached from other data than the "
+                                     f"volume now in {data}; delete the cache folder to rebuild it")
+            return cache
+    return build_cache(data, cache, workers=config.cache_workers, cache_hw=config.cache_hw,
+                       margin=config.cache_margin, progress=progress)

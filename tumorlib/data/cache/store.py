@@ -1,0 +1,241 @@
+"""The on-disk cache: file names, atomic writes, the index, and reading volumes back.
+
+A cache folder holds, per volume, ``v{id}_img.npy`` (4, D', H', W') float16, ``v{id}_mask.npy``
+(3, D', H', W') uint8 and ``v{id}_meta.json`` (its index entry, written last: it marks the volume as
+finished), and ``index.json``, written at the end of a build, with every entry plus the build settings
+(``reader`` names the reader that built it, see ``readers.open_source``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .preprocess import CACHE_VERSION, TUMOR_SAMPLE
+
+__all__ = [
+    "CACHE_VERSION",
+    "FORMAT_NAME",
+    "INDEX_NAME",
+    "CacheError",
+    "cache_summary",
+    "cached_volume_ids",
+    "load_cache_index",
+    "load_cached_volume",
+]
+
+INDEX_NAME = "index.json"
+FORMAT_NAME = "tumorlib-cache"
+
+
+class CacheError(ValueError):
+    """A cache folder that is missing, incomplete, made from other data or by another version."""
+
+
+def _image_name(volume_id: int) -> str:
+    return f"v{volume_id}_img.npy"
+
+
+def _mask_name(volume_id: int) -> str:
+    return f"v{volume_id}_mask.npy"
+
+
+def _meta_name(volume_id: int) -> str:
+    return f"v{volume_id}_meta.json"
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through ``write(file)`` to a temporary sibling, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def _dump_entry(entry: dict[str, Any]) -> str:
+    """One JSON line; keys sorted so the bytes depend only on the content."""
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"))
+
+
+def _dump_index(index: dict[str, Any]) -> str:
+    """Readable JSON: header keys one per line, each volume entry on one line."""
+    lines = ["{"]
+    header = {k: v for k, v in index.items() if k != "volumes"}
+    for key in sorted(header):
+        lines.append(f"  {json.dumps(key)}: {json.dumps(header[key], sort_keys=True)},")
+    vols = index["volumes"]
+    lines.append('  "volumes": {')
+    keys = sorted(vols, key=int)
+    for i, key in enumerate(keys):
+        lines.append(f"    {json.dumps(key)}: {_dump_entry(vols[key])}{',' if i < len(keys) - 1 else ''}")
+    lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _read_entry(cache: Path, volume_id: int) -> dict[str, Any] | None:
+    """The finished volume's entry, or None when its files are not all there."""
+    meta = cache / _meta_name(volume_id)
+    if not meta.is_file():
+        return None
+    if not (cache / _image_name(volume_id)).is_file() or not (cache / _mask_name(volume_id)).is_file():
+        return None
+    try:
+        return json.loads(meta.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _settings(cache_hw: int | None, margin: int, reader_name: str) -> dict[str, Any]:
+    return {"cache_hw": cache_hw, "margin": int(margin), "reader": reader_name, "dtype": "float16",
+            "tumor_sample": TUMOR_SAMPLE}
+
+
+def _check_settings(cache: Path, header: dict[str, Any], settings: dict[str, Any]) -> None:
+    for key, value in settings.items():
+        if header.get(key) != value:
+            raise CacheError(f"cache {cache} was built with {key}={header.get(key)!r}, this build asks for "
+                             f"{key}={value!r}; delete the folder or choose another cache folder")
+
+
+def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``index.json`` of a cache folder.
+
+    Args:
+        cache_dir: the cache folder.
+
+    Returns:
+        The index: header keys (``format``, ``version``, ``source``, ``reader``, ``cache_hw``,
+        ``margin``, ``volume_ids``, ...) and ``volumes``, a dict from ``str(volume_id)`` to its entry.
+
+    Raises:
+        CacheError: no index (an unfinished build), not a tumorlib cache, or another format version.
+    """
+    cache = Path(cache_dir)
+    path = cache / INDEX_NAME
+    if not path.is_file():
+        hint = " (an unfinished build: run it again)" if any(cache.glob("v*_meta.json")) else ""
+        raise CacheError(f"no cache index at {path}{hint}; build it with `tumorlib cache --data DIR --out {cache}`")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CacheError(f"{path}: not valid JSON ({err}); delete the cache and build it again") from err
+    if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
+        raise CacheError(f"{path} is not a tumorlib cache index")
+    if index.get("version") != CACHE_VERSION:
+        raise CacheError(f"{path} has cache format version {index.get('version')}, this tumorlib reads "
+                         f"version {CACHE_VERSION}; delete the folder and build the cache again")
+    return index
+
+
+def cached_volume_ids(cache_dir: str | os.PathLike) -> list[int]:
+    """The volume ids in a cache's index, sorted.
+
+    Raises:
+        CacheError: see ``load_cache_index``.
+    """
+    return sorted(int(k) for k in load_cache_index(cache_dir)["volumes"])
+
+
+def _entry(cache: Path, index: dict[str, Any], volume_id: int) -> dict[str, Any]:
+    entry = index["volumes"].get(str(int(volume_id)))
+    if entry is None:
+        raise KeyError(f"volume {volume_id} is not in the cache {cache} "
+                       f"(it holds {len(index['volumes'])} volumes)")
+    return entry
+
+
+def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool = True,
+                       index: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One cached volume.
+
+    Args:
+        cache_dir: the cache folder.
+        volume_id: the volume.
+        mmap: memory-map the files (read-only) instead of reading them into memory.
+        index: the loaded index, to skip reading it again.
+
+    Returns:
+        image: (4, D', H', W') float16, z-scored, 0 outside the brain.
+        mask: (3, D', H', W') uint8.
+
+    Raises:
+        KeyError: a volume not in the cache.
+        CacheError: files missing or not matching the index (names the file).
+    """
+    cache = Path(cache_dir)
+    index = index if index is not None else load_cache_index(cache)
+    entry = _entry(cache, index, volume_id)
+    mode = "r" if mmap else None
+    arrays = []
+    for key, channels, dtype in (("image_file", 4, np.float16), ("mask_file", 3, np.uint8)):
+        path = cache / entry[key]
+        try:
+            arr = np.load(path, mmap_mode=mode, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise CacheError(f"cannot read {path}: {err}") from err
+        expected = (channels,) + tuple(entry["shape"])
+        if arr.shape != expected or arr.dtype != dtype:
+            raise CacheError(f"{path} holds {arr.dtype} {arr.shape}, the index says {np.dtype(dtype)} "
+                             f"{expected}; the cache does not match its index: rebuild it")
+        arrays.append(arr)
+    return arrays[0], arrays[1]
+
+
+def cache_summary(cache_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Any:
+    """One row per cached volume: shapes, share of voxels kept by the crop, class voxels, sizes.
+
+    Args:
+        cache_dir: the cache folder.
+        data_dir: the Kaggle-format source; when given, adds the size of each volume's HDF5 slices.
+
+    Returns:
+        A ``pandas.DataFrame`` indexed by volume with columns ``source_shape``, ``cached_shape``,
+        ``kept_fraction`` (cached voxels / source voxels), ``brain_voxels``, ``necrosis``, ``edema``,
+        ``enhancing`` (voxel counts in the cache), ``npy_mib`` and, with ``data_dir``, ``h5_mib``.
+
+    Raises:
+        CacheError: see ``load_cache_index``.
+    """
+    import pandas as pd
+
+    cache = Path(cache_dir)
+    index = load_cache_index(cache)
+    slices = None
+    if data_dir is not None:
+        from .. import kaggle
+
+        slices = kaggle.find_slices(data_dir)
+    rows = []
+    for key in sorted(index["volumes"], key=int):
+        e = index["volumes"][key]
+        counts = e.get("class_voxels", [None, None, None])
+        row = {
+            "volume": int(key),
+            "source_shape": "x".join(map(str, e["source_shape"])),
+            "cached_shape": "x".join(map(str, e["shape"])),
+            "kept_fraction": round(float(np.prod(e["shape"]) / np.prod(e["source_shape"])), 3),
+            "brain_voxels": e["brain_voxels"],
+            "necrosis": counts[0],
+            "edema": counts[1],
+            "enhancing": counts[2],
+            "npy_mib": round(sum((cache / e[k]).stat().st_size for k in ("image_file", "mask_file")) / 2**20, 2),
+        }
+        if slices is not None:
+            files = slices.get(int(key), {}).values()
+            row["h5_mib"] = round(sum(f.stat().st_size for f in files) / 2**20, 2)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("volume")

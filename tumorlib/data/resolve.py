@@ -1,0 +1,111 @@
+"""One place that finds a config's data, cache and splits (train, evaluate, bench, perf, notebooks).
+
+``resolve_cache`` gives the ``.npy`` cache a run reads, building it first where needed, with one
+checking policy: every cache it returns has a readable index of this format version
+(``load_cache_index``); a workspace cache is also checked against the workspace's data. ``run_splits``
+splits its volumes by the config's fractions and seed, ``make_datasets`` builds the training and
+validation patch datasets over that split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from tumorlib.config import Config, workspace
+
+__all__ = ["make_datasets", "resolve_cache", "run_splits", "split_ids"]
+
+
+def resolve_cache(config: Config, data_dir: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """The ``.npy`` cache for ``config``, built first where needed.
+
+    Args:
+        config: the run's config (``cache_hw``, ``cache_margin``, ``cache_workers``, ``synth_*``).
+        data_dir: a Kaggle-format folder; None: the workspace's data (``TUMORLIB_DATA`` or the embedded
+            synthetic set, generated on first use).
+        cache_dir: the cache folder; None: the workspace's (``TUMORLIB_CACHE`` or ``OUT/cache``). A folder
+            that already holds a finished cache is used as it is when ``data_dir`` is None.
+        progress: tqdm bars while building.
+
+    Returns:
+        The cache folder (absolute).
+
+    Raises:
+        CacheError: the folder holds a cache of other data or settings, or an unreadable index.
+    """
+    from tumorlib.data.cache import INDEX_NAME, build_cache, ensure_cache, load_cache_index
+
+    ws = workspace(config)
+    if data_dir is None:
+        if cache_dir is None:
+            return Path(ensure_cache(config, ws, progress=progress))
+        cache = Path(cache_dir).expanduser().resolve()
+        if (cache / INDEX_NAME).is_file():
+            load_cache_index(cache)
+            return cache
+        return Path(ensure_cache(config, dataclasses.replace(ws, cache_dir=cache), progress=progress))
+    cache = Path(cache_dir).expanduser().resolve() if cache_dir is not None else ws.cache_dir
+    return Path(build_cache(data_dir, cache, workers=config.cache_workers, cache_hw=config.cache_hw,
+                            margin=config.cache_margin, progress=progress))
+
+
+def split_ids(config: Config, volume_ids: Sequence[int]) -> dict[str, list[int]]:
+    """The config's train / val / test split of ``volume_ids`` (``val_fraction``, ``test_fraction``,
+    ``split_seed``): ``{"train": [...], "val": [...], "test": [...]}``."""
+    from tumorlib.data.splits import split_volumes
+
+    train, val, test = split_volumes(sorted(int(v) for v in volume_ids), config.val_fraction,
+                                     config.test_fraction, config.split_seed)
+    return {"train": train, "val": val, "test": test}
+
+
+def run_splits(config: Config, cache_dir: str | os.PathLike) -> dict[str, list[int]]:
+    """The config's train / val / test split of the cached volumes.
+
+    Args:
+        config: ``val_fraction``, ``test_fraction``, ``split_seed``.
+        cache_dir: a finished cache.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` (volume ids).
+    """
+    from tumorlib.data.cache import cached_volume_ids
+
+    return split_ids(config, cached_volume_ids(cache_dir))
+
+
+def make_datasets(config: Config, cache_dir: str | os.PathLike) -> tuple[Dataset, Dataset, dict[str, list[int]]]:
+    """Training and validation patch datasets over the config's split of the cached volumes.
+
+    Training draws ``samples_per_epoch`` patches an epoch (None: one per training volume); validation is
+    a fixed set of ``val_samples`` patches (None: two per validation volume), without augmentation.
+
+    Args:
+        config: the run's config.
+        cache_dir: a finished cache folder.
+
+    Returns:
+        ``(train_dataset, val_dataset, splits)`` with ``splits = {"train": [...], "val": [...], "test": [...]}``.
+
+    Raises:
+        ValueError: the split leaves no validation volume.
+    """
+    from tumorlib.data.dataset import BraTS3DDataset
+
+    splits = run_splits(config, cache_dir)
+    train_ids, val_ids = splits["train"], splits["val"]
+    if not val_ids:
+        n = sum(len(v) for v in splits.values())
+        raise ValueError(f"no validation volumes: val_fraction={config.val_fraction} of {n} volumes")
+    common = dict(patch_size=config.patch_size, tumor_prob=config.tumor_prob, ram_cache_bytes=config.ram_cache_bytes)
+    train_ds = BraTS3DDataset(cache_dir, train_ids, augment=config.augment, seed=config.seed,
+                              samples_per_epoch=config.samples_per_epoch or len(train_ids), **common)
+    val_ds = BraTS3DDataset(cache_dir, val_ids, augment=False, seed=config.seed + 10_007,
+                            samples_per_epoch=config.val_samples or 2 * len(val_ids), **common)
+    return train_ds, val_ds, splits

@@ -1,0 +1,209 @@
+"""Figures of results: patch predictions, training curves and the box plot of evaluation metrics.
+
+Like ``tumorlib.viz.figures``, every function returns a pyplot-free ``matplotlib.figure.Figure``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from tumorlib.viz.colors import CLASS_COLORS, CLASS_KEYS, CLASS_NAMES, MODALITIES, add_class_legend, to_label_map
+from tumorlib.viz.figures import _check_image, _figure, _rgb01, modality_index, tumor_slice
+from tumorlib.viz.render import brain_mask, intensity_window, render_plane, to_uint8
+
+__all__ = ["plot_metric_boxes", "plot_predictions", "plot_training_curves"]
+
+
+def _dice(pred: np.ndarray, target: np.ndarray) -> float:
+    inter = np.count_nonzero(pred & target)
+    total = np.count_nonzero(pred) + np.count_nonzero(target)
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def plot_predictions(
+    images: Any,
+    gts: Any,
+    preds: Any,
+    slice_index: int | Sequence[int] | None = None,
+    modality: str | int = "flair",
+    max_rows: int = 4,
+    opacity: float = 0.5,
+    titles: Sequence[str] | None = None,
+    title: str | None = "Ground truth vs prediction",
+) -> Any:
+    """The reference design's prediction figure: per patch, the image, ground truth, prediction and errors at one slice.
+
+    Args:
+        images: ``(N, 4, d, h, w)`` patches (array, tensor or sequence of ``(4, d, h, w)``).
+        gts: ``(N, 3, d, h, w)`` ground-truth class channels (or ``(N, d, h, w)`` label maps).
+        preds: ``(N, 3, d, h, w)`` predictions: binary, or sigmoid probabilities (thresholded at 0.5); not
+            logits.
+        slice_index: axial slice per patch (one int for all, or one per patch); default per patch: the slice
+            with the most ground-truth tumour (or predicted tumour when the ground truth is empty).
+        modality: the grey image (name or channel index).
+        max_rows: at most this many patches are drawn (the first ones).
+        opacity: overlay opacity 0..1.
+        titles: row label per patch (e.g. ``"volume 12"``).
+        title: figure title, or None.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with one row per patch and columns image, ground truth, prediction
+        (with per-class Dice of the whole patch in its title), errors.
+
+    Raises:
+        ValueError: for mismatched counts or shapes, or no patches.
+    """
+    ims = [_check_image(im, f"image {i}") for i, im in enumerate(images)]
+    gl = [to_label_map(g, spatial_ndim=3) for g in gts]
+    pl = [to_label_map(p, spatial_ndim=3) for p in preds]
+    if not ims:
+        raise ValueError("no patches given")
+    if not len(ims) == len(gl) == len(pl):
+        raise ValueError(f"{len(ims)} images, {len(gl)} ground truths, {len(pl)} predictions: counts differ")
+    n = min(len(ims), max(1, int(max_rows)))
+    m = modality_index(modality)
+    fig = _figure((12.0, 3.1 * n + 0.8))
+    axes = fig.subplots(n, 4, squeeze=False)
+    for i in range(n):
+        im, g, p = ims[i], gl[i], pl[i]
+        if g.shape != im.shape[1:] or p.shape != im.shape[1:]:
+            raise ValueError(f"patch {i}: image {im.shape[1:]}, ground truth {g.shape}, prediction {p.shape} differ")
+        if slice_index is None:
+            z = tumor_slice(g if g.any() else p, im)
+        elif isinstance(slice_index, (int, np.integer)):
+            z = int(slice_index)
+        else:
+            z = int(slice_index[i])
+        if not 0 <= z < im.shape[1]:
+            raise ValueError(f"patch {i}: slice {z} outside 0..{im.shape[1] - 1}")
+        gray = to_uint8(im[m, z], intensity_window(im[m]), brain_mask(im[:, z]))
+        dices = [_dice(p == k + 1, g == k + 1) for k in range(len(CLASS_NAMES))]
+        panels = [
+            (render_plane(gray), f"{MODALITIES[m]} (z={z})"),
+            (render_plane(gray, g[z], None, "ground truth", opacity), "ground truth"),
+            (render_plane(gray, None, p[z], "prediction", opacity),
+             "prediction, Dice " + "/".join(f"{d:.2f}" for d in dices)),
+            (render_plane(gray, g[z], p[z], "errors", max(opacity, 0.7)), "errors"),
+        ]
+        for c, (rgb, name) in enumerate(panels):
+            ax = axes[i, c]
+            ax.imshow(rgb, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(name, fontsize=9)
+        if titles is not None and i < len(titles):
+            axes[i, 0].set_ylabel(titles[i])
+    if title:
+        fig.suptitle(title + " (Dice: " + "/".join(CLASS_KEYS) + ")")
+    add_class_legend(fig, errors=True)
+    return fig
+
+
+def plot_training_curves(history_df: Any, path: Any | None = None, title: str | None = "Training history") -> Any:
+    """Loss, mean validation Dice and per-class validation Dice against epoch, with the learning rate.
+
+    Args:
+        history_df: ``pandas.DataFrame`` (or a path to ``history.csv``) with column ``epoch`` and any of
+            ``train_loss``, ``val_loss``, ``lr``, ``val_dice_mean``, ``val_dice_ncr``, ``val_dice_ed``,
+            ``val_dice_et``; missing columns and NaN rows (epochs without validation) are skipped.
+        path: optional file to save the figure to (format from the suffix, 120 dpi).
+        title: figure title, or None.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with three panels: loss (with lr on a second axis), mean Dice,
+        per-class Dice in the class colours.
+
+    Raises:
+        ValueError: if there is no ``epoch`` column or no rows.
+    """
+    import pandas as pd
+
+    df = pd.read_csv(history_df) if isinstance(history_df, (str, bytes)) or hasattr(history_df, "__fspath__") else history_df
+    if not isinstance(df, pd.DataFrame):
+        df = pd.DataFrame(df)
+    if "epoch" not in df.columns:
+        raise ValueError(f"history has no 'epoch' column; columns are {list(df.columns)}")
+    if len(df) == 0:
+        raise ValueError("history has no rows")
+    epoch = df["epoch"].to_numpy(dtype=float)
+
+    def series(ax: Any, col: str, **kw: Any) -> bool:
+        if col not in df.columns:
+            return False
+        v = df[col].to_numpy(dtype=float)
+        ok = np.isfinite(v)
+        if not ok.any():
+            return False
+        ax.plot(epoch[ok], v[ok], marker="o" if ok.sum() <= 30 else None, markersize=3, **kw)
+        return True
+
+    fig = _figure((13.0, 3.6))
+    ax_loss, ax_mean, ax_cls = fig.subplots(1, 3)
+    series(ax_loss, "train_loss", label="train", color="C0")
+    series(ax_loss, "val_loss", label="validation", color="C1")
+    ax_loss.set_title("loss")
+    ax_loss.set_ylabel("loss")
+    if "lr" in df.columns and np.isfinite(df["lr"].to_numpy(dtype=float)).any():
+        ax_lr = ax_loss.twinx()
+        series(ax_lr, "lr", color="0.5", linestyle="--", label="lr")
+        ax_lr.set_ylabel("learning rate", color="0.4")
+        ax_lr.tick_params(axis="y", colors="0.4")
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        h1, l1 = ax_loss.get_legend_handles_labels()
+        h2, l2 = ax_lr.get_legend_handles_labels()
+        ax_loss.legend(h1 + h2, l1 + l2, frameon=False, fontsize=8)
+    elif ax_loss.get_legend_handles_labels()[0]:
+        ax_loss.legend(frameon=False, fontsize=8)
+    series(ax_mean, "val_dice_mean", color="k", label="mean")
+    ax_mean.set_title("validation Dice (mean of classes)")
+    for k, name in enumerate(CLASS_NAMES):
+        series(ax_cls, f"val_dice_{CLASS_KEYS[k]}", color=_rgb01(CLASS_COLORS[k]), label=name, linewidth=2)
+    ax_cls.set_title("validation Dice per class")
+    if ax_cls.get_legend_handles_labels()[0]:
+        ax_cls.legend(frameon=False, fontsize=8)
+    for ax in (ax_mean, ax_cls):
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("Dice")
+    for ax in (ax_loss, ax_mean, ax_cls):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_metric_boxes(frame: Any, title: str | None = None) -> Any:
+    """Box plots of Dice (classes and regions) and HD95 (regions) over the volumes.
+
+    Args:
+        frame: the per-volume table from ``tumorlib.evaluate.evaluate`` (a ``pandas.DataFrame``).
+        title: figure title; None: the number of volumes.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with two panels (Dice, HD95), each volume drawn as a dot.
+    """
+    from tumorlib.metrics import CLASS_NAMES as METRIC_CLASSES
+    from tumorlib.metrics import REGION_NAMES
+
+    dice_cols = [f"dice_{n}" for n in (*METRIC_CLASSES, "wt", "tc")]
+    hd_cols = [f"hd95_{n}" for n in REGION_NAMES]
+    fig = _figure((10.0, 4.0))
+    ax_d, ax_h = fig.subplots(1, 2, gridspec_kw={"width_ratios": [5, 3]})
+    for ax, cols, label in ((ax_d, dice_cols, "Dice"), (ax_h, hd_cols, "HD95 (mm)")):
+        data = [frame[c].astype(float).to_numpy() for c in cols]
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(cols) + 1), [c.split("_")[1].upper() for c in cols])
+        rng = np.random.default_rng(0)
+        for i, values in enumerate(data, start=1):
+            ax.plot(i + rng.uniform(-0.08, 0.08, len(values)), values, ".", color="0.3", alpha=0.6)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    ax_d.set_ylim(-0.02, 1.02)
+    ax_d.set_title("Dice: classes | regions")
+    ax_h.set_title("HD95: regions")
+    fig.suptitle(title if title is not None else f"{len(frame)} volumes")
+    return fig
