@@ -102,7 +102,7 @@ def test_every_config_field_is_classified_for_resume():
                 "patch_size", "tumor_prob", "augment", "in_channels", "num_classes", "features", "epochs",
                 "warmup_epochs", "batch_size", "accumulation_steps", "lr", "min_lr_ratio", "weight_decay",
                 "samples_per_epoch", "val_samples", "class_weights", "focal_gamma", "dice_weight", "grad_clip",
-                "amp", "amp_dtype", "val_fraction", "test_fraction", "split_seed"}
+                "amp", "amp_dtype", "val_fraction", "test_fraction", "split_seed", "kaggle_channel_order"}
     assert runtime_fields() == runtime
     assert resume_fields() == training
     assert {f.name for f in dataclasses.fields(Config)} == runtime | training
