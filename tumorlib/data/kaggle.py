@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import warnings
 from pathlib import Path
 
 import h5py
@@ -32,6 +33,8 @@ KAGGLE_DATASET = "awsaf49/brats2020-training-data"
 MODALITIES = ("T1", "T1ce", "T2", "FLAIR")
 CLASS_NAMES = ("necrosis", "edema", "enhancing")
 _SLICE_RE = re.compile(r"^volume_(\d+)_slice_(\d+)\.h5$")
+_LOOSE_RE = re.compile(r"^volume_.*_slice_.*\.h5$", re.IGNORECASE)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def find_slices(root: str | os.PathLike) -> dict[int, dict[int, Path]]:
@@ -51,10 +54,13 @@ def find_slices(root: str | os.PathLike) -> dict[int, dict[int, Path]]:
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
     found: dict[int, dict[int, Path]] = {}
+    skipped: list[Path] = []
     for folder, _dirs, files in os.walk(root):
         for name in files:
             match = _SLICE_RE.match(name)
             if not match:
+                if _LOOSE_RE.match(name):
+                    skipped.append(Path(folder) / name)
                 continue
             vid, s = int(match.group(1)), int(match.group(2))
             path = Path(folder) / name
@@ -62,7 +68,16 @@ def find_slices(root: str | os.PathLike) -> dict[int, dict[int, Path]]:
             if s in slices:
                 raise ValueError(f"volume {vid}: slice {s} found twice: {slices[s]} and {path}")
             slices[s] = path
+    _warn_skipped(skipped)
     return found
+
+
+def _warn_skipped(skipped: list[Path]) -> None:
+    """Warn about slice-like files whose volume or slice number is not an integer (they are not read)."""
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        warnings.warn(f"skipped {len(skipped)} file(s) whose volume id or slice index is not an integer "
+                      f"(volume_<int>_slice_<int>.h5): {shown}", UserWarning, stacklevel=3)
 
 
 def list_volumes(root: str | os.PathLike) -> list[int]:
@@ -92,7 +107,7 @@ def _volume_slices(root: str | os.PathLike, volume_id: int) -> list[Path]:
         if attempt == 0 and not all(d.is_dir() for d in dirs):
             continue
         for folder in dirs:
-            for path in folder.glob(f"volume_{volume_id}_slice_*.h5"):
+            for path in folder.glob(f"volume_*{volume_id}_slice_*.h5"):  # also zero-padded ids (007)
                 match = _SLICE_RE.match(path.name)
                 if match and int(match.group(1)) == volume_id:
                     s = int(match.group(2))
@@ -113,7 +128,60 @@ def _volume_slices(root: str | os.PathLike, volume_id: int) -> list[Path]:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise ValueError(f"volume {volume_id}: slice(s) {shown} missing in {folder} "
                          f"(found {len(slices)} of {n})")
+    _check_depth(root, volume_id, n, slices[n - 1].parent)
     return [slices[s] for s in range(n)]
+
+
+@functools.lru_cache(maxsize=32)
+def _volume_depths(root: str) -> dict[int, int]:
+    """Depth (highest slice + 1) of every volume below ``root`` (cached like ``_slice_dirs``)."""
+    return {vid: max(slices) + 1 for vid, slices in find_slices(root).items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_path(root: str) -> Path | None:
+    return _find_file(Path(root), "meta_data.csv")
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_depths(path: Path, mtime_ns: int, size: int) -> dict[int, int]:
+    """Slices per volume listed in a ``meta_data.csv`` (cached per file version)."""
+    meta = pd.read_csv(path, usecols=["volume", "slice"])
+    return {int(v): int(s) + 1 for v, s in meta.groupby("volume")["slice"].max().items()}
+
+
+def _check_depth(root: str | os.PathLike, volume_id: int, depth: int, folder: Path) -> None:
+    """Catch missing trailing slices, which leave no gap in the numbering.
+
+    With a ``meta_data.csv`` listing more slices for the volume: an error (the data is incomplete).
+    Without one: a warning when the volume is shallower than most other volumes below ``root``
+    (folders written by other tools may hold volumes of different depths on purpose).
+
+    Raises:
+        ValueError: fewer slices than ``meta_data.csv`` lists (names the volume, folder and CSV).
+    """
+    key = str(Path(root).resolve())
+    meta = _meta_path(key)
+    if meta is not None and not meta.is_file():
+        _meta_path.cache_clear()
+        meta = _meta_path(key)
+    if meta is not None:
+        try:
+            st = meta.stat()
+            listed = _meta_depths(meta, st.st_mtime_ns, st.st_size).get(volume_id)
+        except (OSError, ValueError, KeyError):
+            listed = None  # an unreadable or foreign CSV: load_metadata reports it
+        if listed is not None and depth < listed:
+            raise ValueError(f"volume {volume_id}: {depth} slices in {folder} but {meta} lists {listed}: "
+                             f"slice(s) {depth}..{listed - 1} are missing")
+        if listed is not None:
+            return
+    others = [d for v, d in _volume_depths(key).items() if v != volume_id]
+    if others:
+        common = max(set(others), key=others.count)
+        if depth < common and others.count(common) > len(others) / 2:
+            warnings.warn(f"volume {volume_id}: {depth} slices in {folder}, but most volumes there have "
+                          f"{common}: trailing slices may be missing", UserWarning, stacklevel=4)
 
 
 def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -127,12 +195,34 @@ def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
             if key not in f:
                 raise KeyError(f"{path}: no '{key}' dataset (has: {', '.join(f.keys()) or 'nothing'})")
         image, mask = f["image"][()], f["mask"][()]
+    image, mask = _check_slice_values(path, image, mask)
     if image.ndim != 3 or image.shape[2] != 4:
         raise ValueError(f"{path}: image must be (H, W, 4) (T1, T1ce, T2, FLAIR), got {image.shape}")
     if mask.ndim != 3 or mask.shape[2] != 3:
         raise ValueError(f"{path}: mask must be (H, W, 3) (necrosis, edema, enhancing), got {mask.shape}")
     if mask.shape[:2] != image.shape[:2]:
         raise ValueError(f"{path}: image {image.shape} and mask {mask.shape} differ in size")
+    return image, mask
+
+
+def _check_slice_values(path: Path, image: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric image and mask, image finite in float32, mask exactly 0/1; errors name the file."""
+    arrays = []
+    for key, value in (("image", image), ("mask", mask)):
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: {key} holds {arr.dtype} values ({arr.dtype.kind!r}), not numbers")
+        arrays.append(arr)
+    image, mask = arrays
+    if image.dtype.kind == "f":
+        if not np.isfinite(image).all():
+            raise ValueError(f"{path}: image holds NaN or inf values")
+        if image.size and float(np.abs(image).max()) > _FLOAT32_MAX:
+            raise ValueError(f"{path}: image values up to {float(np.abs(image).max()):.3g} overflow float32 "
+                             f"(max {_FLOAT32_MAX:.3g})")
+    if mask.size and not ((mask == 0) | (mask == 1)).all():
+        bad = np.unique(mask[(mask != 0) & (mask != 1)])[:8]
+        raise ValueError(f"{path}: mask values must be 0 or 1, found {bad.tolist()} ({mask.dtype})")
     return image, mask
 
 
