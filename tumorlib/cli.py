@@ -41,8 +41,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tumorlib.data import make_synthetic
-    from tumorlib.safety import replace_folder
+    from tumorlib.safety import check_free_space, replace_folder
 
+    d, h, w = args.shape
+    per_slice = -(-(h * w * 35 + 2112) // 4096) * 4096  # float64 x4 + uint8 x3 + HDF5 header, in 4 KiB blocks
+    check_free_space(Path(args.out).absolute().parent, max(args.volumes, 0) * d * per_slice + 65536,
+                     f"{args.volumes} volumes of {tuple(args.shape)}")
     made = {}
 
     def build(tmp: Path) -> None:  # generated beside --out, swapped in whole only when complete

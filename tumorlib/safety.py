@@ -39,6 +39,7 @@ __all__ = [
     "atomic_open",
     "atomic_write",
     "check_empty_folder",
+    "check_free_space",
     "check_not_input",
     "discard_previous",
     "folder_lock",
@@ -135,8 +136,8 @@ def folder_lock(folder: str | os.PathLike, what: str = "writer") -> Iterator[Pat
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise PermissionError(err.errno, f"cannot lock {folder} for a {what}: the folder is read-only",
-                                  str(folder)) from err
+            raise PermissionError(f"cannot lock {folder} for a {what}: the folder is read-only "
+                                  f"({err.strerror})") from err
         raise
     try:
         if not _os_lock(fd, True):
@@ -202,6 +203,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
     except OSError as err:
         if is_disk_full(err):
             raise DiskFullError(path) from err
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermissionError(f"cannot write {path}: its folder is read-only ({err.strerror})") from err
         raise
     try:
         try:
@@ -363,7 +366,13 @@ def replace_folder(target: str | os.PathLike, build: Callable[[Path], Any], over
             shutil.rmtree(stale, ignore_errors=True)
     tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermissionError(f"cannot write {target}: its folder {target.parent} is read-only "
+                                  f"({err.strerror})") from err
+        raise
     try:
         build(tmp)
         if not target.exists():
@@ -380,11 +389,36 @@ def replace_folder(target: str | os.PathLike, build: Callable[[Path], Any], over
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(err) and not isinstance(err, DiskFullError):
-            raise DiskFullError(getattr(err, "filename", None) or tmp) from err
+            name = getattr(err, "filename", None)
+            raise DiskFullError(f"{target} ({Path(name).name if name else 'a file'} in the partial copy "
+                                f"{tmp.name}, now removed; {target.name} was left as it was)") from err
         raise
     shutil.rmtree(tmp, ignore_errors=True)  # now holds the old content
     _fsync_dir(target.parent)
     return target
+
+
+def check_free_space(folder: str | os.PathLike, need_bytes: int, what: str = "the output") -> None:
+    """Refuse to start writing ``need_bytes`` where less is free (checked before anything is written).
+
+    Some writers (HDF5 among them) can crash instead of raising when the disk fills mid-file, so a
+    command that knows its output size checks first.
+
+    Args:
+        folder: where the output goes (the nearest existing parent is measured).
+        need_bytes: an estimate of what will be written.
+        what: the output, for the message.
+
+    Raises:
+        OSError: less than ``need_bytes`` free (names the folder and both sizes).
+    """
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise OSError(f"not enough disk space for {what} in {folder}: needs about "
+                      f"{need_bytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free on {probe}")
 
 
 # ---------------------------------------------------------------- inputs and index names
