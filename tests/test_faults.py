@@ -6,6 +6,7 @@ before and after). Mechanisms alone are in test_safety.py; here they run through
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -153,6 +154,29 @@ def test_synth_sigterm_and_ctrl_c_one_line_exit_code_old_kept(tmp_path, sig, cod
     assert "left as it was" in err
     assert tree_hash(out) == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_cache_interrupted_with_workers_one_line_then_resumes(tmp_path, sig, code):
+    """Signal the whole process group (as a terminal or a scheduler does): workers print nothing."""
+    data = tmp_path / "data"
+    assert main(synth_args(data, 6)) == 0
+    args = ["cache", "--preset", "ci", "--data", str(data), "--workers", "2", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    proc = run_cli(*args, "--out", str(tmp_path / "c"), start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "c").glob("v*_img.npy")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the cache finished before the signal arrived")
+    assert proc.returncode == code
+    assert err.count("\n") == 1 and "Traceback" not in err and "rerun the same command" in err, err
+    assert main([*args, "--out", str(tmp_path / "c")]) == 0  # resumes from what was kept
+    for ref in sorted((tmp_path / "ref").glob("v*.npy")):
+        assert (tmp_path / "c" / ref.name).read_bytes() == ref.read_bytes(), ref.name
 
 
 # ------------------------------------------------------------------ disk full
@@ -338,6 +362,15 @@ def test_error_kinds(monkeypatch, capsys, exc, expected, code):
     assert main(["synth", "--out", "x"]) == code
     err = capsys.readouterr().err
     assert err.startswith(f"tumorlib synth: {expected}") and err.count("\n") == 1
+
+
+def test_notebooks_only_matching_nothing_is_an_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TUMORLIB_OUT", str(tmp_path / "o"))
+    assert main(["notebooks", "--dir", "notebooks", "--out", str(tmp_path / "o"), "--only", "99"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tumorlib notebooks: error: --only 99: no notebook in notebooks starts with that "
+                          "(have: 01, 02") and err.count("\n") == 1
+    assert not any((tmp_path / "o").glob("*.ipynb"))
 
 
 # ------------------------------------------------------------------ the Kaggle reader: bad data is named

@@ -294,7 +294,17 @@ _RESUME_HINTS = {
 }
 
 
+_MAIN_PID: list[int] = []  # the process that installed the handler; forked workers inherit it
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    import os
+    import signal
+
+    if _MAIN_PID and os.getpid() != _MAIN_PID[-1]:  # a forked worker: just end, as by default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise _Terminated()
 
 
@@ -348,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGTERM"):
         try:
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
+            _MAIN_PID.append(os.getpid())
         except ValueError:  # not the main thread: leave SIGTERM alone
             previous = None
     try:
@@ -359,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            _MAIN_PID.pop()
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def _volume_slices(root: str | os.PathLike, volume_id: int) -> list[Path]:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise ValueError(f"volume {volume_id}: slice(s) {shown} missing in {folder} "
                          f"(found {len(slices)} of {n})")
-    _check_depth(root, volume_id, n, slices[n - 1].parent)
+    _check_trailing_slices(root, volume_id, n, slices[n - 1].parent)
     return [slices[s] for s in range(n)]
 
 
@@ -138,37 +138,28 @@ def _volume_depths(root: str) -> dict[int, int]:
     return {vid: max(slices) + 1 for vid, slices in find_slices(root).items()}
 
 
-@functools.lru_cache(maxsize=32)
-def _meta_path(root: str) -> Path | None:
-    return _find_file(Path(root), "meta_data.csv")
-
-
-@functools.lru_cache(maxsize=32)
-def _meta_depths(path: Path, mtime_ns: int, size: int) -> dict[int, int]:
-    """Slices per volume listed in a ``meta_data.csv`` (cached per file version)."""
+@functools.lru_cache(maxsize=8)
+def _listed_depths(path: Path, mtime_ns: int, size: int) -> dict[int, int]:
+    """Slices per volume (highest listed + 1) in a ``meta_data.csv`` (cached per file version)."""
     meta = pd.read_csv(path, usecols=["volume", "slice"])
     return {int(v): int(s) + 1 for v, s in meta.groupby("volume")["slice"].max().items()}
 
 
-def _check_depth(root: str | os.PathLike, volume_id: int, depth: int, folder: Path) -> None:
+def _check_trailing_slices(root: str | os.PathLike, volume_id: int, depth: int, folder: Path) -> None:
     """Catch missing trailing slices, which leave no gap in the numbering.
 
-    With a ``meta_data.csv`` listing more slices for the volume: an error (the data is incomplete).
+    With a ``meta_data.csv`` beside the slices listing more of them: an error (the data is incomplete).
     Without one: a warning when the volume is shallower than most other volumes below ``root``
     (folders written by other tools may hold volumes of different depths on purpose).
 
     Raises:
         ValueError: fewer slices than ``meta_data.csv`` lists (names the volume, folder and CSV).
     """
-    key = str(Path(root).resolve())
-    meta = _meta_path(key)
-    if meta is not None and not meta.is_file():
-        _meta_path.cache_clear()
-        meta = _meta_path(key)
-    if meta is not None:
+    meta = folder / "meta_data.csv"
+    if meta.is_file():
         try:
             st = meta.stat()
-            listed = _meta_depths(meta, st.st_mtime_ns, st.st_size).get(volume_id)
+            listed = _listed_depths(meta, st.st_mtime_ns, st.st_size).get(volume_id)
         except (OSError, ValueError, KeyError):
             listed = None  # an unreadable or foreign CSV: load_metadata reports it
         if listed is not None and depth < listed:
@@ -176,7 +167,7 @@ def _check_depth(root: str | os.PathLike, volume_id: int, depth: int, folder: Pa
                              f"slice(s) {depth}..{listed - 1} are missing")
         if listed is not None:
             return
-    others = [d for v, d in _volume_depths(key).items() if v != volume_id]
+    others = [d for v, d in _volume_depths(str(Path(root).resolve())).items() if v != volume_id]
     if others:
         common = max(set(others), key=others.count)
         if depth < common and others.count(common) > len(others) / 2:
