@@ -19,6 +19,7 @@ from tumorlib.safety import (
     OutputIsInputError,
     UnsafePathError,
     atomic_open,
+    atomic_path,
     atomic_write,
     check_empty_folder,
     check_not_input,
@@ -107,6 +108,22 @@ def test_atomic_write_replaces_and_cleans_up(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_open(target, "a"):
             pass
+
+
+def test_atomic_path_for_writers_that_take_a_name(tmp_path):
+    import numpy as np
+
+    target = tmp_path / "v1_img.npy"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith(".v1_img.npy")
+        np.save(tmp, np.arange(5))  # the suffix is kept, so np.save adds nothing
+    np.testing.assert_array_equal(np.load(target), np.arange(5))
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            np.save(tmp, np.zeros(3))
+            raise RuntimeError("killed")
+    np.testing.assert_array_equal(np.load(target), np.arange(5))
+    assert [p.name for p in tmp_path.iterdir()] == ["v1_img.npy"]
 
 
 def test_atomic_write_disk_full_message(tmp_path, monkeypatch):

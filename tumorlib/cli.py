@@ -295,6 +295,7 @@ _RESUME_HINTS = {
 
 
 _MAIN_PID: list[int] = []  # the process that installed the handler; forked workers inherit it
+_RECEIVED: list[int] = []  # SIGTERMs seen, in case library code swallowed the exception
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -305,7 +306,25 @@ def _on_sigterm(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    _RECEIVED.append(signum)
     raise _Terminated()
+
+
+def _redeliver(unraisable: object) -> None:
+    """``sys.unraisablehook``: an interrupt raised inside a callback (a weakref finaliser, an h5py
+    ``__dealloc__``) is swallowed by Python; send the signal again so it stops the command."""
+    import os
+    import signal
+    import threading
+
+    exc = getattr(unraisable, "exc_value", None)
+    if isinstance(exc, KeyboardInterrupt):  # not from here: raising inside this hook is swallowed too
+        sig = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+        timer = threading.Timer(0.01, os.kill, (os.getpid(), sig))
+        timer.daemon = True
+        timer.start()
+    else:
+        sys.__unraisablehook__(unraisable)
 
 
 def _report_error(command: str, err: BaseException) -> int:
@@ -361,13 +380,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             _MAIN_PID.append(os.getpid())
         except ValueError:  # not the main thread: leave SIGTERM alone
             previous = None
+    hook, sys.unraisablehook = sys.unraisablehook, _redeliver
+    _RECEIVED.clear()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if _RECEIVED:  # the exception was swallowed on the way (rare: inside a library's callback)
+            print(f"tumorlib {args.command}: stopped by SIGTERM as the work finished; its results were kept",
+                  file=sys.stderr)
+            return 143
+        return code
     except (Exception, KeyboardInterrupt) as err:
         if debug:
             traceback.print_exc()
         return _report_error(args.command, err)
     finally:
+        sys.unraisablehook = hook
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
             _MAIN_PID.pop()

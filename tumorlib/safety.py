@@ -37,6 +37,7 @@ __all__ = [
     "OutputIsInputError",
     "UnsafePathError",
     "atomic_open",
+    "atomic_path",
     "atomic_write",
     "check_empty_folder",
     "check_free_space",
@@ -174,12 +175,43 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix) that replaces ``path`` when the block succeeds.
+
+    For writers that take a file name (``nib.save``, ``np.save``, ``h5py.File``). The file is
+    ``fsync``-ed, then renamed over ``path`` in one step; on any exception it is removed and ``path``
+    is left as it was.
+
+    Yields:
+        The temporary path (``.tmp-<pid>-<n>.<name>`` in the same folder).
+
+    Raises:
+        DiskFullError: no space left (names ``path``); the old file is intact.
+        PermissionError: the folder is read-only (names ``path``).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{time.monotonic_ns() % 10**9}.{path.name}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if is_disk_full(err):
+            raise DiskFullError(path) from err
+        if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermissionError(f"cannot write {path}: its folder is read-only ({err.strerror})") from err
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` in one step.
 
-    The data is flushed and ``fsync``-ed before ``os.replace``, so a reader (or a crash) sees either
-    the old file or the complete new one. On any exception the temporary file is removed and ``path``
-    is left as it was.
+    A reader (or a crash) sees either the old file or the complete new one (see ``atomic_path``).
 
     Args:
         path: the file to write (its folder must exist).
@@ -190,37 +222,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
 
     Raises:
         DiskFullError: no space left (names ``path``); the old file is intact.
+        PermissionError: the folder is read-only (names ``path``).
         ValueError: a mode that is not a write mode.
     """
     if mode not in ("w", "wb", "wt"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns() % 10**9}")
     if "b" not in mode:
         kwargs.setdefault("encoding", "utf-8")
-    try:
-        f = open(tmp, mode, **kwargs)
-    except OSError as err:
-        if is_disk_full(err):
-            raise DiskFullError(path) from err
-        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise PermissionError(f"cannot write {path}: its folder is read-only ({err.strerror})") from err
-        raise
-    try:
-        try:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            f.close()
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if is_disk_full(err):
-            raise DiskFullError(path) from err
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
