@@ -295,19 +295,20 @@ _RESUME_HINTS = {
 
 
 _MAIN_PID: list[int] = []  # the process that installed the handler; forked workers inherit it
-_RECEIVED: list[int] = []  # SIGTERMs seen, in case library code swallowed the exception
+_RECEIVED: list[int] = []  # signals seen, in case library code swallowed the exception
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGTERM -> ``_Terminated``, SIGINT -> ``KeyboardInterrupt``, both recorded in ``_RECEIVED``."""
     import os
     import signal
 
-    if _MAIN_PID and os.getpid() != _MAIN_PID[-1]:  # a forked worker: just end, as by default
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+    if _MAIN_PID and os.getpid() != _MAIN_PID[-1]:
+        # a forked worker (process pool, DataLoader): the parent stops it; dying here would break the
+        # pool under the parent (seen: a hung ProcessPoolExecutor and a thread traceback)
         return
     _RECEIVED.append(signum)
-    raise _Terminated()
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _redeliver(unraisable: object) -> None:
@@ -376,8 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = None
     if hasattr(signal, "SIGTERM"):
         try:
-            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+            previous = signal.signal(signal.SIGTERM, _on_signal)
             _MAIN_PID.append(os.getpid())
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+                signal.signal(signal.SIGINT, _on_signal)
         except ValueError:  # not the main thread: leave SIGTERM alone
             previous = None
     hook, sys.unraisablehook = sys.unraisablehook, _redeliver
@@ -385,9 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = int(args.func(args) or 0)
         if _RECEIVED:  # the exception was swallowed on the way (rare: inside a library's callback)
-            print(f"tumorlib {args.command}: stopped by SIGTERM as the work finished; its results were kept",
-                  file=sys.stderr)
-            return 143
+            term = _RECEIVED[0] == signal.SIGTERM
+            print(f"tumorlib {args.command}: {'stopped by SIGTERM' if term else 'interrupted (Ctrl-C)'} as the "
+                  f"work finished; its results were kept", file=sys.stderr)
+            return 143 if term else 130
         return code
     except (Exception, KeyboardInterrupt) as err:
         if debug:
@@ -397,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.unraisablehook = hook
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            if signal.getsignal(signal.SIGINT) is _on_signal:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             _MAIN_PID.pop()
 
 
