@@ -118,3 +118,95 @@ def test_gpu_speed_fields_default_to_auto_and_check_their_values():
         get_config("ci", amp_dtype="float8")
     with pytest.raises(ValueError, match="data_placement must be one of"):
         get_config("ci", data_placement="disk")
+
+
+BAD_VALUES = [
+    ("threshold", 2.0, r"threshold must lie in \(0, 1\), got 2.0"),
+    ("threshold", 0.0, r"threshold must lie in \(0, 1\)"),
+    ("sw_blend", "foo", r"sw_blend must be one of gaussian, constant, got 'foo'"),
+    ("sw_overlap", 1.0, r"sw_overlap must lie in \[0, 1\)"),
+    ("sw_batch_size", 0, r"sw_batch_size must be >= 1, got 0"),
+    ("lr", 0.0, r"lr must be > 0, got 0.0"),
+    ("lr", float("nan"), r"lr must be a finite number, got nan"),
+    ("lr", "0.1", r"lr must be a finite number, got '0.1'"),
+    ("epochs", 0, r"epochs must be >= 1, got 0"),
+    ("epochs", 2.5, r"epochs must be a finite integer, got 2.5"),
+    ("epochs", True, r"epochs must be a finite integer, got True"),
+    ("batch_size", -1, r"batch_size must be >= 1"),
+    ("accumulation_steps", 0, r"accumulation_steps must be >= 1"),
+    ("synth_seed", -3, r"synth_seed must be >= 0"),
+    ("warmup_epochs", -1, r"warmup_epochs must be >= 0"),
+    ("patch_size", (0, 32, 32), r"patch_size must be >= 1, got 0"),
+    ("patch_size", (16, 32), r"patch_size must be 3 values \(D, H, W\), got \(16, 32\)"),
+    ("synth_shape", (8, 16, -16), r"synth_shape must be >= 1, got -16"),
+    ("synth_volumes", 0, r"synth_volumes must be >= 1"),
+    ("features", (), r"features must be a non-empty list"),
+    ("features", (8, 8, 16), r"features must increase strictly"),
+    ("features", (8, 0, 16), r"features must be >= 1, got 0"),
+    ("tumor_prob", 1.5, r"tumor_prob must lie in \[0, 1\]"),
+    ("val_fraction", 1.0, r"val_fraction must lie in \[0, 1\)"),
+    ("test_fraction", -0.1, r"test_fraction must lie in \[0, 1\)"),
+    ("min_lr_ratio", 2.0, r"min_lr_ratio must lie in \[0, 1\]"),
+    ("dice_weight", -0.5, r"dice_weight must lie in \[0, 1\]"),
+    ("weight_decay", -1e-5, r"weight_decay must be >= 0"),
+    ("focal_gamma", float("inf"), r"focal_gamma must be a finite number"),
+    ("grad_clip", -1.0, r"grad_clip must be >= 0"),
+    ("class_weights", (1.0, -1.0, 1.0), r"class_weights must be >= 0, got -1.0"),
+    ("class_weights", (1.0, 1.0), r"class_weights has 2 entries for num_classes=3"),
+    ("cache_hw", 0, r"cache_hw must be >= 1, got 0"),
+    ("cache_margin", -2, r"cache_margin must be >= 0"),
+    ("cache_workers", 0, r"cache_workers must be >= 1"),
+    ("num_workers", -1, r"num_workers must be >= 0"),
+    ("samples_per_epoch", 0, r"samples_per_epoch must be >= 1"),
+    ("val_samples", 0, r"val_samples must be >= 1"),
+    ("ram_cache_bytes", -1, r"ram_cache_bytes must be >= 0"),
+    ("in_channels", 0, r"in_channels must be >= 1"),
+    ("num_classes", 0, r"num_classes must be >= 1"),
+    ("seed", -1, r"seed must be >= 0"),
+    ("split_seed", 1.5, r"split_seed must be a finite integer"),
+    ("augment", "yes", r"augment must be true or false, got 'yes'"),
+    ("amp", 1, r"amp must be true or false, got 1"),
+    ("compile", None, r"compile must be one of auto, off, default"),
+    ("compile", "fast", r"compile must be one of auto, off, default"),
+    ("amp_dtype", "float8", r"amp_dtype must be one of auto, bfloat16"),
+    ("cudnn_benchmark", "yes", r"cudnn_benchmark must be one of auto, on, off"),
+    ("data_placement", "disk", r"data_placement must be one of auto, device, loader"),
+    ("pin_memory", True, r"pin_memory must be one of auto, on, off"),
+    ("kaggle_channel_order", ("t1", "t1", "t2", "flair"), r"t1 given more than once"),
+    ("preset", "", r"preset must be a name"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_VALUES, ids=[f"{f}={v!r}" for f, v, _ in BAD_VALUES])
+def test_bad_value_fails_at_construction(field, value, message):
+    with pytest.raises(ValueError, match=message) as info:
+        get_config("ci").replace(**{field: value})
+    assert "\n" not in str(info.value)
+
+
+def test_every_field_has_a_rule_and_every_preset_is_valid():
+    import dataclasses
+
+    from tumorlib.config import _CHOICES, _RULES
+
+    names = {f.name for f in dataclasses.fields(Config)}
+    assert names - set(_RULES) - set(_CHOICES) == {"preset", "kaggle_channel_order"}
+    assert {f for f, _, _ in BAD_VALUES} == names  # each field has at least one failing case above
+    for name, cfg in PRESETS.items():
+        assert Config.from_dict(cfg.to_dict()) == cfg, name
+
+
+def test_numbers_are_normalised():
+    import numpy as np
+
+    cfg = get_config("ci", lr=1, epochs=np.int64(3), patch_size=[8, 16, 16], cache_hw=None)
+    assert isinstance(cfg.lr, float) and cfg.lr == 1.0
+    assert type(cfg.epochs) is int and cfg.patch_size == (8, 16, 16) and cfg.cache_hw is None
+
+
+def test_cli_rejects_bad_config_value_in_one_line(capsys):
+    from tumorlib.cli import main
+
+    assert main(["train", "--preset", "ci", "--threshold", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == "tumorlib train: error: config field threshold must lie in (0, 1), got 2.0\n"

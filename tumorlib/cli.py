@@ -38,9 +38,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from tumorlib.data import make_synthetic
+    from pathlib import Path
 
-    folder = make_synthetic(args.out, args.volumes, tuple(args.shape), seed=args.seed, progress=not args.quiet)
+    from tumorlib.data import make_synthetic
+    from tumorlib.safety import check_free_space, replace_folder
+
+    d, h, w = args.shape
+    per_slice = -(-(h * w * 35 + 2112) // 4096) * 4096  # float64 x4 + uint8 x3 + HDF5 header, in 4 KiB blocks
+    check_free_space(Path(args.out).absolute().parent, max(args.volumes, 0) * d * per_slice + 65536,
+                     f"{args.volumes} volumes of {tuple(args.shape)}")
+    made = {}
+
+    def build(tmp: Path) -> None:  # generated beside --out, swapped in whole only when complete
+        made["rel"] = make_synthetic(tmp, args.volumes, tuple(args.shape), seed=args.seed,
+                                     progress=not args.quiet).relative_to(tmp)
+
+    out = replace_folder(args.out, build, overwrite=args.overwrite, what="synth --out")
+    folder = out / made["rel"]
     print(f"wrote {args.volumes} volumes of {tuple(args.shape)} to {folder}")
     return 0
 
@@ -187,6 +201,8 @@ def _cmd_inspect_modalities(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="tumorlib", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also TUMORLIB_DEBUG=1); accepted anywhere")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write the embedded synthetic dataset in the Kaggle layout")
@@ -195,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=int, nargs=3, default=(155, 240, 240), metavar=("D", "H", "W"),
                    help="slices, rows, columns")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out whole (the old folder stays until the new one is complete)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_synth)
 
@@ -293,15 +311,128 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception, so ``finally`` blocks and context managers run (exit 143)."""
+
+
+_RESUME_HINTS = {
+    "train": "rerun with --resume to continue from RUN/checkpoints/last.pth",
+    "cache": "rerun the same command: finished volumes are reused",
+    "synth": "the output folder was left as it was; rerun the same command",
+    "notebooks": "rerun the same command",
+}
+
+
+_MAIN_PID: list[int] = []  # the process that installed the handler; forked workers inherit it
+_RECEIVED: list[int] = []  # signals seen, in case library code swallowed the exception
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGTERM -> ``_Terminated``, SIGINT -> ``KeyboardInterrupt``, both recorded in ``_RECEIVED``."""
+    import os
+    import signal
+
+    if _MAIN_PID and os.getpid() != _MAIN_PID[-1]:
+        # a forked worker (process pool, DataLoader): the parent stops it; dying here would break the
+        # pool under the parent (seen: a hung ProcessPoolExecutor and a thread traceback)
+        return
+    _RECEIVED.append(signum)
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _redeliver(unraisable: object) -> None:
+    """``sys.unraisablehook``: an interrupt raised inside a callback (a weakref finaliser, an h5py
+    ``__dealloc__``) is swallowed by Python; send the signal again so it stops the command."""
+    import os
+    import signal
+    import threading
+
+    exc = getattr(unraisable, "exc_value", None)
+    if isinstance(exc, KeyboardInterrupt):  # not from here: raising inside this hook is swallowed too
+        sig = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+        timer = threading.Timer(0.01, os.kill, (os.getpid(), sig))
+        timer.daemon = True
+        timer.start()
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
+def _report_error(command: str, err: BaseException) -> int:
+    """Print one line for ``err`` on stderr and return the exit code."""
+    from tumorlib.safety import DiskFullError, is_disk_full
+
+    if isinstance(err, KeyboardInterrupt):
+        how, code = ("stopped by SIGTERM", 143) if isinstance(err, _Terminated) else ("interrupted (Ctrl-C)", 130)
+        hint = _RESUME_HINTS.get(command, "rerun the same command")
+        print(f"tumorlib {command}: {how}; files already completed were kept and partial ones discarded; "
+              f"{hint}", file=sys.stderr)
+        return code
+    if is_disk_full(err):
+        if not isinstance(err, DiskFullError):
+            name = getattr(err, "filename", None)
+            err = DiskFullError(name if name else "an output file (the system did not say which)")
+        print(f"tumorlib {command}: error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])  # str(KeyError) would add quotes
+    else:
+        text = str(err) or type(err).__name__
+    user_facing = (ValueError, KeyError, OSError, RuntimeError, ArithmeticError, EOFError, ImportError)
+    if isinstance(err, user_facing):
+        print(f"tumorlib {command}: error: {' '.join(text.split())}", file=sys.stderr)
+        return 3 if isinstance(err, FloatingPointError) else 2
+    print(f"tumorlib {command}: internal error: {type(err).__name__}: {' '.join(text.split())} "
+          f"(rerun with --debug for the traceback)", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (errors are printed, not raised)."""
+    """Run the command line; returns the exit code (errors are printed, not raised).
+
+    Every error ends in one line on stderr naming the file or value: exit 2 for bad input or a failed
+    file operation (disk full: ``disk full while writing <file>``), 130 after Ctrl-C, 143 after
+    SIGTERM, 1 for an internal error. ``--debug`` (anywhere on the line) or ``TUMORLIB_DEBUG=1`` adds
+    the traceback.
+    """
+    import os
+    import signal
+    import traceback
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("TUMORLIB_DEBUG", "").strip().lower() in {"1", "true", "yes"}
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    if hasattr(signal, "SIGTERM"):
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_signal)
+            _MAIN_PID.append(os.getpid())
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+                signal.signal(signal.SIGINT, _on_signal)
+        except ValueError:  # not the main thread: leave SIGTERM alone
+            previous = None
+    hook, sys.unraisablehook = sys.unraisablehook, _redeliver
+    _RECEIVED.clear()
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, OSError, RuntimeError) as err:
-        print(f"tumorlib {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        code = int(args.func(args) or 0)
+        if _RECEIVED:  # the exception was swallowed on the way (rare: inside a library's callback)
+            term = _RECEIVED[0] == signal.SIGTERM
+            print(f"tumorlib {args.command}: {'stopped by SIGTERM' if term else 'interrupted (Ctrl-C)'} as the "
+                  f"work finished; its results were kept", file=sys.stderr)
+            return 143 if term else 130
+        return code
+    except (Exception, KeyboardInterrupt) as err:
+        if debug:
+            traceback.print_exc()
+        return _report_error(args.command, err)
+    finally:
+        sys.unraisablehook = hook
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+            if signal.getsignal(signal.SIGINT) is _on_signal:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            _MAIN_PID.pop()
 
 
 if __name__ == "__main__":

@@ -125,29 +125,21 @@ class Config:
     def __post_init__(self) -> None:
         for name in ("synth_shape", "patch_size", "features", "class_weights"):
             value = getattr(self, name)
-            if not isinstance(value, tuple):
+            if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "kaggle_channel_order", check_order(self.kaggle_channel_order))
         if isinstance(self.compile, bool) or str(self.compile).lower() in ("true", "false", "none", "1", "0"):
             on = str(self.compile).lower() in ("true", "1")
             object.__setattr__(self, "compile", "default" if on else "off")  # configs saved before "auto"
-        for name, allowed in _AUTO_VALUES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if len(self.synth_shape) != 3 or len(self.patch_size) != 3:
-            raise ValueError(f"synth_shape and patch_size need 3 sides (D, H, W): {self.synth_shape}, "
-                             f"{self.patch_size}")
+        _validate(self)
         if len(self.class_weights) != self.num_classes:
             raise ValueError(f"class_weights has {len(self.class_weights)} entries for "
                              f"num_classes={self.num_classes}")
-        if not 0.0 <= self.tumor_prob <= 1.0:
-            raise ValueError(f"tumor_prob must lie in [0, 1], got {self.tumor_prob}")
-        if not 0.0 <= self.sw_overlap < 1.0:
-            raise ValueError(f"sw_overlap must lie in [0, 1), got {self.sw_overlap}")
+        if list(self.features) != sorted(set(self.features)):
+            raise ValueError(f"features must increase strictly (one width per U-Net level), got {self.features}")
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("val_fraction + test_fraction must be below 1")
-        if self.epochs < 1 or self.batch_size < 1 or self.accumulation_steps < 1:
-            raise ValueError("epochs, batch_size and accumulation_steps must be >= 1")
+            raise ValueError(f"val_fraction + test_fraction must be below 1, got {self.val_fraction} + "
+                             f"{self.test_fraction}")
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with some fields changed.
@@ -204,6 +196,93 @@ def runtime_fields() -> frozenset[str]:
 def resume_fields() -> frozenset[str]:
     """Config fields a resumed run must share with its checkpoint (every field not marked runtime)."""
     return frozenset(f.name for f in dataclasses.fields(Config)) - runtime_fields()
+
+
+_INF = float("inf")
+# field: (type, low, high, low_open, high_open); None as type allows None; tuples check each element.
+# Patch sides need no divisibility: UNet3D pads inputs to a multiple of 2 ** len(features) itself.
+_RULES: dict[str, tuple[Any, float, float, bool, bool]] = {
+    "seed": (int, 0, _INF, False, False), "synth_volumes": (int, 1, _INF, False, False),
+    "synth_shape": ((int, 3), 1, _INF, False, False), "synth_seed": (int, 0, _INF, False, False),
+    "cache_hw": ((int, None), 1, _INF, False, False), "cache_margin": (int, 0, _INF, False, False),
+    "cache_workers": (int, 1, _INF, False, False), "patch_size": ((int, 3), 1, _INF, False, False),
+    "tumor_prob": (float, 0, 1, False, False), "augment": (bool, 0, 1, False, False),
+    "ram_cache_bytes": (int, 0, _INF, False, False), "num_workers": ((int, None), 0, _INF, False, False),
+    "in_channels": (int, 1, _INF, False, False), "num_classes": (int, 1, _INF, False, False),
+    "features": ((int, 0), 1, _INF, False, False), "epochs": (int, 1, _INF, False, False),
+    "warmup_epochs": (int, 0, _INF, False, False), "batch_size": (int, 1, _INF, False, False),
+    "accumulation_steps": (int, 1, _INF, False, False), "lr": (float, 0, _INF, True, True),
+    "min_lr_ratio": (float, 0, 1, False, False), "weight_decay": (float, 0, _INF, False, True),
+    "samples_per_epoch": ((int, None), 1, _INF, False, False),
+    "val_samples": ((int, None), 1, _INF, False, False),
+    "class_weights": ((float, 0), 0, _INF, False, True), "focal_gamma": (float, 0, _INF, False, True),
+    "dice_weight": (float, 0, 1, False, False), "grad_clip": (float, 0, _INF, False, True),
+    "amp": (bool, 0, 1, False, False),
+    "val_fraction": (float, 0, 1, False, True), "test_fraction": (float, 0, 1, False, True),
+    "split_seed": (int, 0, _INF, False, False), "sw_overlap": (float, 0, 1, False, True),
+    "sw_batch_size": (int, 1, _INF, False, False), "threshold": (float, 0, 1, True, True),
+}
+_CHOICES = {
+    "sw_blend": ("gaussian", "constant"),
+    "compile": ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    **_AUTO_VALUES,
+}
+
+
+def _check_number(name: str, value: Any, kind: type, low: float, high: float, low_open: bool,
+                  high_open: bool) -> Any:
+    """``value`` as ``kind`` (int or float; bool only for bool) inside the range, else ValueError."""
+    import math
+    import numbers
+
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config field {name} must be true or false, got {value!r}")
+        return value
+    ok = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+    if not ok or (kind is float and not math.isfinite(value)):
+        raise ValueError(f"config field {name} must be a finite {'integer' if kind is int else 'number'}, "
+                         f"got {value!r}")
+    value = kind(value)
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if below or above:
+        if high == _INF:
+            span = f"be {'>' if low_open else '>='} {low:g}"
+        else:
+            span = f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"config field {name} must {span}, got {value!r}")
+    return value
+
+
+def _validate(config: Config) -> None:
+    """Check every field's type, range and choices (``_RULES``, ``_CHOICES``); normalise numbers.
+
+    Raises:
+        ValueError: the first bad field, one line naming it and its value.
+    """
+    for name, (kind, low, high, low_open, high_open) in _RULES.items():
+        value = getattr(config, name)
+        if isinstance(kind, tuple):
+            elem, size = kind
+            if size is None:  # optional scalar
+                if value is not None:
+                    object.__setattr__(config, name, _check_number(name, value, elem, low, high, low_open,
+                                                                   high_open))
+                continue
+            if not isinstance(value, tuple) or (size and len(value) != size) or not value:
+                want = f"{size} values (D, H, W)" if size else "a non-empty list"
+                raise ValueError(f"config field {name} must be {want}, got {value!r}")
+            checked = tuple(_check_number(name, v, elem, low, high, low_open, high_open) for v in value)
+            object.__setattr__(config, name, checked)
+        else:
+            object.__setattr__(config, name, _check_number(name, value, kind, low, high, low_open, high_open))
+    for name, choices in _CHOICES.items():
+        if getattr(config, name) not in choices:
+            raise ValueError(f"config field {name} must be one of {', '.join(choices)}, "
+                             f"got {getattr(config, name)!r}")
+    if not isinstance(config.preset, str) or not config.preset:
+        raise ValueError(f"config field preset must be a name, got {config.preset!r}")
 
 
 PRESETS: dict[str, Config] = {

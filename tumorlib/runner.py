@@ -58,6 +58,7 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
 
     Raises:
         nbclient.exceptions.CellExecutionError: a cell failed (the partial notebook is still saved).
+        ValueError: ``only`` matches no notebook.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -67,6 +68,9 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
     notebooks = find_notebooks(notebook_dir)
     if only:
         notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in only)]
+        if not notebooks:
+            raise ValueError(f"--only {' '.join(only)}: no notebook in {notebook_dir} starts with that "
+                             f"(have: {', '.join(p.name[:2] for p in find_notebooks(notebook_dir))})")
     written = []
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)

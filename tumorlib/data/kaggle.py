@@ -41,6 +41,8 @@ __all__ = [
 
 KAGGLE_DATASET = "awsaf49/brats2020-training-data"
 _SLICE_RE = re.compile(r"^volume_(\d+)_slice_(\d+)\.h5$")
+_LOOSE_RE = re.compile(r"^volume_.*_slice_.*\.h5$", re.IGNORECASE)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def find_slices(root: str | os.PathLike) -> dict[int, dict[int, Path]]:
@@ -60,10 +62,13 @@ def find_slices(root: str | os.PathLike) -> dict[int, dict[int, Path]]:
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
     found: dict[int, dict[int, Path]] = {}
+    skipped: list[Path] = []
     for folder, _dirs, files in os.walk(root):
         for name in files:
             match = _SLICE_RE.match(name)
             if not match:
+                if _LOOSE_RE.match(name):
+                    skipped.append(Path(folder) / name)
                 continue
             vid, s = int(match.group(1)), int(match.group(2))
             path = Path(folder) / name
@@ -71,7 +76,16 @@ def find_slices(root: str | os.PathLike) -> dict[int, dict[int, Path]]:
             if s in slices:
                 raise ValueError(f"volume {vid}: slice {s} found twice: {slices[s]} and {path}")
             slices[s] = path
+    _warn_skipped(skipped)
     return found
+
+
+def _warn_skipped(skipped: list[Path]) -> None:
+    """Warn about slice-like files whose volume or slice number is not an integer (they are not read)."""
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        warnings.warn(f"skipped {len(skipped)} file(s) whose volume id or slice index is not an integer "
+                      f"(volume_<int>_slice_<int>.h5): {shown}", UserWarning, stacklevel=3)
 
 
 def list_volumes(root: str | os.PathLike) -> list[int]:
@@ -101,7 +115,7 @@ def _volume_slices(root: str | os.PathLike, volume_id: int) -> list[Path]:
         if attempt == 0 and not all(d.is_dir() for d in dirs):
             continue
         for folder in dirs:
-            for path in folder.glob(f"volume_{volume_id}_slice_*.h5"):
+            for path in folder.glob(f"volume_*{volume_id}_slice_*.h5"):  # also zero-padded ids (007)
                 match = _SLICE_RE.match(path.name)
                 if match and int(match.group(1)) == volume_id:
                     s = int(match.group(2))
@@ -122,7 +136,52 @@ def _volume_slices(root: str | os.PathLike, volume_id: int) -> list[Path]:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise ValueError(f"volume {volume_id}: slice(s) {shown} missing in {folder} "
                          f"(found {len(slices)} of {n})")
+    _check_trailing_slices(root, volume_id, n, slices[n - 1].parent)
     return [slices[s] for s in range(n)]
+
+
+@functools.lru_cache(maxsize=32)
+def _volume_depths(root: str) -> dict[int, int]:
+    """Depth (highest slice + 1) of every volume below ``root`` (cached like ``_slice_dirs``)."""
+    return {vid: max(slices) + 1 for vid, slices in find_slices(root).items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _listed_depths(path: Path, mtime_ns: int, size: int) -> dict[int, int]:
+    """Slices per volume (highest listed + 1) in a ``meta_data.csv`` (cached per file version)."""
+    meta = pd.read_csv(path, usecols=["volume", "slice"])
+    return {int(v): int(s) + 1 for v, s in meta.groupby("volume")["slice"].max().items()}
+
+
+def _check_trailing_slices(root: str | os.PathLike, volume_id: int, depth: int, folder: Path) -> None:
+    """Catch missing trailing slices, which leave no gap in the numbering.
+
+    With a ``meta_data.csv`` beside the slices listing more of them: an error (the data is incomplete).
+    Without one: a warning when the volume is shallower than most other volumes below ``root``
+    (folders written by other tools may hold volumes of different depths on purpose).
+
+    Raises:
+        ValueError: fewer slices than ``meta_data.csv`` lists (names the volume, folder and CSV).
+    """
+    meta = folder / "meta_data.csv"
+    if meta.is_file():
+        try:
+            st = meta.stat()
+            listed = _listed_depths(meta, st.st_mtime_ns, st.st_size).get(volume_id)
+        except (OSError, ValueError, KeyError):
+            listed = None  # an unreadable or foreign CSV: load_metadata reports it
+        if listed is not None and depth != listed:
+            missing = f": slice(s) {depth}..{listed - 1} are missing" if depth < listed else ""
+            raise ValueError(f"volume {volume_id}: {depth} slices in {folder} but {meta} lists {listed}"
+                             f"{missing}")
+        if listed is not None:
+            return
+    others = [d for v, d in _volume_depths(str(Path(root).resolve())).items() if v != volume_id]
+    if others:
+        common = max(set(others), key=others.count)
+        if depth < common and others.count(common) > len(others) / 2:
+            warnings.warn(f"volume {volume_id}: {depth} slices in {folder}, but most volumes there have "
+                          f"{common}: trailing slices may be missing", UserWarning, stacklevel=4)
 
 
 def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -136,6 +195,7 @@ def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
             if key not in f:
                 raise KeyError(f"{path}: no '{key}' dataset (has: {', '.join(f.keys()) or 'nothing'})")
         image, mask = f["image"][()], f["mask"][()]
+    image, mask = _check_slice_values(path, image, mask)
     if image.ndim != 3 or image.shape[2] != 4:
         raise ValueError(f"{path}: image must be (H, W, 4) (four modalities), got {image.shape}")
     if mask.ndim != 3 or mask.shape[2] != 3:
@@ -145,29 +205,29 @@ def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
+def _check_slice_values(path: Path, image: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric image and mask, image finite in float32, mask exactly 0/1; errors name the file."""
+    arrays = []
+    for key, value in (("image", image), ("mask", mask)):
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: {key} holds {arr.dtype} values ({arr.dtype.kind!r}), not numbers")
+        arrays.append(arr)
+    image, mask = arrays
+    if image.dtype.kind == "f":
+        if not np.isfinite(image).all():
+            raise ValueError(f"{path}: image holds NaN or inf values")
+        if image.size and float(np.abs(image).max()) > _FLOAT32_MAX:
+            raise ValueError(f"{path}: image values up to {float(np.abs(image).max()):.3g} overflow float32 "
+                             f"(max {_FLOAT32_MAX:.3g})")
+    if mask.size and not ((mask == 0) | (mask == 1)).all():
+        bad = np.unique(mask[(mask != 0) & (mask != 1)])[:8]
+        raise ValueError(f"{path}: mask values must be 0 or 1, found {bad.tolist()} ({mask.dtype})")
+    return image, mask
+
+
 #: Fraction of voxels that must be exactly 0 in every channel for the background to look raw.
 MIN_BACKGROUND_FRACTION = 0.01
-
-
-@functools.lru_cache(maxsize=8)
-def _meta_depths(meta_path: str, _mtime_ns: int) -> dict[int, int]:
-    """Number of rows per volume in ``meta_data.csv`` (cached per file version)."""
-    meta = pd.read_csv(meta_path, usecols=lambda c: c in {"volume", "slice"})
-    if "volume" not in meta.columns:
-        return {}
-    return {int(v): int(n) for v, n in meta.groupby("volume").size().items()}
-
-
-def _check_depth(paths: list[Path], volume_id: int) -> None:
-    """Compare the number of slices found with the rows of ``meta_data.csv`` beside them."""
-    meta_path = paths[0].parent / "meta_data.csv"
-    if not meta_path.is_file():
-        return
-    depths = _meta_depths(str(meta_path), meta_path.stat().st_mtime_ns)
-    expected = depths.get(int(volume_id))
-    if expected is not None and expected != len(paths):
-        raise ValueError(f"volume {volume_id}: {len(paths)} slices in {paths[0].parent} but {meta_path} "
-                         f"lists {expected}")
 
 
 def check_volume(image: np.ndarray, mask: np.ndarray, volume_id: int | str) -> dict[str, float]:
@@ -226,7 +286,6 @@ def load_volume(root: str | os.PathLike, volume_id: int,
     """
     perm = list(channel_permutation(stored_order))
     paths = _volume_slices(root, volume_id)
-    _check_depth(paths, volume_id)
     image = mask = None
     for s, path in enumerate(paths):
         img_s, mask_s = _read_slice(path)
@@ -237,10 +296,6 @@ def load_volume(root: str | os.PathLike, volume_id: int,
         elif img_s.shape[:2] != image.shape[2:]:
             raise ValueError(f"{path}: slice is {img_s.shape[:2]} but earlier slices of volume "
                              f"{volume_id} are {image.shape[2:]}")
-        if not np.isfinite(img_s).all():
-            raise ValueError(f"{path}: image holds NaN or inf values")
-        if mask_s.max(initial=0) > 1 or mask_s.min(initial=0) < 0:
-            raise ValueError(f"{path}: mask values must be 0 or 1, found {np.unique(mask_s)[:8]}")
         image[:, s] = np.moveaxis(img_s[:, :, perm], -1, 0)
         mask[:, s] = np.moveaxis(mask_s, -1, 0)
     check_volume(image, mask, volume_id)

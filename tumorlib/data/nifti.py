@@ -124,6 +124,23 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     return img, np.asarray(img.affine, dtype=np.float64), shape
 
 
+def _voxels(path: Path, img: object, read: object) -> np.ndarray:
+    """``read(img)`` with a truncated or corrupt file (EOFError, zlib errors) reported as one line."""
+    try:
+        return np.asarray(read(img))
+    except Exception as err:  # EOFError, zlib.error, OSError, nibabel errors: all mean a broken file
+        raise OSError(f"{path}: truncated or corrupt NIfTI data ({type(err).__name__}: {err})") from err
+
+
+def _check_same_grid(path: Path, img: object, first: tuple[Path, object]) -> None:
+    """Refuse a modality whose voxel size differs from the first modality's (names both files)."""
+    zooms = tuple(round(float(z), 4) for z in img.header.get_zooms()[:3])
+    ref = tuple(round(float(z), 4) for z in first[1].header.get_zooms()[:3])
+    if zooms != ref:
+        raise ValueError(f"{path}: voxel size {zooms} mm differs from {first[0]} {ref} mm; resample the "
+                         f"modalities to one grid first")
+
+
 def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Read one BraTS NIfTI case into tumorlib's layout.
 
@@ -139,9 +156,10 @@ def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
 
     Raises:
         FileNotFoundError: no such folder, or a modality missing (names the folder and the pattern).
-        ValueError: files of different shapes, a file that is not 3-D, NaN/inf intensities, or
-            segmentation labels other than 0/1/2/4 (each names the file).
-        OSError: an unreadable file (names it).
+        ValueError: files of different shapes or voxel sizes (names both), a file that is not 3-D,
+            NaN/inf intensities, an all-zero modality, or segmentation labels other than 0/1/2/4
+            (each names the file).
+        OSError: an unreadable, truncated or corrupt file (names it).
     """
     case = Path(case_dir)
     if not case.is_dir():
@@ -155,16 +173,21 @@ def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     image = None
     affine = None
     first: tuple[Path, tuple[int, ...]] | None = None
+    first_img = None
     for c, path in enumerate(paths):
         img, aff, shape = _read(path)
         if first is None:
-            first = (path, shape)
+            first, first_img = (path, shape), img
             image = np.empty((4, shape[2], shape[0], shape[1]), np.float32)
         elif shape != first[1]:
-            raise ValueError(f"{path}: shape {shape} differs from {first[0].name} {first[1]}")
-        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+            raise ValueError(f"{path}: shape {shape} differs from {first[0]} {first[1]}")
+        else:
+            _check_same_grid(path, img, (first[0], first_img))
+        data = _voxels(path, img, lambda im: im.get_fdata(dtype=np.float32)).reshape(shape)
         if not np.isfinite(data).all():
             raise ValueError(f"{path}: image holds NaN or inf values")
+        if not data.any():
+            raise ValueError(f"{path}: every voxel is 0 (an empty or blank modality): nothing to segment")
         image[c] = _to_tumorlib(data)
         if NIFTI_MODALITIES[c] == "flair":
             affine = aff
@@ -173,8 +196,8 @@ def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     if seg_path is not None:
         img, _aff, shape = _read(seg_path)
         if shape != first[1]:
-            raise ValueError(f"{seg_path}: shape {shape} differs from {first[0].name} {first[1]}")
-        raw = np.asarray(img.dataobj).reshape(shape)
+            raise ValueError(f"{seg_path}: shape {shape} differs from {first[0]} {first[1]}")
+        raw = _voxels(seg_path, img, lambda im: im.dataobj).reshape(shape)
         labels = np.rint(raw).astype(np.int64) if np.issubdtype(raw.dtype, np.floating) else raw
         if np.issubdtype(raw.dtype, np.floating) and not np.array_equal(labels, raw):
             raise ValueError(f"{seg_path}: segmentation holds non-integer values")

@@ -213,9 +213,13 @@ def make_synthetic(out_dir: str | os.PathLike, n_volumes: int, shape: tuple[int,
 
     Raises:
         ValueError: ``n_volumes`` < 1 or a bad shape.
+        FileExistsError: ``out_dir`` is not empty (``tumorlib synth --overwrite`` replaces a folder whole).
     """
     if n_volumes < 1:
         raise ValueError(f"n_volumes must be >= 1, got {n_volumes}")
+    from tumorlib.safety import check_empty_folder
+
+    check_empty_folder(out_dir, "synthetic dataset")  # never mix with (or overwrite) existing data
     from tumorlib.progress import tqdm
 
     data_dir = Path(out_dir) / KAGGLE_SUBDIR
