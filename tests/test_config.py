@@ -166,7 +166,6 @@ BAD_VALUES = [
     ("split_seed", 1.5, r"split_seed must be a finite integer"),
     ("augment", "yes", r"augment must be true or false, got 'yes'"),
     ("amp", 1, r"amp must be true or false, got 1"),
-    ("compile", None, r"compile must be one of auto, off, default"),
     ("compile", "fast", r"compile must be one of auto, off, default"),
     ("amp_dtype", "float8", r"amp_dtype must be one of auto, bfloat16"),
     ("cudnn_benchmark", "yes", r"cudnn_benchmark must be one of auto, on, off"),
