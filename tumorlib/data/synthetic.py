@@ -1,11 +1,13 @@
 """The embedded dataset: deterministic brain-MRI phantoms written in the Kaggle BraTS2020 layout.
 
 Real BraTS cannot be downloaded everywhere (CI has no network), so every notebook, test and benchmark
-runs on phantoms by default. Each phantom is a skull-stripped head: zero background, white and grey
-matter, CSF with ventricles, one to three tumours with a necrotic core, an enhancing rim (bright on
-T1ce) and edema (bright on T2 and FLAIR), irregular shapes from smooth random fields, noise and a smooth
-bias field. A volume depends only on (seed, volume id), so a set of 10 holds the first 10 volumes of a
-set of 20.
+runs on phantoms by default. Each phantom is real anatomy with simulated tumours: the ICBM152 template
+(``tumorlib.data.anatomy``) warped per case onto the BraTS grid, contrasts from the tissue
+probabilities, look-alikes that are not tumour (enhancing vessels, choroid plexus, falx and dura on
+T1ce; white-matter spots and periventricular caps on FLAIR), one to three tumours (edema along white
+matter, enhancing rim with gaps, off-centre necrosis, solid and low-grade-like cases, mass effect,
+jittered labels), then gain, bias field, thick-slice blur and Rician noise. A volume depends only on
+(seed, volume id), so a set of 10 holds the first 10 volumes of a set of 20.
 
 The layout written is that of the Kaggle dataset ``awsaf49/brats2020-training-data``::
 
@@ -92,7 +94,7 @@ def _lesion(rng: np.random.Generator, tissue: dict[str, np.ndarray], centre: np.
     thr = _top(score, allowed, n_wt)
     wt_img = allowed & (score >= thr)
     wt_lab = allowed & (score + jitter * fine >= thr)
-    fade = (0.4 + 0.6 * np.clip((score - thr) / 0.35, 0.0, 1.0)) * wt_img
+    fade = (0.5 + 0.5 * np.clip((score - thr) / 0.35, 0.0, 1.0)) * wt_img
     core_frac = rng.uniform(0.25, 0.6) if kind == "lowgrade" else rng.uniform(0.2, 0.5)
     r_core = radius_mm * core_frac ** (1.0 / 3.0)
     off = rng.normal(0.0, 0.15 * radius_mm, 3)
@@ -251,7 +253,7 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
     image[1] *= 1.0 + dura * np.float32(rng.uniform(0.5, 1.0))
 
     # tumour: edema as a relative rise over the local tissue, core classes blended in
-    rise = np.array([-rng.uniform(0.08, 0.2), 0.0, rng.uniform(0.28, 0.5), rng.uniform(0.28, 0.45)], np.float32)
+    rise = np.array([-rng.uniform(0.08, 0.2), 0.0, rng.uniform(0.35, 0.6), rng.uniform(0.35, 0.6)], np.float32)
     rise[1] = rise[0]
     for m in range(4):
         image[m] *= 1.0 + fade * rise[m]
