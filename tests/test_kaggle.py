@@ -91,11 +91,11 @@ def test_synthetic_is_deterministic_and_plausible():
         img, mask = make_phantom((32, 64, 64), seed=0, volume_id=vid)
         fractions.append(mask.reshape(3, -1).sum(1) / (img > 0).any(0).sum())
     mean = np.mean(fractions, axis=0)
-    assert 0.005 < mean[0] < 0.10 and 0.05 < mean[1] < 0.35 and 0.003 < mean[2] < 0.08
+    assert 0.005 < mean[0] < 0.10 and 0.02 < mean[1] < 0.35 and 0.003 < mean[2] < 0.08
     # contrasts: enhancing bright on T1ce, edema bright on FLAIR, compared with white matter
     img, mask = make_phantom((48, 96, 96), seed=0, volume_id=1)
     assert img[1][mask[2] == 1].mean() > 1.3 * img[1][brain_wm(img, mask)].mean()
-    assert img[3][mask[1] == 1].mean() > 1.5 * img[3][brain_wm(img, mask)].mean()
+    assert img[3][mask[1] == 1].mean() > 1.2 * img[3][brain_wm(img, mask)].mean()
 
 
 def brain_wm(img, mask):

@@ -198,6 +198,13 @@ def _cmd_inspect_modalities(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from tumorlib.baseline import baseline
+
+    baseline(config_from_args(args), args.data, args.cache, out=args.out, progress=not args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="tumorlib", description=__doc__.splitlines()[0])
@@ -306,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("baseline", help="intensity-only per-voxel classifier: fit on the train split, score the test split")
+    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
+    p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
+    p.add_argument("--out", default=None, help="metrics CSV (default OUT/baseline_test.csv); summary beside it")
+    p.add_argument("--quiet", action="store_true")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_baseline)
 
 
     return parser

@@ -18,8 +18,10 @@ from tumorlib.data.synthetic import make_synthetic
 __all__ = ["ensure_data", "SYNTH_MARKER"]
 
 SYNTH_MARKER = "tumorlib_synthetic.json"
-# Bump when make_phantom changes its output, so embedded sets written by older code are regenerated.
-SYNTH_VERSION = 3  # 3: image channels stored in the Kaggle pack's order (FLAIR, T1, T1ce, T2)
+# Bump when make_phantom changes its output, so embedded sets written by older code are regenerated
+# (3: channels stored in the Kaggle pack's order FLAIR, T1, T1ce, T2; 4: real ICBM152 anatomy, BraTS-like
+# tumour statistics and look-alikes).
+SYNTH_VERSION = 4
 
 
 def ensure_data(config: Config, progress: bool = True) -> Path:
