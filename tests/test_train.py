@@ -270,7 +270,8 @@ def test_accumulation_gives_fewer_optimizer_steps(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = get_config("ci", **{**TINY, "epochs": 3})
     run = tmp_path / "run"
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss at epoch 2.*last good epoch \(1\)"):
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss at epoch 2.*last good epoch \(1\); "
+                                                 r"the input patches hold NaN"):
         fit(cfg, Patches(4, nan_epoch=1), Patches(2, seed=1), run, progress=False)
     last = torch.load(run / "checkpoints" / "last.pth", weights_only=True)
     assert last["epoch"] == 1

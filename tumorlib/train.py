@@ -56,8 +56,8 @@ from tumorlib.safety import atomic_write, discard_previous, folder_lock, move_as
 
 __all__ = [
     "HISTORY_COLUMNS",
-    "RUN_FILES",
     "RESUME_IGNORED_FIELDS",
+    "RUN_FILES",
     "amp_dtype",
     "fit",
     "forward_backward",

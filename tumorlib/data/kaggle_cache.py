@@ -36,7 +36,7 @@ def kaggle_fingerprint(slice_files: Sequence[str | os.PathLike]) -> str:
 
 
 def kaggle_fingerprints(data: str | os.PathLike) -> Callable[[int], str]:
-    """``fingerprint(volume_id)`` over one scan of a Kaggle-format folder.
+    """``fingerprint(volume_id)`` over one scan of a Kaggle-format folder (made on the first call).
 
     Args:
         data: a folder holding (anywhere below it) ``volume_{id}_slice_{s}.h5``.
@@ -47,9 +47,11 @@ def kaggle_fingerprints(data: str | os.PathLike) -> Callable[[int], str]:
     """
     from . import kaggle
 
-    found = kaggle.find_slices(data)
+    found: dict[int, dict[int, Path]] = {}
 
     def fingerprint(volume_id: int) -> str:
+        if not found:  # one scan, on the first call (a cache that needs nothing built never asks)
+            found.update(kaggle.find_slices(data))
         slices = found.get(int(volume_id), {})
         return kaggle_fingerprint([slices[s] for s in sorted(slices)])
 
@@ -57,7 +59,8 @@ def kaggle_fingerprints(data: str | os.PathLike) -> Callable[[int], str]:
 
 
 def kaggle_source_files(data: str | os.PathLike) -> Callable[[int], list[Path]]:
-    """``source_files(volume_id)``: the volume's slice files in slice order, over one scan of ``data``.
+    """``source_files(volume_id)``: the volume's slice files in slice order, over one scan of ``data``
+    (made on the first call).
 
     Args:
         data: a folder holding (anywhere below it) ``volume_{id}_slice_{s}.h5``.
@@ -67,9 +70,11 @@ def kaggle_source_files(data: str | os.PathLike) -> Callable[[int], list[Path]]:
     """
     from . import kaggle
 
-    found = kaggle.find_slices(data)
+    found: dict[int, dict[int, Path]] = {}
 
     def source_files(volume_id: int) -> list[Path]:
+        if not found:  # one scan, on the first call
+            found.update(kaggle.find_slices(data))
         slices = found.get(int(volume_id), {})
         return [Path(slices[s]) for s in sorted(slices)]
 
