@@ -151,7 +151,7 @@ if LOAD_EXISTING_RUN and history_file.is_file():
     history = pd.read_csv(history_file)
     print(f"loaded the run in {ws.run_dir} ({len(history)} epochs)")
 else:
-    history = train.train(config, cache_dir=cache_dir, out_dir=ws.run_dir, progress=True)
+    history = train.train(config, cache_dir=cache_dir, out_dir=ws.run_dir, progress=True, overwrite=True)
 
 # %% tags=["nbval-ignore-output"]
 history.round(4)

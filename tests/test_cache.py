@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != ".lock"}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name not in (".lock", ".tumorlib.lock")}
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -290,13 +290,17 @@ def test_other_data_is_refused(built, tmp_path):
         build_cache(other, cache, workers=1, progress=False)
 
 
-def test_changed_data_in_place_is_refused(tmp_path):
+def test_changed_data_in_place_is_rebuilt(tmp_path, capsys):
     data = make_synthetic(tmp_path / "d", 2, (16, 32, 32), seed=0)
     cache = build_cache(data, tmp_path / "c", workers=1, progress=False)
+    kept = (cache / "v1_img.npy").stat().st_mtime_ns
     image, mask = make_phantom((16, 32, 32), seed=9, volume_id=2)  # same sizes, other content
     write_kaggle_volume(data, 2, image, mask)
-    with pytest.raises(CacheError, match="volume 2 was cached from other data"):
-        build_cache(data, cache, workers=1, progress=False)
+    build_cache(data, cache, workers=1, progress=False)
+    assert "rebuilding volume 2 (changed: " in capsys.readouterr().err
+    fresh = build_cache(data, tmp_path / "fresh", workers=1, progress=False)
+    assert _files(cache) == _files(fresh)  # the new content, as a fresh build of it
+    assert (cache / "v1_img.npy").stat().st_mtime_ns == kept  # the unchanged volume was not rewritten
 
 
 def test_other_settings_are_refused(built):

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import gzip
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -510,3 +511,326 @@ def test_nifti_shape_mismatch_names_both_files(tmp_path):
     with pytest.raises(ValueError, match=rf"case_t1ce.nii.gz: shape \(6, 7, 4\) differs from {case / 'case_t1.nii.gz'}"):
         load_nifti_case(case)
 
+
+
+# ------------------------------------------------------------------ training runs: splits, previous runs, locks
+
+TRAIN = ["--preset", "ci", "--epochs", "1", "--quiet"]
+
+
+def _train_args(cache, run, *extra):
+    return ["train", "--cache", str(cache), "--out", str(run), *TRAIN, *extra]
+
+
+def _hashes(folder: Path, names) -> dict[str, str]:
+    """sha256 of each named file below ``folder`` that exists."""
+    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names if (folder / n).is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(ci_cache, tmp_path_factory):
+    """A finished one-epoch ci run (copied by each test that changes it)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert main(_train_args(ci_cache, run)) == 0
+    return run
+
+
+def _copy_run(finished_run, tmp_path) -> Path:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    return run
+
+
+def test_refused_resume_leaves_splits_unchanged(finished_run, ci_cache, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    digest = tree_hash(run)
+    assert main(_train_args(ci_cache, run, "--resume", "--split_seed", "7")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot resume" in err and "split_seed=42 in the checkpoint but 7 now" in err
+    assert tree_hash(run) == digest  # splits.json (and everything else) as it was
+    # the same config, but a splits.json that no longer matches the cache's split: refused too
+    splits = json.loads((run / "splits.json").read_text())
+    splits["train"], splits["val"] = splits["train"][1:], splits["val"] + splits["train"][:1]
+    (run / "splits.json").write_text(json.dumps(splits))
+    digest = tree_hash(run)
+    assert main(_train_args(ci_cache, run, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "splits.json holds other volumes than the split of this cache now" in err
+    assert tree_hash(run) == digest
+
+
+def test_new_run_refused_without_overwrite(finished_run, ci_cache, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    digest = tree_hash(run)
+    assert main(_train_args(ci_cache, run)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run} already holds a finished training run" in err
+    assert "--resume" in err and "--overwrite" in err
+    assert tree_hash(run) == digest
+
+
+def _fail_first_step(monkeypatch, exc):
+    from tumorlib.engine import Trainer
+
+    def fail(self, micro_batches):
+        raise exc
+
+    monkeypatch.setattr(Trainer, "train_step", fail)
+
+
+@pytest.mark.parametrize("exc,code,text", [
+    (FloatingPointError("non-finite training loss"), 3, "the inputs are finite: lower --lr"),
+    (KeyboardInterrupt(), 130, "interrupted (Ctrl-C)"),
+    ("sigterm", 143, "stopped by SIGTERM"),
+])
+def test_new_run_failing_at_epoch_1_keeps_the_previous_model(finished_run, ci_cache, tmp_path, monkeypatch,
+                                                             capsys, exc, code, text):
+    """--overwrite moves the old run aside (a loadable run folder) and names it while nothing better exists."""
+    from tumorlib.cli import _Terminated
+    from tumorlib.runs import load_run
+    from tumorlib.train import RUN_FILES
+
+    run = _copy_run(finished_run, tmp_path)
+    old = _hashes(run, RUN_FILES)
+    _fail_first_step(monkeypatch, _Terminated() if exc == "sigterm" else exc)
+    assert main(_train_args(ci_cache, run, "--overwrite")) == code
+    err = capsys.readouterr().err
+    (prev,) = run.glob("previous-*")
+    assert err.count("\n") == 1 and text in err and "Traceback" not in err, err
+    assert f"no epoch finished; the previous run is kept whole in {prev}" in err
+    assert "last good epoch (0)" not in err
+    assert _hashes(prev, RUN_FILES) == old  # byte for byte
+    assert not (run / "checkpoints" / "best_model.pth").exists()
+    load_run(prev)  # still a usable run folder
+
+
+def test_new_run_discards_the_previous_once_it_has_a_model(finished_run, ci_cache, tmp_path, capsys):
+    from tumorlib.train import RUN_FILES
+
+    run = _copy_run(finished_run, tmp_path)
+    old = _hashes(run, RUN_FILES)
+    assert main(_train_args(ci_cache, run, "--overwrite", "--seed", "3")) == 0
+    assert not list(run.glob("previous-*"))
+    new = _hashes(run, RUN_FILES)
+    assert set(new) == set(old) and new["checkpoints/best_model.pth"] != old["checkpoints/best_model.pth"]
+
+
+def test_ctrl_c_after_an_epoch_says_what_was_kept_then_resumes(ci_cache, tmp_path, monkeypatch, capsys):
+    from tumorlib.engine import Trainer
+
+    run = tmp_path / "run"
+    real = Trainer.validation_step
+    calls = []
+
+    def interrupt_second(self, loader):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt()
+        return real(self, loader)
+
+    monkeypatch.setattr(Trainer, "validation_step", interrupt_second)
+    assert main(_train_args(ci_cache, run, "--epochs", "2")) == 130
+    err = capsys.readouterr().err
+    assert err == (f"tumorlib train: interrupted (Ctrl-C); {run / 'checkpoints' / 'last.pth'} keeps epoch 1/2; "
+                   f"rerun with --resume to continue from it\n")
+    monkeypatch.setattr(Trainer, "validation_step", real)
+    assert main(_train_args(ci_cache, run, "--epochs", "2", "--resume")) == 0
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    import pandas as pd
+
+    assert pd.read_csv(run / "history.csv").epoch.tolist() == [1, 2]
+
+
+def test_nan_input_is_blamed_not_the_learning_rate(tmp_path):
+    """A NaN in the patches: the hint names the input (a finite input that diverges blames --lr above)."""
+    import torch
+
+    from tumorlib.config import get_config
+    from tumorlib.train import fit
+
+    class NaNPatches(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def set_epoch(self, epoch):
+            pass
+
+        def __getitem__(self, item):
+            image = torch.zeros(4, 16, 32, 32)
+            image[0, 0, 0, 0] = float("nan")
+            return image, torch.zeros(3, 16, 32, 32, dtype=torch.uint8)
+
+    cfg = get_config("ci", epochs=1, samples_per_epoch=2, val_samples=2, num_workers=0)
+    with pytest.raises(FloatingPointError, match=r"no epoch finished, so no checkpoint was written; the input "
+                                                 r"patches hold NaN or inf values"):
+        fit(cfg, NaNPatches(), NaNPatches(), tmp_path / "run", progress=False)
+
+
+def test_two_trainings_into_one_out_second_refused_kill_keeps_previous(finished_run, ci_cache, tmp_path, capsys):
+    """A real second process: refused naming the holder's PID; a SIGKILL at epoch 1 keeps the old model."""
+    from tumorlib.train import RUN_FILES
+
+    run = _copy_run(finished_run, tmp_path)
+    old = _hashes(run, RUN_FILES)
+    proc = run_cli(*_train_args(ci_cache, run, "--overwrite", "--samples_per_epoch", "4000"))
+    try:
+        deadline = time.monotonic() + 120
+        lock = run / ".tumorlib.lock"
+        while time.monotonic() < deadline and proc.poll() is None and not (
+                list(run.glob("previous-*")) and lock.read_text().strip() == str(proc.pid)):
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        assert main(_train_args(ci_cache, run, "--resume")) == 2
+        err = capsys.readouterr().err
+        assert err == (f"tumorlib train: error: {run} is in use by another training run (pid {proc.pid}); wait for "
+                       f"it to finish or stop it, or choose another folder\n")
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    (prev,) = run.glob("previous-*")
+    assert _hashes(prev, RUN_FILES) == old
+    assert not (run / "checkpoints" / "best_model.pth").exists()
+
+
+def test_disk_full_during_a_checkpoint_write(ci_cache, small_tmpfs, capsys):
+    run = small_tmpfs / "run"
+    assert main(_train_args(ci_cache, run)) == 2
+    err = capsys.readouterr().err
+    assert err == f"tumorlib train: error: disk full while writing {run / 'checkpoints' / 'best_model.pth'}\n"
+    assert "enforce fail" not in err
+    leftovers = [p.name for p in run.rglob("*") if p.name.startswith(".tmp")]
+    assert not leftovers
+
+
+# ------------------------------------------------------------------ the cache trusts what it checked
+
+
+def _cache_args(data, cache):
+    return ["cache", "--preset", "ci", "--data", str(data), "--out", str(cache), "--workers", "1", "--quiet"]
+
+
+@pytest.fixture
+def data_and_cache(tmp_path):
+    data = tmp_path / "data"
+    assert main(synth_args(data, 3)) == 0
+    cache = tmp_path / "cache"
+    assert main(_cache_args(data, cache)) == 0
+    return data, cache
+
+
+def test_truncated_npy_is_rebuilt_not_reported_done(data_and_cache, capsys):
+    data, cache = data_and_cache
+    capsys.readouterr()
+    reference = tree_hash(cache)
+    target = cache / "v2_img.npy"
+    target.write_bytes(target.read_bytes()[:-100])
+    assert main(_cache_args(data, cache)) == 0
+    err = capsys.readouterr().err
+    assert f"rebuilding volume 2 (damaged: {target}: size " in err
+    assert tree_hash(cache) == reference
+
+
+def test_label_slice_edited_in_place_is_noticed(data_and_cache, tmp_path, capsys):
+    data, cache = data_and_cache
+    (slice_file,) = Path(data).rglob("volume_3_slice_4.h5")
+    size = slice_file.stat().st_size
+    with h5py.File(slice_file, "r+") as f:  # a label corrected in place: same file size
+        mask = f["mask"][()]
+        mask[:, :, 1] = 1 - mask[:, :, 1]
+        f["mask"][...] = mask
+    assert slice_file.stat().st_size == size
+    before = {n: (cache / n).read_bytes() for n in ("v1_img.npy", "v1_mask.npy")}
+    assert main(_cache_args(data, cache)) == 0
+    assert f"rebuilding volume 3 (changed: {slice_file}: modified since recorded)" in capsys.readouterr().err
+    fresh = tmp_path / "fresh"
+    assert main(_cache_args(data, fresh)) == 0
+    assert (cache / "v3_mask.npy").read_bytes() == (fresh / "v3_mask.npy").read_bytes()
+    assert {n: (cache / n).read_bytes() for n in before} == before
+
+
+def test_index_names_outside_the_cache_are_refused(data_and_cache, tmp_path, capsys):
+    import shutil
+
+    data, cache = data_and_cache
+    shutil.copy(cache / "v1_img.npy", tmp_path / "outside.npy")
+    index = json.loads((cache / "index.json").read_text())
+    index["volumes"]["1"]["image_file"] = "../outside.npy"
+    (cache / "index.json").write_text(json.dumps(index))
+    digest, outside = tree_hash(cache), (tmp_path / "outside.npy").read_bytes()
+    capsys.readouterr()
+    for args in (_cache_args(data, cache), _train_args(cache, tmp_path / "run")):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{cache}: index file name '../outside.npy' points outside the folder" in err
+    assert tree_hash(cache) == digest and (tmp_path / "outside.npy").read_bytes() == outside
+    from tumorlib.data.cache import load_cached_volume
+    from tumorlib.safety import UnsafePathError
+
+    with pytest.raises(UnsafePathError, match="points outside"):
+        load_cached_volume(cache, 1)
+
+
+def test_volume_deleted_from_the_data_is_dropped(data_and_cache, capsys):
+    from tumorlib.data.cache import cached_volume_ids
+
+    data, cache = data_and_cache
+    for f in Path(data).rglob("volume_2_slice_*.h5"):
+        f.unlink()
+    assert main(_cache_args(data, cache)) == 0
+    assert "volume 2 dropped: its source is gone" in capsys.readouterr().err
+    assert cached_volume_ids(cache) == [1, 3]
+    assert not list(cache.glob("v2_*"))
+
+
+def test_read_only_finished_cache_is_usable(small_tmpfs, tmp_path, capsys):
+    from tumorlib.config import get_config
+    from tumorlib.data.resolve import resolve_cache
+
+    data = tmp_path / "data"
+    assert main(synth_args(data, 2)) == 0
+    cache = small_tmpfs / "cache"
+    assert main(_cache_args(data, cache)) == 0
+    capsys.readouterr()
+    digest = tree_hash(small_tmpfs)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    try:
+        assert main(_cache_args(data, cache)) == 0
+        assert f"cached 2 volumes" in capsys.readouterr().out
+        cfg = get_config("ci")
+        assert resolve_cache(cfg, data, cache, progress=False) == cache
+        assert resolve_cache(cfg, None, cache, progress=False) == cache
+        assert tree_hash(small_tmpfs) == digest
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
+    target = cache / "v1_mask.npy"
+    target.write_bytes(target.read_bytes()[:-10])
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    try:
+        assert main(_cache_args(data, cache)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"volume 1 needs rebuilding (damaged: {target}: size" in err
+        assert "read-only" in err
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
+
+
+# ------------------------------------------------------------------ predict never replaces its input
+
+
+@pytest.mark.parametrize("victim", ["case_flair.nii.gz", "case_seg.nii.gz", "link"])
+def test_predict_out_naming_an_input_is_refused(finished_run, tmp_path, capsys, victim):
+    import nibabel as nib
+
+    case = _nifti_case(tmp_path / "case", shape=(20, 40, 40))
+    nib.save(nib.Nifti1Image(np.zeros((20, 40, 40), np.uint8), np.eye(4)), case / "case_seg.nii.gz")
+    out = case / victim
+    if victim == "link":
+        out = tmp_path / "pred.nii.gz"
+        out.symlink_to(case / "case_t1.nii.gz")
+    digest = tree_hash(case)
+    assert main(["predict", "--run", str(finished_run), "--nifti", str(case), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {out} is an input file" in err
+    assert tree_hash(case) == digest

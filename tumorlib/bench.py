@@ -114,8 +114,10 @@ def map_populated(path: str | os.PathLike) -> Any:
 
 
 def _cache_files(cache_dir: Path, index: dict[str, Any], vid: int) -> list[Path]:
+    from tumorlib.safety import inside
+
     entry = index["volumes"][str(vid)]
-    return [cache_dir / entry["image_file"], cache_dir / entry["mask_file"]]
+    return [inside(cache_dir, entry["image_file"]), inside(cache_dir, entry["mask_file"])]
 
 
 def time_volume_loads(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, volume_ids: Sequence[int],

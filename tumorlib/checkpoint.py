@@ -10,6 +10,7 @@ Every checkpoint loads with ``torch.load(path, weights_only=True)``: the config 
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 from tumorlib.config import Config
 from tumorlib.model import UNet3D, model_from_config
+from tumorlib.safety import atomic_open
 
 __all__ = [
     "BEST_NAME",
@@ -36,9 +38,11 @@ LAST_NAME = "last.pth"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+    """``torch.save`` into memory, then write the bytes atomically (``safety.atomic_open``) over ``path``.
 
-    A process killed mid-write leaves the previous file intact (plus, at worst, a stray ``.tmp`` file).
+    A process killed mid-write, or a full disk, leaves the previous file intact. Serialising first means a
+    write error is Python's own ``OSError`` (torch's writer would report ``enforce fail``), so a full
+    disk reads ``disk full while writing <path>``.
 
     Args:
         obj: what to save (dicts of tensors and plain values).
@@ -46,19 +50,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
     Returns:
         The path written.
+
+    Raises:
+        DiskFullError: no space left (names ``path``); the previous file is intact.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_open(path, "wb") as handle:
+        handle.write(buffer.getbuffer())
     return path
 
 

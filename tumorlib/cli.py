@@ -146,7 +146,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(cfg.table(), flush=True)
     try:
         history = train(cfg, args.data, args.cache, args.out, resume=args.resume, progress=not args.quiet,
-                        device=args.device, stop_after_epoch=args.stop_after_epoch)
+                        device=args.device, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite)
     except FloatingPointError as err:
         print(f"tumorlib train: error: {err}", file=sys.stderr)
         return 3
@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
     p.add_argument("--out", default=None, help="run folder RUN (default: the workspace's run_dir)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pth")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run over a finished one (its files wait in RUN/previous-<time>/ until the "
+                        "new run has its first best_model.pth)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
                    help="stop after epoch N as if interrupted (resume later with --resume)")
@@ -378,6 +381,10 @@ def _report_error(command: str, err: BaseException) -> int:
 
     if isinstance(err, KeyboardInterrupt):
         how, code = ("stopped by SIGTERM", 143) if isinstance(err, _Terminated) else ("interrupted (Ctrl-C)", 130)
+        kept = getattr(err, "kept", None)  # what the command itself says it kept, when it knows
+        if kept:
+            print(f"tumorlib {command}: {how}; {kept}", file=sys.stderr)
+            return code
         hint = _RESUME_HINTS.get(command, "rerun the same command")
         print(f"tumorlib {command}: {how}; files already completed were kept and partial ones discarded; "
               f"{hint}", file=sys.stderr)

@@ -13,6 +13,19 @@ from tumorlib.runs import _device, load_run, predict_volume
 __all__ = ["predict"]
 
 
+def _input_files(data_dir: str | os.PathLike | None, volume_id: int | None,
+                 nifti_case: str | os.PathLike | None) -> list[Path]:
+    """The files a prediction reads: the case's modality and ``_seg`` files, or the volume's slices."""
+    if nifti_case is not None:
+        from tumorlib.data.nifti import NIFTI_MODALITIES, find_nifti_file
+
+        found = (find_nifti_file(nifti_case, m) for m in (*NIFTI_MODALITIES, "seg"))
+        return [f for f in found if f is not None]
+    from tumorlib.data.kaggle import find_slices
+
+    return list(find_slices(data_dir).get(int(volume_id), {}).values())
+
+
 def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             volume_id: int | None = None, nifti_case: str | os.PathLike | None = None, tta: bool = False,
             device: str | torch.device | None = None, amp: bool = True,
@@ -46,10 +59,12 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
             the wrong number of channels, or a run whose config and weights disagree.
         KeyError: ``volume_id`` not in ``data_dir``.
         FileNotFoundError: a missing run, folder or modality file (names it).
+        OutputIsInputError: ``out`` is one of the input files (a modality, the case's ``_seg``, a slice).
     """
     from tumorlib.data import load_volume
     from tumorlib.data.cache import prepare_volume, uncrop
     from tumorlib.data.nifti import load_nifti_case, save_segmentation_nifti
+    from tumorlib.safety import atomic_path, check_not_input
 
     out = Path(out)
     if not out.name.endswith((".nii.gz", ".nii")):
@@ -65,10 +80,13 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         image, _mask = load_volume(data_dir, int(volume_id))
         affine = None
         name = f"volume {volume_id} of {data_dir}"
+    check_not_input(out, _input_files(data_dir, volume_id, nifti_case))  # before any work: never replace an input
     if image.shape[0] != config.in_channels:
         raise ValueError(f"{name}: {image.shape[0]} channels, the run's model expects {config.in_channels}")
     image_c, _, entry = prepare_volume(image, None, cache_hw=config.cache_hw, margin=config.cache_margin)
     prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
     labels = labels_from_probabilities(full, config.threshold)
-    return save_segmentation_nifti(labels, out, affine)
+    with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
+        save_segmentation_nifti(labels, tmp, affine)
+    return out

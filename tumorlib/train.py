@@ -25,11 +25,12 @@ DistributedDataParallel; each rank draws distinct patches and only rank 0 writes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,12 @@ from tumorlib.engine import (
     validate,
 )
 from tumorlib.model import count_parameters
+from tumorlib.safety import atomic_write, discard_previous, folder_lock, move_aside
 
 __all__ = [
     "HISTORY_COLUMNS",
     "RESUME_IGNORED_FIELDS",
+    "RUN_FILES",
     "amp_dtype",
     "fit",
     "forward_backward",
@@ -72,6 +75,11 @@ TIMING_COLUMNS = ["epoch_s", "patches_per_s"]
 
 #: Fields that may differ when resuming (marked runtime in ``Config``): speed or later stages only.
 RESUME_IGNORED_FIELDS = runtime_fields()
+
+#: What makes a finished run (relative to ``RUN``); a new run moves these aside, or refuses, first.
+RESULT_FILES = (f"checkpoints/{BEST_NAME}", f"checkpoints/{LAST_NAME}", "history.csv", "training_curves.png")
+#: Everything a new run replaces: the results plus the config and splits they belong to.
+RUN_FILES = ("config.json", "splits.json", *RESULT_FILES)
 
 #: The cache a run reads (kept under its old name; see ``tumorlib.data.resolve``).
 prepare_cache = resolve_cache
@@ -120,6 +128,77 @@ def _config_diff(saved: dict[str, Any], config: Config) -> list[str]:
             if saved.get(k) != now.get(k)]
 
 
+def _prepare_run_folder(run: Path, config: Config, splits: dict[str, list[int]] | None, resumed: bool,
+                        overwrite: bool) -> Path | None:
+    """Check the run folder, move a finished run aside, then write ``config.json`` and ``splits.json``.
+
+    Nothing is written before the checks pass. A resumed run must keep its volumes: a ``splits.json``
+    that differs from ``splits`` is refused. A new run over a finished one moves ``RUN_FILES`` into
+    ``RUN/previous-<time>/`` (a loadable run folder) with ``overwrite``, else refuses.
+
+    Returns:
+        The ``previous-*`` folder holding the earlier run, or None.
+
+    Raises:
+        ValueError: resuming with other splits (names the split and the volumes).
+        FileExistsError: a finished run is there and neither ``resume`` nor ``overwrite`` was given.
+    """
+    prev = None
+    saved_path = run / "splits.json"
+    if resumed:
+        if splits is not None and saved_path.is_file():
+            saved = json.loads(saved_path.read_text())
+            diff = [f"{k}: {sorted(set(saved.get(k, [])) ^ set(v))}" for k, v in splits.items()
+                    if sorted(saved.get(k, [])) != sorted(v)]
+            if diff:
+                raise ValueError(f"cannot resume {run}: {saved_path.name} holds other volumes than the split of "
+                                 f"this cache now (differing volumes {'; '.join(diff)}); resume with the same cache "
+                                 f"and split settings, or start a new run in another --out folder")
+    elif any((run / name).exists() for name in RESULT_FILES):
+        prev = move_aside(run, RUN_FILES, overwrite=overwrite, what="training run")
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write(run / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    if splits is not None:
+        atomic_write(saved_path, json.dumps(splits, indent=1) + "\n")
+    return prev
+
+
+def _stop_reason(micro_batches: Any | None, history: list[dict[str, float]], last_path: Path,
+                 prev: Path | None) -> str:
+    """What a run stopped by a non-finite loss kept, and the likely cause (bad input or the settings)."""
+    if history:
+        kept = f"{last_path} keeps the last good epoch ({int(history[-1]['epoch'])})"
+    elif prev is not None:
+        kept = f"no epoch finished; the previous run is kept whole in {prev}"
+    else:
+        kept = "no epoch finished, so no checkpoint was written"
+    if micro_batches is None:  # validation: its patches were not kept
+        hint = "check the validation volumes for NaN, else lower --lr or train in float32 (--amp_dtype float32)"
+    elif any(not bool(torch.isfinite(t).all()) for batch in micro_batches for t in batch[:2]):
+        hint = "the input patches hold NaN or inf values: check the data and rebuild the cache"
+    else:
+        hint = "the inputs are finite: lower --lr or train in float32 (--amp_dtype float32)"
+    return f"{kept}; {hint}"
+
+
+@contextlib.contextmanager
+def _explain_interrupt(last_path: Path, epochs: int, prev: Path | None) -> Iterator[None]:
+    """On Ctrl-C / SIGTERM, attach ``kept`` to the exception: what the run folder holds and how to continue."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        if last_path.is_file():
+            with contextlib.suppress(Exception):
+                done = int(torch.load(last_path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+                err.kept = (f"{last_path} keeps epoch {done}/{epochs}; rerun with --resume to continue from it")
+        elif prev is not None and prev.exists():
+            err.kept = (f"no epoch finished; the previous run is kept whole in {prev}; rerun the same command "
+                        f"to start again")
+        else:
+            err.kept = "no epoch finished, nothing was saved; rerun the same command to start again"
+        raise
+
+
 def _write_history(rows: list[dict[str, float]], path: Path) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -150,7 +229,8 @@ def _groups(loader: Any, sizes: list[int]) -> Any:
 def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: str | os.PathLike, *,
         resume: bool = False, progress: bool = True, device: str | torch.device | None = None,
         info: DistInfo | None = None, stop_after_epoch: int | None = None,
-        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> pd.DataFrame:
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None, overwrite: bool = False,
+        splits: dict[str, list[int]] | None = None) -> pd.DataFrame:
     """Train on given datasets and write the run folder (``train`` prepares the datasets and calls this).
 
     The speed fields of ``config`` (``amp_dtype``, ``compile``, ``cudnn_benchmark``, ``data_placement``,
@@ -170,13 +250,19 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
         stop_after_epoch: stop after this epoch number (1-based) as if the run were killed there; the
             schedule still spans ``config.epochs``.
         on_epoch_end: called as ``on_epoch_end(epoch, row)`` on rank 0 after each epoch's files are written.
+        overwrite: a new run (not resumed) over a finished one moves the old files into
+            ``RUN/previous-<time>/`` and deletes them once the new run has its first ``best_model.pth``;
+            False refuses.
+        splits: the volume split, written as ``RUN/splits.json`` (a resumed run must have the same).
 
     Returns:
         The history (``HISTORY_COLUMNS``, one row per finished epoch, resumed epochs included).
 
     Raises:
-        ValueError: resuming a run made with another config (names the differing fields).
-        FloatingPointError: a non-finite training or validation loss; ``last.pth`` keeps the last good epoch.
+        ValueError: resuming a run made with another config or split (names the differing fields).
+        FileExistsError: ``run_dir`` holds a finished run and neither ``resume`` nor ``overwrite`` is set.
+        FloatingPointError: a non-finite training or validation loss; ``last.pth`` keeps the last good epoch
+            (the message says whether the input held NaN).
     """
     from tumorlib.progress import tqdm
 
@@ -217,12 +303,9 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
     elif resume and show:
         print(f"nothing to resume in {ckpt_dir}: starting a new run", flush=True)
 
+    prev = None
     if info.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        config.save(run / "config.json")
-        if start_epoch == 0:
-            for stale in (last_path, best_path, run / "history.csv", run / "training_curves.png"):
-                stale.unlink(missing_ok=True)
+        prev = _prepare_run_folder(run, config, splits, resumed=start_epoch > 0, overwrite=overwrite)
 
     if show:
         world = f" x {info.world_size} ranks" if info.enabled else ""
@@ -232,7 +315,7 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
               f"{config.accumulation_steps} accumulation, {steps_per_epoch} optimizer steps an epoch", flush=True)
 
     last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
-    with trainer.backend_flags():
+    with trainer.backend_flags(), _explain_interrupt(last_path, config.epochs, prev):
         for epoch in range(start_epoch, last_epoch):
             t0 = time.perf_counter()
             epoch_source.set_epoch(epoch)
@@ -245,10 +328,8 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
                 try:
                     step = trainer.train_step(micro_batches)
                 except FloatingPointError as err:
-                    good = history[-1]["epoch"] if history else 0
-                    raise FloatingPointError(
-                        f"{err} at epoch {epoch + 1}, optimizer step {step_index + 1}: the run stopped; "
-                        f"{last_path} keeps the last good epoch ({good}). Lower --lr or turn off --amp") from None
+                    raise FloatingPointError(f"{err} at epoch {epoch + 1}, optimizer step {step_index + 1}: the run "
+                                             f"stopped; {_stop_reason(micro_batches, history, last_path, prev)}") from None
                 loss_sum[0] += step.loss_sum
                 loss_sum[1] += step.patches
                 lr_used = step.lr
@@ -261,8 +342,8 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
             train_s = time.perf_counter() - t0
             metrics = trainer.validation_step(val_loader)
             if not math.isfinite(metrics["val_loss"]):
-                raise FloatingPointError(f"non-finite validation loss at epoch {epoch + 1}; {last_path} keeps the "
-                                         "last good epoch")
+                raise FloatingPointError(f"non-finite validation loss at epoch {epoch + 1}; "
+                                         f"{_stop_reason(None, history, last_path, prev)}")
             epoch_s = time.perf_counter() - t0
             row = {"epoch": epoch + 1, "lr": lr_used, "train_loss": (loss_sum[0] / loss_sum[1].clamp_min(1)).item(),
                    **{k: metrics[k] for k in HISTORY_COLUMNS if k.startswith("val_")},
@@ -275,6 +356,8 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
                 if improved:
                     atomic_torch_save({"model": model.state_dict(), "epoch": epoch + 1, "config": config.to_dict(),
                                        "metrics": dict(metrics)}, best_path)
+                    discard_previous(prev)  # the new run has a model now: the one moved aside can go
+                    prev = None
                 trainer.save_checkpoint(last_path, epoch=epoch + 1, history=history, best_dice=best_dice,
                                         rng=get_rng_state(), config=config.to_dict(), metrics=dict(metrics))
                 _write_history(history, run / "history.csv")
@@ -299,11 +382,13 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
 def train(config: Config, data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
           out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True, *,
           device: str | torch.device | None = None, stop_after_epoch: int | None = None,
-          on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> pd.DataFrame:
+          on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+          overwrite: bool = False) -> pd.DataFrame:
     """Train the config's ``UNet3D`` on the cached volumes and write the run folder.
 
     Launched by ``torchrun --nproc_per_node N`` it trains with DistributedDataParallel (NCCL on GPUs,
-    gloo on CPU); rank 0 builds the cache and writes every file.
+    gloo on CPU); rank 0 builds the cache and writes every file, holding the run folder's writer lock
+    (``safety.folder_lock``) for the whole run.
 
     Args:
         config: the run's config.
@@ -315,12 +400,16 @@ def train(config: Config, data_dir: str | os.PathLike | None = None, cache_dir: 
         device: None: automatic (CUDA GPU ``LOCAL_RANK`` when available, else CPU).
         stop_after_epoch: stop after this epoch as if killed there (for tests and time-boxed sessions).
         on_epoch_end: ``on_epoch_end(epoch, row)`` after each epoch's files are written (rank 0).
+        overwrite: start a new run over a finished one; its files wait in ``RUN/previous-<time>/`` until
+            the new run has written its first ``best_model.pth`` (False: refuse).
 
     Returns:
         The history as a DataFrame (``HISTORY_COLUMNS``).
 
     Raises:
-        ValueError: resuming with another config; bad data (the reader's errors).
+        ValueError: resuming with another config or split (nothing in ``RUN`` is changed); bad data.
+        FileExistsError: ``RUN`` holds a finished run and neither ``resume`` nor ``overwrite`` is set.
+        FolderBusyError: another training writes into ``RUN`` (names its PID).
         FloatingPointError: a non-finite loss (the last good checkpoint is kept).
     """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -334,10 +423,10 @@ def train(config: Config, data_dir: str | os.PathLike | None = None, cache_dir: 
             cache = resolve_cache(config, data_dir, cache_dir, progress=False)
         train_ds, val_ds, splits = make_datasets(config, cache)
         run = Path(out_dir).expanduser().resolve() if out_dir is not None else workspace(config).run_dir
-        if info.is_main:
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
-        return fit(config, train_ds, val_ds, run, resume=resume, progress=progress, device=dev, info=info,
-                   stop_after_epoch=stop_after_epoch, on_epoch_end=on_epoch_end)
+        lock = folder_lock(run, "training run") if info.is_main else contextlib.nullcontext()
+        with lock:
+            return fit(config, train_ds, val_ds, run, resume=resume, progress=progress, device=dev, info=info,
+                       stop_after_epoch=stop_after_epoch, on_epoch_end=on_epoch_end, overwrite=overwrite,
+                       splits=splits)
     finally:
         cleanup_distributed(info)

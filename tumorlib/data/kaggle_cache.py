@@ -1,7 +1,7 @@
 """Kaggle-specific parts of the cache: cheap content fingerprints of a volume's HDF5 slices.
 
-A cache records each volume's fingerprint, so a cache built from other data than the folder now holds
-is refused instead of silently used.
+A cache records each volume's fingerprint, and the size and time of each of its slice files
+(``kaggle_source_files``), so data changed since it was cached is noticed.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["kaggle_fingerprint", "kaggle_fingerprints"]
+__all__ = ["kaggle_fingerprint", "kaggle_fingerprints", "kaggle_source_files"]
 
 
 def kaggle_fingerprint(slice_files: Sequence[str | os.PathLike]) -> str:
@@ -36,7 +36,7 @@ def kaggle_fingerprint(slice_files: Sequence[str | os.PathLike]) -> str:
 
 
 def kaggle_fingerprints(data: str | os.PathLike) -> Callable[[int], str]:
-    """``fingerprint(volume_id)`` over one scan of a Kaggle-format folder.
+    """``fingerprint(volume_id)`` over one scan of a Kaggle-format folder (made on the first call).
 
     Args:
         data: a folder holding (anywhere below it) ``volume_{id}_slice_{s}.h5``.
@@ -47,10 +47,35 @@ def kaggle_fingerprints(data: str | os.PathLike) -> Callable[[int], str]:
     """
     from . import kaggle
 
-    found = kaggle.find_slices(data)
+    found: dict[int, dict[int, Path]] = {}
 
     def fingerprint(volume_id: int) -> str:
+        if not found:  # one scan, on the first call (a cache that needs nothing built never asks)
+            found.update(kaggle.find_slices(data))
         slices = found.get(int(volume_id), {})
         return kaggle_fingerprint([slices[s] for s in sorted(slices)])
 
     return fingerprint
+
+
+def kaggle_source_files(data: str | os.PathLike) -> Callable[[int], list[Path]]:
+    """``source_files(volume_id)``: the volume's slice files in slice order, over one scan of ``data``
+    (made on the first call).
+
+    Args:
+        data: a folder holding (anywhere below it) ``volume_{id}_slice_{s}.h5``.
+
+    Returns:
+        ``source_files(volume_id) -> [Path, ...]`` (empty for unknown ids).
+    """
+    from . import kaggle
+
+    found: dict[int, dict[int, Path]] = {}
+
+    def source_files(volume_id: int) -> list[Path]:
+        if not found:  # one scan, on the first call
+            found.update(kaggle.find_slices(data))
+        slices = found.get(int(volume_id), {})
+        return [Path(slices[s]) for s in sorted(slices)]
+
+    return source_files

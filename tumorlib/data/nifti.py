@@ -486,8 +486,12 @@ def build_nifti_cache(root: str | os.PathLike, cache_dir: str | os.PathLike, wor
     from .cache import build_cache_from_reader
 
     data = Path(root).expanduser().resolve()
-    ids = list(list_nifti_cases(data)) if volume_ids is None else [int(v) for v in volume_ids]
+    cases = list_nifti_cases(data)
+    ids = list(cases) if volume_ids is None else [int(v) for v in volume_ids]
+    def files(vid: int) -> list[Path]:  # the case's files: their sizes and times go into the index
+        return sorted(f for f in cases[vid].iterdir() if f.is_file() and f.name.endswith(_EXTENSIONS))
+
     return build_cache_from_reader(
         functools.partial(load_nifti_volume, data), ids, cache_dir, source=str(data),
-        fingerprint=functools.partial(nifti_fingerprint, data), reader_name="nifti", workers=workers,
-        cache_hw=cache_hw, margin=margin, progress=progress)
+        fingerprint=functools.partial(nifti_fingerprint, data), reader_name="nifti", source_files=files,
+        workers=workers, cache_hw=cache_hw, margin=margin, progress=progress)

@@ -37,9 +37,10 @@ def resolve_cache(config: Config, data_dir: str | os.PathLike | None = None,
         The cache folder (absolute).
 
     Raises:
-        CacheError: the folder holds a cache of other data or settings, or an unreadable index.
+        CacheError: the folder holds a cache of other data or settings, an unreadable index, or (used as it
+            is) a damaged volume.
     """
-    from tumorlib.data.cache import INDEX_NAME, build_cache, ensure_cache, load_cache_index
+    from tumorlib.data.cache import INDEX_NAME, build_cache, ensure_cache, verify_cache
 
     ws = workspace(config)
     if data_dir is None:
@@ -47,7 +48,7 @@ def resolve_cache(config: Config, data_dir: str | os.PathLike | None = None,
             return Path(ensure_cache(config, ws, progress=progress))
         cache = Path(cache_dir).expanduser().resolve()
         if (cache / INDEX_NAME).is_file():
-            load_cache_index(cache)
+            verify_cache(cache)  # used as it is: its files and sources are checked, nothing is written
             return cache
         return Path(ensure_cache(config, dataclasses.replace(ws, cache_dir=cache), progress=progress))
     cache = Path(cache_dir).expanduser().resolve() if cache_dir is not None else ws.cache_dir

@@ -40,6 +40,8 @@ from .store import (
     cached_volume_ids,
     load_cache_index,
     load_cached_volume,
+    verify_cache,
+    volume_problem,
 )
 
 __all__ = [
@@ -66,4 +68,6 @@ __all__ = [
     "prepare_volume",
     "source_to_cache",
     "uncrop",
+    "verify_cache",
+    "volume_problem",
 ]

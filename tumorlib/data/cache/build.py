@@ -4,6 +4,11 @@ The source of each volume is a plain callable ``reader(volume_id) -> (image, mas
 (Kaggle HDF5 slices, NIfTI cases) is cached by the same code (``build_cache_from_reader``). Every file is
 written to a temporary name and renamed, so a build killed at any point and run again skips the
 finished volumes, redoes the interrupted one and ends byte-identical to an uninterrupted build.
+
+A finished cache is reused without a lock after a check of its records (``store.volume_problem``:
+sizes of the cache files, sizes and times of the source files), so a read-only cache can be used. Only
+when something needs building is the folder's writer lock taken (``safety.folder_lock``): damaged
+volumes and volumes whose source changed are rebuilt, volumes whose source is gone are dropped.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import contextlib
 import functools
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +39,12 @@ from .store import (
     _image_name,
     _mask_name,
     _meta_name,
+    _output_records,
     _read_entry,
     _settings,
+    _source_records,
     load_cache_index,
+    volume_problem,
 )
 
 if TYPE_CHECKING:
@@ -44,32 +54,17 @@ __all__ = ["Fingerprint", "Reader", "build_cache", "build_cache_from_reader", "e
 
 Reader = Callable[[int], tuple[np.ndarray, np.ndarray]]
 Fingerprint = Callable[[int], str]
-
-
-@contextlib.contextmanager
-def _build_lock(cache_dir: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``cache_dir/.lock`` (POSIX; a no-op elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock, builds into one folder must not overlap
-        yield
-        return
-    with open(cache_dir / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+SourceFiles = Callable[[int], Sequence[Path]]
 
 
 def _compute_one(reader: Reader, volume_id: int, cache_hw: int | None, margin: int, source: str,
-                 fingerprint: str | None) -> _Plan:
+                 fingerprint: str | None, sources: dict[str, Any] | None = None) -> _Plan:
     """Read and plan one volume (crop, moments, index entry); the z-scoring happens while writing."""
     image, mask = reader(volume_id)
     plan = _resample_and_plan(image, mask, cache_hw, margin, volume_id)
     plan.entry = {"volume": int(volume_id), "source": source, "fingerprint": fingerprint, "cache_hw": cache_hw,
                   "margin": int(margin), "image_file": _image_name(volume_id), "mask_file": _mask_name(volume_id),
-                  **plan.entry}
+                  **({"sources": sources} if sources is not None else {}), **plan.entry}
     return plan
 
 
@@ -106,27 +101,88 @@ def _write_one(cache: Path, plan: _Plan) -> dict[str, Any]:
     volume_id = plan.entry["volume"]
     _atomic_write(cache / _image_name(volume_id), lambda f: _stream_image(f, plan))
     _atomic_write(cache / _mask_name(volume_id), lambda f: _stream_mask(f, plan))
+    plan.entry["files"] = _output_records(cache, [_image_name(volume_id), _mask_name(volume_id)])
     text = _dump_entry(plan.entry) + "\n"
     _atomic_write(cache / _meta_name(volume_id), lambda f: f.write(text), mode="w")
     return plan.entry
 
 
 def _cache_one(reader: Reader, volume_id: int, cache_dir: str, cache_hw: int | None, margin: int,
-               source: str, fingerprint: str | None) -> dict[str, Any]:
+               source: str, fingerprint: str | None, sources: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read, prepare and write one volume; returns its index entry. Runs in a worker process."""
-    return _write_one(Path(cache_dir), _compute_one(reader, volume_id, cache_hw, margin, source, fingerprint))
+    return _write_one(Path(cache_dir), _compute_one(reader, volume_id, cache_hw, margin, source, fingerprint,
+                                                     sources))
+
+
+@dataclass
+class _Survey:
+    """What a cache folder holds for a build: usable entries, volumes to (re)build, volumes to drop."""
+
+    indexed: set[int] = field(default_factory=set)
+    entries: dict[int, dict[str, Any]] = field(default_factory=dict)
+    todo: dict[int, str] = field(default_factory=dict)  # volume -> why it is (re)built
+    dropped: dict[int, str] = field(default_factory=dict)  # volume -> why it leaves the index
+
+    @property
+    def clean(self) -> bool:
+        """Nothing to build, drop or index: the cache is usable as it is."""
+        return not self.todo and not self.dropped and self.indexed == set(self.entries)
+
+
+def _survey(cache: Path, ids: Sequence[int], source: str, settings: dict[str, Any], cache_hw: int | None,
+            margin: int) -> _Survey:
+    """Check a cache folder against the volumes asked for, reading only the index, meta files and ``stat``s.
+
+    Raises:
+        CacheError: a cache of another folder, other settings or another version.
+        UnsafePathError: an index file name leading outside the cache folder.
+    """
+    survey = _Survey()
+    indexed: dict[int, dict[str, Any]] = {}
+    if (cache / INDEX_NAME).is_file():
+        header = load_cache_index(cache)
+        _check_settings(cache, header, settings)
+        if header.get("source") != source:
+            raise CacheError(f"cache {cache} was built from {header.get('source')}, not {source}; "
+                             "delete it or choose another cache folder")
+        indexed = {int(k): e for k, e in header["volumes"].items()}
+        survey.indexed = set(indexed)
+    asked = set(ids)
+    for vid in sorted(asked | set(indexed)):
+        entry = indexed.get(vid) or _read_entry(cache, vid)
+        if entry is None:
+            survey.todo[vid] = "not cached yet"
+            continue
+        if entry.get("source") != source:
+            raise CacheError(f"cache {cache}: volume {vid} was cached from other data "
+                             f"({entry.get('source')}); delete the folder or choose another one")
+        if entry.get("cache_hw") != cache_hw or entry.get("margin") != margin:
+            raise CacheError(f"cache {cache}: volume {vid} was cached with cache_hw={entry.get('cache_hw')}, "
+                             f"margin={entry.get('margin')}, this build asks for cache_hw={cache_hw}, "
+                             f"margin={margin}; delete the folder or choose another one")
+        problem = volume_problem(cache, entry, source)
+        if problem is None:
+            survey.entries[vid] = entry
+        elif problem[0] == "gone" and vid not in asked:
+            survey.dropped[vid] = f"{problem[1]}: {problem[2]}"
+        else:
+            survey.todo[vid] = f"{problem[0]}: {problem[1]}: {problem[2]}"
+    return survey
 
 
 # --------------------------------------------------------------------------- build
 
 def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir: str | os.PathLike, *,
                             source: str, fingerprint: Fingerprint | None = None, reader_name: str = "custom",
-                            workers: int = 2, cache_hw: int | None = None, margin: int = 4,
-                            progress: bool = True) -> Path:
+                            source_files: SourceFiles | None = None, workers: int = 2,
+                            cache_hw: int | None = None, margin: int = 4, progress: bool = True) -> Path:
     """Cache volumes from any source given as ``reader(volume_id) -> (image, mask)``.
 
-    Finished volumes (all three files present, same fingerprint) are skipped, so an interrupted
-    build is resumed by running it again. Volumes already in the index and not asked for stay in it.
+    Finished volumes whose records still match (``store.volume_problem``) are skipped, so an interrupted
+    build is resumed by running it again; a finished, intact cache is returned without taking the lock or
+    writing anything. Damaged volumes and volumes whose source files changed are rebuilt (one line on
+    stderr each). Volumes already in the index and not asked for stay in it, unless their source files
+    are gone: those are dropped.
 
     Args:
         reader: returns image (4, D, H, W) float and mask (3, D, H, W) uint8 for a volume id;
@@ -135,8 +191,10 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         cache_dir: output folder (created).
         source: the data folder, recorded in the index; a cache of another folder is refused.
         fingerprint: ``fingerprint(volume_id) -> str`` identifying the source content cheaply;
-            finished volumes whose fingerprint changed are refused. None records no fingerprint.
+            None records no fingerprint.
         reader_name: recorded in the index (``kaggle``, ``nifti``, ...).
+        source_files: ``source_files(volume_id) -> paths`` under ``source``; their sizes and times are
+            recorded and re-checked on reuse. None: no source check.
         workers: processes working on volumes in parallel (1: in this process).
         cache_hw: largest in-plane size (zoom down when the data is bigger); None: native.
         margin: voxels kept around the brain's bounding box.
@@ -146,58 +204,59 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         The cache folder.
 
     Raises:
-        CacheError: the folder holds a cache of other data, other settings or another version.
+        CacheError: the folder holds a cache of other data, other settings or another version; or
+            something needs building and the folder is read-only (names the volume and file).
+        FolderBusyError: another build holds the folder's lock (names its PID).
+        UnsafePathError: an index file name that leads outside the cache folder.
         Exception: whatever the reader raises for bad input, unchanged.
     """
     from tumorlib.progress import tqdm
+    from tumorlib.safety import folder_lock
 
     cache = Path(cache_dir).expanduser().resolve()
-    cache.mkdir(parents=True, exist_ok=True)
     ids = sorted(int(v) for v in volume_ids)
     if len(set(ids)) != len(ids):
         raise ValueError(f"build_cache: duplicate volume ids in {ids}")
     settings = _settings(cache_hw, margin, reader_name)
-    with _build_lock(cache):
-        for tmp in cache.glob(".*.tmp*"):  # leftovers of a killed build (we hold the lock)
+    if _survey(cache, ids, source, settings, cache_hw, margin).clean:
+        return cache  # finished and intact: no lock, nothing written (works on a read-only folder)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(cache, "cache build"))
+        except PermissionError as err:
+            survey = _survey(cache, ids, source, settings, cache_hw, margin)
+            first = next(iter({**survey.todo, **survey.dropped}.items()), None)
+            what = f"volume {first[0]} needs rebuilding ({first[1]})" if first else "its index needs rewriting"
+            raise CacheError(f"cache {cache}: {what}, but {err}; make it writable or use another cache "
+                             f"folder") from err
+        for tmp in [*cache.glob(".*.tmp*"), *cache.glob(".tmp-*")]:  # leftovers of killed builds
             tmp.unlink()
-        index_path = cache / INDEX_NAME
-        kept: dict[int, dict[str, Any]] = {}  # volumes already indexed and not asked for: stay
-        if index_path.is_file():
-            header = load_cache_index(cache)
-            _check_settings(cache, header, settings)
-            if header.get("source") != source:
-                raise CacheError(f"cache {cache} was built from {header.get('source')}, not {source}; "
-                                 "delete it or choose another cache folder")
-            kept = {int(k): e for k, e in header["volumes"].items() if int(k) not in set(ids)}
-        todo: list[int] = []
-        entries: dict[int, dict[str, Any]] = {}
-        for vid in ids:
-            entry = _read_entry(cache, vid)
-            if entry is None:
-                todo.append(vid)
-                continue
-            fp = fingerprint(vid) if fingerprint is not None else None
-            if entry.get("source") != source or entry.get("fingerprint") != fp:
-                raise CacheError(f"cache {cache}: volume {vid} was cached from other data "
-                                 f"({entry.get('source')}); delete the folder or choose another one")
-            if entry.get("cache_hw") != cache_hw or entry.get("margin") != margin:
-                raise CacheError(f"cache {cache}: volume {vid} was cached with cache_hw={entry.get('cache_hw')}, "
-                                 f"margin={entry.get('margin')}, this build asks for cache_hw={cache_hw}, "
-                                 f"margin={margin}; delete the folder or choose another one")
-            entries[vid] = entry
+        survey = _survey(cache, ids, source, settings, cache_hw, margin)  # again, now that we hold the lock
+        for vid, why in survey.todo.items():
+            if not why.startswith("not cached"):
+                print(f"cache {cache}: rebuilding volume {vid} ({why})", file=sys.stderr)
+        for vid, why in survey.dropped.items():
+            print(f"cache {cache}: volume {vid} dropped: its source is gone ({why})", file=sys.stderr)
+            for name in (_image_name(vid), _mask_name(vid), _meta_name(vid)):
+                (cache / name).unlink(missing_ok=True)
+        todo = sorted(survey.todo)
+        entries = dict(survey.entries)
+        root = Path(source)
         fps = {vid: (fingerprint(vid) if fingerprint is not None else None) for vid in todo}
-        bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="cache", unit="vol",
-                   disable=not progress)
+        srcs = {vid: (_source_records(root, source_files(vid)) if source_files is not None else None)
+                for vid in todo}
+        bar = tqdm(total=len(ids), initial=len(ids) - len([v for v in todo if v in set(ids)]), desc="cache",
+                   unit="vol", disable=not progress)
         try:
             if workers <= 1 or len(todo) <= 1:
                 for vid in todo:
-                    entries[vid] = _cache_one(reader, vid, str(cache), cache_hw, margin, source, fps[vid])
+                    entries[vid] = _cache_one(reader, vid, str(cache), cache_hw, margin, source, fps[vid], srcs[vid])
                     bar.update(1)
             else:
                 ctx = multiprocessing.get_context()
                 with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
                     futures = {pool.submit(_cache_one, reader, vid, str(cache), cache_hw, margin, source,
-                                           fps[vid]): vid for vid in todo}
+                                           fps[vid], srcs[vid]): vid for vid in todo}
                     try:
                         for fut in concurrent.futures.as_completed(futures):
                             entries[futures[fut]] = fut.result()
@@ -206,13 +265,18 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
                         for fut in futures:
                             fut.cancel()
                         raise
+        except KeyboardInterrupt as err:
+            done = len([v for v in ids if v in entries])
+            err.kept = (f"{done} of {len(ids)} volumes are finished in {cache} and kept; rerun the same command "
+                        f"to build the rest")
+            raise
         finally:
             bar.close()
-        entries.update(kept)
         all_ids = sorted(entries)
         index = {"format": FORMAT_NAME, "version": CACHE_VERSION, "source": source,
                  "volume_ids": all_ids, **settings, "volumes": {str(v): entries[v] for v in all_ids}}
         text = _dump_index(index)
+        index_path = cache / INDEX_NAME
         if not index_path.is_file() or index_path.read_text() != text:
             _atomic_write(index_path, lambda f: f.write(text), mode="w")
     return cache
@@ -240,14 +304,14 @@ def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, worke
         ValueError, FileNotFoundError: the reader's errors for bad input, unchanged.
     """
     from .. import kaggle
-    from ..kaggle_cache import kaggle_fingerprints
+    from ..kaggle_cache import kaggle_fingerprints, kaggle_source_files
 
     data = Path(data_dir).expanduser().resolve()
     ids = kaggle.list_volumes(data) if volume_ids is None else list(volume_ids)
     return build_cache_from_reader(
         functools.partial(kaggle.load_volume, data), ids, cache_dir, source=str(data),
-        fingerprint=kaggle_fingerprints(data), reader_name="kaggle", workers=workers,
-        cache_hw=cache_hw, margin=margin, progress=progress)
+        fingerprint=kaggle_fingerprints(data), reader_name="kaggle", source_files=kaggle_source_files(data),
+        workers=workers, cache_hw=cache_hw, margin=margin, progress=progress)
 
 
 def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = True) -> Path:
@@ -266,12 +330,10 @@ def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = T
     """
     from tumorlib.config import workspace
 
-    from .. import ensure_data, kaggle
-    from ..kaggle_cache import kaggle_fingerprints
+    from .. import ensure_data
 
     ws = ws if ws is not None else workspace(config)
     data = Path(ensure_data(config, progress=progress)).resolve()
-    ids = kaggle.list_volumes(data)
     cache = Path(ws.cache_dir)
     if (cache / INDEX_NAME).is_file():
         index = load_cache_index(cache)
@@ -279,12 +341,6 @@ def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = T
         if index.get("source") != str(data):
             raise CacheError(f"cache {cache} was built from {index.get('source')}, not {data}; delete it, "
                              "or set TUMORLIB_CACHE to another folder")
-        if set(ids) <= set(index.get("volume_ids", [])):
-            fingerprint = kaggle_fingerprints(data)
-            for vid in sorted({ids[0], ids[len(ids) // 2], ids[-1]}):  # a spot check keeps this cheap
-                if index["volumes"][str(vid)].get("fingerprint") != fingerprint(vid):
-                    raise CacheError(f"cache {cache}: volume {vid} was cached from other data than the "
-                                     f"volume now in {data}; delete the cache folder to rebuild it")
-            return cache
+    # an intact finished cache is returned after a stat of its files; anything else is (re)built
     return build_cache(data, cache, workers=config.cache_workers, cache_hw=config.cache_hw,
                        margin=config.cache_margin, progress=progress)

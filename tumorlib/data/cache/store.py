@@ -4,17 +4,25 @@ A cache folder holds, per volume, ``v{id}_img.npy`` (4, D', H', W') float16, ``v
 (3, D', H', W') uint8 and ``v{id}_meta.json`` (its index entry, written last: it marks the volume as
 finished), and ``index.json``, written at the end of a build, with every entry plus the build settings
 (``reader`` names the reader that built it, see ``readers.open_source``).
+
+Each entry records what the cache trusts (``tumorlib.integrity`` file records): ``files``, the size and
+checksum of its two ``.npy`` files, and ``sources``, the size and modification time of every source file
+(relative to the data folder). ``volume_problem`` re-checks them with ``stat`` calls only; file names
+read from an index are confined to the cache folder (``safety.inside``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tumorlib.integrity import file_record, record_problem
+from tumorlib.safety import UnsafePathError, atomic_open, inside
 
 from .preprocess import CACHE_VERSION, TUMOR_SAMPLE
 
@@ -27,6 +35,8 @@ __all__ = [
     "cached_volume_ids",
     "load_cache_index",
     "load_cached_volume",
+    "verify_cache",
+    "volume_problem",
 ]
 
 INDEX_NAME = "index.json"
@@ -50,15 +60,115 @@ def _meta_name(volume_id: int) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through ``write(file)`` to a temporary sibling, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Write through ``write(file)`` to a temporary sibling, then rename over ``path`` (``atomic_open``)."""
+    with atomic_open(path, mode) as f:
+        write(f)
+
+
+def _output_records(cache: Path, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Size and checksum of written cache files (no time: a copied cache stays valid)."""
+    records = {}
+    for name in names:
+        record = file_record(cache / name, checksum=True)
+        record.pop("mtime_ns")
+        records[name] = record
+    return records
+
+
+def _source_records(root: Path, files: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
+    """Size and modification time of a volume's source files, by name relative to ``root``."""
+    records = {}
+    for f in files:
+        path = root / f  # an absolute ``f`` stays as it is
+        records[path.relative_to(root).as_posix()] = file_record(path)
+    return records
+
+
+def _npy_size_problem(path: Path) -> str | None:
+    """For a cache file without a record: is its size the one its ``.npy`` header promises?"""
     try:
-        with open(tmp, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as err:
+        return f"not a readable .npy file ({err})"
+    size = path.stat().st_size
+    return None if size == expected else f"size {size} != {expected} from its header (truncated)"
+
+
+def volume_problem(cache: str | os.PathLike, entry: dict[str, Any],
+                   source: str | os.PathLike | None = None) -> tuple[str, str, str] | None:
+    """What is wrong with a finished volume of a cache, checked with ``stat`` calls only.
+
+    Args:
+        cache: the cache folder.
+        entry: the volume's index entry (``image_file``, ``mask_file``, ``files``, ``sources``).
+        source: the data folder its ``sources`` are relative to; None skips the source check.
+
+    Returns:
+        None when the volume can be used, else ``(kind, file, reason)``: kind ``"damaged"`` (a cache
+        file missing or of another size than recorded; without records, as an older tumorlib wrote them,
+        than its ``.npy`` header promises), ``"changed"`` (a source file modified since it was
+        cached) or ``"gone"`` (a source file no longer there).
+
+    Raises:
+        UnsafePathError: a file name in the entry that leads outside its folder.
+    """
+    cache = Path(cache)
+    names = [entry.get("image_file"), entry.get("mask_file")]
+    paths = [inside(cache, n) for n in names]
+    records = entry.get("files")
+    if not isinstance(records, dict) or set(records) != set(names):  # cached by an older tumorlib
+        for path in paths:
+            problem = _npy_size_problem(path)
+            if problem is not None:
+                return "damaged", str(path), problem
+        return None
+    for name, path in zip(names, paths):
+        problem = record_problem(path, records[name], mtime=False)
+        if problem is not None:
+            return "damaged", str(path), problem
+    if source is not None:
+        for name, record in (entry.get("sources") or {}).items():
+            rel = Path(name)
+            if rel.is_absolute() or ".." in rel.parts:
+                raise UnsafePathError(f"{cache}: index source name {name!r} points outside {source}")
+            path = Path(source) / rel
+            problem = record_problem(path, record, mtime=True)
+            if problem is not None:
+                return ("gone" if problem == "missing" else "changed"), str(path), problem
+    return None
+
+
+def verify_cache(cache_dir: str | os.PathLike, sources: bool = True) -> dict[str, Any]:
+    """Check a finished cache before it is used as it is (no data folder given): its index and files.
+
+    Args:
+        cache_dir: the cache folder.
+        sources: also check the recorded source files when the index's source folder exists.
+
+    Returns:
+        The index (``load_cache_index``).
+
+    Raises:
+        CacheError: no usable index, or a damaged volume (names the file and how to rebuild).
+        UnsafePathError: an index file name that leads outside the cache folder.
+    """
+    cache = Path(cache_dir)
+    index = load_cache_index(cache)
+    source = index.get("source")
+    check_sources = sources and source is not None and Path(source).is_dir()
+    for key in sorted(index["volumes"], key=int):
+        problem = volume_problem(cache, index["volumes"][key], source if check_sources else None)
+        if problem is not None:
+            kind, path, reason = problem
+            raise CacheError(f"cache {cache}: volume {key} is {kind if kind != 'gone' else 'no longer in the data'} "
+                             f"({path}: {reason}); rebuild it with `tumorlib cache --data {source} --out {cache}`")
+    return index
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -175,6 +285,7 @@ def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool 
     Raises:
         KeyError: a volume not in the cache.
         CacheError: files missing or not matching the index (names the file).
+        UnsafePathError: a file name in the index that leads outside the cache folder.
     """
     cache = Path(cache_dir)
     index = index if index is not None else load_cache_index(cache)
@@ -182,7 +293,7 @@ def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool 
     mode = "r" if mmap else None
     arrays = []
     for key, channels, dtype in (("image_file", 4, np.float16), ("mask_file", 3, np.uint8)):
-        path = cache / entry[key]
+        path = inside(cache, entry[key])
         try:
             arr = np.load(path, mmap_mode=mode, allow_pickle=False)
         except (OSError, ValueError) as err:
