@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tumorlib.brats import KAGGLE_STORED_ORDER, check_order
+
 from .preprocess import _cast_into, _Plan, _resample_and_plan, _single_thread_torch, _slabs, _zscore_slabs
+from .readers import check_cache_order, order_record
 from .store import (
     CACHE_VERSION,
     FORMAT_NAME,
@@ -122,7 +125,7 @@ def _cache_one(reader: Reader, volume_id: int, cache_dir: str, cache_hw: int | N
 def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir: str | os.PathLike, *,
                             source: str, fingerprint: Fingerprint | None = None, reader_name: str = "custom",
                             workers: int = 2, cache_hw: int | None = None, margin: int = 4,
-                            progress: bool = True) -> Path:
+                            progress: bool = True, stored_order: Sequence[str] | None = None) -> Path:
     """Cache volumes from any source given as ``reader(volume_id) -> (image, mask)``.
 
     Finished volumes (all three files present, same fingerprint) are skipped, so an interrupted
@@ -141,12 +144,17 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         cache_hw: largest in-plane size (zoom down when the data is bigger); None: native.
         margin: voxels kept around the brain's bounding box.
         progress: show a tqdm bar.
+        stored_order: the channel order of the source files the reader maps to the canonical order
+            (Kaggle HDF5: the config's ``kaggle_channel_order``); None where the reader stacks the
+            modalities itself (NIfTI). The index records it as ``stored_order`` beside
+            ``channel_order`` (the cached images' order, always canonical).
 
     Returns:
         The cache folder.
 
     Raises:
-        CacheError: the folder holds a cache of other data, other settings or another version.
+        CacheError: the folder holds a cache of other data, other settings, another stored channel
+            order or another version.
         Exception: whatever the reader raises for bad input, unchanged.
     """
     from tumorlib.progress import tqdm
@@ -157,6 +165,7 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
     if len(set(ids)) != len(ids):
         raise ValueError(f"build_cache: duplicate volume ids in {ids}")
     settings = _settings(cache_hw, margin, reader_name)
+    orders = order_record(stored_order)
     with _build_lock(cache):
         for tmp in cache.glob(".*.tmp*"):  # leftovers of a killed build (we hold the lock)
             tmp.unlink()
@@ -165,6 +174,8 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         if index_path.is_file():
             header = load_cache_index(cache)
             _check_settings(cache, header, settings)
+            if stored_order is not None:
+                check_cache_order(cache, header, stored_order)
             if header.get("source") != source:
                 raise CacheError(f"cache {cache} was built from {header.get('source')}, not {source}; "
                                  "delete it or choose another cache folder")
@@ -211,7 +222,7 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         entries.update(kept)
         all_ids = sorted(entries)
         index = {"format": FORMAT_NAME, "version": CACHE_VERSION, "source": source,
-                 "volume_ids": all_ids, **settings, "volumes": {str(v): entries[v] for v in all_ids}}
+                 "volume_ids": all_ids, **settings, **orders, "volumes": {str(v): entries[v] for v in all_ids}}
         text = _dump_index(index)
         if not index_path.is_file() or index_path.read_text() != text:
             _atomic_write(index_path, lambda f: f.write(text), mode="w")
@@ -220,7 +231,8 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
 
 def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, workers: int = 2,
                 cache_hw: int | None = None, margin: int = 4, progress: bool = True,
-                volume_ids: Sequence[int] | None = None) -> Path:
+                volume_ids: Sequence[int] | None = None,
+                stored_order: Sequence[str] = KAGGLE_STORED_ORDER) -> Path:
     """Cache a Kaggle-format BraTS2020 folder (HDF5 slices) as normalised, cropped ``.npy`` files.
 
     Args:
@@ -231,12 +243,15 @@ def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, worke
         margin: voxels kept around the brain's bounding box.
         progress: show a tqdm bar.
         volume_ids: a subset of the volumes; None caches all of them.
+        stored_order: the modality of each stored ``image`` channel (a config's
+            ``kaggle_channel_order``); the cache holds the canonical order and records both.
 
     Returns:
         The cache folder.
 
     Raises:
-        CacheError: the folder holds a cache of other data, other settings or another version.
+        CacheError: the folder holds a cache of other data, other settings, another stored channel
+            order or another version.
         ValueError, FileNotFoundError: the reader's errors for bad input, unchanged.
     """
     from .. import kaggle
@@ -245,9 +260,9 @@ def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, worke
     data = Path(data_dir).expanduser().resolve()
     ids = kaggle.list_volumes(data) if volume_ids is None else list(volume_ids)
     return build_cache_from_reader(
-        functools.partial(kaggle.load_volume, data), ids, cache_dir, source=str(data),
-        fingerprint=kaggle_fingerprints(data), reader_name="kaggle", workers=workers,
-        cache_hw=cache_hw, margin=margin, progress=progress)
+        functools.partial(kaggle.load_volume, data, stored_order=check_order(stored_order)), ids, cache_dir,
+        source=str(data), fingerprint=kaggle_fingerprints(data), reader_name="kaggle", workers=workers,
+        cache_hw=cache_hw, margin=margin, progress=progress, stored_order=check_order(stored_order))
 
 
 def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = True) -> Path:
@@ -276,6 +291,7 @@ def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = T
     if (cache / INDEX_NAME).is_file():
         index = load_cache_index(cache)
         _check_settings(cache, index, _settings(config.cache_hw, config.cache_margin, "kaggle"))
+        check_cache_order(cache, index, config.kaggle_channel_order)
         if index.get("source") != str(data):
             raise CacheError(f"cache {cache} was built from {index.get('source')}, not {data}; delete it, "
                              "or set TUMORLIB_CACHE to another folder")
@@ -287,4 +303,4 @@ def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = T
                                      f"volume now in {data}; delete the cache folder to rebuild it")
             return cache
     return build_cache(data, cache, workers=config.cache_workers, cache_hw=config.cache_hw,
-                       margin=config.cache_margin, progress=progress)
+                       margin=config.cache_margin, progress=progress, stored_order=config.kaggle_channel_order)
