@@ -102,7 +102,7 @@ fig
 # and why the loss weights enhancing (2.0) and necrosis (1.5) above edema (1.0).
 
 # %%
-stats = data.volume_stats(data_dir, volume_ids)
+stats = data.volume_stats(data_dir, volume_ids, stored_order=config.kaggle_channel_order)
 stats.round(4).head(8)
 
 # %%

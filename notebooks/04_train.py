@@ -24,7 +24,7 @@
 # | `RUN/config.json` | the configuration: a run is reproduced from its folder |
 # | `RUN/splits.json` | train / validation / test volume ids |
 # | `RUN/history.csv` | one row per epoch: lr, losses, validation Dice per class, seconds, patches/s |
-# | `RUN/checkpoints/best_model.pth` | the weights with the best validation mean Dice |
+# | `RUN/checkpoints/best_model.pth` | the weights with the best validation score (whole volumes or patches) |
 # | `RUN/checkpoints/last.pth` | model, optimizer, scheduler, scaler, random states: resume from here |
 # | `RUN/training_curves.png` | loss, mean Dice and per-class Dice |
 #
@@ -102,7 +102,11 @@ pd.DataFrame({"volumes": [len(v) for v in splits.values()],
 #   few for batch statistics; instance norm normalises each patch on its own and is the same in
 #   training and inference.
 # - **Tumour-centred sampling**: tumour is under 1 % of the voxels; with `tumor_prob = 0.6` most patches
-#   are centred on a tumour voxel, the rest placed uniformly so the network also sees healthy brain.
+#   are centred on tumour, the rest placed uniformly so the network also sees healthy brain. tumorlib
+#   picks the **class first** (among those present), then a voxel of it (`tumor_sampling = "class"`), so
+#   necrosis and enhancing tumour are centred as often as edema; `"voxel"` is the reference design's rule.
+# - **Random flips** of all three axes (`augment`), the axes the flip test-time augmentation mirrors, so
+#   training sees what inference assumes; a per-channel intensity scale/shift is optional (`intensity_aug`).
 # - **Dice + focal loss** (0.5 / 0.5): soft Dice optimises overlap directly and ignores the imbalance;
 #   class weights (1.5, 1.0, 2.0) favour the small necrotic and enhancing regions. Focal BCE (γ = 2)
 #   adds a dense per-voxel gradient and down-weights the many easy background voxels.
@@ -141,7 +145,10 @@ ax.figure.tight_layout()
 # ## Training
 # One process on the CPU trains in float32; on a GPU the same call uses mixed precision (bf16 where
 # supported, else fp16 with a gradient scaler). Every epoch ends with a validation pass and an atomic
-# write of `last.pth`; a run interrupted at any point continues with `resume=True` (`--resume`) and, on
+# write of `last.pth`. Fixed tumour-centred validation patches overstate Dice, so with a positive
+# `val_volume_every` (demo, full) the best model is chosen on **whole validation volumes** through the sliding window
+# (mean of WT/TC/ET Dice of the decoded labels, computed as 05_evaluate computes it; column
+# `val_volume_dice`); ci selects on the patches for speed; a run interrupted at any point continues with `resume=True` (`--resume`) and, on
 # the CPU, ends with exactly the history of an uninterrupted run. Set `LOAD_EXISTING_RUN = True` to look
 # at a run trained earlier (for example with the `full` preset on a GPU) without training again.
 

@@ -30,7 +30,10 @@
 # A volume (155×240×240 on BraTS) is larger than the training patch, so the network sees it through a
 # **sliding window**: windows overlap by half, and the overlapping predictions are blended with a
 # Gaussian weight that trusts the centre of a window more than its border (where the network saw
-# less context). Sigmoid, then threshold 0.5 per class. `tumorlib.metrics` and
+# less context). Then the sigmoid, and **one decoding rule** turns the three outputs into labels, here, in
+# `predict`, in the training-time validation and in the viewer (`tumorlib.brats.decode_probabilities`): tumour
+# where the union probability `1 − (1 − p_ncr)(1 − p_ed)(1 − p_et)` passes the threshold (0.5), then the
+# most probable class there. Every score below is that of the labels `predict` writes. `tumorlib.metrics` and
 # `tumorlib.inference` compute exactly what MONAI computes (the tests compare them).
 
 # %%
@@ -80,7 +83,7 @@ print(f"{SPLIT} volumes: {len(test_ids)}  patch {run_config.patch_size}  overlap
 # ## Score every test volume
 # `evaluate` is also the command line `tumorlib evaluate --run RUN --split test --out metrics.csv`.
 # One row per volume: Dice of the three classes and of WT/TC, HD95 of the three regions, and the
-# inference time in seconds (sliding window + sigmoid + threshold, without the metrics). The summary
+# inference time in seconds (sliding window + sigmoid + decoding, without the metrics). The summary
 # (mean, median, std) is written beside the CSV.
 
 # %% tags=["nbval-ignore-output"]
@@ -142,8 +145,10 @@ fig
 # `--nifti CASE_DIR` for an official BraTS case) reads a *raw* volume, normalises it with the cache's
 # own code, predicts it and writes the labels BraTS expects: 0 background, 1 necrosis / non-enhancing
 # core, 2 edema, 4 enhancing, at the full input size, with the slice index last (H, W, D) as in the
-# BraTS NIfTI files. Where two classes pass the threshold, enhancing wins over necrosis, which wins
-# over edema (the inner structure wins).
+# BraTS NIfTI files, decoded by the same rule `evaluate` scores (tumour where the union probability
+# passes the threshold, then the most probable class; exact ties go to enhancing, then necrosis). From
+# Kaggle HDF5 input the file carries the BraTS2020 geometry, so it overlays the official `*_seg.nii.gz`;
+# a NIfTI case keeps its own header.
 
 # %%
 seg_path = evaluate.predict(run.run_dir, ws.out_dir / "predictions" / f"volume_{volume_id}_seg.nii.gz",

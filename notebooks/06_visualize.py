@@ -69,8 +69,9 @@ print("run:", run.run_dir)
 # %% [markdown]
 # ## One test volume, its ground truth and the prediction
 # Prediction works as in 05_evaluate: the normalised volume from the cache (cropped to the brain plus a
-# margin), a sliding window of the training patch size with Gaussian blending, the sigmoid, and the
-# threshold. The three output channels are necrosis, edema and enhancing.
+# margin), a sliding window of the training patch size with Gaussian blending, the sigmoid, and the one
+# decoding rule (tumour where the union probability passes the threshold, then the most probable class):
+# the labels `predict` writes. The three channels are necrosis, edema and enhancing.
 
 # %%
 test_ids = run.split("test")

@@ -290,6 +290,32 @@ def test_other_data_is_refused(built, tmp_path):
         build_cache(other, cache, workers=1, progress=False)
 
 
+def test_cache_records_and_enforces_the_channel_order(tmp_path):
+    """Files stored in another order, read with that order, give the same canonical cache; the index
+    records both orders; a build or run with another order is refused in one line saying how to fix it."""
+    from tumorlib.data.cache import check_cache_order, load_cached_volume, open_source
+
+    order = ("t2", "t1", "flair", "t1ce")
+    image, mask = make_phantom((16, 32, 32), seed=3, volume_id=1)
+    write_kaggle_volume(tmp_path / "pack", 1, image, mask)  # the pack's order
+    write_kaggle_volume(tmp_path / "other", 1, image, mask, stored_order=order)
+    a = build_cache(tmp_path / "pack", tmp_path / "a", workers=1, progress=False)
+    b = build_cache(tmp_path / "other", tmp_path / "b", workers=1, progress=False, stored_order=order)
+    np.testing.assert_array_equal(load_cached_volume(a, 1)[0], load_cached_volume(b, 1)[0])
+    index = load_cache_index(b)
+    assert index["channel_order"] == ["t1", "t1ce", "t2", "flair"] and index["stored_order"] == list(order)
+    assert load_cache_index(a)["stored_order"] == ["flair", "t1", "t1ce", "t2"]
+    np.testing.assert_array_equal(open_source(index).read(1)[0], load_volume(tmp_path / "pack", 1)[0])
+    check_cache_order(b, index, order)  # the same order passes
+    with pytest.raises(CacheError, match=r"read with kaggle_channel_order t2,t1,flair,t1ce, the run uses "
+                                         r"flair,t1,t1ce,t2; rebuild the cache with `tumorlib cache "
+                                         r"--kaggle_channel_order flair,t1,t1ce,t2`"):
+        build_cache(tmp_path / "other", b, workers=1, progress=False)
+    old = {k: v for k, v in index.items() if k != "stored_order"}
+    with pytest.raises(CacheError, match="does not record the channel order"):
+        check_cache_order(b, old, order)
+
+
 def test_changed_data_in_place_is_rebuilt(tmp_path, capsys):
     data = make_synthetic(tmp_path / "d", 2, (16, 32, 32), seed=0)
     cache = build_cache(data, tmp_path / "c", workers=1, progress=False)

@@ -15,7 +15,8 @@ def test_full_preset_is_the_seed_table():
     assert cfg.lr == 2e-4 and cfg.warmup_epochs == 5 and cfg.epochs == 50
     assert cfg.class_weights == (1.5, 1.0, 2.0)
     assert cfg.tumor_prob == 0.6 and cfg.cache_hw == 240 and cfg.synth_shape == (155, 240, 240)
-    assert cfg.focal_gamma == 2.0 and cfg.sw_overlap == 0.5 and not cfg.augment
+    assert cfg.focal_gamma == 2.0 and cfg.sw_overlap == 0.5 and cfg.augment and not cfg.intensity_aug
+    assert cfg.tumor_sampling == "class" and cfg.val_volume_every == 5
 
 
 def test_preset_from_environment(monkeypatch):
@@ -99,9 +100,9 @@ def test_every_config_field_is_classified_for_resume():
     runtime = {"cache_workers", "ram_cache_bytes", "num_workers", "compile", "cudnn_benchmark", "data_placement",
                "pin_memory", "sw_overlap", "sw_batch_size", "sw_blend", "threshold"}
     training = {"preset", "seed", "synth_volumes", "synth_shape", "synth_seed", "cache_hw", "cache_margin",
-                "patch_size", "tumor_prob", "augment", "in_channels", "num_classes", "features", "epochs",
+                "patch_size", "tumor_prob", "tumor_sampling", "augment", "intensity_aug", "in_channels", "num_classes", "features", "epochs",
                 "warmup_epochs", "batch_size", "accumulation_steps", "lr", "min_lr_ratio", "weight_decay",
-                "samples_per_epoch", "val_samples", "class_weights", "focal_gamma", "dice_weight", "grad_clip",
+                "samples_per_epoch", "val_samples", "val_volume_every", "class_weights", "focal_gamma", "dice_weight", "grad_clip",
                 "amp", "amp_dtype", "val_fraction", "test_fraction", "split_seed", "kaggle_channel_order"}
     assert runtime_fields() == runtime
     assert resume_fields() == training
@@ -165,6 +166,9 @@ BAD_VALUES = [
     ("seed", -1, r"seed must be >= 0"),
     ("split_seed", 1.5, r"split_seed must be a finite integer"),
     ("augment", "yes", r"augment must be true or false, got 'yes'"),
+    ("intensity_aug", 1, r"intensity_aug must be true or false, got 1"),
+    ("tumor_sampling", "tumour", r"tumor_sampling must be one of class, voxel, got 'tumour'"),
+    ("val_volume_every", -1, r"val_volume_every must be >= 0, got -1"),
     ("amp", 1, r"amp must be true or false, got 1"),
     ("compile", "fast", r"compile must be one of auto, off, default"),
     ("amp_dtype", "float8", r"amp_dtype must be one of auto, bfloat16"),

@@ -130,7 +130,8 @@ def test_ram_cache_is_bounded_in_bytes(cache):
 
 def test_augmentation(cache):
     plain = BraTS3DDataset(cache, [1, 2], patch_size=PATCH, samples_per_epoch=16, seed=5)
-    aug = BraTS3DDataset(cache, [1, 2], patch_size=PATCH, samples_per_epoch=16, seed=5, augment=True)
+    aug = BraTS3DDataset(cache, [1, 2], patch_size=PATCH, samples_per_epoch=16, seed=5, augment=True,
+                         intensity_aug=True)
     flipped = 0
     for i in range(16):
         plan = aug.plan(i)
@@ -147,6 +148,51 @@ def test_augmentation(cache):
             + torch.from_numpy(plan.shift)[:, None, None, None]
         torch.testing.assert_close(x1.float()[inside], expected[inside], atol=2e-2, rtol=1e-2)
     assert 0 < flipped < 16
+
+
+def test_flips_cover_the_tta_axes_and_intensity_is_optional(cache):
+    from tumorlib.inference import FLIP_AXES, SPATIAL_FLIP_AXES
+
+    flips = BraTS3DDataset(cache, [1, 2], patch_size=PATCH, samples_per_epoch=200, seed=3, augment=True)
+    plans = [flips.plan(i, e) for e in range(2) for i in range(200)]
+    assert all(p.scale is None and p.shift is None for p in plans)  # flips only
+    seen = {tuple(a + 2 for a, f in enumerate(p.flips) if f) for p in plans}
+    assert seen == set(FLIP_AXES)  # every combination test-time augmentation averages over
+    for axis in SPATIAL_FLIP_AXES:  # each axis flipped about half the time
+        share = np.mean([p.flips[axis] for p in plans])
+        assert 0.4 < share < 0.6, (axis, share)
+    again = BraTS3DDataset(cache, [1, 2], patch_size=PATCH, samples_per_epoch=200, seed=3, augment=True)
+    assert [again.plan(i, 1) for i in range(200)] == plans[200:]  # a function of (seed, epoch, index)
+    assert [again.plan(i, 0).flips for i in range(200)] != [p.flips for p in plans[200:]]
+
+
+def test_class_first_sampling_balances_the_classes(cache):
+    """Class-first sampling centres patches on each class present about equally often; voxel sampling
+    follows the classes' voxel counts."""
+    ids = [1, 2, 3]
+    by = {}
+    for rule in ("class", "voxel"):
+        ds = BraTS3DDataset(cache, ids, patch_size=PATCH, tumor_prob=1.0, samples_per_epoch=600, seed=1,
+                            tumor_sampling=rule)
+        hits = np.zeros(3)
+        n = 0
+        for i in range(len(ds)):
+            plan = ds.plan(i)
+            if not plan.tumour_centred:
+                continue
+            _, mask = load_cached_volume(cache, plan.volume_id)
+            hits += np.asarray(mask[(slice(None), *plan.centre)]) != 0  # the classes of the chosen voxel
+            n += 1
+        by[rule] = hits / n
+    groups = [len(g) for v in ids for g in BraTS3DDataset(cache, [v], tumor_sampling="class").class_coords(v)]
+    assert groups and min(groups) > 0
+    voxel_share = by["voxel"] / by["voxel"].sum()
+    class_share = by["class"] / by["class"].sum()
+    rare = int(np.argmin(voxel_share))
+    assert class_share[rare] > voxel_share[rare] + 0.05  # the rarest class is centred on more often
+    assert class_share.max() - class_share.min() < voxel_share.max() - voxel_share.min()
+    with pytest.raises(ValueError, match="tumor_sampling must be one of class, voxel"):
+        BraTS3DDataset(cache, ids, tumor_sampling="uniform")
 
 
 def test_loader_workers_give_identical_batches(cache):

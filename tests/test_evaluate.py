@@ -20,7 +20,7 @@ from tumorlib.cli import main
 from tumorlib.config import get_config
 from tumorlib.data import load_volume
 from tumorlib.data.cache import build_cache, load_cache_index, load_cached_volume, prepare_volume
-from tumorlib.data.nifti import save_nifti_case
+from tumorlib.data.nifti import BRATS2020_AFFINE, brats2020_header, nifti_case_to_kaggle, save_nifti_case
 from tumorlib.evaluate import (
     EVAL_COLUMNS,
     evaluate,
@@ -54,7 +54,9 @@ def _make_run(folder, bias=None, config=None, splits=None):
 
 
 def test_evaluate_all_tumour_prediction(tiny_data, tiny_cache, tmp_path):
-    run = _make_run(tmp_path / "run", bias=[10.0, 10.0, 10.0])  # every voxel: all three classes
+    # every voxel: all three classes at the same probability; the decoding rule gives the tie to
+    # enhancing tumour (CLASS_PRECEDENCE), so the prediction is ET everywhere, NCR and ED nowhere
+    run = _make_run(tmp_path / "run", bias=[10.0, 10.0, 10.0])
     out = tmp_path / "eval" / "metrics.csv"
     frame = evaluate(run, tiny_data, tiny_cache, split="test", out=out, device="cpu", progress=False)
     assert tuple(frame.columns) == EVAL_COLUMNS
@@ -65,9 +67,12 @@ def test_evaluate_all_tumour_prediction(tiny_data, tiny_cache, tmp_path):
     _, mask = load_cached_volume(tiny_cache, vid)
     n = mask[0].size
     row = frame.iloc[0]
-    for k, name in enumerate(("ncr", "ed", "et")):
-        t = int(mask[k].sum())
-        assert row[f"dice_{name}"] == pytest.approx(2 * t / (n + t))
+    for k, name in enumerate(("ncr", "ed")):
+        assert row[f"dice_{name}"] == (0.0 if mask[k].any() else 1.0)
+    t = int(mask[2].sum())
+    assert row["dice_et"] == pytest.approx(2 * t / (n + t))
+    wt = int(mask.any(axis=0).sum())
+    assert row["dice_wt"] == pytest.approx(2 * wt / (n + wt))
     regions = brats_regions(np.asarray(mask))
     ones = np.ones_like(regions)
     np.testing.assert_allclose(row[["hd95_wt", "hd95_tc", "hd95_et"]].to_numpy(float), hd95(ones, regions))
@@ -132,7 +137,10 @@ def test_predict_kaggle_labels_fill_the_crop_box(tiny_data, tmp_path):
     image, _ = load_volume(tiny_data, 2)
     d, h, w = image.shape[1:]
     assert labels.shape == (h, w, d) and labels.dtype == np.uint8
-    np.testing.assert_allclose(img.affine, np.eye(4))
+    # Kaggle input is written with the BraTS2020 geometry, qform and sform
+    np.testing.assert_allclose(img.affine, BRATS2020_AFFINE)
+    np.testing.assert_allclose(img.get_qform(), BRATS2020_AFFINE)
+    np.testing.assert_allclose(img.get_sform(), BRATS2020_AFFINE)
     _, _, entry = prepare_volume(image, None, margin=get_config("ci").cache_margin)
     expected = np.zeros((d, h, w), np.uint8)
     expected[tuple(slice(a, b) for a, b in entry["crop_box"])] = 4
@@ -141,18 +149,28 @@ def test_predict_kaggle_labels_fill_the_crop_box(tiny_data, tmp_path):
 
 
 def test_predict_nifti_matches_kaggle(tiny_data, tmp_path):
+    """A BraTS2020 NIfTI case and the same case converted to the per-slice HDF5 layout give the same labels
+    and affine through both predict paths; a NIfTI case keeps its own header."""
     run = _make_run(tmp_path / "run")  # random weights: a non-trivial label map
     image, mask = load_volume(tiny_data, 3)
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
-    affine[:3, 3] = [10.0, 20.0, -5.0]
-    case = save_nifti_case(tmp_path / "BraTS20_Training_003", image, mask, affine)
+    case = save_nifti_case(tmp_path / "BraTS20_Training_003", image, mask, header=brats2020_header())
+    converted = tmp_path / "converted"
+    nifti_case_to_kaggle(case, converted, 3)
     from_nifti = nib.load(str(predict(run, tmp_path / "a.nii.gz", nifti_case=case, device="cpu")))
-    from_kaggle = nib.load(str(predict(run, tmp_path / "b.nii.gz", data_dir=tiny_data, volume_id=3,
+    from_kaggle = nib.load(str(predict(run, tmp_path / "b.nii.gz", data_dir=converted, volume_id=3,
                                        device="cpu")))
     a = np.asarray(from_nifti.dataobj)
     np.testing.assert_array_equal(a, np.asarray(from_kaggle.dataobj))
-    np.testing.assert_allclose(from_nifti.affine, affine)
+    np.testing.assert_allclose(from_nifti.affine, from_kaggle.affine)
+    np.testing.assert_allclose(from_nifti.affine, BRATS2020_AFFINE)
     assert set(np.unique(a).tolist()) <= {0, 1, 2, 4} and len(np.unique(a)) > 1
+    # another scanner geometry: the NIfTI path writes the case's own affine
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine[:3, 3] = [10.0, 20.0, -5.0]
+    other = save_nifti_case(tmp_path / "BraTS20_Training_004", image, mask, affine)
+    own = nib.load(str(predict(run, tmp_path / "c.nii.gz", nifti_case=other, device="cpu")))
+    np.testing.assert_allclose(own.affine, affine)
+    np.testing.assert_array_equal(np.asarray(own.dataobj), a)
     with pytest.raises(ValueError, match="nii"):
         predict(run, tmp_path / "x.npy", nifti_case=case)
     with pytest.raises(ValueError, match="either"):
@@ -211,3 +229,74 @@ def test_evaluate_on_a_nifti_cache_equals_the_kaggle_cache(tiny_data, tmp_path, 
     metrics = [c for c in EVAL_COLUMNS if c not in ("volume", "seconds")]
     pd.testing.assert_frame_equal(a[metrics], b[metrics], rtol=1e-6)
     assert 0.0 < a["dice_ed"].min() < 1.0
+
+
+@pytest.fixture(scope="module")
+def ci_run(ci_cache, tmp_path_factory):
+    """A tiny ci training run on the ci data, selected on whole validation volumes every epoch."""
+    from tumorlib.train import train
+
+    run = tmp_path_factory.mktemp("ci_run") / "run"
+    cfg = get_config("ci", val_volume_every=1)
+    history = train(cfg, cache_dir=ci_cache, out_dir=run, progress=False, device="cpu")
+    return run, history
+
+
+def test_evaluate_scores_the_labels_predict_writes(ci_run, ci_cache, tmp_path):
+    """For every volume, Dice and HD95 of the NIfTI file ``predict`` writes equal the evaluate CSV row."""
+    from tumorlib.brats import labels_to_channels
+    from tumorlib.metrics import brats_scores
+
+    run, _ = ci_run
+    data = load_cache_index(ci_cache)["source"]
+    frame = evaluate(run, cache_dir=ci_cache, split="all", out=tmp_path / "m.csv", device="cpu", progress=False)
+    assert len(frame) == get_config("ci").synth_volumes
+    rows = pd.read_csv(tmp_path / "m.csv").set_index("volume")
+    for vid in rows.index:
+        seg = nib.load(str(predict(run, tmp_path / f"{vid}.nii.gz", data_dir=data, volume_id=int(vid),
+                                   device="cpu")))
+        labels = np.transpose(np.asarray(seg.dataobj), (2, 0, 1))
+        _, gt = load_volume(data, int(vid))
+        scores = brats_scores(labels_to_channels(labels), gt)
+        for name, value in scores.items():
+            assert value == pytest.approx(rows.loc[vid, name], abs=1e-9), (vid, name)
+    assert (rows["dice_wt"] > 0).any()  # a trained model finds some tumour
+
+
+def test_volume_selection_is_what_evaluate_reports(ci_run, ci_cache, tmp_path):
+    """The whole-volume selection score of the best epoch is evaluate's mean WT/TC/ET Dice on the val split."""
+    from tumorlib.train import HISTORY_COLUMNS
+
+    run, history = ci_run
+    assert list(pd.read_csv(run / "history.csv").columns) == HISTORY_COLUMNS
+    assert history.val_volume_dice.notna().all()  # every epoch with val_volume_every=1
+    frame = evaluate(run, cache_dir=ci_cache, split="val", out=tmp_path / "v.csv", device="cpu", progress=False)
+    score = frame[["dice_wt", "dice_tc", "dice_et"]].mean(axis=1).mean()
+    assert score == pytest.approx(history.val_volume_dice.max(), abs=1e-9)
+    best = torch.load(run / "checkpoints" / "best_model.pth", weights_only=True)
+    assert best["epoch"] == int(history.val_volume_dice.idxmax()) + 1
+
+
+def test_evaluate_and_predict_refuse_another_channel_order(ci_run, ci_cache, tmp_path):
+    run, _ = ci_run
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["kaggle_channel_order"] = ["t1", "t1ce", "t2", "flair"]
+    (other / "config.json").write_text(json.dumps(cfg))
+    (other / "checkpoints").mkdir()
+    (other / "checkpoints" / "best_model.pth").write_bytes((run / "checkpoints" / "best_model.pth").read_bytes())
+    from tumorlib.data.cache import CacheError
+
+    with pytest.raises(CacheError, match=r"read with kaggle_channel_order flair,t1,t1ce,t2, the run uses "
+                                         r"t1,t1ce,t2,flair; rebuild the cache with `tumorlib cache "
+                                         r"--kaggle_channel_order t1,t1ce,t2,flair`"):
+        evaluate(other, cache_dir=ci_cache, split="test", device="cpu", progress=False)
+    data = load_cache_index(ci_cache)["source"]
+    with pytest.raises(ValueError, match=r"channel order t1,t1ce,t2,flair, the run .* was trained with "
+                                         r"kaggle_channel_order flair,t1,t1ce,t2; train again"):
+        predict(run, tmp_path / "x.nii.gz", data_dir=data, volume_id=1, stored_order=("t1", "t1ce", "t2", "flair"))
+    assert not (tmp_path / "x.nii.gz").exists()
+    index = load_cache_index(ci_cache)
+    assert index["channel_order"] == ["t1", "t1ce", "t2", "flair"]
+    assert index["stored_order"] == ["flair", "t1", "t1ce", "t2"]

@@ -42,7 +42,9 @@ def test_resident_nbytes_by_hand(cache):
 @pytest.mark.parametrize("augment", [False, True])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_patches_identical_to_dataset(cache, augment, dtype):
-    ds, sampler = _pair(cache, augment=augment, dtype=dtype)
+    # augment: flips, intensity scale/shift and class-first tumour sampling
+    extra = dict(intensity_aug=True, tumor_sampling="class") if augment else {}
+    ds, sampler = _pair(cache, augment=augment, dtype=dtype, **extra)
     for epoch in range(3):
         for i in range(len(ds)):
             image, mask = ds[(epoch, i)]

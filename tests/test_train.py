@@ -232,7 +232,8 @@ def test_fit_writes_the_run_folder(tmp_path):
     assert history.epoch.tolist() == [1, 2]
     assert pd.read_csv(run / "history.csv").columns.tolist() == HISTORY_COLUMNS
     assert history.lr.tolist() == pytest.approx([cfg.lr, cfg.lr * cfg.min_lr_ratio])  # last step of each epoch
-    assert np.isfinite(history[HISTORY_COLUMNS].to_numpy()).all()
+    assert np.isfinite(history[[c for c in HISTORY_COLUMNS if c != "val_volume_dice"]].to_numpy()).all()
+    assert history.val_volume_dice.isna().all()  # whole-volume selection is off in ci
     assert ((history.filter(like="val_dice") >= 0) & (history.filter(like="val_dice") <= 1)).all().all()
     for name in ("config.json", "training_curves.png", "checkpoints/best_model.pth", "checkpoints/last.pth"):
         assert (run / name).is_file(), name
@@ -315,7 +316,9 @@ def _env(threads: int) -> dict[str, str]:
 
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_history(ci_cache, tmp_path):
-    cfg = get_config("ci", epochs=3)
+    # with whole-volume model selection (epoch 1: the first, 2: every second, 3: the last), so the
+    # selection state is resumed too
+    cfg = get_config("ci", epochs=3, val_volume_every=2)
     full = train(cfg, cache_dir=ci_cache, out_dir=tmp_path / "full", progress=False)
     assert (tmp_path / "full" / "splits.json").is_file()
     script = textwrap.dedent(f"""
@@ -327,7 +330,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_history(ci_cache, tmp
             if epoch == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        train(get_config("ci", epochs=3), cache_dir={str(ci_cache)!r}, out_dir={str(tmp_path / 'cut')!r},
+        train(get_config("ci", epochs=3, val_volume_every=2), cache_dir={str(ci_cache)!r},
+              out_dir={str(tmp_path / 'cut')!r},
               progress=False, on_epoch_end=kill)
     """)
     # the same thread count as this process: float sums must run in the same order to compare exactly
@@ -337,12 +341,15 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_history(ci_cache, tmp
     assert pd.read_csv(tmp_path / "cut" / "history.csv").epoch.tolist() == [1, 2]
     resumed = train(cfg, cache_dir=ci_cache, out_dir=tmp_path / "cut", resume=True, progress=False)
     keep = [c for c in HISTORY_COLUMNS if c not in TIMING_COLUMNS]
+    assert full.val_volume_dice.notna().tolist() == [True, True, True]
     pd.testing.assert_frame_equal(resumed[keep], full[keep], check_exact=True)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cut" / "history.csv")[keep],
                                   pd.read_csv(tmp_path / "full" / "history.csv")[keep], check_exact=True)
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut" / "checkpoints" / "last.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    best = [torch.load(tmp_path / r / "checkpoints" / "best_model.pth", weights_only=True)["epoch"] for r in ("full", "cut")]
+    assert best[0] == best[1]
     # resuming a finished run trains nothing more
     again = train(cfg, cache_dir=ci_cache, out_dir=tmp_path / "cut", resume=True, progress=False)
     pd.testing.assert_frame_equal(again[keep], full[keep])
@@ -352,7 +359,7 @@ def test_ddp_two_gloo_processes_on_cpu(ci_cache, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "tumorlib", "train", "--preset", "ci", "--cache", str(ci_cache), "--out", str(run), "--device", "cpu",
-           "--samples_per_epoch", "8"]
+           "--samples_per_epoch", "8", "--val_volume_every", "1"]  # whole-volume selection on both ranks
     proc = subprocess.run(cmd, env=_env(1), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = proc.stdout + proc.stderr

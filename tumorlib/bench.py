@@ -307,7 +307,7 @@ def benchmark_loading(data_dir: str | os.PathLike, cache_dir: str | os.PathLike,
         have = False
     if not have:
         build_cache(data, cache, workers=cfg.cache_workers, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
-                    progress=progress)
+                    progress=progress, stored_order=cfg.kaggle_channel_order)
     index = load_cache_index(cache)
 
     loads = time_volume_loads(data, cache, ids, repeats=repeats, cold=cold)

@@ -51,6 +51,7 @@ __all__ = [
     "channels_to_regions",
     "check_order",
     "classes_to_labels",
+    "decode_batch",
     "decode_classes",
     "decode_probabilities",
     "decode_to_channels",
@@ -365,3 +366,29 @@ def decode_to_channels(prob: Any, threshold: float = 0.5) -> np.ndarray:
     """
     classes = decode_classes(prob, threshold)
     return np.stack([classes == k + 1 for k in range(len(CLASS_KEYS))]).astype(np.uint8)
+
+
+def decode_batch(prob: Any, threshold: float = 0.5) -> Any:
+    """The decoding rule on a batch of torch tensors, on their device (training-time validation).
+
+    Args:
+        prob: (B, 3, d, h, w) sigmoid probabilities (ncr, ed, et), a torch tensor.
+        threshold: tumour where the union probability is strictly above it.
+
+    Returns:
+        (B, 3, d, h, w) bool tensor: the disjoint class channels ``decode_to_channels`` gives for each
+        sample.
+
+    Raises:
+        ValueError: ``prob`` is not (B, 3, ...).
+    """
+    import torch
+
+    if prob.ndim < 3 or prob.shape[1] != len(CLASS_KEYS):
+        raise ValueError(f"prob must be (B, 3, ...) (ncr, ed, et), got shape {tuple(prob.shape)}")
+    p = prob.float()
+    tumour = (1.0 - torch.prod(1.0 - p.clamp(0.0, 1.0), dim=1)) > threshold
+    order = torch.tensor(_PRECEDENCE_IDX, device=p.device)
+    best = order[torch.argmax(p.index_select(1, order), dim=1)]  # the first maximum: CLASS_PRECEDENCE
+    classes = torch.arange(len(CLASS_KEYS), device=p.device).view(1, -1, *([1] * (p.ndim - 2)))
+    return (best.unsqueeze(1) == classes) & tumour.unsqueeze(1)

@@ -95,7 +95,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     else:
         data = args.data or ensure_data(cfg, progress=not args.quiet)
         cache = build_cache(data, out, workers=workers, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
-                            progress=not args.quiet)
+                            progress=not args.quiet, stored_order=cfg.kaggle_channel_order)
     index = load_cache_index(cache)
     size = sum(p.stat().st_size for p in Path(cache).glob("v*.npy"))
     print(f"cached {len(index['volumes'])} volumes ({size / 2**20:.1f} MiB) in {cache}")
@@ -173,7 +173,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.nifti is None and (args.data is None or args.volume is None):
         raise ValueError("give --data DIR and --volume ID, or --nifti CASE_DIR")
     path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
-                   tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet)
+                   tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
+                   stored_order=args.kaggle_channel_order)
     print(f"wrote {path}")
     return 0
 
@@ -314,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
+    p.add_argument("--kaggle_channel_order", default=None, metavar="ORDER",
+                   help="channel order of the --data files (e.g. flair,t1,t1ce,t2); refused when it differs "
+                        "from the run's (default: the run's)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_predict)
 

@@ -32,6 +32,7 @@ from tumorlib.brats import check_order
 __all__ = [
     "Config",
     "PRESETS",
+    "TUMOR_SAMPLING",
     "Workspace",
     "get_config",
     "load_config",
@@ -45,6 +46,9 @@ __all__ = [
 PRESET_ENV = "TUMORLIB_PRESET"
 DEFAULT_PRESET = "demo"
 _RUNTIME = {"runtime": True}  # field metadata: changes speed or later stages, not the training itself
+#: Ways to choose the centre of a tumour-centred training patch (``tumorlib.data.dataset``).
+TUMOR_SAMPLING: tuple[str, ...] = ("class", "voxel")
+
 _AUTO_VALUES = {
     "amp_dtype": ("auto", "bfloat16", "float16", "float32"),
     "cudnn_benchmark": ("auto", "on", "off"),
@@ -84,7 +88,9 @@ class Config:
     # patches
     patch_size: tuple[int, int, int] = (64, 160, 160)
     tumor_prob: float = 0.6
-    augment: bool = False
+    tumor_sampling: str = "class"  # class: a class present first, then one of its voxels | voxel: the reference
+    augment: bool = True  # random flips of (D, H, W), the axes flip TTA mirrors
+    intensity_aug: bool = False  # per-channel intensity scale x U(0.9, 1.1) and shift + U(-0.1, 0.1)
     ram_cache_bytes: int = field(default=4 * 2**30, metadata=_RUNTIME)
     num_workers: int | None = field(default=None, metadata=_RUNTIME)  # None: chosen per platform (0 on Windows)
     # model
@@ -101,6 +107,7 @@ class Config:
     weight_decay: float = 1e-5
     samples_per_epoch: int | None = None  # None: one patch per training volume
     val_samples: int | None = None  # None: two patches per validation volume
+    val_volume_every: int = 5  # model selection on whole validation volumes every N epochs (and the last); 0: off
     class_weights: tuple[float, float, float] = (1.5, 1.0, 2.0)
     focal_gamma: float = 2.0
     dice_weight: float = 0.5
@@ -207,6 +214,7 @@ _RULES: dict[str, tuple[Any, float, float, bool, bool]] = {
     "cache_hw": ((int, None), 1, _INF, False, False), "cache_margin": (int, 0, _INF, False, False),
     "cache_workers": (int, 1, _INF, False, False), "patch_size": ((int, 3), 1, _INF, False, False),
     "tumor_prob": (float, 0, 1, False, False), "augment": (bool, 0, 1, False, False),
+    "intensity_aug": (bool, 0, 1, False, False), "val_volume_every": (int, 0, _INF, False, False),
     "ram_cache_bytes": (int, 0, _INF, False, False), "num_workers": ((int, None), 0, _INF, False, False),
     "in_channels": (int, 1, _INF, False, False), "num_classes": (int, 1, _INF, False, False),
     "features": ((int, 0), 1, _INF, False, False), "epochs": (int, 1, _INF, False, False),
@@ -224,6 +232,7 @@ _RULES: dict[str, tuple[Any, float, float, bool, bool]] = {
 }
 _CHOICES = {
     "sw_blend": ("gaussian", "constant"),
+    "tumor_sampling": TUMOR_SAMPLING,
     "compile": ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     **_AUTO_VALUES,
 }
@@ -319,6 +328,7 @@ PRESETS: dict[str, Config] = {
         val_samples=8,
         class_weights=(2.0, 1.0, 2.0),
         focal_gamma=0.0,  # plain BCE: under gamma 2 the rare classes plateau near p = 0.5 and drop to Dice 0
+        val_volume_every=2,
         ram_cache_bytes=2**30,
         num_workers=0,
         sw_batch_size=2,
@@ -340,6 +350,7 @@ PRESETS: dict[str, Config] = {
         lr=1e-3,
         samples_per_epoch=4,
         val_samples=2,
+        val_volume_every=0,
         ram_cache_bytes=2**28,
         num_workers=0,
         sw_batch_size=2,

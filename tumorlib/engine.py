@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from tumorlib.brats import CLASS_KEYS, decode_batch
 from tumorlib.config import Config
 from tumorlib.distributed import DistInfo, all_reduce_sum
 from tumorlib.speed import (
@@ -54,7 +55,6 @@ __all__ = [
     "validate",
 ]
 
-CLASS_KEYS = ("ncr", "ed", "et")
 
 
 # --------------------------------------------------------------------------- the step
@@ -126,8 +126,9 @@ def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
              info: DistInfo | None = None) -> dict[str, float]:
     """Loss and Dice on validation patches, pooled over all patches (and ranks).
 
-    Dice per class is ``2 |P & G| / (|P| + |G|)`` with ``P = sigmoid(logits) > threshold``, counted over
-    every validation voxel at once (1.0 when both are empty); whole tumour (WT) is the union of the three
+    Dice per class is ``2 |P & G| / (|P| + |G|)`` with ``P`` the decoded labels
+    (``tumorlib.brats.decode_batch``: the rule ``predict`` and ``evaluate`` use), counted over every
+    validation voxel at once (1.0 when both are empty); whole tumour (WT) is the union of the three
     channels.
 
     Args:
@@ -136,7 +137,7 @@ def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
         criterion: the training loss.
         device: where to compute.
         dtype: autocast dtype or None.
-        threshold: probability threshold.
+        threshold: the decoding threshold (``config.threshold``).
         info: DDP ranks to pool over; None: this process only.
 
     Returns:
@@ -155,7 +156,7 @@ def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
         logits = logits.float()
         sums[0] += criterion(logits, mask).double() * image.shape[0]
         sums[1] += image.shape[0]
-        pred = (torch.sigmoid(logits) > threshold).float()
+        pred = decode_batch(torch.sigmoid(logits), threshold).float()
         pred = torch.cat([pred, pred.amax(1, keepdim=True)], 1)
         gt = torch.cat([mask, mask.amax(1, keepdim=True)], 1)
         dims = (0, 2, 3, 4)

@@ -1,7 +1,8 @@
 """Evaluate a trained run on whole volumes: scores per volume, summaries and report tables.
 
 ``evaluate(run_dir, data_dir, cache_dir, split="test")`` predicts every volume of a split with the
-sliding window (``tumorlib.inference``), thresholds the sigmoid outputs and scores them with
+sliding window (``tumorlib.inference``), decodes the sigmoid outputs into labels by the one rule
+``tumorlib.brats.decode_to_channels`` (the labels ``predict`` writes) and scores them with
 ``tumorlib.metrics.brats_scores``; it writes one CSV row per volume (``EVAL_COLUMNS``) and a summary
 (mean, median, std of each column) beside it. Loading a run lives in ``tumorlib.runs``, NIfTI label
 files in ``tumorlib.predict``, the box plot in ``tumorlib.viz`` (all re-exported here).
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tumorlib.brats import decode_to_channels
 from tumorlib.config import Config
 from tumorlib.metrics import CLASS_NAMES, METRIC_COLUMNS, REGION_NAMES, brats_scores
 from tumorlib.predict import predict
@@ -38,8 +40,10 @@ __all__ = [
     "predict",
     "predict_volume",
     "run_split",
+    "score_volumes",
     "summarize",
     "summary_path",
+    "volume_dice",
 ]
 
 #: Columns of the per-volume metrics CSV.
@@ -102,6 +106,93 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=["volume"]).agg(["mean", "median", "std"])
 
 
+def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike,
+                  volume_ids: Sequence[int], device: torch.device, tta: bool = False, amp: bool = True,
+                  index: dict[str, Any] | None = None, progress: bool = False,
+                  desc: str = "score") -> list[dict[str, float]]:
+    """Predict whole cached volumes and score the decoded labels: the one scoring path of ``evaluate``
+    and of whole-volume model selection during training.
+
+    Each volume is predicted with the sliding window (``predict_volume``), decoded by
+    ``tumorlib.brats.decode_to_channels`` at ``config.threshold`` (the labels ``predict`` writes) and
+    scored with ``brats_scores``. Dice and HD95 are computed in the cache's frame: the crop holds every
+    tumour voxel, so they equal the full-volume values. A cache resampled in-plane (``cache_hw`` below
+    the native size) is scored at the source resolution instead (the probabilities are mapped back
+    with ``uncrop``, then decoded).
+
+    Args:
+        model: the network, on ``device``, in eval mode.
+        config: the run's config (sliding window, ``threshold``).
+        cache_dir: the cache.
+        volume_ids: the volumes to score.
+        device: where the windows run.
+        tta: average over the 8 flips.
+        amp: autocast on CUDA.
+        index: the cache index (read when None).
+        progress: tqdm bar over the volumes.
+        desc: the bar's label.
+
+    Returns:
+        One dict per volume: ``volume``, the ``METRIC_COLUMNS`` and ``seconds`` (sliding window, sigmoid
+        and decoding, without the metrics).
+
+    Raises:
+        CacheError: a resampled cache whose source cannot be reopened.
+    """
+    from tumorlib.progress import tqdm
+
+    from tumorlib.data.cache import CacheError, load_cache_index, load_cached_volume, open_source, uncrop
+
+    index = index if index is not None else load_cache_index(cache_dir)
+    try:
+        source = open_source(index)
+    except CacheError:
+        source = None  # a cache from a custom reader: 1 mm voxels, scored in the cache frame only
+    rows = []
+    for vid in tqdm(list(volume_ids), desc=desc, unit="vol", disable=not progress):
+        entry = index["volumes"][str(vid)]
+        image, mask = load_cached_volume(cache_dir, vid, index=index)
+        start = time.perf_counter()
+        prob = predict_volume(model, image, config, device, tta=tta, amp=amp)
+        resampled = not all(abs(z - 1.0) < 1e-9 for z in entry["zoom"])
+        if resampled:
+            if source is None:
+                open_source(index)  # raises CacheError naming the reader
+            pred = decode_to_channels(uncrop(prob.cpu().numpy(), entry, fill=0.0), config.threshold)
+        else:
+            pred = decode_to_channels(prob, config.threshold)
+        seconds = time.perf_counter() - start
+        spacing = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
+        target = source.read(vid)[1] if resampled else np.asarray(mask)
+        rows.append({"volume": int(vid), **brats_scores(pred, target, spacing), "seconds": seconds})
+    return rows
+
+
+def volume_dice(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_ids: Sequence[int],
+                device: torch.device, amp: bool = True) -> float:
+    """The model-selection score on whole volumes: the mean over volumes of the mean of the WT, TC and
+    ET Dice of the decoded labels, computed by ``score_volumes`` exactly as ``evaluate`` computes them.
+
+    Args:
+        model: the network (put in eval mode for the call, its mode restored after).
+        config: the run's config.
+        cache_dir: the cache.
+        volume_ids: the validation volumes.
+        device: where the windows run.
+        amp: autocast on CUDA.
+
+    Returns:
+        The score in [0, 1].
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        rows = score_volumes(model, config, cache_dir, volume_ids, device, amp=amp)
+    finally:
+        model.train(was_training)
+    return float(np.mean([np.mean([r["dice_wt"], r["dice_tc"], r["dice_et"]]) for r in rows]))
+
+
 def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
              cache_dir: str | os.PathLike | None = None, split: str = "test", tta: bool = False,
              out: str | os.PathLike | None = None, device: str | torch.device | None = None,
@@ -111,10 +202,10 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
 
     Each volume of the split is read from the cache (normalised, cropped to the brain), predicted
     with the sliding window (the config's ``patch_size``, ``sw_overlap``, ``sw_blend``,
-    ``sw_batch_size``), passed through the sigmoid and thresholded at ``config.threshold``. Dice and
-    HD95 are computed in the cache's frame: the crop holds every tumour voxel, so they equal the
-    full-volume values. A cache resampled in-plane (``cache_hw`` below the native size) is scored
-    at the source resolution instead (the probabilities are mapped back with ``uncrop``).
+    ``sw_batch_size``), passed through the sigmoid and decoded into labels by the one rule
+    (``tumorlib.brats.decode_to_channels``: tumour where the union probability passes
+    ``config.threshold``, then the most probable class), so the scores are those of the labels
+    ``predict`` writes (``score_volumes``).
 
     Args:
         run_dir: the run folder.
@@ -132,21 +223,20 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
 
     Returns:
         One row per volume, columns ``EVAL_COLUMNS``; ``seconds`` is the inference time (sliding
-        window, sigmoid, threshold) without the metrics.
+        window, sigmoid, decoding) without the metrics.
 
     Raises:
         FileNotFoundError, ValueError: see ``load_run``; unknown split; volumes not in the cache.
-        CacheError: the cache folder holds other data.
+        CacheError: the cache folder holds other data, or its Kaggle channel order differs from the run's.
     """
-    from tumorlib.progress import tqdm
-
-    from tumorlib.data.cache import CacheError, load_cache_index, load_cached_volume, open_source, uncrop
+    from tumorlib.data.cache import check_cache_order, load_cache_index
     from tumorlib.data.resolve import resolve_cache
 
     dev = _device(device)
     model, config = load_run(run_dir, dev)
     cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
     index = load_cache_index(cache)
+    check_cache_order(cache, index, config.kaggle_channel_order)
     cached = sorted(int(k) for k in index["volumes"])
     if volume_ids is None:
         ids = run_split(run_dir, config, cached, split)
@@ -157,29 +247,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
             raise ValueError(f"volumes {missing} are not in the cache {cache}")
     if not ids:
         raise ValueError(f"the {split} split of {run_dir} is empty")
-    try:
-        source = open_source(index)
-    except CacheError:
-        source = None  # a cache from a custom reader: 1 mm voxels, scored in the cache frame only
-    rows = []
-    for vid in tqdm(ids, desc=f"evaluate {split}", unit="vol", disable=not progress):
-        entry = index["volumes"][str(vid)]
-        image, mask = load_cached_volume(cache, vid, index=index)
-        start = time.perf_counter()
-        prob = predict_volume(model, image, config, dev, tta=tta, amp=amp)
-        pred = (prob > config.threshold)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        seconds = time.perf_counter() - start
-        spacing = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
-        if all(abs(z - 1.0) < 1e-9 for z in entry["zoom"]):
-            scores = brats_scores(pred.cpu().numpy(), np.asarray(mask), spacing)
-        else:  # a resampled cache: scored at the source resolution, against the source's ground truth
-            full = uncrop(prob.cpu().numpy(), entry, fill=0.0) > config.threshold
-            if source is None:
-                open_source(index)  # raises CacheError naming the reader
-            scores = brats_scores(full, source.read(vid)[1], spacing)
-        rows.append({"volume": vid, **scores, "seconds": seconds})
+    rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
+                         progress=progress, desc=f"evaluate {split}")
     frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
     out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from tumorlib.brats import decode_probabilities as labels_from_probabilities
 __all__ = [
     "BRATS_LABELS",
     "FLIP_AXES",
+    "SPATIAL_FLIP_AXES",
     "importance_map",
     "labels_from_probabilities",
     "labels_to_channels",
@@ -42,9 +43,12 @@ __all__ = [
     "window_starts",
 ]
 
+#: The spatial axes (D, H, W) of a volume that flip TTA mirrors and training flips at random.
+SPATIAL_FLIP_AXES: tuple[int, ...] = (0, 1, 2)
 #: The 8 combinations of flips of the spatial axes (2, 3, 4) of a (B, C, D, H, W) tensor, for TTA.
 FLIP_AXES: tuple[tuple[int, ...], ...] = tuple(
-    axes for r in range(4) for axes in itertools.combinations((2, 3, 4), r))
+    axes for r in range(len(SPATIAL_FLIP_AXES) + 1)
+    for axes in itertools.combinations(tuple(a + 2 for a in SPATIAL_FLIP_AXES), r))
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 

@@ -194,13 +194,16 @@ def predict_cached_volume(model: torch.nn.Module, config: Config, cache_dir: str
 
     Returns:
         ``(image, gt, prob, pred)``: image (4, D, H, W) float32, gt (3, D, H, W) uint8, prob (3, D, H, W)
-        float32 tensor of sigmoid probabilities, pred (3, D, H, W) uint8 (``prob > config.threshold``).
+        float32 tensor of sigmoid probabilities, pred (3, D, H, W) uint8 disjoint class channels of the
+        decoded labels (``tumorlib.brats.decode_to_channels`` at ``config.threshold``: what ``predict``
+        writes and ``evaluate`` scores).
     """
+    from tumorlib.brats import decode_to_channels
     from tumorlib.data.cache import load_cached_volume
 
     image, gt = load_cached_volume(cache_dir, volume_id)
     image = np.array(image, dtype=np.float32)  # copies out of the read-only memory map
     gt = np.array(gt)
     prob = predict_volume(model, image, config, device=device, tta=tta)
-    pred = (prob > config.threshold).cpu().numpy().astype(np.uint8)
+    pred = decode_to_channels(prob, config.threshold)
     return image, gt, prob, pred

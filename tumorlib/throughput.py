@@ -164,6 +164,7 @@ def _dataset_batches(config: Config, cache_dir: str | os.PathLike, volume_ids: S
     b = config.batch_size
     ds = BraTS3DDataset(cache_dir, volume_ids, patch_size=config.patch_size, tumor_prob=config.tumor_prob,
                         ram_cache_bytes=config.ram_cache_bytes, augment=config.augment, seed=config.seed,
+                        intensity_aug=config.intensity_aug, tumor_sampling=config.tumor_sampling,
                         samples_per_epoch=n_micro * b)
     out = []
     for k in range(n_micro):
@@ -188,7 +189,8 @@ def end_to_end_source(config: Config, variant: TrainSettings, cache_dir: str | o
         t0 = time.perf_counter()
         sampler = DevicePatchSampler(cache_dir, volume_ids, patch_size=config.patch_size,
                                      tumor_prob=config.tumor_prob, augment=config.augment, seed=config.seed,
-                                     samples_per_epoch=n_samples, device=device, progress=progress)
+                                     samples_per_epoch=n_samples, device=device, progress=progress,
+                                     intensity_aug=config.intensity_aug, tumor_sampling=config.tumor_sampling)
         _sync(device)
         info = {"resident_load_s": time.perf_counter() - t0, "resident_gib": sampler.nbytes / 2**30}
         batches = iter(sampler.loader(b, shuffle=True, sampler_seed=config.seed))
@@ -197,6 +199,7 @@ def end_to_end_source(config: Config, variant: TrainSettings, cache_dir: str | o
 
     ds = BraTS3DDataset(cache_dir, volume_ids, patch_size=config.patch_size, tumor_prob=config.tumor_prob,
                         ram_cache_bytes=config.ram_cache_bytes, augment=config.augment, seed=config.seed,
+                        intensity_aug=config.intensity_aug, tumor_sampling=config.tumor_sampling,
                         samples_per_epoch=n_samples)
     loader = make_loader(ds, config, shuffle=True, batch_size=b, num_workers=variant.num_workers,
                          pin_memory=variant.pin_memory and device.type == "cuda")

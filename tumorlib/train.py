@@ -1,13 +1,18 @@
 """The training loop: AdamW, warmup + cosine, accumulation, AMP, clipping, checkpoints, history, DDP.
 
 ``train(config, data_dir, cache_dir, out_dir)`` builds the cache if needed, splits the volumes, trains a
-``UNet3D`` on tumour-centred patches and validates every epoch. The run folder ``out_dir`` (``RUN``)::
+``UNet3D`` on tumour-centred patches and validates every epoch. Fixed tumour-centred validation patches
+overstate Dice, so with ``val_volume_every`` > 0 the model is selected on whole validation volumes
+(sliding window, decoded labels, mean of WT/TC/ET Dice: ``tumorlib.evaluate.volume_dice``, the numbers
+``evaluate`` reports) at the first, every N-th and the last epoch; with 0 on the patches' mean Dice.
+The run folder ``out_dir`` (``RUN``)::
 
     RUN/config.json                 the config (a run is reproduced from its folder)
     RUN/splits.json                 train / val / test volume ids
     RUN/history.csv                 one row per epoch (``HISTORY_COLUMNS``)
     RUN/checkpoints/last.pth        everything needed to resume, written atomically every epoch
-    RUN/checkpoints/best_model.pth  the weights with the best validation mean Dice
+    RUN/checkpoints/best_model.pth  the weights with the best selection score (``val_volume_dice`` or
+                                    ``val_dice_mean``)
     RUN/training_curves.png         loss, mean Dice, per-class Dice
 
 Design choices from the reference design: ``0.5 * weighted Dice + 0.5 * focal BCE`` (overlap and a dense per-voxel
@@ -70,7 +75,7 @@ __all__ = [
 ]
 
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice_mean", "val_dice_ncr", "val_dice_ed",
-                   "val_dice_et", "epoch_s", "patches_per_s"]
+                   "val_dice_et", "val_volume_dice", "epoch_s", "patches_per_s"]
 TIMING_COLUMNS = ["epoch_s", "patches_per_s"]
 
 #: Fields that may differ when resuming (marked runtime in ``Config``): speed or later stages only.
@@ -106,7 +111,8 @@ def _train_batches(dataset: Dataset, config: Config, settings: TrainSettings, in
         raise ValueError(f"data_placement=device needs a BraTS3DDataset, got {type(dataset).__name__}")
     sampler = DevicePatchSampler(dataset.cache_dir, dataset.volume_ids, patch_size=dataset.patch_size,
                                  tumor_prob=dataset.tumor_prob, augment=dataset.augment, seed=dataset.seed,
-                                 samples_per_epoch=dataset.samples_per_epoch, device=device)
+                                 samples_per_epoch=dataset.samples_per_epoch, device=device,
+                                 intensity_aug=dataset.intensity_aug, tumor_sampling=dataset.tumor_sampling)
     return sampler.loader(config.batch_size, rank=info.rank, world_size=info.world_size), sampler
 
 
@@ -197,6 +203,19 @@ def _explain_interrupt(last_path: Path, epochs: int, prev: Path | None) -> Itera
         else:
             err.kept = "no epoch finished, nothing was saved; rerun the same command to start again"
         raise
+
+
+def _volume_score(trainer: Trainer, config: Config, val_dataset: Dataset, epoch: int, device: torch.device) -> float:
+    """Whole-volume validation score (``tumorlib.evaluate.volume_dice``) on the epochs that select the model:
+    the first, every ``val_volume_every``-th and the last; NaN on the others and when it is off. Every
+    rank computes it (same weights, same number), so no rank waits on another."""
+    every = config.val_volume_every
+    if not every or not (epoch == 1 or epoch % every == 0 or epoch == config.epochs):
+        return math.nan
+    from tumorlib.evaluate import volume_dice
+
+    return volume_dice(trainer.model, config, val_dataset.cache_dir, val_dataset.volume_ids, device,
+                       amp=trainer.dtype is not None)
 
 
 def _write_history(rows: list[dict[str, float]], path: Path) -> pd.DataFrame:
@@ -344,14 +363,16 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
             if not math.isfinite(metrics["val_loss"]):
                 raise FloatingPointError(f"non-finite validation loss at epoch {epoch + 1}; "
                                          f"{_stop_reason(None, history, last_path, prev)}")
+            metrics["val_volume_dice"] = _volume_score(trainer, config, val_dataset, epoch + 1, device)
             epoch_s = time.perf_counter() - t0
             row = {"epoch": epoch + 1, "lr": lr_used, "train_loss": (loss_sum[0] / loss_sum[1].clamp_min(1)).item(),
                    **{k: metrics[k] for k in HISTORY_COLUMNS if k.startswith("val_")},
                    "epoch_s": epoch_s, "patches_per_s": loss_sum[1].item() / max(train_s, 1e-9)}
             history.append(row)
-            improved = row["val_dice_mean"] > best_dice
+            score = row["val_volume_dice"] if config.val_volume_every else row["val_dice_mean"]
+            improved = math.isfinite(score) and score > best_dice
             if improved:
-                best_dice = row["val_dice_mean"]
+                best_dice = score
             if info.is_main:
                 if improved:
                     atomic_torch_save({"model": model.state_dict(), "epoch": epoch + 1, "config": config.to_dict(),
@@ -365,7 +386,8 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
                     tqdm.write(f"epoch {epoch + 1:>3}/{config.epochs}  train {row['train_loss']:.4f}  "
                                f"val {row['val_loss']:.4f}  dice {row['val_dice_mean']:.3f} (NCR {row['val_dice_ncr']:.3f} "
                                f"ED {row['val_dice_ed']:.3f} ET {row['val_dice_et']:.3f}, WT {metrics['val_dice_wt']:.3f})"
-                               f"  lr {lr_used:.2e}  {epoch_s:.1f} s{'  *best' if improved else ''}")
+                               + (f"  volumes {score:.3f}" if math.isfinite(row["val_volume_dice"]) else "")
+                               + f"  lr {lr_used:.2e}  {epoch_s:.1f} s{'  *best' if improved else ''}")
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, {**row, "val_dice_wt": metrics["val_dice_wt"]})
             barrier(info)

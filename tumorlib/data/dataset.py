@@ -2,7 +2,11 @@
 
 Tumour is under 1 % of the voxels of a BraTS volume, so uniform patches would show the network
 almost no tumour: with probability ``tumor_prob`` a patch is centred on a tumour voxel (from the
-index's coordinate sample), otherwise it is placed uniformly. Each sample is a pure function of
+index's coordinate sample), otherwise it is placed uniformly. ``tumor_sampling="class"`` picks the
+class first (uniformly among the classes present in the sample), then a voxel of it, so necrosis and
+enhancing-tumour centres are as frequent as edema's; ``"voxel"`` (the reference design) picks a tumour
+voxel directly, so the largest class (usually edema) dominates. Training flips each of the three axes
+at random (``augment``), the axes flip TTA mirrors (``tumorlib.inference.SPATIAL_FLIP_AXES``). Each sample is a pure function of
 (seed, epoch, index), so a run reproduces with any number of DataLoader workers and DDP ranks only
 need distinct indices (``EpochSampler`` hands them out).
 
@@ -24,25 +28,30 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tumorlib.config import TUMOR_SAMPLING
+from tumorlib.inference import SPATIAL_FLIP_AXES
+
 from .cache import load_cache_index, load_cached_volume
 from .cache.preprocess import _single_thread_torch
 
 if TYPE_CHECKING:
     from tumorlib.config import Config
 
-__all__ = ["BraTS3DDataset", "EpochSampler", "PatchPlan", "default_num_workers", "make_loader"]
+__all__ = ["TUMOR_SAMPLING", "BraTS3DDataset", "EpochSampler", "PatchPlan", "default_num_workers", "make_loader"]
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class PatchPlan(tuple):
-    """Where a sample comes from: ``(volume_id, start (z, y, x), tumour_centred, flips, scale, shift)``."""
+    """Where a sample comes from: ``(volume_id, start (z, y, x), tumour_centred, flips, scale, shift,
+    centre)``; ``centre`` is the tumour voxel (z, y, x) a tumour-centred patch was placed on, else None."""
 
     __slots__ = ()
 
     def __new__(cls, volume_id: int, start: tuple[int, int, int], tumour_centred: bool,
-                flips: tuple[bool, bool, bool], scale: np.ndarray | None, shift: np.ndarray | None) -> PatchPlan:
-        return super().__new__(cls, (volume_id, start, tumour_centred, flips, scale, shift))
+                flips: tuple[bool, bool, bool], scale: np.ndarray | None, shift: np.ndarray | None,
+                centre: tuple[int, int, int] | None = None) -> PatchPlan:
+        return super().__new__(cls, (volume_id, start, tumour_centred, flips, scale, shift, centre))
 
     volume_id = property(lambda self: self[0])
     start = property(lambda self: self[1])
@@ -50,6 +59,7 @@ class PatchPlan(tuple):
     flips = property(lambda self: self[3])
     scale = property(lambda self: self[4])
     shift = property(lambda self: self[5])
+    centre = property(lambda self: self[6])
 
 
 def _cut(volume: np.ndarray, src: list[slice], dst: list[slice], patch_size: tuple[int, ...]) -> np.ndarray:
@@ -96,22 +106,27 @@ class BraTS3DDataset(Dataset):
         tumor_prob: probability that a patch is centred on a tumour voxel (volumes without tumour
             always get a uniform patch).
         ram_cache_bytes: bound of the RAM cache in bytes (0 disables it).
-        augment: random flips along each axis and a per-channel intensity scale (x U(0.9, 1.1)) and
-            shift (+ U(-0.1, 0.1)) on brain voxels.
+        augment: random flips along each of the three axes (``SPATIAL_FLIP_AXES``, each with
+            probability 1/2).
         seed: seed of every random choice.
         samples_per_epoch: ``len(dataset)``; None: one patch per volume.
         dtype: dtype of the image tensors: ``"float16"`` (default), ``"float32"`` or ``"bfloat16"``.
+        intensity_aug: a per-channel intensity scale (x U(0.9, 1.1)) and shift (+ U(-0.1, 0.1)) on
+            brain voxels.
+        tumor_sampling: ``"class"`` (a class present first, then one of its voxels) or ``"voxel"`` (a
+            tumour voxel directly, the reference design).
 
     Raises:
         CacheError: the cache is missing or incompatible.
         KeyError: a volume id not in the cache.
-        ValueError: an empty volume list, a bad patch size or probability.
+        ValueError: an empty volume list, a bad patch size, probability or sampling name.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, volume_ids: Sequence[int],
                  patch_size: Sequence[int] = (64, 160, 160), tumor_prob: float = 0.6,
                  ram_cache_bytes: int = 2**30, augment: bool = False, seed: int = 0,
-                 samples_per_epoch: int | None = None, dtype: str | torch.dtype = "float16") -> None:
+                 samples_per_epoch: int | None = None, dtype: str | torch.dtype = "float16",
+                 intensity_aug: bool = False, tumor_sampling: str = "voxel") -> None:
         self.cache_dir = Path(cache_dir)
         self.index = load_cache_index(self.cache_dir)
         self.volume_ids = [int(v) for v in volume_ids]
@@ -128,6 +143,10 @@ class BraTS3DDataset(Dataset):
         self.tumor_prob = float(tumor_prob)
         self.ram_cache_bytes = int(ram_cache_bytes)
         self.augment = bool(augment)
+        self.intensity_aug = bool(intensity_aug)
+        if tumor_sampling not in TUMOR_SAMPLING:
+            raise ValueError(f"tumor_sampling must be one of {', '.join(TUMOR_SAMPLING)}, got {tumor_sampling!r}")
+        self.tumor_sampling = tumor_sampling
         self.seed = int(seed)
         self.samples_per_epoch = len(self.volume_ids) if samples_per_epoch is None else int(samples_per_epoch)
         if self.samples_per_epoch < 1:
@@ -137,6 +156,7 @@ class BraTS3DDataset(Dataset):
         self._shapes = {v: tuple(self.index["volumes"][str(v)]["shape"]) for v in self.volume_ids}
         self._coords = {v: np.asarray(self.index["volumes"][str(v)].get("tumor_coords", []), np.int64).reshape(-1, 3)
                         for v in self.volume_ids}
+        self._class_groups: dict[int, list[np.ndarray]] = {}
         self._order_epoch: int | None = None
         self._order: np.ndarray | None = None
         self._ram: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -156,6 +176,27 @@ class BraTS3DDataset(Dataset):
             self._order = np.random.default_rng([self.seed, epoch, 0]).permutation(len(self.volume_ids))
             self._order_epoch = epoch
         return self._order
+
+    def class_coords(self, volume_id: int) -> list[np.ndarray]:
+        """The index's tumour-voxel sample of a volume grouped by class, for the classes present.
+
+        Args:
+            volume_id: a volume of the dataset.
+
+        Returns:
+            One (n_k, 3) int64 array of (z, y, x) per class (ncr, ed, et order) with n_k > 0; a voxel in
+            overlapping channels belongs to each of them. Read once per volume from the cached mask.
+        """
+        groups = self._class_groups.get(volume_id)
+        if groups is None:
+            coords = self._coords[volume_id]
+            groups = []
+            if len(coords):
+                mask = load_cached_volume(self.cache_dir, volume_id, mmap=True, index=self.index)[1]
+                on = np.asarray(mask[:, coords[:, 0], coords[:, 1], coords[:, 2]]) != 0  # (3, n)
+                groups = [coords[row] for row in on if row.any()]
+            self._class_groups[volume_id] = groups
+        return groups
 
     def plan(self, index: int, epoch: int | None = None) -> PatchPlan:
         """The random choices of one sample, without reading any data.
@@ -181,7 +222,11 @@ class BraTS3DDataset(Dataset):
         shape = self._shapes[vid]
         coords = self._coords[vid]
         centred = bool(rng.random() < self.tumor_prob) and len(coords) > 0
-        if centred:
+        if centred and self.tumor_sampling == "class":
+            groups = self.class_coords(vid)
+            pool = groups[int(rng.integers(len(groups)))] if groups else coords
+            centre = pool[rng.integers(len(pool))]
+        elif centred:
             centre = coords[rng.integers(len(coords))]
         start = []
         for axis, (size, p) in enumerate(zip(shape, self.patch_size)):
@@ -194,10 +239,13 @@ class BraTS3DDataset(Dataset):
         flips: tuple[bool, bool, bool] = (False, False, False)
         scale = shift = None
         if self.augment:
-            flips = tuple(bool(f) for f in rng.random(3) < 0.5)
+            draws = rng.random(3) < 0.5
+            flips = tuple(bool(draws[a]) and a in SPATIAL_FLIP_AXES for a in range(3))
+        if self.intensity_aug:
             scale = rng.uniform(0.9, 1.1, size=4).astype(np.float32)
             shift = rng.uniform(-0.1, 0.1, size=4).astype(np.float32)
-        return PatchPlan(vid, tuple(start), centred, flips, scale, shift)
+        where = tuple(int(c) for c in centre) if centred else None
+        return PatchPlan(vid, tuple(start), centred, flips, scale, shift, where)
 
     # ----------------------------------------------------------------- reading
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from tumorlib.brats import KAGGLE_STORED_ORDER
 from tumorlib.data.cache import brain_mask
 from tumorlib.data.kaggle import CLASS_NAMES, list_volumes, load_volume
 
@@ -15,13 +16,14 @@ __all__ = ["volume_stats"]
 
 
 def volume_stats(root: str | os.PathLike, volume_ids: Sequence[int] | None = None,
-                 progress: bool = False) -> pd.DataFrame:
+                 progress: bool = False, stored_order: Sequence[str] = KAGGLE_STORED_ORDER) -> pd.DataFrame:
     """One row per volume: size, brain voxels and the class fractions over brain voxels.
 
     Args:
         root: a Kaggle-format data folder.
         volume_ids: the volumes to read; None reads all.
         progress: show a tqdm bar.
+        stored_order: the Kaggle files' channel order (a config's ``kaggle_channel_order``).
 
     Returns:
         Columns volume, slices, height, width, brain_voxels, tumour_slices, and per class
@@ -32,7 +34,7 @@ def volume_stats(root: str | os.PathLike, volume_ids: Sequence[int] | None = Non
     ids = list_volumes(root) if volume_ids is None else list(volume_ids)
     rows = []
     for vid in tqdm(ids, desc="volume stats", disable=not progress):
-        image, mask = load_volume(root, vid)
+        image, mask = load_volume(root, vid, stored_order=stored_order)
         brain = brain_mask(image)
         n_brain = int(brain.sum())
         counts = mask.reshape(3, -1).sum(axis=1, dtype=np.int64)

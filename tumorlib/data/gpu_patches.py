@@ -112,12 +112,14 @@ class DevicePatchSampler:
         volume_ids: the volumes to sample from (e.g. the training split).
         patch_size: (pd, ph, pw).
         tumor_prob: probability that a patch is centred on a tumour voxel.
-        augment: flips and per-channel intensity scale/shift, drawn as ``BraTS3DDataset`` draws them.
+        augment: random flips of the three axes, drawn as ``BraTS3DDataset`` draws them.
         seed: seed of every random choice.
         samples_per_epoch: ``len(sampler)``; None: one patch per volume.
         device: where the volumes live and patches are cut (``"cuda"``, ``"cpu"``, ...).
         dtype: image dtype on the device and of the patches (``"float16"``: the cache's own dtype).
         progress: tqdm bar while loading the volumes.
+        intensity_aug: per-channel intensity scale/shift, drawn as ``BraTS3DDataset`` draws them.
+        tumor_sampling: ``"class"`` or ``"voxel"`` (see ``BraTS3DDataset``).
 
     Raises:
         CacheError: the cache is missing or incompatible.
@@ -129,12 +131,14 @@ class DevicePatchSampler:
     def __init__(self, cache_dir: str | os.PathLike, volume_ids: Sequence[int],
                  patch_size: Sequence[int] = (64, 160, 160), tumor_prob: float = 0.6, augment: bool = False,
                  seed: int = 0, samples_per_epoch: int | None = None, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype = "float16", progress: bool = False) -> None:
+                 dtype: str | torch.dtype = "float16", progress: bool = False, intensity_aug: bool = False,
+                 tumor_sampling: str = "voxel") -> None:
         self.dtype = _as_dtype(dtype)
         # the plans come from BraTS3DDataset itself: one sampling rule, two places to cut
         self.planner = BraTS3DDataset(cache_dir, volume_ids, patch_size=patch_size, tumor_prob=tumor_prob,
                                       ram_cache_bytes=0, augment=augment, seed=seed,
-                                      samples_per_epoch=samples_per_epoch, dtype=self.dtype)
+                                      samples_per_epoch=samples_per_epoch, dtype=self.dtype,
+                                      intensity_aug=intensity_aug, tumor_sampling=tumor_sampling)
         self.cache_dir = Path(cache_dir)
         self.device = torch.device(device)
         self.patch_size = self.planner.patch_size

@@ -2,7 +2,8 @@
 
 ``resolve_cache`` gives the ``.npy`` cache a run reads, building it first where needed, with one
 checking policy: every cache it returns has a readable index of this format version
-(``load_cache_index``); a workspace cache is also checked against the workspace's data. ``run_splits``
+(``load_cache_index``) and was read with the config's ``kaggle_channel_order`` (``check_cache_order``); a
+workspace cache is also checked against the workspace's data. ``run_splits``
 splits its volumes by the config's fractions and seed, ``make_datasets`` builds the training and
 validation patch datasets over that split.
 """
@@ -37,10 +38,11 @@ def resolve_cache(config: Config, data_dir: str | os.PathLike | None = None,
         The cache folder (absolute).
 
     Raises:
-        CacheError: the folder holds a cache of other data or settings, an unreadable index, or (used as it
-            is) a damaged volume.
+        CacheError: the folder holds a cache of other data or settings, another channel order, an
+            unreadable index, or (used as it is) a damaged volume.
     """
-    from tumorlib.data.cache import INDEX_NAME, build_cache, ensure_cache, verify_cache
+    from tumorlib.data.cache import (INDEX_NAME, build_cache, check_cache_order, ensure_cache, load_cache_index,
+                                     verify_cache)
 
     ws = workspace(config)
     if data_dir is None:
@@ -49,11 +51,12 @@ def resolve_cache(config: Config, data_dir: str | os.PathLike | None = None,
         cache = Path(cache_dir).expanduser().resolve()
         if (cache / INDEX_NAME).is_file():
             verify_cache(cache)  # used as it is: its files and sources are checked, nothing is written
+            check_cache_order(cache, load_cache_index(cache), config.kaggle_channel_order)
             return cache
         return Path(ensure_cache(config, dataclasses.replace(ws, cache_dir=cache), progress=progress))
     cache = Path(cache_dir).expanduser().resolve() if cache_dir is not None else ws.cache_dir
     return Path(build_cache(data_dir, cache, workers=config.cache_workers, cache_hw=config.cache_hw,
-                            margin=config.cache_margin, progress=progress))
+                            margin=config.cache_margin, progress=progress, stored_order=config.kaggle_channel_order))
 
 
 def split_ids(config: Config, volume_ids: Sequence[int]) -> dict[str, list[int]]:
@@ -84,8 +87,9 @@ def run_splits(config: Config, cache_dir: str | os.PathLike) -> dict[str, list[i
 def make_datasets(config: Config, cache_dir: str | os.PathLike) -> tuple[Dataset, Dataset, dict[str, list[int]]]:
     """Training and validation patch datasets over the config's split of the cached volumes.
 
-    Training draws ``samples_per_epoch`` patches an epoch (None: one per training volume); validation is
-    a fixed set of ``val_samples`` patches (None: two per validation volume), without augmentation.
+    Training draws ``samples_per_epoch`` patches an epoch (None: one per training volume) with the
+    config's flips, intensity augmentation and ``tumor_sampling``; validation is a fixed set of
+    ``val_samples`` patches (None: two per validation volume), without augmentation.
 
     Args:
         config: the run's config.
@@ -105,8 +109,10 @@ def make_datasets(config: Config, cache_dir: str | os.PathLike) -> tuple[Dataset
         n = sum(len(v) for v in splits.values())
         raise ValueError(f"no validation volumes: val_fraction={config.val_fraction} of {n} volumes")
     common = dict(patch_size=config.patch_size, tumor_prob=config.tumor_prob, ram_cache_bytes=config.ram_cache_bytes)
-    train_ds = BraTS3DDataset(cache_dir, train_ids, augment=config.augment, seed=config.seed,
+    train_ds = BraTS3DDataset(cache_dir, train_ids, augment=config.augment, intensity_aug=config.intensity_aug,
+                              tumor_sampling=config.tumor_sampling, seed=config.seed,
                               samples_per_epoch=config.samples_per_epoch or len(train_ids), **common)
-    val_ds = BraTS3DDataset(cache_dir, val_ids, augment=False, seed=config.seed + 10_007,
+    val_ds = BraTS3DDataset(cache_dir, val_ids, augment=False, tumor_sampling=config.tumor_sampling,
+                            seed=config.seed + 10_007,
                             samples_per_epoch=config.val_samples or 2 * len(val_ids), **common)
     return train_ds, val_ds, splits

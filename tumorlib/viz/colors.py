@@ -7,7 +7,8 @@ but of a different class are white.
 
 Masks arrive in two forms, both accepted everywhere:
 
-- class channels ``(3, ...)``: binary (or probabilities, thresholded at 0.5) in the order necrosis,
+- class channels ``(3, ...)``: binary (or probabilities, decoded at 0.5 by
+  ``tumorlib.brats.decode_classes``) in the order necrosis,
   edema, enhancing, as ``tumorlib.data.load_volume`` returns them;
 - a label map ``(...)`` of integers 0 background, 1 necrosis, 2 edema, 3 enhancing (BraTS label 4 is
   read as enhancing too).
@@ -67,7 +68,7 @@ def to_label_map(mask: Any, spatial_ndim: int | None = None) -> np.ndarray:
     """Turn a mask into a label map 0 background, 1 necrosis, 2 edema, 3 enhancing.
 
     Args:
-        mask: class channels ``(3, *spatial)`` (binary, boolean, or probabilities thresholded at 0.5) or a
+        mask: class channels ``(3, *spatial)`` (binary, boolean, or probabilities decoded by ``decode_classes``) or a
             label map ``(*spatial)`` with values in {0, 1, 2, 3} or BraTS labels {0, 1, 2, 4}.
         spatial_ndim: number of spatial axes expected (3 for a volume, 2 for a slice); ``None`` guesses:
             a leading axis of length 3 with 3 or more axes in total means class channels.

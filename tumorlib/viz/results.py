@@ -38,7 +38,8 @@ def plot_predictions(
     Args:
         images: ``(N, 4, d, h, w)`` patches (array, tensor or sequence of ``(4, d, h, w)``).
         gts: ``(N, 3, d, h, w)`` ground-truth class channels (or ``(N, d, h, w)`` label maps).
-        preds: ``(N, 3, d, h, w)`` predictions: binary, or sigmoid probabilities (thresholded at 0.5); not
+        preds: ``(N, 3, d, h, w)`` predictions: binary, or sigmoid probabilities (decoded by
+            ``tumorlib.brats.decode_classes`` at 0.5); not
             logits.
         slice_index: axial slice per patch (one int for all, or one per patch); default per patch: the slice
             with the most ground-truth tumour (or predicted tumour when the ground truth is empty).
@@ -107,7 +108,8 @@ def plot_training_curves(history_df: Any, path: Any | None = None, title: str | 
     Args:
         history_df: ``pandas.DataFrame`` (or a path to ``history.csv``) with column ``epoch`` and any of
             ``train_loss``, ``val_loss``, ``lr``, ``val_dice_mean``, ``val_dice_ncr``, ``val_dice_ed``,
-            ``val_dice_et``; missing columns and NaN rows (epochs without validation) are skipped.
+            ``val_dice_et``, ``val_volume_dice`` (whole-volume selection score, drawn beside the mean);
+            missing columns and NaN rows (epochs without validation) are skipped.
         path: optional file to save the figure to (format from the suffix, 120 dpi).
         title: figure title, or None.
 
@@ -156,8 +158,10 @@ def plot_training_curves(history_df: Any, path: Any | None = None, title: str | 
         ax_loss.legend(h1 + h2, l1 + l2, frameon=False, fontsize=8)
     elif ax_loss.get_legend_handles_labels()[0]:
         ax_loss.legend(frameon=False, fontsize=8)
-    series(ax_mean, "val_dice_mean", color="k", label="mean")
-    ax_mean.set_title("validation Dice (mean of classes)")
+    series(ax_mean, "val_dice_mean", color="k", label="patches: mean of classes")
+    if series(ax_mean, "val_volume_dice", color="C3", label="whole volumes: mean of WT/TC/ET"):
+        ax_mean.legend(frameon=False, fontsize=8)
+    ax_mean.set_title("validation Dice")
     for k, name in enumerate(CLASS_NAMES):
         series(ax_cls, f"val_dice_{CLASS_KEYS[k]}", color=_rgb01(CLASS_COLORS[k]), label=name, linewidth=2)
     ax_cls.set_title("validation Dice per class")

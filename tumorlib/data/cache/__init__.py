@@ -30,7 +30,7 @@ from .preprocess import (
     source_to_cache,
     uncrop,
 )
-from .readers import SourceReader, open_source
+from .readers import SourceReader, check_cache_order, open_source, order_record
 from .store import (
     CACHE_VERSION,
     FORMAT_NAME,
@@ -56,6 +56,7 @@ __all__ = [
     "brain_mask",
     "build_cache",
     "build_cache_from_reader",
+    "check_cache_order",
     "cache_summary",
     "cache_to_source",
     "cached_volume_ids",
@@ -65,6 +66,7 @@ __all__ = [
     "load_cached_volume",
     "normalize_volume",
     "open_source",
+    "order_record",
     "prepare_volume",
     "source_to_cache",
     "uncrop",

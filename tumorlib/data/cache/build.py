@@ -26,7 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tumorlib.brats import KAGGLE_STORED_ORDER, check_order
+
 from .preprocess import _cast_into, _Plan, _resample_and_plan, _single_thread_torch, _slabs, _zscore_slabs
+from .readers import check_cache_order, order_record
 from .store import (
     CACHE_VERSION,
     FORMAT_NAME,
@@ -175,7 +178,8 @@ def _survey(cache: Path, ids: Sequence[int], source: str, settings: dict[str, An
 def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir: str | os.PathLike, *,
                             source: str, fingerprint: Fingerprint | None = None, reader_name: str = "custom",
                             source_files: SourceFiles | None = None, workers: int = 2,
-                            cache_hw: int | None = None, margin: int = 4, progress: bool = True) -> Path:
+                            cache_hw: int | None = None, margin: int = 4, progress: bool = True,
+                            stored_order: Sequence[str] | None = None) -> Path:
     """Cache volumes from any source given as ``reader(volume_id) -> (image, mask)``.
 
     Finished volumes whose records still match (``store.volume_problem``) are skipped, so an interrupted
@@ -199,13 +203,18 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         cache_hw: largest in-plane size (zoom down when the data is bigger); None: native.
         margin: voxels kept around the brain's bounding box.
         progress: show a tqdm bar.
+        stored_order: the channel order of the source files the reader maps to the canonical order
+            (Kaggle HDF5: the config's ``kaggle_channel_order``); None where the reader stacks the
+            modalities itself (NIfTI). The index records it as ``stored_order`` beside
+            ``channel_order`` (the cached images' order, always canonical).
 
     Returns:
         The cache folder.
 
     Raises:
-        CacheError: the folder holds a cache of other data, other settings or another version; or
-            something needs building and the folder is read-only (names the volume and file).
+        CacheError: the folder holds a cache of other data, other settings, another stored channel
+            order or another version; or something needs building and the folder is read-only (names the
+            volume and file).
         FolderBusyError: another build holds the folder's lock (names its PID).
         UnsafePathError: an index file name that leads outside the cache folder.
         Exception: whatever the reader raises for bad input, unchanged.
@@ -218,6 +227,9 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
     if len(set(ids)) != len(ids):
         raise ValueError(f"build_cache: duplicate volume ids in {ids}")
     settings = _settings(cache_hw, margin, reader_name)
+    orders = order_record(stored_order)
+    if stored_order is not None and (cache / INDEX_NAME).is_file():
+        check_cache_order(cache, load_cache_index(cache), stored_order)
     if _survey(cache, ids, source, settings, cache_hw, margin).clean:
         return cache  # finished and intact: no lock, nothing written (works on a read-only folder)
     with contextlib.ExitStack() as stack:
@@ -274,7 +286,7 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
             bar.close()
         all_ids = sorted(entries)
         index = {"format": FORMAT_NAME, "version": CACHE_VERSION, "source": source,
-                 "volume_ids": all_ids, **settings, "volumes": {str(v): entries[v] for v in all_ids}}
+                 "volume_ids": all_ids, **settings, **orders, "volumes": {str(v): entries[v] for v in all_ids}}
         text = _dump_index(index)
         index_path = cache / INDEX_NAME
         if not index_path.is_file() or index_path.read_text() != text:
@@ -284,7 +296,8 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
 
 def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, workers: int = 2,
                 cache_hw: int | None = None, margin: int = 4, progress: bool = True,
-                volume_ids: Sequence[int] | None = None) -> Path:
+                volume_ids: Sequence[int] | None = None,
+                stored_order: Sequence[str] = KAGGLE_STORED_ORDER) -> Path:
     """Cache a Kaggle-format BraTS2020 folder (HDF5 slices) as normalised, cropped ``.npy`` files.
 
     Args:
@@ -295,12 +308,15 @@ def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, worke
         margin: voxels kept around the brain's bounding box.
         progress: show a tqdm bar.
         volume_ids: a subset of the volumes; None caches all of them.
+        stored_order: the modality of each stored ``image`` channel (a config's
+            ``kaggle_channel_order``); the cache holds the canonical order and records both.
 
     Returns:
         The cache folder.
 
     Raises:
-        CacheError: the folder holds a cache of other data, other settings or another version.
+        CacheError: the folder holds a cache of other data, other settings, another stored channel
+            order or another version.
         ValueError, FileNotFoundError: the reader's errors for bad input, unchanged.
     """
     from .. import kaggle
@@ -309,9 +325,10 @@ def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, worke
     data = Path(data_dir).expanduser().resolve()
     ids = kaggle.list_volumes(data) if volume_ids is None else list(volume_ids)
     return build_cache_from_reader(
-        functools.partial(kaggle.load_volume, data), ids, cache_dir, source=str(data),
-        fingerprint=kaggle_fingerprints(data), reader_name="kaggle", source_files=kaggle_source_files(data),
-        workers=workers, cache_hw=cache_hw, margin=margin, progress=progress)
+        functools.partial(kaggle.load_volume, data, stored_order=check_order(stored_order)), ids, cache_dir,
+        source=str(data), fingerprint=kaggle_fingerprints(data), reader_name="kaggle",
+        source_files=kaggle_source_files(data), workers=workers, cache_hw=cache_hw, margin=margin,
+        progress=progress, stored_order=check_order(stored_order))
 
 
 def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = True) -> Path:
@@ -338,9 +355,10 @@ def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = T
     if (cache / INDEX_NAME).is_file():
         index = load_cache_index(cache)
         _check_settings(cache, index, _settings(config.cache_hw, config.cache_margin, "kaggle"))
+        check_cache_order(cache, index, config.kaggle_channel_order)
         if index.get("source") != str(data):
             raise CacheError(f"cache {cache} was built from {index.get('source')}, not {data}; delete it, "
                              "or set TUMORLIB_CACHE to another folder")
     # an intact finished cache is returned after a stat of its files; anything else is (re)built
     return build_cache(data, cache, workers=config.cache_workers, cache_hw=config.cache_hw,
-                       margin=config.cache_margin, progress=progress)
+                       margin=config.cache_margin, progress=progress, stored_order=config.kaggle_channel_order)
