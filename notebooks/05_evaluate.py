@@ -68,8 +68,8 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 data_dir = data.ensure_data(config, progress=False)  # the embedded set is generated on first use
 run = runs.ensure_run(config, device="cpu")  # trained first when missing
 model, run_config, cache_dir = run.model, run.config, run.cache_dir
-print("run:  ", run.run_dir)
-print("cache:", cache_dir)
+print("run:  ", tumorlib.display_path(run.run_dir))
+print("cache:", tumorlib.display_path(cache_dir))
 
 # %%
 test_ids = run.split(SPLIT)

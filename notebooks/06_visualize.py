@@ -64,7 +64,7 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 # %% tags=["nbval-ignore-output"]
 run = runs.ensure_run(config, device="cpu")  # trained first when missing
 model, run_config, cache_dir = run.model, run.config, run.cache_dir
-print("run:", run.run_dir)
+print("run:", tumorlib.display_path(run.run_dir))
 
 # %% [markdown]
 # ## One test volume, its ground truth and the prediction

@@ -88,6 +88,7 @@ def writable_inputs(tmp_path):
 def test_second_session_resumes_the_attached_run(ci_cache, tmp_path, monkeypatch, capsys, writable_inputs):
     from tumorlib.autoresume import train_or_resume
     from tumorlib.runs import ensure_run
+    from tumorlib.setup_report import display_path
 
     cfg = get_config("ci", epochs=3)
     first = tmp_path / "session1"
@@ -103,7 +104,7 @@ def test_second_session_resumes_the_attached_run(ci_cache, tmp_path, monkeypatch
     capsys.readouterr()
     context = ensure_run(cfg)  # 05/06 opened in the new session: restores, trains to the end, loads
     out = capsys.readouterr().out
-    assert f"resuming: the previous session's run {attached} (1/3 epochs)" in out
+    assert f"resuming: the previous session's run {display_path(attached)} (1/3 epochs)" in out
     run2 = workspace(cfg).run_dir
     assert context.run_dir == run2 and run2.is_relative_to(second / "working")
     assert torch.load(run2 / "checkpoints" / "last.pth", weights_only=True)["epoch"] == 3

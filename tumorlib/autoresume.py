@@ -40,7 +40,7 @@ class ResumeCheck:
         epoch: epochs held by ``last.pth`` (0 when there is none or it does not match).
         finished: ``resume`` and ``epoch`` reaches ``config.epochs``.
         restored_from: the previous session's run folder copied in, or None.
-        message: one line for the user ("" when there is nothing to say).
+        message: one line for the user ("" when there is nothing to say: no run, or a finished one here).
     """
 
     run_dir: Path
@@ -100,6 +100,8 @@ def prepare_resume(config: Config, run_dir: str | os.PathLike | None = None) -> 
     from tumorlib.checkpoint import LAST_NAME
     from tumorlib.data.sources import find_previous_run
 
+    from tumorlib.setup_report import display_path as shown
+
     run = Path(run_dir).expanduser().resolve() if run_dir is not None else workspace(config).run_dir
     last = run / "checkpoints" / LAST_NAME
     restored = None
@@ -110,23 +112,23 @@ def prepare_resume(config: Config, run_dir: str | os.PathLike | None = None) -> 
         epoch, diff = _checkpoint_state(previous / "checkpoints" / LAST_NAME, config)
         if diff:
             return ResumeCheck(run, False, 0, False, None,
-                               f"not resuming the previous session's run {previous}: it was trained with another "
-                               f"config ({'; '.join(diff)})")
+                               f"not resuming the previous session's run {shown(previous)}: it was trained with "
+                               f"another config ({'; '.join(diff)})")
         _copy_run(previous, run)
         restored = previous
     epoch, diff = _checkpoint_state(last, config)
     if diff:
         return ResumeCheck(run, False, 0, False, None,
-                           f"{last} was trained with another config ({'; '.join(diff)}): not resumed")
+                           f"{shown(last)} was trained with another config ({'; '.join(diff)}): not resumed")
     finished = epoch >= config.epochs
     state = "complete" if finished else "resuming"
     if restored is not None:
-        message = (f"{state}: the previous session's run {restored} ({epoch}/{config.epochs} epochs), "
-                   f"copied into {run}")
+        message = (f"{state}: the previous session's run {shown(restored)} ({epoch}/{config.epochs} epochs), "
+                   f"copied into {shown(run)}")
     elif finished:
-        message = f"the run in {run} is complete ({epoch}/{config.epochs} epochs)"
+        message = ""  # a finished run here: nothing to say
     else:
-        message = f"resuming the unfinished run in {run} ({epoch}/{config.epochs} epochs, same config)"
+        message = f"resuming the unfinished run in {shown(run)} ({epoch}/{config.epochs} epochs, same config)"
     return ResumeCheck(run, True, epoch, finished, restored, message)
 
 
