@@ -183,7 +183,10 @@ def ensure_run(config: Config, device: str | torch.device | None = "cpu", progre
         from tumorlib.train import train
 
         if not check.resume:
-            print(f"no trained run in {run_dir}: training one with the {config.preset!r} preset (as 04_train does)")
+            from tumorlib.setup_report import display_path
+
+            print(f"no trained run in {display_path(run_dir)}: training one with the {config.preset!r} preset "
+                  "(as 04_train does)")
         train(config, resume=check.resume, progress=progress)
     model, run_config = load_run(run_dir, device=device)
     return RunContext(model, run_config, run_dir, resolve_cache(run_config, progress=progress))

@@ -17,7 +17,7 @@ from tumorlib.data.sources import EMBEDDED, find_data_source
 __all__ = ["SMOKE_NOTE", "auto_precision", "describe_setup", "device_summary", "display_path", "install_hint"]
 
 #: What the ``ci`` preset's numbers are worth, said wherever they are shown.
-SMOKE_NOTE = ("the ci preset is a smoke run (2 epochs on tiny phantoms): its numbers mean nothing; "
+SMOKE_NOTE = ("a smoke run (2 epochs on tiny phantoms) whose numbers mean nothing; "
               "`make demo` gives the demo preset's results")
 #: Folders shown by name instead of their machine-specific location, the most specific first.
 _NAMED_FOLDERS = ("TUMORLIB_CACHE", "TUMORLIB_OUT", "TUMORLIB_HOME")
@@ -142,7 +142,7 @@ def describe_setup(config: Config, device: Any = None) -> str:
     if precision in (None, "auto"):
         precision = auto_precision(device) if getattr(config, "amp", True) else "fp32"
         precision += " (auto)"
-    preset = f"{config.preset} ({SMOKE_NOTE})" if config.preset == "ci" else config.preset
+    preset = f"{config.preset}: {SMOKE_NOTE}" if config.preset == "ci" else config.preset
     rows = [
         ("preset", preset),
         ("data", source.description.replace(str(source.path), display_path(source.path))),
