@@ -256,6 +256,6 @@ def test_describe_setup_of_ci_says_smoke_run_and_shows_no_machine_path(monkeypat
 
     monkeypatch.setenv("TUMORLIB_DATA", "embedded")
     text = describe_setup(get_config("ci"))
-    assert "smoke run" in text and "its numbers mean nothing" in text and "make demo" in text
+    assert "ci: a smoke run (2 epochs" in text and "numbers mean nothing" in text and "make demo" in text
     assert os.environ["TUMORLIB_HOME"] not in text and "$TUMORLIB_HOME/outputs/ci" in text
     assert "smoke run" not in describe_setup(get_config("demo"))
