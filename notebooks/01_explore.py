@@ -51,7 +51,7 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 
 # %% tags=["nbval-ignore-output"]
 data_dir = data.ensure_data(config)  # generates the embedded set on first use
-print("data folder:", data_dir, "(embedded synthetic set)" if ws.synthetic else "")
+print("data folder:", tumorlib.display_path(data_dir), "(embedded synthetic set)" if ws.synthetic else "")
 
 # %% [markdown]
 # ## Metadata

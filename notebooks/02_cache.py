@@ -66,8 +66,8 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 # %% tags=["nbval-ignore-output"]
 data_dir = data.ensure_data(config)
 cache_dir = data.ensure_cache(config, ws)
-print("data: ", data_dir)
-print("cache:", cache_dir)
+print("data: ", tumorlib.display_path(data_dir))
+print("cache:", tumorlib.display_path(cache_dir))
 
 # %%
 index = data.load_cache_index(cache_dir)

@@ -72,7 +72,7 @@ print(f"preset {PRESET}: volumes of {tuple(config.synth_shape) if ws.synthetic e
 result = bench.benchmark_loading(data_dir, cache_dir, config, n_volumes=N_VOLUMES, repeats=REPEATS,
                                  n_patches=N_PATCHES)
 print(bench.format_loading_result(result))
-bench.write_benchmark(result, ws.out_dir / "bench_loading.json")
+bench_file = bench.write_benchmark(result, ws.out_dir / "bench_loading.json")
 
 # %% [markdown]
 # ## The reference design's loading table, measured here

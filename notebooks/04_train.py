@@ -43,7 +43,7 @@ import matplotlib
 import pandas as pd
 
 import tumorlib
-from tumorlib import checkpoint, model, schedule, train, viz
+from tumorlib import autoresume, checkpoint, model, schedule, viz
 from tumorlib.data.resolve import make_datasets, resolve_cache
 
 matplotlib.rcParams["figure.dpi"] = 80
@@ -79,7 +79,7 @@ pd.DataFrame({PRESET: [str(getattr(config, f)) for f in fields],
 
 # %% tags=["nbval-ignore-output"]
 cache_dir = resolve_cache(config, progress=False)
-print("cache:", cache_dir)
+print("cache:", tumorlib.display_path(cache_dir))
 
 # %%
 train_ds, val_ds, splits = make_datasets(config, cache_dir)
@@ -146,19 +146,24 @@ ax.figure.tight_layout()
 # One process on the CPU trains in float32; on a GPU the same call uses mixed precision (bf16 where
 # supported, else fp16 with a gradient scaler). Every epoch ends with a validation pass and an atomic
 # write of `last.pth`. Fixed tumour-centred validation patches overstate Dice, so with a positive
-# `val_volume_every` (demo, full) the best model is chosen on **whole validation volumes** through the sliding window
-# (mean of WT/TC/ET Dice of the decoded labels, computed as 05_evaluate computes it; column
-# `val_volume_dice`); ci selects on the patches for speed; a run interrupted at any point continues with `resume=True` (`--resume`) and, on
-# the CPU, ends with exactly the history of an uninterrupted run. Set `LOAD_EXISTING_RUN = True` to look
-# at a run trained earlier (for example with the `full` preset on a GPU) without training again.
+# `val_volume_every` (demo, full) the best model is chosen on **whole validation volumes** through the
+# sliding window (mean of WT/TC/ET Dice of the decoded labels, computed as 05_evaluate computes it; column
+# `val_volume_dice`); ci selects on the patches for speed. A run interrupted at any point continues with
+# `resume=True` (`--resume`) and, on the CPU, ends with exactly the history of an uninterrupted run.
+# `train_or_resume` does that by itself when this cell runs again: an unfinished run of the same config in
+# the run folder, or one saved by an earlier Kaggle session and attached as input, is continued rather
+# than started over. The config field `time_limit_h` (8.5 h in `gpu16`) ends training after the last
+# epoch that fits, so the cells below still run and save before the session ends. Set
+# `LOAD_EXISTING_RUN = True` to look at a run trained earlier (for example with the `full` preset on a
+# GPU) without training again.
 
 # %% tags=["nbval-ignore-output"]
 history_file = ws.run_dir / "history.csv"
 if LOAD_EXISTING_RUN and history_file.is_file():
     history = pd.read_csv(history_file)
-    print(f"loaded the run in {ws.run_dir} ({len(history)} epochs)")
+    print(f"loaded the run in {tumorlib.display_path(ws.run_dir)} ({len(history)} epochs)")
 else:
-    history = train.train(config, cache_dir=cache_dir, out_dir=ws.run_dir, progress=True, overwrite=True)
+    history = autoresume.train_or_resume(config, cache_dir=cache_dir, out_dir=ws.run_dir, progress=True)
 
 # %% tags=["nbval-ignore-output"]
 history.round(4)

@@ -56,6 +56,7 @@ config = tumorlib.get_config(PRESET)
 ws = tumorlib.workspace(config)
 SPLIT = "test"  # the volumes held out from training and model selection
 TTA = False  # average each window over its 8 flips (8x slower, usually a little better)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # inference on the GPU when there is one
 ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
 # %% tags=["nbval-ignore-output"]
@@ -69,10 +70,10 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 
 # %% tags=["nbval-ignore-output"]
 data_dir = data.ensure_data(config, progress=False)  # the embedded set is generated on first use
-run = runs.ensure_run(config, device="cpu")  # trained first when missing
+run = runs.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
 model, run_config, cache_dir = run.model, run.config, run.cache_dir
-print("run:  ", run.run_dir)
-print("cache:", cache_dir)
+print("run:  ", tumorlib.display_path(run.run_dir))
+print("cache:", tumorlib.display_path(cache_dir))
 
 # %%
 test_ids = run.split(SPLIT)
@@ -87,7 +88,7 @@ print(f"{SPLIT} volumes: {len(test_ids)}  patch {run_config.patch_size}  overlap
 # (mean, median, std) is written beside the CSV.
 
 # %% tags=["nbval-ignore-output"]
-frame = evaluate.evaluate(run.run_dir, cache_dir=cache_dir, split=SPLIT, tta=TTA, device="cpu", progress=False)
+frame = evaluate.evaluate(run.run_dir, cache_dir=cache_dir, split=SPLIT, tta=TTA, device=DEVICE, progress=True)
 print("columns:", ", ".join(frame.columns))
 frame.round(3)
 
@@ -129,9 +130,9 @@ print(f"volume {volume_id}: windows of {run_config.patch_size}")
 
 # %% tags=["nbval-ignore-output"]
 start = time.perf_counter()
-image, gt, prob, pred = runs.predict_cached_volume(model, run_config, cache_dir, volume_id, device="cpu")
+image, gt, prob, pred = runs.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE)
 seconds = time.perf_counter() - start
-print(f"full-volume inference on the CPU: {seconds:.2f} s ({torch.get_num_threads()} threads)")
+print(f"full-volume inference on {DEVICE}: {seconds:.2f} s ({torch.get_num_threads()} CPU threads)")
 
 # %% tags=["nbval-ignore-output"]
 fig = viz.plot_three_views(image, gt=gt, pred=pred, errors=True,
@@ -153,7 +154,7 @@ fig
 # %%
 seg_path = evaluate.predict(run.run_dir, ws.out_dir / "predictions" / f"volume_{volume_id}_seg.nii.gz",
                             data_dir=data_dir,
-                            volume_id=volume_id, device="cpu")
+                            volume_id=volume_id, device=DEVICE)
 seg = nib.load(str(seg_path))
 labels = np.asarray(seg.dataobj)
 print(f"{seg_path.name}: shape {labels.shape} (H, W, D), dtype {labels.dtype}")
@@ -167,4 +168,4 @@ print("labels present are BraTS labels:", set(np.unique(labels).tolist()) <= {0,
 
 # %% tags=["nbval-ignore-output"]
 print(f"{PRESET}: {frame['seconds'].mean():.2f} s per volume on average (median "
-      f"{frame['seconds'].median():.2f} s) for volumes of about {image.shape[1:]} voxels on the CPU")
+      f"{frame['seconds'].median():.2f} s) for volumes of about {image.shape[1:]} voxels on {DEVICE}")

@@ -38,6 +38,7 @@ import os
 
 import matplotlib
 import pandas as pd
+import torch
 
 import tumorlib
 from tumorlib import metrics, runs, viz
@@ -50,6 +51,7 @@ config = tumorlib.get_config(PRESET)
 ws = tumorlib.workspace(config)
 VOLUME = None  # a test volume id to show; None picks the first volume of the test split
 MODALITY = "FLAIR"  # the grey image under the overlays: T1, T1ce, T2 or FLAIR
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # inference on the GPU when there is one
 ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
 # %% tags=["nbval-ignore-output"]
@@ -62,9 +64,9 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 # `demo` takes seconds to minutes on a CPU.
 
 # %% tags=["nbval-ignore-output"]
-run = runs.ensure_run(config, device="cpu")  # trained first when missing
+run = runs.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
 model, run_config, cache_dir = run.model, run.config, run.cache_dir
-print("run:", run.run_dir)
+print("run:", tumorlib.display_path(run.run_dir))
 
 # %% [markdown]
 # ## One test volume, its ground truth and the prediction
@@ -79,7 +81,7 @@ volume_id = test_ids[0] if VOLUME is None else VOLUME
 print(f"test volumes: {test_ids}; showing volume {volume_id}")
 
 # %% tags=["nbval-ignore-output"]
-image, gt, prob, pred = runs.predict_cached_volume(model, run_config, cache_dir, volume_id, device="cpu")
+image, gt, prob, pred = runs.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE)
 print(f"image {image.shape} {image.dtype}, ground truth {gt.shape} {gt.dtype}")
 scores = pd.DataFrame(
     {"dice": metrics.dice(pred, gt), "voxels (truth)": gt.sum(axis=(1, 2, 3)), "voxels (predicted)": pred.sum(axis=(1, 2, 3))},

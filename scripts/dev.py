@@ -138,7 +138,8 @@ def test_command(py: Path, fast: bool, extra: list[str]) -> tuple[list[str], dic
     if fast:
         cmd = [str(py), "-m", "pytest", "tests", "-m", "not slow and not browser"]
     else:
-        cmd = [str(py), "-m", "pytest", "--nbval", "tests", "notebooks", "-p", "no:cacheprovider"]
+        cmd = [str(py), "-m", "pytest", "--nbval", "--nbval-sanitize-with", "tests/nbval_sanitize.cfg", "tests",
+               "notebooks", "-p", "no:cacheprovider"]
     return cmd + extra, env
 
 

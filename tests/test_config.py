@@ -97,7 +97,7 @@ def test_every_config_field_is_classified_for_resume():
     """A new field must be placed on purpose: runtime (may differ on resume) or training (must match)."""
     from tumorlib.config import resume_fields, runtime_fields
 
-    runtime = {"cache_workers", "ram_cache_bytes", "num_workers", "compile", "cudnn_benchmark", "data_placement",
+    runtime = {"cache_workers", "ram_cache_bytes", "num_workers", "time_limit_h", "compile", "cudnn_benchmark", "data_placement",
                "pin_memory", "sw_overlap", "sw_batch_size", "sw_blend", "threshold"}
     training = {"preset", "seed", "synth_volumes", "synth_shape", "synth_seed", "cache_hw", "cache_margin",
                 "patch_size", "tumor_prob", "tumor_sampling", "augment", "intensity_aug", "in_channels", "num_classes", "features", "epochs",
@@ -170,6 +170,8 @@ BAD_VALUES = [
     ("tumor_sampling", "tumour", r"tumor_sampling must be one of class, voxel, got 'tumour'"),
     ("val_volume_every", -1, r"val_volume_every must be >= 0, got -1"),
     ("amp", 1, r"amp must be true or false, got 1"),
+    ("time_limit_h", -1.0, r"time_limit_h must be >= 0, got -1.0"),
+    ("time_limit_h", "8h", r"time_limit_h must be a finite number, got .8h."),
     ("compile", "fast", r"compile must be one of auto, off, default"),
     ("amp_dtype", "float8", r"amp_dtype must be one of auto, bfloat16"),
     ("cudnn_benchmark", "yes", r"cudnn_benchmark must be one of auto, on, off"),

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tumorlib.runner import kernel_manager
 from tumorlib.viz.figures import plot_class_fractions
 from tumorlib.viz.notebook_figure import NotebookFigure
 
@@ -34,8 +37,9 @@ def test_executed_notebook_stores_png(tmp_path):
         "fig")]
     env_backend = os.environ.pop("MPLBACKEND", None)
     try:
-        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+        sockets = Path(tempfile.mkdtemp(prefix="tumorlib-kernel-"))  # IPC: no "running over TCP" warning
+        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", km=kernel_manager("python3", sockets),
+                                resources={"metadata": {"path": str(tmp_path)}}).execute(cleanup_kc=True)
     finally:
         if env_backend is not None:
             os.environ["MPLBACKEND"] = env_backend

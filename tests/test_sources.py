@@ -235,3 +235,27 @@ def test_auto_precision_on_cuda_by_compute_capability(monkeypatch, major, expect
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert auto_precision("cuda") == expected
     assert auto_precision("cpu") == "fp32"
+
+
+def test_display_path_names_the_folders_not_the_machine(tmp_path, monkeypatch):
+    from tumorlib.setup_report import display_path
+
+    home = tmp_path / "somewhere" / "tumorlib home"
+    monkeypatch.setenv("TUMORLIB_HOME", str(home))
+    monkeypatch.setenv("TUMORLIB_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert display_path(home / "outputs" / "ci" / "run") == "$TUMORLIB_HOME/outputs/ci/run"
+    assert display_path(home) == "$TUMORLIB_HOME"
+    assert display_path(tmp_path / "out" / "cache") == "$TUMORLIB_OUT/cache"  # the more specific folder wins
+    assert display_path(tmp_path / "user" / "data" / "é x") == "~/data/é x"
+    assert display_path("/kaggle/input/brats") == "/kaggle/input/brats"
+
+
+def test_describe_setup_of_ci_says_smoke_run_and_shows_no_machine_path(monkeypatch):
+    import os
+
+    monkeypatch.setenv("TUMORLIB_DATA", "embedded")
+    text = describe_setup(get_config("ci"))
+    assert "ci: a smoke run (2 epochs" in text and "numbers mean nothing" in text and "make demo" in text
+    assert os.environ["TUMORLIB_HOME"] not in text and "$TUMORLIB_HOME/outputs/ci" in text
+    assert "smoke run" not in describe_setup(get_config("demo"))

@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
+
+from tumorlib.runner import kernel_manager
 
 # The body shared by the script and the notebook: prints "spawn-ok <batches> <checksum>" on success.
 BODY = textwrap.dedent("""
@@ -82,9 +86,10 @@ def test_spawn_workers_from_a_notebook_kernel(tmp_path):
     old = dict(os.environ)
     os.environ.update(_env(tmp_path))  # the kernel inherits this process's environment
     try:
-        client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+        sockets = Path(tempfile.mkdtemp(prefix="tumorlib-kernel-"))  # IPC: no "running over TCP" warning
+        client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", km=kernel_manager("python3", sockets),
                                          resources={"metadata": {"path": str(tmp_path)}})
-        client.execute()
+        client.execute(cleanup_kc=True)
     finally:
         os.environ.clear()
         os.environ.update(old)

@@ -9,13 +9,14 @@ from __future__ import annotations
 from tumorlib.config import Config, get_config, load_config, workspace
 
 __version__ = "0.1.0"
-__all__ = ["Config", "describe_setup", "get_config", "install_hint", "load_config", "workspace", "__version__"]
+__all__ = ["Config", "describe_setup", "display_path", "get_config", "install_hint", "load_config", "workspace",
+           "__version__"]
 
 
 def __getattr__(name: str):
     # describe_setup and install_hint live in tumorlib.setup_report, imported on first use so that
     # ``import tumorlib`` stays light (no torch).
-    if name in ("describe_setup", "install_hint"):
+    if name in ("describe_setup", "display_path", "install_hint"):
         from tumorlib import setup_report
 
         return getattr(setup_report, name)

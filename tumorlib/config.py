@@ -113,6 +113,8 @@ class Config:
     dice_weight: float = 0.5
     grad_clip: float = 1.0
     amp: bool = True
+    # hours one training call may run: it stops after the last epoch that fits (None or 0: no limit)
+    time_limit_h: float | None = field(default=None, metadata=_RUNTIME)
     # GPU speed (see the class docstring); "auto" is resolved per device
     amp_dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     compile: str = field(default="auto", metadata=_RUNTIME)  # auto | off | default | reduce-overhead | ...
@@ -225,7 +227,7 @@ _RULES: dict[str, tuple[Any, float, float, bool, bool]] = {
     "val_samples": ((int, None), 1, _INF, False, False),
     "class_weights": ((float, 0), 0, _INF, False, True), "focal_gamma": (float, 0, _INF, False, True),
     "dice_weight": (float, 0, 1, False, False), "grad_clip": (float, 0, _INF, False, True),
-    "amp": (bool, 0, 1, False, False),
+    "amp": (bool, 0, 1, False, False), "time_limit_h": ((float, None), 0, _INF, False, False),
     "val_fraction": (float, 0, 1, False, True), "test_fraction": (float, 0, 1, False, True),
     "split_seed": (int, 0, _INF, False, False), "sw_overlap": (float, 0, 1, False, True),
     "sw_batch_size": (int, 1, _INF, False, False), "threshold": (float, 0, 1, True, True),
@@ -306,6 +308,7 @@ PRESETS: dict[str, Config] = {
         accumulation_steps=4,
         epochs=120,
         warmup_epochs=5,
+        time_limit_h=8.5,  # stop cleanly before Kaggle's 9-hour session ends; the next session resumes
         ram_cache_bytes=2 * 2**30,
         sw_batch_size=2,
     ),

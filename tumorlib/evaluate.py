@@ -256,7 +256,9 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     summary = summarize(frame)
     summary.to_csv(summary_path(out_path), index_label="statistic")
     if progress:
-        print(f"{len(frame)} volumes ({split}{', TTA' if tta else ''}) -> {out_path}")
+        from tumorlib.setup_report import display_path
+
+        print(f"{len(frame)} volumes ({split}{', TTA' if tta else ''}) -> {display_path(out_path)}")
         print(summary.round(4).to_string())
     return frame
 

@@ -34,6 +34,12 @@ class _PlainBar:
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:
         """Show values beside the bar (nothing drawn)."""
 
+    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        """Show a text beside the bar (nothing drawn)."""
+
+    def refresh(self) -> None:
+        """Redraw (nothing drawn)."""
+
     def close(self) -> None:
         """Close the bar (nothing drawn)."""
 

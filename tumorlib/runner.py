@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_notebooks", "run_notebooks"]
+__all__ = ["find_notebooks", "kernel_manager", "run_notebooks"]
 
 
 def find_notebooks(notebook_dir: str | os.PathLike) -> list[Path]:
@@ -25,7 +25,7 @@ def find_notebooks(notebook_dir: str | os.PathLike) -> list[Path]:
     return found
 
 
-def _kernel_manager(kernel_name: str, folder: Path) -> Any:
+def kernel_manager(kernel_name: str, folder: Path) -> Any:
     """A kernel manager over local IPC sockets in ``folder`` (POSIX), None elsewhere (nbclient's TCP default).
 
     Over IPC the kernel does not warn "Kernel is running over TCP without encryption", and nothing
@@ -75,12 +75,12 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         sockets = Path(tempfile.mkdtemp(prefix="tumorlib-kernel-"))  # short: socket paths are limited
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", km=_kernel_manager("python3", sockets),
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", km=kernel_manager("python3", sockets),
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
         start = time.perf_counter()
         target = out_dir / path.name
         try:
-            client.execute()
+            client.execute(cleanup_kc=True)  # a client given its kernel manager leaves the kernel running
         finally:
             nbformat.write(nb, target)
             shutil.rmtree(sockets, ignore_errors=True)

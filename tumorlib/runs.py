@@ -155,6 +155,10 @@ class RunContext:
 def ensure_run(config: Config, device: str | torch.device | None = "cpu", progress: bool = False) -> RunContext:
     """The workspace's run of ``config``, trained first (as 04_train trains it) when it is missing.
 
+    An unfinished run of the same config (``checkpoints/last.pth`` with fewer than ``config.epochs``), in
+    the run folder or restored from a previous Kaggle session attached as input
+    (``tumorlib.autoresume.prepare_resume``), is trained to its end first (within ``config.time_limit_h``).
+
     Args:
         config: the preset's config (its workspace names the run and cache folders).
         device: where to put the model.
@@ -169,12 +173,21 @@ def ensure_run(config: Config, device: str | torch.device | None = "cpu", progre
     from tumorlib.checkpoint import BEST_NAME
     from tumorlib.data.resolve import resolve_cache
 
+    from tumorlib.autoresume import prepare_resume
+
     run_dir = workspace(config).run_dir
-    if not (run_dir / "checkpoints" / BEST_NAME).is_file():
+    check = prepare_resume(config, run_dir)  # restores a previous Kaggle session's run when one is attached
+    if check.message:
+        print(check.message, flush=True)
+    if (check.resume and not check.finished) or not (run_dir / "checkpoints" / BEST_NAME).is_file():
         from tumorlib.train import train
 
-        print(f"no trained run in {run_dir}: training one with the {config.preset!r} preset (as 04_train does)")
-        train(config, progress=progress)
+        if not check.resume:
+            from tumorlib.setup_report import display_path
+
+            print(f"no trained run in {display_path(run_dir)}: training one with the {config.preset!r} preset "
+                  "(as 04_train does)")
+        train(config, resume=check.resume, progress=progress, overwrite=not check.resume)
     model, run_config = load_run(run_dir, device=device)
     return RunContext(model, run_config, run_dir, resolve_cache(run_config, progress=progress))
 

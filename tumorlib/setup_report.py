@@ -14,7 +14,13 @@ from typing import Any
 from tumorlib.config import Config, workspace
 from tumorlib.data.sources import EMBEDDED, find_data_source
 
-__all__ = ["auto_precision", "describe_setup", "device_summary", "install_hint"]
+__all__ = ["SMOKE_NOTE", "auto_precision", "describe_setup", "device_summary", "display_path", "install_hint"]
+
+#: What the ``ci`` preset's numbers are worth, said wherever they are shown.
+SMOKE_NOTE = ("a smoke run (2 epochs on tiny phantoms) whose numbers mean nothing; "
+              "`make demo` gives the demo preset's results")
+#: Folders shown by name instead of their machine-specific location, the most specific first.
+_NAMED_FOLDERS = ("TUMORLIB_CACHE", "TUMORLIB_OUT", "TUMORLIB_HOME")
 
 _DEFAULT_CHANNELS = ("flair", "t1", "t1ce", "t2")
 
@@ -90,6 +96,33 @@ def _volumes_line(kind: str, path: Path, config: Config) -> str:
     return f"{len(ids)} (ids {ids[0]}..{ids[-1]}, {slices} slice files)"
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as a notebook shows it: without the parts that only name this machine.
+
+    A path inside ``$TUMORLIB_CACHE``, ``$TUMORLIB_OUT`` or ``$TUMORLIB_HOME`` (when set) is written from
+    that variable (``$TUMORLIB_HOME/outputs/ci/run``), one under the user's home from ``~``; any other
+    path (``/kaggle/input/...``) as it is.
+
+    Args:
+        path: a file or folder.
+
+    Returns:
+        The text to print, with ``/`` separators.
+    """
+    full = Path(os.path.realpath(Path(path).expanduser()))
+    named = [(var, os.environ.get(var)) for var in _NAMED_FOLDERS]
+    for var, root in [*named, ("~", str(Path.home()))]:
+        if not root:
+            continue
+        try:
+            rel = full.relative_to(os.path.realpath(Path(root).expanduser()))
+        except ValueError:
+            continue
+        prefix = var if var == "~" else f"${var}"
+        return prefix if rel == Path(".") else f"{prefix}/{rel.as_posix()}"
+    return full.as_posix()
+
+
 def describe_setup(config: Config, device: Any = None) -> str:
     """A short multi-line text: data source, volumes, stored channel order, device, memory, precision.
 
@@ -109,14 +142,15 @@ def describe_setup(config: Config, device: Any = None) -> str:
     if precision in (None, "auto"):
         precision = auto_precision(device) if getattr(config, "amp", True) else "fp32"
         precision += " (auto)"
+    preset = f"{config.preset}: {SMOKE_NOTE}" if config.preset == "ci" else config.preset
     rows = [
-        ("preset", config.preset),
-        ("data", source.description),
+        ("preset", preset),
+        ("data", source.description.replace(str(source.path), display_path(source.path))),
         ("volumes", _volumes_line(source.kind, source.path, config)),
         ("channels", "stored order " + ", ".join(channels)),
         ("device", device_summary(device)),
         ("precision", precision),
-        ("outputs", str(ws.out_dir)),
+        ("outputs", display_path(ws.out_dir)),
     ]
     return "\n".join(f"{name:<10}{value}" for name, value in rows)
 

@@ -65,6 +65,7 @@ __all__ = [
     "RUN_FILES",
     "amp_dtype",
     "fit",
+    "fits_time_limit",
     "forward_backward",
     "make_datasets",
     "optimizer_step",
@@ -243,6 +244,22 @@ def _groups(loader: Any, sizes: list[int]) -> Any:
             group, index = [], index + 1
 
 
+def fits_time_limit(elapsed_s: float, epochs_done: int, limit_s: float) -> bool:
+    """Whether one more epoch fits in the time limit, estimated from the mean epoch time so far.
+
+    Args:
+        elapsed_s: seconds since this call's first epoch started.
+        epochs_done: epochs finished in those seconds (at least 1).
+        limit_s: the limit in seconds; 0 or less: no limit.
+
+    Returns:
+        True when ``elapsed_s`` plus the mean epoch time stays within ``limit_s`` (or there is no limit).
+    """
+    if limit_s <= 0:
+        return True
+    return elapsed_s + elapsed_s / max(epochs_done, 1) <= limit_s
+
+
 # --------------------------------------------------------------------------- loop
 
 def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: str | os.PathLike, *,
@@ -268,6 +285,8 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
         info: DDP ranks (from ``init_distributed``); None: one process.
         stop_after_epoch: stop after this epoch number (1-based) as if the run were killed there; the
             schedule still spans ``config.epochs``.
+            ``config.time_limit_h`` stops the loop the same way after the last epoch that fits
+            (``fits_time_limit``), with one line saying how to resume.
         on_epoch_end: called as ``on_epoch_end(epoch, row)`` on rank 0 after each epoch's files are written.
         overwrite: a new run (not resumed) over a finished one moves the old files into
             ``RUN/previous-<time>/`` and deletes them once the new run has its first ``best_model.pth``;
@@ -334,6 +353,9 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
               f"{config.accumulation_steps} accumulation, {steps_per_epoch} optimizer steps an epoch", flush=True)
 
     last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
+    limit_s = (config.time_limit_h or 0) * 3600.0
+    loop_start = time.perf_counter()
+    epoch_bar = tqdm(total=last_epoch, initial=start_epoch, desc="training", unit="epoch", disable=not show)
     with trainer.backend_flags(), _explain_interrupt(last_path, config.epochs, prev):
         for epoch in range(start_epoch, last_epoch):
             t0 = time.perf_counter()
@@ -341,9 +363,8 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
             model.train()
             loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, patches
             lr_used = trainer.optimizer.param_groups[0]["lr"]
-            bar = tqdm(_groups(train_loader, groups), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       leave=False, disable=not show)
-            for step_index, micro_batches in enumerate(bar):
+            shown = t0
+            for step_index, micro_batches in enumerate(_groups(train_loader, groups)):
                 try:
                     step = trainer.train_step(micro_batches)
                 except FloatingPointError as err:
@@ -352,9 +373,10 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
                 loss_sum[0] += step.loss_sum
                 loss_sum[1] += step.patches
                 lr_used = step.lr
-                if show:
-                    bar.set_postfix(loss=f"{step.last_loss.item():.4f}", lr=f"{lr_used:.2e}")
-            bar.close()
+                if show and time.perf_counter() - shown > 1.0:  # one refresh a second at most
+                    shown = time.perf_counter()
+                    epoch_bar.set_postfix_str(f"epoch {epoch + 1} step {step_index + 1}/{steps_per_epoch} "
+                                              f"loss {step.last_loss.item():.4f}")
             all_reduce_sum(loss_sum, info)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -390,7 +412,25 @@ def fit(config: Config, train_dataset: Dataset, val_dataset: Dataset, run_dir: s
                                + f"  lr {lr_used:.2e}  {epoch_s:.1f} s{'  *best' if improved else ''}")
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, {**row, "val_dice_wt": metrics["val_dice_wt"]})
+            epoch_bar.set_postfix_str(f"loss {row['train_loss']:.4f} dice {row['val_dice_mean']:.3f} "
+                                      f"best {best_dice:.3f}", refresh=False)
+            epoch_bar.update(1)
+            if limit_s > 0 and epoch + 1 < last_epoch:  # all ranks stop when one is late
+                late = torch.tensor([0.0 if fits_time_limit(time.perf_counter() - loop_start, epoch + 1 - start_epoch,
+                                                             limit_s) else 1.0], device=device)
+                all_reduce_sum(late, info)
+            else:
+                late = torch.zeros(1)
+            if late.item() > 0:
+                if show:
+                    tqdm.write(f"time limit of {config.time_limit_h:g} h: stopped after epoch {epoch + 1}/"
+                               f"{config.epochs} (the next would not end in time); {last_path} is saved: run "
+                               f"again with this run folder in place (or `tumorlib train --out {run} --resume`) "
+                               "to continue")
+                barrier(info)
+                break
             barrier(info)
+    epoch_bar.close()
 
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
     if info.is_main and history:
