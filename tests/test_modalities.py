@@ -25,7 +25,7 @@ ORDERS = list(itertools.permutations(CANONICAL_ORDER))
 def orders_root(tmp_path_factory):
     """One folder per channel order, each with the same two phantoms written in that order."""
     root = tmp_path_factory.mktemp("orders")
-    volumes = {vid: make_phantom((20, 40, 40), seed=2, volume_id=vid) for vid in (1, 2)}
+    volumes = {vid: make_phantom((32, 64, 64), seed=2, volume_id=vid) for vid in (1, 2)}
     for order in ORDERS:
         for vid, (image, mask) in volumes.items():
             write_kaggle_volume(root / "_".join(order), vid, image, mask, stored_order=order)
@@ -106,7 +106,7 @@ def test_volume_without_enhancing_tumour_leaves_t1_pair_open():
 
 
 def test_cli_prints_votes_and_writes_json(tmp_path, capsys):
-    make_synthetic(tmp_path / "data", 3, (20, 40, 40), seed=0)
+    make_synthetic(tmp_path / "data", 3, (32, 64, 64), seed=0)
     out = tmp_path / "report" / "modalities.json"
     assert main(["inspect-modalities", "--data", str(tmp_path / "data"), "--volumes", "2",
                  "--json", str(out), "--quiet"]) == 0
