@@ -142,8 +142,13 @@ def folder_lock(folder: str | os.PathLike, what: str = "writer") -> Iterator[Pat
         raise
     try:
         if not _os_lock(fd, True):
-            os.lseek(fd, 0, os.SEEK_SET)
-            holder = os.read(fd, 64).decode(errors="replace").strip()
+            holder = ""
+            for _ in range(50):  # the holder writes its PID just after taking the lock: give it a moment
+                os.lseek(fd, 0, os.SEEK_SET)
+                holder = os.read(fd, 64).decode(errors="replace").strip()
+                if holder.isdigit():
+                    break
+                time.sleep(0.01)
             who = f"pid {holder}" if holder.isdigit() else "another process"
             raise FolderBusyError(f"{folder} is in use by another {what} ({who}); wait for it to finish or "
                                   f"stop it, or choose another folder")
