@@ -137,16 +137,19 @@ def baseline(config: Config, data_dir: str | os.PathLike | None = None, cache_di
         ValueError: an empty training or test split.
     """
     from tumorlib.config import workspace
-    from tumorlib.data.cache import load_cache_index, load_cached_volume
-    from tumorlib.data.splits import split_volumes
-    from tumorlib.train import prepare_cache
+    from tumorlib.data.cache import CacheError, load_cache_index, load_cached_volume, open_source
+    from tumorlib.data.resolve import resolve_cache, run_splits
 
-    cache = prepare_cache(config, data_dir, cache_dir, progress=progress)
+    cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
     index = load_cache_index(cache)
-    ids = sorted(int(k) for k in index["volumes"])
-    train_ids, _, test_ids = split_volumes(ids, config.val_fraction, config.test_fraction, config.split_seed)
-    if not test_ids:
-        raise ValueError(f"the test split of the {len(ids)} volumes in {cache} is empty")
+    split = run_splits(config, cache)
+    train_ids, test_ids = split["train"], split["test"]
+    if not train_ids or not test_ids:
+        raise ValueError(f"the training or test split of the volumes in {cache} is empty")
+    try:
+        source = open_source(index)  # voxel spacing, as evaluate scores it
+    except CacheError:
+        source = None  # a cache from a custom reader: 1 mm voxels
     model = fit_baseline(cache, train_ids, seed=config.seed)
     rows = []
     for vid in test_ids:
@@ -154,11 +157,7 @@ def baseline(config: Config, data_dir: str | os.PathLike | None = None, cache_di
         start = time.perf_counter()
         pred = model.predict(np.asarray(image))
         seconds = time.perf_counter() - start
-        spacing = (1.0, 1.0, 1.0)
-        if index.get("reader") == "nifti":
-            from tumorlib.evaluate import _spacing
-
-            spacing = _spacing(index, vid)
+        spacing = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
         rows.append({"volume": vid, **brats_scores(pred, np.asarray(mask), spacing), "seconds": seconds})
     frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
     out_path = Path(out) if out is not None else workspace(config).out_dir / "baseline_test.csv"
