@@ -43,7 +43,7 @@ def plot_modality_signatures(report: dict[str, Any], image: Any | None = None, m
     Raises:
         ValueError: a report without volumes, or an image that is not (4, D, H, W).
     """
-    from matplotlib.figure import Figure
+    from tumorlib.viz.notebook_figure import NotebookFigure as Figure  # a PNG in notebooks without pyplot
 
     votes = report.get("volumes") or []
     if not votes:
