@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 #: Name of the lock file a writer holds inside its folder (left in place, empty, when released).
+_READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)  # a folder no writer may use
 LOCK_NAME = ".tumorlib.lock"
 
 
@@ -136,7 +137,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "writer") -> Iterator[Pat
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if err.errno in _READ_ONLY_ERRNOS:
             raise PermissionError(f"cannot lock {folder} for a {what}: the folder is read-only "
                                   f"({err.strerror})") from err
         raise
@@ -206,7 +207,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
         if is_disk_full(err):
             raise DiskFullError(path) from err
-        if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if isinstance(err, OSError) and err.errno in _READ_ONLY_ERRNOS:
             raise PermissionError(f"cannot write {path}: its folder is read-only ({err.strerror})") from err
         raise
     _fsync_dir(path.parent)
@@ -384,7 +385,7 @@ def replace_folder(target: str | os.PathLike, build: Callable[[Path], Any], over
     try:
         tmp.mkdir()
     except OSError as err:
-        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if err.errno in _READ_ONLY_ERRNOS:
             raise PermissionError(f"cannot write {target}: its folder {target.parent} is read-only "
                                   f"({err.strerror})") from err
         raise
