@@ -404,3 +404,21 @@ def test_ensure_cache_builds_once(tiny_data, monkeypatch):
     assert (cache / INDEX_NAME).stat().st_mtime_ns == stamp
     with pytest.raises(CacheError, match="margin"):
         ensure_cache(cfg.replace(cache_margin=1), progress=False)
+
+
+def test_slices_added_after_caching_are_noticed(tmp_path, capsys):
+    """A volume cached while its trailing slices were missing is rebuilt once they are back (the source
+    records list only the files that were there; the fingerprint names them all)."""
+    data = make_synthetic(tmp_path / "d", 2, (16, 32, 32), seed=0)
+    last = sorted(data.glob("volume_1_slice_*.h5"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))[-1]
+    kept = last.read_bytes()
+    last.unlink()
+    (data / "meta_data.csv").rename(tmp_path / "meta_data.csv")  # without it a short volume only warns
+    with pytest.warns(UserWarning):
+        cache = build_cache(data, tmp_path / "c", workers=1, progress=False)
+    assert np.load(cache / "v1_img.npy", mmap_mode="r").shape[1] <= 15
+    last.write_bytes(kept)
+    build_cache(data, cache, workers=1, progress=False)
+    assert "rebuilding volume 1 (changed: source: its fingerprint differs" in capsys.readouterr().err
+    fresh = build_cache(data, tmp_path / "fresh", workers=1, progress=False)
+    assert _files(cache) == _files(fresh)

@@ -138,8 +138,9 @@ def train_or_resume(config: Config, cache_dir: str | os.PathLike | None = None,
 
     An unfinished ``last.pth`` in ``out_dir``, or any run restored from a previous session, is continued
     (``train(resume=True)``: a complete restored run trains no further); otherwise a new run is trained
-    (a complete run already in ``out_dir`` is trained again, as ``tumorlib train --overwrite``: its files
-    stay in ``RUN/previous-<time>/`` until the new run has its first best model).
+    (a complete run of the same config in ``out_dir`` is trained again, as ``tumorlib train --overwrite``:
+    its files stay in ``RUN/previous-<time>/`` until the new run has its first best model; a run of another
+    config is refused, never replaced).
 
     Args:
         config: the run's config.
@@ -160,4 +161,4 @@ def train_or_resume(config: Config, cache_dir: str | os.PathLike | None = None,
     if progress and check.message and (resume or not check.resume):
         print(check.message, flush=True)
     return train(config, cache_dir=cache_dir, out_dir=check.run_dir, resume=resume, progress=progress,
-                 overwrite=not resume)
+                 overwrite=check.resume and check.finished)  # never replace a run of another config

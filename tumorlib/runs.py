@@ -187,7 +187,7 @@ def ensure_run(config: Config, device: str | torch.device | None = "cpu", progre
 
             print(f"no trained run in {display_path(run_dir)}: training one with the {config.preset!r} preset "
                   "(as 04_train does)")
-        train(config, resume=check.resume, progress=progress, overwrite=not check.resume)
+        train(config, resume=check.resume, progress=progress)  # never replaces a run of another config
     model, run_config = load_run(run_dir, device=device)
     return RunContext(model, run_config, run_dir, resolve_cache(run_config, progress=progress))
 

@@ -113,6 +113,7 @@ def _volume_slices(root: str | os.PathLike, volume_id: int) -> list[Path]:
     for attempt in range(2):
         dirs = _slice_dirs(key)
         if attempt == 0 and not all(d.is_dir() for d in dirs):
+            _slice_dirs.cache_clear()  # a listed folder is gone: list again
             continue
         for folder in dirs:
             for path in folder.glob(f"volume_*{volume_id}_slice_*.h5"):  # also zero-padded ids (007)

@@ -133,8 +133,9 @@ class _Survey:
 
 
 def _survey(cache: Path, ids: Sequence[int], source: str, settings: dict[str, Any], cache_hw: int | None,
-            margin: int) -> _Survey:
-    """Check a cache folder against the volumes asked for, reading only the index, meta files and ``stat``s.
+            margin: int, fingerprint: Fingerprint | None = None) -> _Survey:
+    """Check a cache folder against the volumes asked for, reading only the index, meta files and ``stat``s
+    (and each asked volume's source fingerprint, when the reader has one: slices added or replaced).
 
     Raises:
         CacheError: a cache of another folder, other settings or another version.
@@ -164,6 +165,9 @@ def _survey(cache: Path, ids: Sequence[int], source: str, settings: dict[str, An
                              f"margin={entry.get('margin')}, this build asks for cache_hw={cache_hw}, "
                              f"margin={margin}; delete the folder or choose another one")
         problem = volume_problem(cache, entry, source)
+        if problem is None and fingerprint is not None and vid in asked \
+                and entry.get("fingerprint") != fingerprint(vid):
+            problem = ("changed", "source", "its fingerprint differs (slices added, removed or replaced)")
         if problem is None:
             survey.entries[vid] = entry
         elif problem[0] == "gone" and vid not in asked:
@@ -230,20 +234,20 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
     orders = order_record(stored_order)
     if stored_order is not None and (cache / INDEX_NAME).is_file():
         check_cache_order(cache, load_cache_index(cache), stored_order)
-    if _survey(cache, ids, source, settings, cache_hw, margin).clean:
+    if _survey(cache, ids, source, settings, cache_hw, margin, fingerprint).clean:
         return cache  # finished and intact: no lock, nothing written (works on a read-only folder)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(folder_lock(cache, "cache build"))
         except PermissionError as err:
-            survey = _survey(cache, ids, source, settings, cache_hw, margin)
+            survey = _survey(cache, ids, source, settings, cache_hw, margin, fingerprint)
             first = next(iter({**survey.todo, **survey.dropped}.items()), None)
             what = f"volume {first[0]} needs rebuilding ({first[1]})" if first else "its index needs rewriting"
             raise CacheError(f"cache {cache}: {what}, but {err}; make it writable or use another cache "
                              f"folder") from err
         for tmp in [*cache.glob(".*.tmp*"), *cache.glob(".tmp-*")]:  # leftovers of killed builds
             tmp.unlink()
-        survey = _survey(cache, ids, source, settings, cache_hw, margin)  # again, now that we hold the lock
+        survey = _survey(cache, ids, source, settings, cache_hw, margin, fingerprint)  # again, now that we hold the lock
         for vid, why in survey.todo.items():
             if not why.startswith("not cached"):
                 print(f"cache {cache}: rebuilding volume {vid} ({why})", file=sys.stderr)
