@@ -35,6 +35,20 @@ def kaggle_fingerprint(slice_files: Sequence[str | os.PathLike]) -> str:
     return h.hexdigest()
 
 
+def _lazy_slices(data: str | os.PathLike) -> Callable[[int], dict[int, Path]]:
+    """``slices(volume_id) -> {slice: path}`` over one scan of ``data``, made on the first call."""
+    from . import kaggle
+
+    found: dict[int, dict[int, Path]] = {}
+
+    def slices(volume_id: int) -> dict[int, Path]:
+        if not found:
+            found.update(kaggle.find_slices(data))
+        return found.get(int(volume_id), {})
+
+    return slices
+
+
 def kaggle_fingerprints(data: str | os.PathLike) -> Callable[[int], str]:
     """``fingerprint(volume_id)`` over one scan of a Kaggle-format folder (made on the first call).
 
@@ -45,15 +59,11 @@ def kaggle_fingerprints(data: str | os.PathLike) -> Callable[[int], str]:
         ``fingerprint(volume_id) -> str`` (``kaggle_fingerprint`` of its slices; unknown ids give the
         digest of no files).
     """
-    from . import kaggle
-
-    found: dict[int, dict[int, Path]] = {}
+    slices = _lazy_slices(data)
 
     def fingerprint(volume_id: int) -> str:
-        if not found:  # one scan, on the first call (a cache that needs nothing built never asks)
-            found.update(kaggle.find_slices(data))
-        slices = found.get(int(volume_id), {})
-        return kaggle_fingerprint([slices[s] for s in sorted(slices)])
+        found = slices(volume_id)
+        return kaggle_fingerprint([found[s] for s in sorted(found)])
 
     return fingerprint
 
@@ -68,14 +78,10 @@ def kaggle_source_files(data: str | os.PathLike) -> Callable[[int], list[Path]]:
     Returns:
         ``source_files(volume_id) -> [Path, ...]`` (empty for unknown ids).
     """
-    from . import kaggle
-
-    found: dict[int, dict[int, Path]] = {}
+    slices = _lazy_slices(data)
 
     def source_files(volume_id: int) -> list[Path]:
-        if not found:  # one scan, on the first call
-            found.update(kaggle.find_slices(data))
-        slices = found.get(int(volume_id), {})
-        return [Path(slices[s]) for s in sorted(slices)]
+        found = slices(volume_id)
+        return [Path(found[s]) for s in sorted(found)]
 
     return source_files
