@@ -80,7 +80,7 @@ meta.groupby("volume").agg(slices=("slice", "size"), tumour_slices=("target", "s
 # T1. Each volume votes for an order; the verdict is the majority.
 
 # %%
-from tumorlib.brats import CANONICAL_ORDER
+from tumorlib.core.brats import CANONICAL_ORDER
 from tumorlib.data.modalities import format_modality_report, inspect_modalities
 from tumorlib.viz.modalities import plot_modality_signatures
 

@@ -37,7 +37,8 @@ import os
 import matplotlib
 
 import tumorlib
-from tumorlib import bench, data
+from tumorlib import data
+from tumorlib.benchmarks import loading as bench
 
 matplotlib.rcParams["figure.dpi"] = 80
 

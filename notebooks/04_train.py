@@ -28,7 +28,7 @@
 # | `RUN/checkpoints/last.pth` | model, optimizer, scheduler, scaler, random states: resume from here |
 # | `RUN/training_curves.png` | loss, mean Dice and per-class Dice |
 #
-# Everything here is a call into `tumorlib.train`, which the command line runs too:
+# Everything here is a call into `tumorlib.training.loop`, which the command line runs too:
 #
 # ```
 # tumorlib train --preset demo --out RUN            # one process, GPU when there is one
@@ -43,7 +43,11 @@ import matplotlib
 import pandas as pd
 
 import tumorlib
-from tumorlib import autoresume, checkpoint, model, schedule, viz
+from tumorlib import viz
+from tumorlib.training import resume as autoresume
+from tumorlib.nn import checkpoint
+from tumorlib.nn import unet as model
+from tumorlib.nn import schedule
 from tumorlib.data.resolve import make_datasets, resolve_cache
 
 matplotlib.rcParams["figure.dpi"] = 80

@@ -31,10 +31,10 @@
 # **sliding window**: windows overlap by half, and the overlapping predictions are blended with a
 # Gaussian weight that trusts the centre of a window more than its border (where the network saw
 # less context). Then the sigmoid, and **one decoding rule** turns the three outputs into labels, here, in
-# `predict`, in the training-time validation and in the viewer (`tumorlib.brats.decode_probabilities`): tumour
+# `predict`, in the training-time validation and in the viewer (`tumorlib.core.brats.decode_probabilities`): tumour
 # where the union probability `1 − (1 − p_ncr)(1 − p_ed)(1 − p_et)` passes the threshold (0.5), then the
-# most probable class there. Every score below is that of the labels `predict` writes. `tumorlib.metrics` and
-# `tumorlib.inference` compute exactly what MONAI computes (the tests compare them).
+# most probable class there. Every score below is that of the labels `predict` writes. `tumorlib.evaluation.metrics` and
+# `tumorlib.inference.sliding_window` compute exactly what MONAI computes (the tests compare them).
 
 # %%
 import os
@@ -47,7 +47,10 @@ import pandas as pd
 import torch
 
 import tumorlib
-from tumorlib import baseline, data, evaluate, runs, viz
+from tumorlib import data, viz
+from tumorlib.evaluation import baseline
+from tumorlib.evaluation import evaluate
+from tumorlib.inference import predictor as runs
 
 matplotlib.rcParams["figure.dpi"] = 80
 

@@ -41,7 +41,9 @@ import pandas as pd
 import torch
 
 import tumorlib
-from tumorlib import metrics, runs, viz
+from tumorlib import viz
+from tumorlib.evaluation import metrics
+from tumorlib.inference import predictor as runs
 
 matplotlib.rcParams["figure.dpi"] = 80
 

@@ -43,7 +43,7 @@ export TUMORLIB_HOME="$WORK/home"
 unset TUMORLIB_DATA TUMORLIB_OUT TUMORLIB_CACHE
 PYPATH="$REPO"
 
-# tqdm, nibabel and kagglehub are imported only where used (tumorlib.progress draws no bars without
+# tqdm, nibabel and kagglehub are imported only where used (tumorlib.core.progress draws no bars without
 # tqdm), so the stock image's packages are enough.
 export PYTHONPATH="$PYPATH${PYTHONPATH:+:$PYTHONPATH}"
 cd "$REPO"

@@ -13,7 +13,7 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TUMORLIB_HOME", str(tmp_path_factory.mktemp("tumorlib_home")))
     for var in ("TUMORLIB_DATA", "TUMORLIB_OUT", "TUMORLIB_CACHE"):
         monkeypatch.delenv(var, raising=False)
-    # no Kaggle mount and no kagglehub download, whatever this machine holds (tumorlib.data.sources)
+    # no Kaggle mount and no kagglehub download, whatever this machine holds (tumorlib.core.sources)
     monkeypatch.setenv("TUMORLIB_KAGGLE_ROOT", str(tmp_path_factory.mktemp("no_kaggle")))
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path_factory.mktemp("no_kagglehub")))
 
@@ -29,7 +29,7 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_cache(tiny_data, tmp_path_factory):
     """The cache of ``tiny_data`` with the ci preset's settings; returns the cache folder."""
-    from tumorlib.config import get_config
+    from tumorlib.core.config import get_config
     from tumorlib.data.cache import build_cache
 
     cfg = get_config("ci")
@@ -40,7 +40,7 @@ def tiny_cache(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def ci_cache(tmp_path_factory):
     """The ci preset's embedded data (8 volumes of 24x48x48) and its cache; returns the cache folder."""
-    from tumorlib.config import get_config
+    from tumorlib.core.config import get_config
     from tumorlib.data.cache import build_cache
 
     cfg = get_config("ci")

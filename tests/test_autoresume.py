@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tumorlib.config import get_config, workspace
-from tumorlib.train import HISTORY_COLUMNS, TIMING_COLUMNS, fits_time_limit, train
+from tumorlib.core.config import get_config, workspace
+from tumorlib.training.loop import HISTORY_COLUMNS, TIMING_COLUMNS, fits_time_limit, train
 
 KEEP = [c for c in HISTORY_COLUMNS if c not in TIMING_COLUMNS]
 TINY_LIMIT = 1e-9  # hours: no epoch fits after the first, whatever the machine
@@ -86,9 +86,9 @@ def writable_inputs(tmp_path):
 
 
 def test_second_session_resumes_the_attached_run(ci_cache, tmp_path, monkeypatch, capsys, writable_inputs):
-    from tumorlib.autoresume import train_or_resume
-    from tumorlib.runs import ensure_run
-    from tumorlib.setup_report import display_path
+    from tumorlib.training.resume import train_or_resume
+    from tumorlib.inference.predictor import ensure_run
+    from tumorlib.app.setup_report import display_path
 
     cfg = get_config("ci", epochs=3)
     first = tmp_path / "session1"
@@ -114,7 +114,7 @@ def test_second_session_resumes_the_attached_run(ci_cache, tmp_path, monkeypatch
 
 
 def test_previous_run_with_another_config_is_left_alone(ci_cache, tmp_path, monkeypatch, writable_inputs):
-    from tumorlib.autoresume import prepare_resume
+    from tumorlib.training.resume import prepare_resume
 
     cfg = get_config("ci", epochs=3)
     first = tmp_path / "session1"
@@ -132,20 +132,20 @@ def test_previous_run_with_another_config_is_left_alone(ci_cache, tmp_path, monk
 
 
 def test_ensure_run_finishes_an_unfinished_run_instead_of_starting_over(ci_cache, tmp_path, monkeypatch, capsys):
-    import tumorlib.train
-    from tumorlib.runs import ensure_run
+    import tumorlib.training.loop
+    from tumorlib.inference.predictor import ensure_run
 
     _kaggle_session(monkeypatch, tmp_path / "local", ci_cache)  # no input attached
     cfg = get_config("ci", epochs=3)
     train(cfg, stop_after_epoch=2, progress=False)
     calls = []
-    real_train = tumorlib.train.train
+    real_train = tumorlib.training.loop.train
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("resume"))
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(tumorlib.train, "train", spy)
+    monkeypatch.setattr(tumorlib.training.loop, "train", spy)
     capsys.readouterr()
     ensure_run(cfg)
     assert calls == [True]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tumorlib.baseline import baseline, fit_baseline
-from tumorlib.cli import main
-from tumorlib.config import get_config
+from tumorlib.evaluation.baseline import baseline, fit_baseline
+from tumorlib.app.cli import main
+from tumorlib.core.config import get_config
 from tumorlib.data import make_phantom, make_synthetic
 from tumorlib.data.cache import build_cache_from_reader
-from tumorlib.evaluate import EVAL_COLUMNS
+from tumorlib.evaluation.evaluate import EVAL_COLUMNS
 
 
 def _separable(volume_id: int):

@@ -1,4 +1,4 @@
-"""Tests for the loading benchmark (tumorlib.bench) and the ``tumorlib bench``/``cache`` commands."""
+"""Tests for the loading benchmark (tumorlib.benchmarks.loading) and the ``tumorlib bench``/``cache`` commands."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 import matplotlib
 import pytest
 
-from tumorlib import bench
-from tumorlib.cli import main
-from tumorlib.config import get_config
+from tumorlib.benchmarks import loading as bench
+from tumorlib.app.cli import main
+from tumorlib.core.config import get_config
 from tumorlib.data import cached_volume_ids
 
 matplotlib.use("Agg")

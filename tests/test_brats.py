@@ -1,4 +1,4 @@
-"""tumorlib.brats: orders, conversions between channels, labels and regions, and the decoding rule."""
+"""tumorlib.core.brats: orders, conversions between channels, labels and regions, and the decoding rule."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tumorlib import brats
-from tumorlib.brats import (
+from tumorlib.core import brats
+from tumorlib.core.brats import (
     BRATS_LABELS,
     CANONICAL_ORDER,
     KAGGLE_STORED_ORDER,
@@ -27,8 +27,9 @@ from tumorlib.brats import (
 
 
 def test_constants_agree_with_old_names():
-    from tumorlib import inference, metrics
-    from tumorlib.data import kaggle, nifti
+    from tumorlib.inference import sliding_window as inference
+    from tumorlib.evaluation import metrics
+    from tumorlib.io import kaggle, nifti
     from tumorlib.viz import colors
 
     assert CANONICAL_ORDER == ("t1", "t1ce", "t2", "flair") and brats.MODALITIES == ("T1", "T1ce", "T2", "FLAIR")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tumorlib.config import get_config, workspace
+from tumorlib.core.config import get_config, workspace
 from tumorlib.data import list_volumes, load_volume, make_phantom, make_synthetic, write_kaggle_volume
 from tumorlib.data.cache import (
     INDEX_NAME,

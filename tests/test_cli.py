@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from tumorlib.cli import build_parser, config_from_args, main
+from tumorlib.app.cli import build_parser, config_from_args, main
 from tumorlib.data import list_volumes, load_volume, make_phantom
 
 
@@ -24,7 +24,7 @@ def test_config_flags():
     parser = build_parser()
     args = parser.parse_args(["synth", "--out", "x"])
     assert args.command == "synth"
-    from tumorlib.cli import add_config_args
+    from tumorlib.app.cli import add_config_args
     import argparse
 
     p = argparse.ArgumentParser()

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from tumorlib.config import PRESETS, Config, get_config, load_config, parse_field, preset_name, workspace
+from tumorlib.core.config import PRESETS, Config, get_config, load_config, parse_field, preset_name, workspace
 
 
 def test_full_preset_is_the_seed_table():
@@ -95,7 +95,7 @@ def test_table_lists_every_field():
 
 def test_every_config_field_is_classified_for_resume():
     """A new field must be placed on purpose: runtime (may differ on resume) or training (must match)."""
-    from tumorlib.config import resume_fields, runtime_fields
+    from tumorlib.core.config import resume_fields, runtime_fields
 
     runtime = {"cache_workers", "ram_cache_bytes", "num_workers", "time_limit_h", "compile", "cudnn_benchmark", "data_placement",
                "pin_memory", "sw_overlap", "sw_batch_size", "sw_blend", "threshold"}
@@ -192,7 +192,7 @@ def test_bad_value_fails_at_construction(field, value, message):
 def test_every_field_has_a_rule_and_every_preset_is_valid():
     import dataclasses
 
-    from tumorlib.config import _CHOICES, _RULES
+    from tumorlib.core.config import _CHOICES, _RULES
 
     names = {f.name for f in dataclasses.fields(Config)}
     assert names - set(_RULES) - set(_CHOICES) == {"preset", "kaggle_channel_order"}
@@ -210,7 +210,7 @@ def test_numbers_are_normalised():
 
 
 def test_cli_rejects_bad_config_value_in_one_line(capsys):
-    from tumorlib.cli import main
+    from tumorlib.app.cli import main
 
     assert main(["train", "--preset", "ci", "--threshold", "2"]) == 2
     err = capsys.readouterr().err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tumorlib.config import get_config
+from tumorlib.core.config import get_config
 from tumorlib.data.cache import load_cache_index, load_cached_volume
 from tumorlib.data.dataset import BraTS3DDataset, EpochSampler, default_num_workers, make_loader
 from phantom_cache import PATCH, SHAPES, build_phantom_cache
@@ -151,7 +151,7 @@ def test_augmentation(cache):
 
 
 def test_flips_cover_the_tta_axes_and_intensity_is_optional(cache):
-    from tumorlib.inference import FLIP_AXES, SPATIAL_FLIP_AXES
+    from tumorlib.inference.sliding_window import FLIP_AXES, SPATIAL_FLIP_AXES
 
     flips = BraTS3DDataset(cache, [1, 2], patch_size=PATCH, samples_per_epoch=200, seed=3, augment=True)
     plans = [flips.plan(i, e) for e in range(2) for i in range(200)]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tumorlib.config import get_config, workspace
+from tumorlib.core.config import get_config, workspace
 from tumorlib.data import ensure_data, list_volumes, load_volume
 from tumorlib.data.embedded import SYNTH_MARKER
 

@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 import torch
 
-from tumorlib.checkpoint import atomic_torch_save
-from tumorlib.cli import main
-from tumorlib.config import get_config
+from tumorlib.nn.checkpoint import atomic_torch_save
+from tumorlib.app.cli import main
+from tumorlib.core.config import get_config
 from tumorlib.data import load_volume
 from tumorlib.data.cache import build_cache, load_cache_index, load_cached_volume, prepare_volume
-from tumorlib.data.nifti import BRATS2020_AFFINE, brats2020_header, nifti_case_to_kaggle, save_nifti_case
-from tumorlib.evaluate import (
+from tumorlib.io.nifti import BRATS2020_AFFINE, brats2020_header, nifti_case_to_kaggle, save_nifti_case
+from tumorlib.evaluation.evaluate import (
     EVAL_COLUMNS,
     evaluate,
     load_run,
@@ -31,8 +31,8 @@ from tumorlib.evaluate import (
     predict,
     summary_path,
 )
-from tumorlib.metrics import brats_regions, hd95
-from tumorlib.model import model_from_config
+from tumorlib.evaluation.metrics import brats_regions, hd95
+from tumorlib.nn.unet import model_from_config
 
 
 def _make_run(folder, bias=None, config=None, splits=None):
@@ -208,7 +208,7 @@ def test_evaluate_on_a_nifti_cache_equals_the_kaggle_cache(tiny_data, tmp_path, 
     """The same volumes as NIfTI cases: same scores, the resampled cache reopening its source through the
     reader the index records (NIfTI here) for the full-size ground truth and voxel size."""
     from tumorlib.data.cache import open_source
-    from tumorlib.data.nifti import build_nifti_cache
+    from tumorlib.io.nifti import build_nifti_cache
 
     root = tmp_path / "nifti"
     for vid in (1, 2):
@@ -234,7 +234,7 @@ def test_evaluate_on_a_nifti_cache_equals_the_kaggle_cache(tiny_data, tmp_path, 
 @pytest.fixture(scope="module")
 def ci_run(ci_cache, tmp_path_factory):
     """A tiny ci training run on the ci data, selected on whole validation volumes every epoch."""
-    from tumorlib.train import train
+    from tumorlib.training.loop import train
 
     run = tmp_path_factory.mktemp("ci_run") / "run"
     cfg = get_config("ci", val_volume_every=1)
@@ -244,8 +244,8 @@ def ci_run(ci_cache, tmp_path_factory):
 
 def test_evaluate_scores_the_labels_predict_writes(ci_run, ci_cache, tmp_path):
     """For every volume, Dice and HD95 of the NIfTI file ``predict`` writes equal the evaluate CSV row."""
-    from tumorlib.brats import labels_to_channels
-    from tumorlib.metrics import brats_scores
+    from tumorlib.core.brats import labels_to_channels
+    from tumorlib.evaluation.metrics import brats_scores
 
     run, _ = ci_run
     data = load_cache_index(ci_cache)["source"]
@@ -265,7 +265,7 @@ def test_evaluate_scores_the_labels_predict_writes(ci_run, ci_cache, tmp_path):
 
 def test_volume_selection_is_what_evaluate_reports(ci_run, ci_cache, tmp_path):
     """The whole-volume selection score of the best epoch is evaluate's mean WT/TC/ET Dice on the val split."""
-    from tumorlib.train import HISTORY_COLUMNS
+    from tumorlib.training.loop import HISTORY_COLUMNS
 
     run, history = ci_run
     assert list(pd.read_csv(run / "history.csv").columns) == HISTORY_COLUMNS

@@ -24,9 +24,9 @@ import h5py
 import numpy as np
 import pytest
 
-from tumorlib.cli import main
+from tumorlib.app.cli import main
 from tumorlib.data import KAGGLE_SUBDIR, list_volumes, load_volume
-from tumorlib.safety import DiskFullError, FolderBusyError, atomic_write, folder_lock
+from tumorlib.core.safety import DiskFullError, FolderBusyError, atomic_write, folder_lock
 
 SHAPE = ("8", "24", "24")
 
@@ -223,7 +223,7 @@ def test_disk_full_on_a_real_small_filesystem(small_tmpfs):
 
 
 def test_cli_disk_full_without_file_name(monkeypatch, capsys):
-    import tumorlib.cli as cli
+    import tumorlib.app.cli as cli
 
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -276,7 +276,7 @@ def test_atomic_write_killed_at_random_moments(tmp_path):
     target = tmp_path / "index.json"
     code = textwrap.dedent(f"""
         import sys
-        from tumorlib.safety import atomic_write
+        from tumorlib.core.safety import atomic_write
         for i in range(10**6):
             atomic_write({str(target)!r}, bytes([i % 251]) * 400_000)
             if i == 0:
@@ -301,7 +301,7 @@ def test_concurrent_writers_one_wins(tmp_path):
     folder = tmp_path / "run"
     code = textwrap.dedent(f"""
         import os, sys, time
-        from tumorlib.safety import FolderBusyError, folder_lock
+        from tumorlib.core.safety import FolderBusyError, folder_lock
         time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
         try:
             with folder_lock({str(folder)!r}, "training run"):
@@ -323,7 +323,7 @@ def test_concurrent_writers_one_wins(tmp_path):
 
 
 def test_folder_busy_is_one_line_in_cli(tmp_path, monkeypatch, capsys):
-    import tumorlib.cli as cli
+    import tumorlib.app.cli as cli
 
     def busy(args):
         with folder_lock(tmp_path, "training run"), folder_lock(tmp_path, "training run"):
@@ -357,7 +357,7 @@ def test_errors_are_one_line_and_debug_shows_traceback(tmp_path, monkeypatch, ca
     (TypeError("unsupported operand"), "internal error: TypeError: unsupported operand (rerun with --debug", 1),
 ])
 def test_error_kinds(monkeypatch, capsys, exc, expected, code):
-    import tumorlib.cli as cli
+    import tumorlib.app.cli as cli
 
     def fail(args):
         raise exc
@@ -472,7 +472,7 @@ def _nifti_case(folder: Path, zooms=None, zero=None, shape=(6, 7, 5)):
 
 
 def test_nifti_truncated_file_one_line(tmp_path):
-    from tumorlib.data.nifti import load_nifti_case
+    from tumorlib.io.nifti import load_nifti_case
 
     case = _nifti_case(tmp_path / "case", shape=(40, 40, 30))  # random data: the header survives the cut
     t2 = case / "case_t2.nii.gz"
@@ -486,7 +486,7 @@ def test_nifti_truncated_file_one_line(tmp_path):
 
 
 def test_nifti_voxel_sizes_must_agree(tmp_path):
-    from tumorlib.data.nifti import load_nifti_case
+    from tumorlib.io.nifti import load_nifti_case
 
     case = _nifti_case(tmp_path / "case", zooms={"t2": (1.0, 1.0, 2.0)})
     with pytest.raises(ValueError, match=rf"{case / 'case_t2.nii.gz'}: voxel size \(1.0, 1.0, 2.0\) mm differs "
@@ -495,7 +495,7 @@ def test_nifti_voxel_sizes_must_agree(tmp_path):
 
 
 def test_nifti_all_zero_modality_refused(tmp_path):
-    from tumorlib.data.nifti import load_nifti_case
+    from tumorlib.io.nifti import load_nifti_case
 
     case = _nifti_case(tmp_path / "case", zero="flair")
     with pytest.raises(ValueError, match=f"{case / 'case_flair.nii.gz'}: every voxel is 0"):
@@ -503,7 +503,7 @@ def test_nifti_all_zero_modality_refused(tmp_path):
 
 
 def test_nifti_shape_mismatch_names_both_files(tmp_path):
-    from tumorlib.data.nifti import load_nifti_case
+    from tumorlib.io.nifti import load_nifti_case
 
     case = _nifti_case(tmp_path / "case")
     _nifti_case(tmp_path / "other", shape=(6, 7, 4))
@@ -572,7 +572,7 @@ def test_new_run_refused_without_overwrite(finished_run, ci_cache, tmp_path, cap
 
 
 def _fail_first_step(monkeypatch, exc):
-    from tumorlib.engine import Trainer
+    from tumorlib.training.engine import Trainer
 
     def fail(self, micro_batches):
         raise exc
@@ -588,9 +588,9 @@ def _fail_first_step(monkeypatch, exc):
 def test_new_run_failing_at_epoch_1_keeps_the_previous_model(finished_run, ci_cache, tmp_path, monkeypatch,
                                                              capsys, exc, code, text):
     """--overwrite moves the old run aside (a loadable run folder) and names it while nothing better exists."""
-    from tumorlib.cli import _Terminated
-    from tumorlib.runs import load_run
-    from tumorlib.train import RUN_FILES
+    from tumorlib.app.cli import _Terminated
+    from tumorlib.inference.predictor import load_run
+    from tumorlib.training.loop import RUN_FILES
 
     run = _copy_run(finished_run, tmp_path)
     old = _hashes(run, RUN_FILES)
@@ -607,7 +607,7 @@ def test_new_run_failing_at_epoch_1_keeps_the_previous_model(finished_run, ci_ca
 
 
 def test_new_run_discards_the_previous_once_it_has_a_model(finished_run, ci_cache, tmp_path, capsys):
-    from tumorlib.train import RUN_FILES
+    from tumorlib.training.loop import RUN_FILES
 
     run = _copy_run(finished_run, tmp_path)
     old = _hashes(run, RUN_FILES)
@@ -618,7 +618,7 @@ def test_new_run_discards_the_previous_once_it_has_a_model(finished_run, ci_cach
 
 
 def test_ctrl_c_after_an_epoch_says_what_was_kept_then_resumes(ci_cache, tmp_path, monkeypatch, capsys):
-    from tumorlib.engine import Trainer
+    from tumorlib.training.engine import Trainer
 
     run = tmp_path / "run"
     real = Trainer.validation_step
@@ -647,8 +647,8 @@ def test_nan_input_is_blamed_not_the_learning_rate(tmp_path):
     """A NaN in the patches: the hint names the input (a finite input that diverges blames --lr above)."""
     import torch
 
-    from tumorlib.config import get_config
-    from tumorlib.train import fit
+    from tumorlib.core.config import get_config
+    from tumorlib.training.loop import fit
 
     class NaNPatches(torch.utils.data.Dataset):
         def __len__(self):
@@ -670,7 +670,7 @@ def test_nan_input_is_blamed_not_the_learning_rate(tmp_path):
 
 def test_two_trainings_into_one_out_second_refused_kill_keeps_previous(finished_run, ci_cache, tmp_path, capsys):
     """A real second process: refused naming the holder's PID; a SIGKILL at epoch 1 keeps the old model."""
-    from tumorlib.train import RUN_FILES
+    from tumorlib.training.loop import RUN_FILES
 
     run = _copy_run(finished_run, tmp_path)
     old = _hashes(run, RUN_FILES)
@@ -766,7 +766,7 @@ def test_index_names_outside_the_cache_are_refused(data_and_cache, tmp_path, cap
         assert err.count("\n") == 1 and f"{cache}: index file name '../outside.npy' points outside the folder" in err
     assert tree_hash(cache) == digest and (tmp_path / "outside.npy").read_bytes() == outside
     from tumorlib.data.cache import load_cached_volume
-    from tumorlib.safety import UnsafePathError
+    from tumorlib.core.safety import UnsafePathError
 
     with pytest.raises(UnsafePathError, match="points outside"):
         load_cached_volume(cache, 1)
@@ -785,7 +785,7 @@ def test_volume_deleted_from_the_data_is_dropped(data_and_cache, capsys):
 
 
 def test_read_only_finished_cache_is_usable(small_tmpfs, tmp_path, capsys):
-    from tumorlib.config import get_config
+    from tumorlib.core.config import get_config
     from tumorlib.data.resolve import resolve_cache
 
     data = tmp_path / "data"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tumorlib.config import get_config
+from tumorlib.core.config import get_config
 from tumorlib.data.cache import load_cache_index
 from tumorlib.data.dataset import BraTS3DDataset, make_loader
 from tumorlib.data.gpu_patches import DevicePatchSampler, fits_on_device, resident_nbytes

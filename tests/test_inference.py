@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tumorlib.inference import (
+from tumorlib.inference.sliding_window import (
     FLIP_AXES,
     importance_map,
     labels_from_probabilities,

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tumorlib.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER
+from tumorlib.core.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER
 from tumorlib.data import (
     KAGGLE_SUBDIR,
     download_brats2020,
@@ -140,7 +140,7 @@ def test_synth_stores_pack_order_and_reads_back_canonical(tmp_path):
 
 
 def test_config_channel_order_field():
-    from tumorlib.config import get_config, parse_field
+    from tumorlib.core.config import get_config, parse_field
 
     cfg = get_config("ci")
     assert cfg.kaggle_channel_order == KAGGLE_STORED_ORDER

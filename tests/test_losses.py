@@ -1,4 +1,4 @@
-"""Tests for tumorlib.losses: hand-computed cases, empty patches, MONAI as an oracle."""
+"""Tests for tumorlib.nn.losses: hand-computed cases, empty patches, MONAI as an oracle."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tumorlib.config import get_config
-from tumorlib.losses import (
+from tumorlib.core.config import get_config
+from tumorlib.nn.losses import (
     DiceFocalLoss,
     FocalBCELoss,
     WeightedDiceLoss,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tumorlib.metrics import (
+from tumorlib.evaluation.metrics import (
     BRATS_EMPTY_HD95,
     METRIC_COLUMNS,
     brats_regions,

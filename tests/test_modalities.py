@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from tumorlib.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, reorder_channels
-from tumorlib.cli import main
+from tumorlib.core.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, reorder_channels
+from tumorlib.app.cli import main
 from tumorlib.data import make_phantom, make_synthetic, write_kaggle_volume
 from tumorlib.data.modalities import (
     format_modality_report,

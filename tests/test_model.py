@@ -1,12 +1,12 @@
-"""Tests for tumorlib.model: parameter count, shapes, padding inside, layer table."""
+"""Tests for tumorlib.nn.unet: parameter count, shapes, padding inside, layer table."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tumorlib.config import get_config
-from tumorlib.model import DoubleConv3D, Down3D, Up3D, UNet3D, count_parameters, layer_table, model_from_config
+from tumorlib.core.config import get_config
+from tumorlib.nn.unet import DoubleConv3D, Down3D, Up3D, UNet3D, count_parameters, layer_table, model_from_config
 
 SMALL = (4, 8, 16, 32)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tumorlib.data.cache import load_cache_index, load_cached_volume
-from tumorlib.brats import channels_to_labels, decode_probabilities
+from tumorlib.core.brats import channels_to_labels, decode_probabilities
 from tumorlib.data import load_volume, make_phantom
-from tumorlib.data.nifti import (
+from tumorlib.io.nifti import (
     BRATS2020_AFFINE,
     brats2020_header,
     build_nifti_cache,
@@ -162,7 +162,7 @@ def test_list_cases_and_cache(tmp_path):
 
 
 def test_cli_cache_nifti(tmp_path, capsys):
-    from tumorlib.cli import main
+    from tumorlib.app.cli import main
 
     rng = np.random.default_rng(2)
     image = np.zeros((4, D, H, W), np.float32)

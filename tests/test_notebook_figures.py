@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tumorlib.runner import kernel_manager
+from tumorlib.app.notebook_runner import kernel_manager
 from tumorlib.viz.figures import plot_class_fractions
 from tumorlib.viz.notebook_figure import NotebookFigure
 

@@ -1,4 +1,4 @@
-"""Tests for tumorlib.perf and tumorlib.engine: automatic settings, the Trainer, the benchmark on the CPU.
+"""Tests for tumorlib.benchmarks.gpu and tumorlib.training.engine: automatic settings, the Trainer, the benchmark on the CPU.
 
 The GPU-only choices are checked with CUDA queries patched; the benchmark itself runs on the CPU at
 the ``ci`` preset, once with the automatic variants and once forcing the GPU paths (fp16 + GradScaler,
@@ -15,10 +15,10 @@ import types
 import pytest
 import torch
 
-from tumorlib.config import get_config
+from tumorlib.core.config import get_config
 from tumorlib.data.gpu_patches import resident_nbytes
-from tumorlib.engine import Trainer, TrainSettings, reference_settings
-from tumorlib.perf import (
+from tumorlib.training.engine import Trainer, TrainSettings, reference_settings
+from tumorlib.benchmarks.gpu import (
     auto_settings,
     benchmark_throughput,
     compare_losses,
@@ -220,7 +220,7 @@ def test_benchmark_forcing_the_gpu_paths_on_cpu(tiny_cache):
 
 
 def test_cli_bench_train(tiny_data, tmp_path, capsys):
-    from tumorlib.cli import main
+    from tumorlib.app.cli import main
 
     out = tmp_path / "bench.json"
     code = main(["bench", "--preset", "ci", "--data", str(tiny_data), "--cache", str(tmp_path / "cache"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from tumorlib.runner import find_notebooks, run_notebooks
+from tumorlib.app.notebook_runner import find_notebooks, run_notebooks
 
 
 def _notebook(path, source):

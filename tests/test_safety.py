@@ -1,4 +1,4 @@
-"""tumorlib.safety and tumorlib.integrity: each mechanism on its own (faults: test_faults.py)."""
+"""tumorlib.core.safety and tumorlib.core.integrity: each mechanism on its own (faults: test_faults.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tumorlib.integrity import VerificationError, file_record, record_problem, verify_record
-from tumorlib.safety import (
+from tumorlib.core.integrity import VerificationError, file_record, record_problem, verify_record
+from tumorlib.core.safety import (
     LOCK_NAME,
     DiskFullError,
     FolderBusyError,
@@ -36,7 +36,7 @@ def _hold_lock(folder, seconds=30):
     """A subprocess holding the writer lock of ``folder``; returns once it holds it."""
     code = textwrap.dedent(f"""
         import sys, time
-        from tumorlib.safety import folder_lock
+        from tumorlib.core.safety import folder_lock
         with folder_lock({str(folder)!r}, "test writer"):
             print("locked", flush=True)
             time.sleep({seconds})

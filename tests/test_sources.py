@@ -12,13 +12,13 @@ import pytest
 import tumorlib
 from tumorlib import get_config, workspace
 from tumorlib.data import KAGGLE_SUBDIR, ensure_cache, ensure_data, make_synthetic
-from tumorlib.data.sources import (
+from tumorlib.core.sources import (
     find_data_source,
     find_kaggle_mount,
     find_kagglehub_download,
     kaggle_working_dir,
 )
-from tumorlib.setup_report import auto_precision, describe_setup, install_hint
+from tumorlib.app.setup_report import auto_precision, describe_setup, install_hint
 
 
 def _tree(root):
@@ -196,7 +196,7 @@ def test_gpu16_preset_is_the_seed_model_at_the_same_effective_batch():
 
 
 def test_previous_run_attached_as_input(tmp_path, monkeypatch):
-    from tumorlib.data.sources import find_previous_run
+    from tumorlib.core.sources import find_previous_run
 
     root = tmp_path / "kaggle"
     monkeypatch.setenv("TUMORLIB_KAGGLE_ROOT", str(root))
@@ -238,7 +238,7 @@ def test_auto_precision_on_cuda_by_compute_capability(monkeypatch, major, expect
 
 
 def test_display_path_names_the_folders_not_the_machine(tmp_path, monkeypatch):
-    from tumorlib.setup_report import display_path
+    from tumorlib.app.setup_report import display_path
 
     home = tmp_path / "somewhere" / "tumorlib home"
     monkeypatch.setenv("TUMORLIB_HOME", str(home))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tumorlib.runner import kernel_manager
+from tumorlib.app.notebook_runner import kernel_manager
 
 # The body shared by the script and the notebook: prints "spawn-ok <batches> <checksum>" on success.
 BODY = textwrap.dedent("""

@@ -16,12 +16,12 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from tumorlib.checkpoint import atomic_torch_save, get_rng_state, load_checkpoint, load_model, set_rng_state
-from tumorlib.config import get_config
-from tumorlib.distributed import DistInfo, select_device
-from tumorlib.model import UNet3D
-from tumorlib.schedule import WarmupCosine, lr_schedule, optimizer_steps_per_epoch, warmup_cosine_scheduler
-from tumorlib.train import HISTORY_COLUMNS, TIMING_COLUMNS, _group_sizes, _loader, amp_dtype, fit, make_datasets, train, validate
+from tumorlib.nn.checkpoint import atomic_torch_save, get_rng_state, load_checkpoint, load_model, set_rng_state
+from tumorlib.core.config import get_config
+from tumorlib.training.distributed import DistInfo, select_device
+from tumorlib.nn.unet import UNet3D
+from tumorlib.nn.schedule import WarmupCosine, lr_schedule, optimizer_steps_per_epoch, warmup_cosine_scheduler
+from tumorlib.training.loop import HISTORY_COLUMNS, TIMING_COLUMNS, _group_sizes, _loader, amp_dtype, fit, make_datasets, train, validate
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(epochs=2, warmup_epochs=1, samples_per_epoch=4, val_samples=2, batch_size=2, num_workers=0)
@@ -323,8 +323,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_history(ci_cache, tmp
     assert (tmp_path / "full" / "splits.json").is_file()
     script = textwrap.dedent(f"""
         import os, signal
-        from tumorlib.config import get_config
-        from tumorlib.train import train
+        from tumorlib.core.config import get_config
+        from tumorlib.training.loop import train
 
         def kill(epoch, row):
             if epoch == 2:
@@ -377,7 +377,7 @@ def test_ddp_two_gloo_processes_on_cpu(ci_cache, tmp_path):
 
 
 def test_bench_train_on_cpu(ci_cache):
-    from tumorlib.throughput import bench_train, format_train_result
+    from tumorlib.benchmarks.training import bench_train, format_train_result
 
     result = bench_train(get_config("ci"), ci_cache, device="cpu", steps=1, warmup=1)
     assert result["train_device"] == "cpu" and result["train_amp_dtype"] is None
@@ -435,11 +435,11 @@ def test_train_and_bench_run_without_tqdm_nibabel_kagglehub(ci_cache, tmp_path):
                 raise ImportError(f"{{module.__name__}} is not installed (blocked for this test)")
 
         sys.meta_path.insert(0, Block())
-        from tumorlib.cli import main
+        from tumorlib.app.cli import main
 
         assert main(["train", "--preset", "ci", "--cache", {str(ci_cache)!r}, "--out", {str(tmp_path / 'run')!r},
                      "--device", "cpu", "--epochs", "1"]) == 0
-        from tumorlib.throughput import bench_train
+        from tumorlib.benchmarks.training import bench_train
 
         assert bench_train(__import__("tumorlib").get_config("ci"), {str(ci_cache)!r}, device="cpu", steps=1,
                            warmup=0)["train_patches_per_s"] > 0

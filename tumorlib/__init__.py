@@ -6,7 +6,7 @@ Stages mirror the notebooks: ``data`` (01 explore, 02 cache), ``bench`` (03), ``
 
 from __future__ import annotations
 
-from tumorlib.config import Config, get_config, load_config, workspace
+from tumorlib.core.config import Config, get_config, load_config, workspace
 
 __version__ = "0.1.0"
 __all__ = ["Config", "describe_setup", "display_path", "get_config", "install_hint", "load_config", "workspace",
@@ -14,10 +14,10 @@ __all__ = ["Config", "describe_setup", "display_path", "get_config", "install_hi
 
 
 def __getattr__(name: str):
-    # describe_setup and install_hint live in tumorlib.setup_report, imported on first use so that
+    # describe_setup and install_hint live in tumorlib.app.setup_report, imported on first use so that
     # ``import tumorlib`` stays light (no torch).
     if name in ("describe_setup", "display_path", "install_hint"):
-        from tumorlib import setup_report
+        from tumorlib.app import setup_report
 
         return getattr(setup_report, name)
     raise AttributeError(f"module 'tumorlib' has no attribute {name!r}")

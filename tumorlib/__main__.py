@@ -2,6 +2,6 @@
 
 import sys
 
-from tumorlib.cli import main
+from tumorlib.app.cli import main
 
 sys.exit(main())

@@ -22,7 +22,7 @@ from tumorlib.data.cache import (
 from tumorlib.data.dataset import BraTS3DDataset, EpochSampler, make_loader
 from tumorlib.data.embedded import ensure_data
 from tumorlib.data.explore import volume_stats
-from tumorlib.data.kaggle import (
+from tumorlib.io.kaggle import (
     CLASS_NAMES,
     KAGGLE_DATASET,
     MODALITIES,
@@ -79,7 +79,7 @@ _NIFTI = {"build_nifti_cache", "list_nifti_cases", "load_nifti_case", "nifti_spa
 
 def __getattr__(name: str) -> Any:
     if name in _NIFTI:  # imported on first use: nibabel is needed for NIfTI only
-        from tumorlib.data import nifti
+        from tumorlib.io import nifti
 
         return getattr(nifti, name)
     raise AttributeError(f"module 'tumorlib.data' has no attribute {name!r}")

@@ -7,7 +7,7 @@ mask, CSF (brain - GM - WM) and a few helper maps (ventricles, choroid plexus an
 rim, deep white-matter points), and resamples them per case through a random rotation, scale, shift,
 smooth elastic warp and tumour mass effect onto any (D, H, W) grid covering the BraTS 240x240x155 box.
 
-Orientation follows the BraTS NIfTI header (``tumorlib.data.nifti``): ``H`` runs right to left, ``W``
+Orientation follows the BraTS NIfTI header (``tumorlib.io.nifti``): ``H`` runs right to left, ``W``
 anterior to posterior and ``D`` inferior to superior, 1 mm per voxel at full size (155, 240, 240).
 """
 

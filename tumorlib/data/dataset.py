@@ -6,7 +6,7 @@ index's coordinate sample), otherwise it is placed uniformly. ``tumor_sampling="
 class first (uniformly among the classes present in the sample), then a voxel of it, so necrosis and
 enhancing-tumour centres are as frequent as edema's; ``"voxel"`` (the reference design) picks a tumour
 voxel directly, so the largest class (usually edema) dominates. Training flips each of the three axes
-at random (``augment``), the axes flip TTA mirrors (``tumorlib.inference.SPATIAL_FLIP_AXES``). Each sample is a pure function of
+at random (``augment``), the axes flip TTA mirrors (``tumorlib.inference.sliding_window.SPATIAL_FLIP_AXES``). Each sample is a pure function of
 (seed, epoch, index), so a run reproduces with any number of DataLoader workers and DDP ranks only
 need distinct indices (``EpochSampler`` hands them out).
 
@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tumorlib.config import TUMOR_SAMPLING
-from tumorlib.inference import SPATIAL_FLIP_AXES
+from tumorlib.core.config import TUMOR_SAMPLING
+from tumorlib.inference.sliding_window import SPATIAL_FLIP_AXES
 
 from .cache import load_cache_index, load_cached_volume
 from .cache.preprocess import _single_thread_torch
 
 if TYPE_CHECKING:
-    from tumorlib.config import Config
+    from tumorlib.core.config import Config
 
 __all__ = ["TUMOR_SAMPLING", "BraTS3DDataset", "EpochSampler", "PatchPlan", "default_num_workers", "make_loader"]
 

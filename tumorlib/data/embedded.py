@@ -1,6 +1,6 @@
 """The data folder of a config: ``TUMORLIB_DATA``, a Kaggle mount or kagglehub download, else the embedded set.
 
-The choice is ``tumorlib.data.sources.find_data_source`` (through ``workspace``); only the embedded set is
+The choice is ``tumorlib.core.sources.find_data_source`` (through ``workspace``); only the embedded set is
 generated here, on first use.
 """
 
@@ -11,8 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from tumorlib.config import Config, workspace
-from tumorlib.data.kaggle import list_volumes
+from tumorlib.core.config import Config, workspace
+from tumorlib.io.kaggle import list_volumes
 from tumorlib.data.synthetic import make_synthetic
 
 __all__ = ["ensure_data", "SYNTH_MARKER"]

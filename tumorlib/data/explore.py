@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from tumorlib.brats import KAGGLE_STORED_ORDER
+from tumorlib.core.brats import KAGGLE_STORED_ORDER
 from tumorlib.data.cache import brain_mask
-from tumorlib.data.kaggle import CLASS_NAMES, list_volumes, load_volume
+from tumorlib.io.kaggle import CLASS_NAMES, list_volumes, load_volume
 
 __all__ = ["volume_stats"]
 
@@ -29,7 +29,7 @@ def volume_stats(root: str | os.PathLike, volume_ids: Sequence[int] | None = Non
         Columns volume, slices, height, width, brain_voxels, tumour_slices, and per class
         (necrosis, edema, enhancing) the fraction of brain voxels.
     """
-    from tumorlib.progress import tqdm
+    from tumorlib.core.progress import tqdm
 
     ids = list_volumes(root) if volume_ids is None else list(volume_ids)
     rows = []

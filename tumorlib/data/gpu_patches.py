@@ -149,7 +149,7 @@ class DevicePatchSampler:
         self._shifts = torch.arange(_MASK_CHANNELS, dtype=torch.uint8, device=self.device).view(-1, 1, 1, 1)
 
     def _load(self, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from tumorlib.progress import tqdm
+        from tumorlib.core.progress import tqdm
 
         index = self.planner.index
         ids = self.planner.volume_ids

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from tumorlib.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, MODALITY_NAMES, check_order
+from tumorlib.core.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, MODALITY_NAMES, check_order
 
 __all__ = [
     "SIGNATURE_TISSUES",
@@ -174,11 +174,11 @@ def inspect_modalities(data_dir: str | os.PathLike, volumes: int | None = 5,
         ``volume`` id, ``order`` vote, ``evidence`` and ``signatures``.
 
     Raises:
-        FileNotFoundError, KeyError, ValueError: see ``tumorlib.data.kaggle.load_volume``.
+        FileNotFoundError, KeyError, ValueError: see ``tumorlib.io.kaggle.load_volume``.
     """
     from tqdm.auto import tqdm
 
-    from tumorlib.data.kaggle import list_volumes, load_volume
+    from tumorlib.io.kaggle import list_volumes, load_volume
 
     configured = check_order(configured)
     ids = list(volume_ids) if volume_ids is not None else _spread(list_volumes(data_dir), volumes)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from tumorlib.config import Config, workspace
+from tumorlib.core.config import Config, workspace
 
 __all__ = ["make_datasets", "resolve_cache", "run_splits", "split_ids"]
 

@@ -32,7 +32,7 @@ from scipy import ndimage
 from tumorlib.data.anatomy import (BRATS_SHAPE, deep_wm_points, random_geometry, sample_anatomy, smooth_noise,
                                    world_to_index)
 
-from tumorlib.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, reorder_channels
+from tumorlib.core.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, reorder_channels
 
 __all__ = ["KAGGLE_SUBDIR", "make_phantom", "make_synthetic", "write_kaggle_volume"]
 
@@ -343,10 +343,10 @@ def make_synthetic(out_dir: str | os.PathLike, n_volumes: int, shape: tuple[int,
     """
     if n_volumes < 1:
         raise ValueError(f"n_volumes must be >= 1, got {n_volumes}")
-    from tumorlib.safety import check_empty_folder
+    from tumorlib.core.safety import check_empty_folder
 
     check_empty_folder(out_dir, "synthetic dataset")  # never mix with (or overwrite) existing data
-    from tumorlib.progress import tqdm
+    from tumorlib.core.progress import tqdm
 
     data_dir = Path(out_dir) / KAGGLE_SUBDIR
     data_dir.mkdir(parents=True, exist_ok=True)

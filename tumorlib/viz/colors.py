@@ -8,7 +8,7 @@ but of a different class are white.
 Masks arrive in two forms, both accepted everywhere:
 
 - class channels ``(3, ...)``: binary (or probabilities, decoded at 0.5 by
-  ``tumorlib.brats.decode_classes``) in the order necrosis,
+  ``tumorlib.core.brats.decode_classes``) in the order necrosis,
   edema, enhancing, as ``tumorlib.data.load_volume`` returns them;
 - a label map ``(...)`` of integers 0 background, 1 necrosis, 2 edema, 3 enhancing (BraTS label 4 is
   read as enhancing too).
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tumorlib.brats import CLASS_KEYS, CLASS_NAMES, MODALITIES, channels_to_classes, decode_classes  # re-exported
+from tumorlib.core.brats import CLASS_KEYS, CLASS_NAMES, MODALITIES, channels_to_classes, decode_classes  # re-exported
 
 __all__ = [
     "CLASS_COLORS",
@@ -74,7 +74,7 @@ def to_label_map(mask: Any, spatial_ndim: int | None = None) -> np.ndarray:
             a leading axis of length 3 with 3 or more axes in total means class channels.
 
     Returns:
-        ``(*spatial)`` uint8 label map. Probabilities are decoded by ``tumorlib.brats.decode_classes``
+        ``(*spatial)`` uint8 label map. Probabilities are decoded by ``tumorlib.core.brats.decode_classes``
         (the rule ``tumorlib predict`` uses); where binary channels overlap, enhancing wins over
         necrosis over edema.
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tumorlib.brats import MODALITY_NAMES
+from tumorlib.core.brats import MODALITY_NAMES
 from tumorlib.data.modalities import SIGNATURE_TISSUES
 
 __all__ = ["plot_modality_signatures"]

@@ -39,7 +39,7 @@ def plot_predictions(
         images: ``(N, 4, d, h, w)`` patches (array, tensor or sequence of ``(4, d, h, w)``).
         gts: ``(N, 3, d, h, w)`` ground-truth class channels (or ``(N, d, h, w)`` label maps).
         preds: ``(N, 3, d, h, w)`` predictions: binary, or sigmoid probabilities (decoded by
-            ``tumorlib.brats.decode_classes`` at 0.5); not
+            ``tumorlib.core.brats.decode_classes`` at 0.5); not
             logits.
         slice_index: axial slice per patch (one int for all, or one per patch); default per patch: the slice
             with the most ground-truth tumour (or predicted tumour when the ground truth is empty).
@@ -184,14 +184,14 @@ def plot_metric_boxes(frame: Any, title: str | None = None) -> Any:
     """Box plots of Dice (classes and regions) and HD95 (regions) over the volumes.
 
     Args:
-        frame: the per-volume table from ``tumorlib.evaluate.evaluate`` (a ``pandas.DataFrame``).
+        frame: the per-volume table from ``tumorlib.evaluation.evaluate.evaluate`` (a ``pandas.DataFrame``).
         title: figure title; None: the number of volumes.
 
     Returns:
         ``matplotlib.figure.Figure`` with two panels (Dice, HD95), each volume drawn as a dot.
     """
-    from tumorlib.metrics import CLASS_NAMES as METRIC_CLASSES
-    from tumorlib.metrics import REGION_NAMES
+    from tumorlib.evaluation.metrics import CLASS_NAMES as METRIC_CLASSES
+    from tumorlib.evaluation.metrics import REGION_NAMES
 
     dice_cols = [f"dice_{n}" for n in (*METRIC_CLASSES, "wt", "tc")]
     hd_cols = [f"hd95_{n}" for n in REGION_NAMES]

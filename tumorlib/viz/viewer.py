@@ -87,7 +87,7 @@ class ThreePlaneViewer:
         gt: ground truth, ``(3, D, H, W)`` class channels (necrosis, edema, enhancing) or ``(D, H, W)``
             label map 0..3 (BraTS 4 accepted), or None.
         pred: prediction in the same forms (probabilities are decoded by
-            ``tumorlib.brats.decode_classes`` at 0.5), or None.
+            ``tumorlib.core.brats.decode_classes`` at 0.5), or None.
         spacing: voxel size along (D, H, W) in mm; anisotropic spacing is shown to scale.
         modality: modality shown first (name or channel index).
         overlay: first overlay, one of ``none``, ``ground truth``, ``prediction``, ``both``, ``errors``;

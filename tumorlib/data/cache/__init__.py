@@ -19,7 +19,7 @@ cache was built from). Kaggle fingerprints live beside the Kaggle reader (``data
 
 from __future__ import annotations
 
-from ..kaggle_cache import kaggle_fingerprint
+from .fingerprints import kaggle_fingerprint
 from .build import Fingerprint, Reader, build_cache, build_cache_from_reader, ensure_cache
 from .preprocess import (
     TUMOR_SAMPLE,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tumorlib.brats import KAGGLE_STORED_ORDER, check_order
+from tumorlib.core.brats import KAGGLE_STORED_ORDER, check_order
 
 from .preprocess import _cast_into, _Plan, _resample_and_plan, _single_thread_torch, _slabs, _zscore_slabs
 from .readers import check_cache_order, order_record
@@ -51,7 +51,7 @@ from .store import (
 )
 
 if TYPE_CHECKING:
-    from tumorlib.config import Config, Workspace
+    from tumorlib.core.config import Config, Workspace
 
 __all__ = ["Fingerprint", "Reader", "build_cache", "build_cache_from_reader", "ensure_cache"]
 
@@ -223,8 +223,8 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         UnsafePathError: an index file name that leads outside the cache folder.
         Exception: whatever the reader raises for bad input, unchanged.
     """
-    from tumorlib.progress import tqdm
-    from tumorlib.safety import folder_lock
+    from tumorlib.core.progress import tqdm
+    from tumorlib.core.safety import folder_lock
 
     cache = Path(cache_dir).expanduser().resolve()
     ids = sorted(int(v) for v in volume_ids)
@@ -323,8 +323,8 @@ def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, worke
             order or another version.
         ValueError, FileNotFoundError: the reader's errors for bad input, unchanged.
     """
-    from .. import kaggle
-    from ..kaggle_cache import kaggle_fingerprints, kaggle_source_files
+    from tumorlib.io import kaggle
+    from .fingerprints import kaggle_fingerprints, kaggle_source_files
 
     data = Path(data_dir).expanduser().resolve()
     ids = kaggle.list_volumes(data) if volume_ids is None else list(volume_ids)
@@ -339,7 +339,7 @@ def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = T
     """The workspace's cache, built first when it is missing or incomplete.
 
     Args:
-        config: a ``tumorlib.config.Config`` (``cache_hw``, ``cache_margin``, ``cache_workers``).
+        config: a ``tumorlib.core.config.Config`` (``cache_hw``, ``cache_margin``, ``cache_workers``).
         ws: a ``Workspace``; None resolves ``workspace(config)``.
         progress: show tqdm bars.
 
@@ -349,9 +349,9 @@ def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = T
     Raises:
         CacheError: the folder holds a cache of other data or incompatible settings.
     """
-    from tumorlib.config import workspace
+    from tumorlib.core.config import workspace
 
-    from .. import ensure_data
+    from tumorlib.data.embedded import ensure_data
 
     ws = ws if ws is not None else workspace(config)
     data = Path(ensure_data(config, progress=progress)).resolve()

@@ -5,7 +5,7 @@ Every cache index records ``reader`` (``kaggle``, ``nifti``, ...) and ``source``
 volume or its voxel size (evaluation of a resampled cache) asks one interface instead of switching on
 the reader's name. A new format registers its reader in ``SOURCE_READERS``.
 
-Channel orders. A cached image is always in the canonical order (``tumorlib.brats.CANONICAL_ORDER``);
+Channel orders. A cached image is always in the canonical order (``tumorlib.core.brats.CANONICAL_ORDER``);
 a Kaggle cache also records ``stored_order``, the order its HDF5 files were read with (the config's
 ``kaggle_channel_order``). ``check_cache_order`` refuses a cache read with another order than a run's.
 """
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tumorlib.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, check_order
+from tumorlib.core.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, check_order
 
 from .store import CacheError
 
@@ -46,7 +46,7 @@ class KaggleSource:
         self.stored_order = check_order(stored_order)
 
     def read(self, volume_id: int) -> tuple[np.ndarray, np.ndarray]:
-        from tumorlib.data.kaggle import load_volume
+        from tumorlib.io.kaggle import load_volume
 
         return load_volume(self.root, volume_id, stored_order=self.stored_order)
 
@@ -61,14 +61,14 @@ class NiftiSource:
         self.root = Path(root)
 
     def read(self, volume_id: int) -> tuple[np.ndarray, np.ndarray]:
-        from tumorlib.data.nifti import load_nifti_volume
+        from tumorlib.io.nifti import load_nifti_volume
 
         return load_nifti_volume(self.root, volume_id)
 
     def spacing(self, volume_id: int) -> tuple[float, float, float]:
         import nibabel as nib
 
-        from tumorlib.data.nifti import find_nifti_file, list_nifti_cases, nifti_spacing
+        from tumorlib.io.nifti import find_nifti_file, list_nifti_cases, nifti_spacing
 
         case = list_nifti_cases(self.root)[volume_id]
         return nifti_spacing(nib.load(str(find_nifti_file(case, "flair"))).affine)

@@ -5,7 +5,7 @@ A cache folder holds, per volume, ``v{id}_img.npy`` (4, D', H', W') float16, ``v
 finished), and ``index.json``, written at the end of a build, with every entry plus the build settings
 (``reader`` names the reader that built it, see ``readers.open_source``).
 
-Each entry records what the cache trusts (``tumorlib.integrity`` file records): ``files``, the size and
+Each entry records what the cache trusts (``tumorlib.core.integrity`` file records): ``files``, the size and
 checksum of its two ``.npy`` files, and ``sources``, the size and modification time of every source file
 (relative to the data folder). ``volume_problem`` re-checks them with ``stat`` calls only; file names
 read from an index are confined to the cache folder (``safety.inside``).
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from tumorlib.integrity import file_record, record_problem
-from tumorlib.safety import UnsafePathError, atomic_open, inside
+from tumorlib.core.integrity import file_record, record_problem
+from tumorlib.core.safety import UnsafePathError, atomic_open, inside
 
 from .preprocess import CACHE_VERSION, TUMOR_SAMPLE
 
@@ -327,7 +327,7 @@ def cache_summary(cache_dir: str | os.PathLike, data_dir: str | os.PathLike | No
     index = load_cache_index(cache)
     slices = None
     if data_dir is not None:
-        from .. import kaggle
+        from tumorlib.io import kaggle
 
         slices = kaggle.find_slices(data_dir)
     rows = []

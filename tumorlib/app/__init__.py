@@ -1,0 +1,1 @@
+"""The top floor: the tumorlib command, notebook helpers and the headless notebook runner."""

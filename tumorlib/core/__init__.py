@@ -1,0 +1,1 @@
+"""The bottom floor: the data's conventions (modalities, classes, labels, regions, decoding), presets and config, the workspace and data sources, atomic writes and locks, file records, the device and precision rule, progress bars."""

@@ -1,0 +1,164 @@
+"""Continue a run where it stopped: here, or in an earlier Kaggle session whose output is attached.
+
+A Kaggle session ends after 9 hours and wipes ``/kaggle/working``; a notebook's saved output, attached to
+the next session as input, holds the run folder read-only under
+``/kaggle/input/<name>/tumorlib/outputs/<preset>/run`` (``tumorlib.core.sources.find_previous_run``).
+``prepare_resume`` copies such a run into the workspace's run folder (the input itself is never written)
+and says whether training should continue from its ``checkpoints/last.pth``; ``train_or_resume`` is what
+04_train calls, and ``tumorlib.inference.predictor.ensure_run`` (05, 06) uses the same check. A checkpoint is only
+continued when its config matches the current one (every field not marked runtime; ``time_limit_h`` may
+differ), as ``train(resume=True)`` demands.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from tumorlib.core.config import Config, workspace
+
+__all__ = ["RESTORED_FILES", "ResumeCheck", "prepare_resume", "train_or_resume"]
+
+#: What is copied from a previous session's run folder; ``checkpoints/last.pth`` last, so that a copy cut
+#: short never leaves a checkpoint without its config.
+RESTORED_FILES = ("config.json", "splits.json", "history.csv", "training_curves.png", "checkpoints/best_model.pth",
+                  "checkpoints/last.pth")
+
+
+@dataclass(frozen=True)
+class ResumeCheck:
+    """What ``prepare_resume`` found in a run folder.
+
+    Attributes:
+        run_dir: the run folder checked.
+        resume: ``checkpoints/last.pth`` exists and matches the config: ``train(resume=True)`` continues it.
+        epoch: epochs held by ``last.pth`` (0 when there is none or it does not match).
+        finished: ``resume`` and ``epoch`` reaches ``config.epochs``.
+        restored_from: the previous session's run folder copied in, or None.
+        message: one line for the user ("" when there is nothing to say: no run, or a finished one here).
+    """
+
+    run_dir: Path
+    resume: bool
+    epoch: int
+    finished: bool
+    restored_from: Path | None
+    message: str
+
+
+def _training_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _checkpoint_state(last: Path, config: Config) -> tuple[int, list[str]]:
+    """``(epoch, differences)`` of a ``last.pth`` against ``config`` resolved for this machine."""
+    from tumorlib.nn.checkpoint import load_checkpoint
+    from tumorlib.training.settings import pick_amp_dtype
+    from tumorlib.training.loop import _config_diff
+
+    ckpt = load_checkpoint(last, map_location="cpu")
+    dtype, _ = pick_amp_dtype(_training_device(), config)
+    return int(ckpt.get("epoch", 0)), _config_diff(ckpt["config"], config.replace(amp_dtype=dtype or "float32"))
+
+
+def _copy_run(source: Path, run: Path) -> None:
+    """Copy ``RESTORED_FILES`` of ``source`` into ``run``, each file written atomically."""
+    from tumorlib.core.safety import atomic_path
+
+    for name in RESTORED_FILES:
+        src = source / name
+        if not src.is_file():
+            continue
+        dest = run / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
+
+
+def prepare_resume(config: Config, run_dir: str | os.PathLike | None = None) -> ResumeCheck:
+    """Whether training ``config`` into ``run_dir`` should continue a checkpoint, restoring one first.
+
+    When ``run_dir`` holds no ``checkpoints/last.pth`` but an earlier Kaggle session's run of the same
+    preset is attached as input (``find_previous_run``) with a matching config, its files
+    (``RESTORED_FILES``) are copied into ``run_dir``. Nothing is written when there is nothing to restore.
+
+    Args:
+        config: the config about to be trained.
+        run_dir: the run folder; None: the workspace's ``run_dir``.
+
+    Returns:
+        The ``ResumeCheck``; its ``message`` says what was found (restored, unfinished, another config).
+
+    Raises:
+        ValueError: a ``last.pth`` that is not a tumorlib checkpoint (names the file).
+    """
+    from tumorlib.nn.checkpoint import LAST_NAME
+    from tumorlib.core.sources import find_previous_run
+
+    from tumorlib.app.setup_report import display_path as shown
+
+    run = Path(run_dir).expanduser().resolve() if run_dir is not None else workspace(config).run_dir
+    last = run / "checkpoints" / LAST_NAME
+    restored = None
+    if not last.is_file():
+        previous = find_previous_run(config.preset)
+        if previous is None or previous.resolve() == run:
+            return ResumeCheck(run, False, 0, False, None, "")
+        epoch, diff = _checkpoint_state(previous / "checkpoints" / LAST_NAME, config)
+        if diff:
+            return ResumeCheck(run, False, 0, False, None,
+                               f"not resuming the previous session's run {shown(previous)}: it was trained with "
+                               f"another config ({'; '.join(diff)})")
+        _copy_run(previous, run)
+        restored = previous
+    epoch, diff = _checkpoint_state(last, config)
+    if diff:
+        return ResumeCheck(run, False, 0, False, None,
+                           f"{shown(last)} was trained with another config ({'; '.join(diff)}): not resumed")
+    finished = epoch >= config.epochs
+    state = "complete" if finished else "resuming"
+    if restored is not None:
+        message = (f"{state}: the previous session's run {shown(restored)} ({epoch}/{config.epochs} epochs), "
+                   f"copied into {shown(run)}")
+    elif finished:
+        message = ""  # a finished run here: nothing to say
+    else:
+        message = f"resuming the unfinished run in {shown(run)} ({epoch}/{config.epochs} epochs, same config)"
+    return ResumeCheck(run, True, epoch, finished, restored, message)
+
+
+def train_or_resume(config: Config, cache_dir: str | os.PathLike | None = None,
+                    out_dir: str | os.PathLike | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train ``config``, continuing an unfinished run of the same config or a previous session's run.
+
+    An unfinished ``last.pth`` in ``out_dir``, or any run restored from a previous session, is continued
+    (``train(resume=True)``: a complete restored run trains no further); otherwise a new run is trained
+    (a complete run of the same config in ``out_dir`` is trained again, as ``tumorlib train --overwrite``:
+    its files stay in ``RUN/previous-<time>/`` until the new run has its first best model; a run of another
+    config is refused, never replaced).
+
+    Args:
+        config: the run's config.
+        cache_dir: the ``.npy`` cache; None: the workspace's.
+        out_dir: the run folder; None: the workspace's ``run_dir``.
+        progress: bars and lines (the check's one line included).
+
+    Returns:
+        The history (``tumorlib.training.loop.HISTORY_COLUMNS``).
+
+    Raises:
+        ValueError, FloatingPointError: see ``tumorlib.training.loop.train``.
+    """
+    from tumorlib.training.loop import train
+
+    check = prepare_resume(config, out_dir)
+    resume = check.resume and (not check.finished or check.restored_from is not None)
+    if progress and check.message and (resume or not check.resume):
+        print(check.message, flush=True)
+    return train(config, cache_dir=cache_dir, out_dir=check.run_dir, resume=resume, progress=progress,
+                 overwrite=check.resume and check.finished)  # never replace a run of another config
