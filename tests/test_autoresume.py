@@ -88,7 +88,7 @@ def writable_inputs(tmp_path):
 def test_second_session_resumes_the_attached_run(ci_cache, tmp_path, monkeypatch, capsys, writable_inputs):
     from tumorlib.training.resume import train_or_resume
     from tumorlib.inference.predictor import ensure_run
-    from tumorlib.app.setup_report import display_path
+    from tumorlib.core.sources import display_path
 
     cfg = get_config("ci", epochs=3)
     first = tmp_path / "session1"

@@ -238,7 +238,7 @@ def test_auto_precision_on_cuda_by_compute_capability(monkeypatch, major, expect
 
 
 def test_display_path_names_the_folders_not_the_machine(tmp_path, monkeypatch):
-    from tumorlib.app.setup_report import display_path
+    from tumorlib.core.sources import display_path
 
     home = tmp_path / "somewhere" / "tumorlib home"
     monkeypatch.setenv("TUMORLIB_HOME", str(home))

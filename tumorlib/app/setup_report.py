@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tumorlib.core.config import Config, workspace
-from tumorlib.core.sources import EMBEDDED, find_data_source
+from tumorlib.core.sources import EMBEDDED, display_path, find_data_source
 
 __all__ = ["SMOKE_NOTE", "auto_precision", "describe_setup", "device_summary", "display_path", "install_hint"]
 
@@ -20,7 +20,6 @@ __all__ = ["SMOKE_NOTE", "auto_precision", "describe_setup", "device_summary", "
 SMOKE_NOTE = ("a smoke run (2 epochs on tiny phantoms) whose numbers mean nothing; "
               "`make demo` gives the demo preset's results")
 #: Folders shown by name instead of their machine-specific location, the most specific first.
-_NAMED_FOLDERS = ("TUMORLIB_CACHE", "TUMORLIB_OUT", "TUMORLIB_HOME")
 
 _DEFAULT_CHANNELS = ("flair", "t1", "t1ce", "t2")
 
@@ -94,33 +93,6 @@ def _volumes_line(kind: str, path: Path, config: Config) -> str:
     ids = sorted(found)
     slices = sum(len(s) for s in found.values())
     return f"{len(ids)} (ids {ids[0]}..{ids[-1]}, {slices} slice files)"
-
-
-def display_path(path: str | os.PathLike) -> str:
-    """``path`` as a notebook shows it: without the parts that only name this machine.
-
-    A path inside ``$TUMORLIB_CACHE``, ``$TUMORLIB_OUT`` or ``$TUMORLIB_HOME`` (when set) is written from
-    that variable (``$TUMORLIB_HOME/outputs/ci/run``), one under the user's home from ``~``; any other
-    path (``/kaggle/input/...``) as it is.
-
-    Args:
-        path: a file or folder.
-
-    Returns:
-        The text to print, with ``/`` separators.
-    """
-    full = Path(os.path.realpath(Path(path).expanduser()))
-    named = [(var, os.environ.get(var)) for var in _NAMED_FOLDERS]
-    for var, root in [*named, ("~", str(Path.home()))]:
-        if not root:
-            continue
-        try:
-            rel = full.relative_to(os.path.realpath(Path(root).expanduser()))
-        except ValueError:
-            continue
-        prefix = var if var == "~" else f"${var}"
-        return prefix if rel == Path(".") else f"{prefix}/{rel.as_posix()}"
-    return full.as_posix()
 
 
 def describe_setup(config: Config, device: Any = None) -> str:

@@ -36,6 +36,7 @@ from pathlib import Path
 __all__ = [
     "DataSource",
     "KAGGLE_ROOT_ENV",
+    "display_path",
     "default_home",
     "find_data_source",
     "find_kaggle_mount",
@@ -214,3 +215,33 @@ def find_previous_run(preset: str) -> Path | None:
             if last.is_file() and _inside(last, inputs):
                 found.append((last.stat().st_mtime, str(run), run))
     return max(found)[2] if found else None
+
+
+_NAMED_FOLDERS = ("TUMORLIB_CACHE", "TUMORLIB_OUT", "TUMORLIB_HOME")
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as a notebook shows it: without the parts that only name this machine.
+
+    A path inside ``$TUMORLIB_CACHE``, ``$TUMORLIB_OUT`` or ``$TUMORLIB_HOME`` (when set) is written from
+    that variable (``$TUMORLIB_HOME/outputs/ci/run``), one under the user's home from ``~``; any other
+    path (``/kaggle/input/...``) as it is.
+
+    Args:
+        path: a file or folder.
+
+    Returns:
+        The text to print, with ``/`` separators.
+    """
+    full = Path(os.path.realpath(Path(path).expanduser()))
+    named = [(var, os.environ.get(var)) for var in _NAMED_FOLDERS]
+    for var, root in [*named, ("~", str(Path.home()))]:
+        if not root:
+            continue
+        try:
+            rel = full.relative_to(os.path.realpath(Path(root).expanduser()))
+        except ValueError:
+            continue
+        prefix = var if var == "~" else f"${var}"
+        return prefix if rel == Path(".") else f"{prefix}/{rel.as_posix()}"
+    return full.as_posix()

@@ -256,7 +256,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     summary = summarize(frame)
     summary.to_csv(summary_path(out_path), index_label="statistic")
     if progress:
-        from tumorlib.app.setup_report import display_path
+        from tumorlib.core.sources import display_path
 
         print(f"{len(frame)} volumes ({split}{', TTA' if tta else ''}) -> {display_path(out_path)}")
         print(summary.round(4).to_string())

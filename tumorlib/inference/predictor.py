@@ -183,7 +183,7 @@ def ensure_run(config: Config, device: str | torch.device | None = "cpu", progre
         from tumorlib.training.loop import train
 
         if not check.resume:
-            from tumorlib.app.setup_report import display_path
+            from tumorlib.core.sources import display_path
 
             print(f"no trained run in {display_path(run_dir)}: training one with the {config.preset!r} preset "
                   "(as 04_train does)")

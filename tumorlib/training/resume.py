@@ -100,7 +100,7 @@ def prepare_resume(config: Config, run_dir: str | os.PathLike | None = None) -> 
     from tumorlib.nn.checkpoint import LAST_NAME
     from tumorlib.core.sources import find_previous_run
 
-    from tumorlib.app.setup_report import display_path as shown
+    from tumorlib.core.sources import display_path as shown
 
     run = Path(run_dir).expanduser().resolve() if run_dir is not None else workspace(config).run_dir
     last = run / "checkpoints" / LAST_NAME
