@@ -20,7 +20,8 @@ from tumorlib.app.cli import main
 from tumorlib.core.config import get_config
 from tumorlib.data import load_volume
 from tumorlib.data.cache import build_cache, load_cache_index, load_cached_volume, prepare_volume
-from tumorlib.io.nifti import BRATS2020_AFFINE, brats2020_header, nifti_case_to_kaggle, save_nifti_case
+from tumorlib.io.nifti import nifti_case_to_kaggle
+from tumorlib.io.nifti_write import BRATS2020_AFFINE, brats2020_header, save_nifti_case
 from tumorlib.evaluation.evaluate import (
     EVAL_COLUMNS,
     evaluate,
@@ -208,7 +209,7 @@ def test_evaluate_on_a_nifti_cache_equals_the_kaggle_cache(tiny_data, tmp_path, 
     """The same volumes as NIfTI cases: same scores, the resampled cache reopening its source through the
     reader the index records (NIfTI here) for the full-size ground truth and voxel size."""
     from tumorlib.data.cache import open_source
-    from tumorlib.io.nifti import build_nifti_cache
+    from tumorlib.data.cache.nifti import build_nifti_cache
 
     root = tmp_path / "nifti"
     for vid in (1, 2):

@@ -11,17 +11,19 @@ import pytest
 from tumorlib.data.cache import load_cache_index, load_cached_volume
 from tumorlib.core.brats import channels_to_labels, decode_probabilities
 from tumorlib.data import load_volume, make_phantom
+from tumorlib.data.cache.nifti import build_nifti_cache
 from tumorlib.io.nifti import (
-    BRATS2020_AFFINE,
-    brats2020_header,
-    build_nifti_cache,
-    nifti_case_to_kaggle,
-    nifti_header,
-    save_kaggle_segmentation,
     list_nifti_cases,
     load_nifti_case,
     load_nifti_volume,
+    nifti_case_to_kaggle,
+    nifti_header,
     nifti_spacing,
+)
+from tumorlib.io.nifti_write import (
+    BRATS2020_AFFINE,
+    brats2020_header,
+    save_kaggle_segmentation,
     save_nifti_case,
     save_segmentation_nifti,
 )

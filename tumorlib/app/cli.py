@@ -88,7 +88,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else cfg.cache_workers
     out = Path(args.out) if args.out else workspace(cfg).cache_dir
     if args.nifti:
-        from tumorlib.io.nifti import build_nifti_cache
+        from tumorlib.data.cache.nifti import build_nifti_cache
 
         cache = build_nifti_cache(args.nifti, out, workers=workers, cache_hw=cfg.cache_hw,
                                   margin=cfg.cache_margin, progress=not args.quiet)

@@ -10,7 +10,8 @@ import pandas as pd
 
 from tumorlib.core.brats import KAGGLE_STORED_ORDER
 from tumorlib.data.cache import brain_mask
-from tumorlib.io.kaggle import CLASS_NAMES, list_volumes, load_volume
+from tumorlib.core.brats import CLASS_NAMES
+from tumorlib.io.kaggle import list_volumes, load_volume
 
 __all__ = ["volume_stats"]
 

@@ -20,9 +20,10 @@ def _input_files(data_dir: str | os.PathLike | None, volume_id: int | None,
                  nifti_case: str | os.PathLike | None) -> list[Path]:
     """The files a prediction reads: the case's modality and ``_seg`` files, or the volume's slices."""
     if nifti_case is not None:
-        from tumorlib.io.nifti import NIFTI_MODALITIES, find_nifti_file
+        from tumorlib.core.brats import CANONICAL_ORDER
+        from tumorlib.io.nifti import find_nifti_file
 
-        found = (find_nifti_file(nifti_case, m) for m in (*NIFTI_MODALITIES, "seg"))
+        found = (find_nifti_file(nifti_case, m) for m in (*CANONICAL_ORDER, "seg"))
         return [f for f in found if f is not None]
     from tumorlib.io.kaggle import find_slices
 
@@ -73,7 +74,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     """
     from tumorlib.data import load_volume
     from tumorlib.data.cache import prepare_volume, uncrop
-    from tumorlib.io.nifti import load_nifti_case, nifti_header, save_kaggle_segmentation, save_segmentation_nifti
+    from tumorlib.io.nifti import load_nifti_case, nifti_header
+    from tumorlib.io.nifti_write import save_kaggle_segmentation, save_segmentation_nifti
     from tumorlib.core.safety import atomic_path, check_not_input
 
     out = Path(out)

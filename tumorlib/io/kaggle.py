@@ -23,14 +23,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-# re-exported: the definitions live in tumorlib.core.brats
-from tumorlib.core.brats import CLASS_NAMES, KAGGLE_STORED_ORDER, MODALITIES, channel_permutation
+from tumorlib.core.brats import KAGGLE_STORED_ORDER, channel_permutation
 
 __all__ = [
     "KAGGLE_DATASET",
-    "KAGGLE_STORED_ORDER",
-    "MODALITIES",
-    "CLASS_NAMES",
     "check_volume",
     "download_brats2020",
     "find_slices",

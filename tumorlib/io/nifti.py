@@ -1,4 +1,4 @@
-"""Official BraTS NIfTI cases in and segmentations out.
+"""Reading official BraTS NIfTI cases (and writing a labelled case in the Kaggle slice layout).
 
 A BraTS2020 case folder (``BraTS20_Training_001/``) holds one file per modality,
 ``*_t1.nii.gz``, ``*_t1ce.nii.gz``, ``*_t2.nii.gz``, ``*_flair.nii.gz`` (``.nii`` also accepted), and in
@@ -13,66 +13,34 @@ slice index first, (C, D, H, W), as the Kaggle HDF5 slices (slice ``s`` of the K
     tumorlib[d, h, w] == nifti[h, w, d]        # load:  np.transpose(nifti, (2, 0, 1))
     nifti[h, w, d]    == tumorlib[d, h, w]     # save:  np.transpose(volume, (1, 2, 0))
 
-No resampling or reorientation is done: the affine read from a case is returned unchanged and written
-back unchanged, so a saved segmentation overlays its input in any NIfTI viewer; ``nifti_header`` gives
-the case's header, whose qform and sform (with their codes) ``save_segmentation_nifti`` copies.
-
-Kaggle HDF5 input carries no geometry, but it is the official BraTS2020 grid (slice ``s`` is
-``nifti[:, :, s]``, rows are the first NIfTI axis): ``save_kaggle_segmentation`` writes a label volume
-from that layout with the header every BraTS2020 case carries (``BRATS2020_AFFINE`` as qform and sform,
-both with code 1, scanner anatomical, as ITK writes them), so it overlays the official
-``*_seg.nii.gz`` in ITK-SNAP or 3D Slicer and passes the BraTS tools' header check.
+Writing NIfTI (segmentations, whole cases) lives in ``tumorlib.io.nifti_write``.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from tumorlib.core.brats import BRATS_LABELS, CANONICAL_ORDER, channels_to_labels
+from tumorlib.core.brats import BRATS_LABELS, CANONICAL_ORDER
+from tumorlib.io.kaggle_write import write_kaggle_volume
 
 __all__ = [
-    "BRATS2020_AFFINE",
-    "BRATS2020_SHAPE",
-    "BRATS2020_XFORM_CODE",
-    "NIFTI_LABELS",
-    "NIFTI_MODALITIES",
-    "brats2020_header",
-    "build_nifti_cache",
-    "nifti_case_to_kaggle",
-    "nifti_header",
-    "save_kaggle_segmentation",
+    "NIFTI_EXTENSIONS",
     "find_nifti_file",
     "list_nifti_cases",
     "load_nifti_case",
     "load_nifti_volume",
-    "nifti_fingerprint",
+    "nifti_case_to_kaggle",
+    "nifti_header",
     "nifti_spacing",
-    "save_nifti_case",
-    "save_segmentation_nifti",
 ]
 
-#: File-name suffixes of the four modalities, stacked in the canonical order (T1, T1ce, T2, FLAIR).
-NIFTI_MODALITIES = CANONICAL_ORDER
-#: BraTS label of each mask channel (necrosis/NET, edema, enhancing).
-NIFTI_LABELS = BRATS_LABELS
-#: qform and sform of every official BraTS2020 case (1 mm voxels, (H, W, D) array axes).
-BRATS2020_AFFINE = np.array([[-1.0, 0.0, 0.0, 0.0],
-                             [0.0, -1.0, 0.0, 239.0],
-                             [0.0, 0.0, 1.0, 0.0],
-                             [0.0, 0.0, 0.0, 1.0]])
-#: NIfTI array shape (H, W, D) of the BraTS2020 grid.
-BRATS2020_SHAPE = (240, 240, 155)
-#: qform_code and sform_code of the BraTS2020 files: 1, scanner anatomical coordinates.
-BRATS2020_XFORM_CODE = 1
-_EXTENSIONS = (".nii.gz", ".nii")
+#: File-name endings of NIfTI files.
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 # BraTS20_Training_355 ships its segmentation as "W39_1998.09.19_Segm.nii": accept *seg / *segm
 _SEG_RE = re.compile(r"(^|[_\-.])segm?\.nii(\.gz)?$", re.IGNORECASE)
 
@@ -80,11 +48,6 @@ _SEG_RE = re.compile(r"(^|[_\-.])segm?\.nii(\.gz)?$", re.IGNORECASE)
 def _to_tumorlib(array: np.ndarray) -> np.ndarray:
     """(H, W, D) NIfTI array -> (D, H, W)."""
     return np.ascontiguousarray(np.transpose(array, (2, 0, 1)))
-
-
-def _to_nifti(array: np.ndarray) -> np.ndarray:
-    """(D, H, W) -> (H, W, D) NIfTI array."""
-    return np.ascontiguousarray(np.transpose(array, (1, 2, 0)))
 
 
 def find_nifti_file(case_dir: str | os.PathLike, modality: str) -> Path | None:
@@ -104,7 +67,7 @@ def find_nifti_file(case_dir: str | os.PathLike, modality: str) -> Path | None:
     if modality == "seg":
         hits = sorted(p for p in case.iterdir() if p.is_file() and _SEG_RE.search(p.name))
     else:
-        hits = sorted(p for ext in _EXTENSIONS for p in case.glob(f"*_{modality}{ext}"))
+        hits = sorted(p for ext in NIFTI_EXTENSIONS for p in case.glob(f"*_{modality}{ext}"))
     if len(hits) > 1:
         raise ValueError(f"{case}: {len(hits)} files for {modality}: {', '.join(p.name for p in hits)}")
     return hits[0] if hits else None
@@ -165,7 +128,7 @@ def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     if not case.is_dir():
         raise FileNotFoundError(f"NIfTI case folder {case} does not exist")
     paths = []
-    for modality in NIFTI_MODALITIES:
+    for modality in CANONICAL_ORDER:
         path = find_nifti_file(case, modality)
         if path is None:
             raise FileNotFoundError(f"{case}: no {modality} file (*_{modality}.nii.gz) in the case folder")
@@ -189,7 +152,7 @@ def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
         if not data.any():
             raise ValueError(f"{path}: every voxel is 0 (an empty or blank modality): nothing to segment")
         image[c] = _to_tumorlib(data)
-        if NIFTI_MODALITIES[c] == "flair":
+        if CANONICAL_ORDER[c] == "flair":
             affine = aff
     mask = None
     seg_path = find_nifti_file(case, "seg")
@@ -202,13 +165,13 @@ def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
         if np.issubdtype(raw.dtype, np.floating) and not np.array_equal(labels, raw):
             raise ValueError(f"{seg_path}: segmentation holds non-integer values")
         values = set(np.unique(labels).tolist())
-        unknown = sorted(values - {0, *NIFTI_LABELS})
+        unknown = sorted(values - {0, *BRATS_LABELS})
         if unknown:
             hint = (" (BraTS 2021+ files use 3 for enhancing tumour: relabel 3 -> 4 first)"
                     if 3 in unknown else "")
             raise ValueError(f"{seg_path}: labels {unknown} are not BraTS2020 labels 0, 1, 2, 4{hint}")
         labels = _to_tumorlib(labels)
-        mask = np.stack([labels == v for v in NIFTI_LABELS]).astype(np.uint8)
+        mask = np.stack([labels == v for v in BRATS_LABELS]).astype(np.uint8)
     return image, mask, affine
 
 
@@ -223,77 +186,6 @@ def nifti_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """
     norms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
     return float(norms[2]), float(norms[0]), float(norms[1])
-
-
-def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
-                            affine: np.ndarray | None = None, header: nib.Nifti1Header | None = None) -> Path:
-    """Write a BraTS label volume as NIfTI.
-
-    Args:
-        labels: (D, H, W) integer labels in {0, 1, 2, 4} (tumorlib layout).
-        path: output file, usually ``*.nii.gz`` (parent folders are created).
-        affine: (4, 4) affine of the input case; None: the header's best affine, else a 1 mm identity.
-        header: the input case's header (``nifti_header``); its qform and sform are copied with their
-            codes. None: ``affine`` becomes the sform (code 2, nibabel's default), qform unset.
-
-    Returns:
-        The path written; the file holds a uint8 (H, W, D) array.
-
-    Raises:
-        ValueError: ``labels`` is not 3-D or holds values outside {0, 1, 2, 4}, or a bad affine.
-    """
-    if affine is None and header is not None:
-        affine = header.get_best_affine()
-    labels = np.asarray(labels)
-    if labels.ndim != 3:
-        raise ValueError(f"labels must be (D, H, W), got shape {labels.shape}")
-    unknown = sorted(set(np.unique(labels).tolist()) - {0, *NIFTI_LABELS})
-    if unknown:
-        raise ValueError(f"labels {unknown} are not BraTS labels 0, 1, 2, 4")
-    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(_to_nifti(labels.astype(np.uint8)), affine)
-    img.set_data_dtype(np.uint8)
-    img.header.set_xyzt_units("mm")
-    if header is not None:
-        qform, qcode = header.get_qform(coded=True)
-        sform, scode = header.get_sform(coded=True)
-        img.set_qform(qform, code=int(qcode))
-        img.set_sform(sform, code=int(scode))
-    nib.save(img, str(path))
-    return path
-
-
-def brats2020_header() -> nib.Nifti1Header:
-    """A NIfTI header with the BraTS2020 geometry: ``BRATS2020_AFFINE`` as qform and sform, codes 1, mm."""
-    header = nib.Nifti1Header()
-    header.set_qform(BRATS2020_AFFINE, code=BRATS2020_XFORM_CODE)
-    header.set_sform(BRATS2020_AFFINE, code=BRATS2020_XFORM_CODE)
-    header.set_xyzt_units("mm")
-    return header
-
-
-def save_kaggle_segmentation(labels: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write labels predicted from Kaggle HDF5 input on the BraTS2020 grid with the BraTS2020 header.
-
-    The Kaggle volume (D, H, W) = (slices, rows, columns) is the official (H, W, D) NIfTI array with
-    the slice index moved first, so the file overlays the case's official ``*_seg.nii.gz``.
-
-    Args:
-        labels: (D, H, W) integer labels in {0, 1, 2, 4}, at the full input size (155, 240, 240) for
-            the real pack (other sizes are written on the same 1 mm grid).
-        path: output file, usually ``*.nii.gz``.
-
-    Returns:
-        The path written: uint8 (H, W, D), qform = sform = ``BRATS2020_AFFINE``, codes 1.
-
-    Raises:
-        ValueError: see ``save_segmentation_nifti``.
-    """
-    return save_segmentation_nifti(labels, path, header=brats2020_header())
 
 
 def nifti_header(case_dir: str | os.PathLike) -> nib.Nifti1Header:
@@ -327,55 +219,10 @@ def nifti_case_to_kaggle(case_dir: str | os.PathLike, data_dir: str | os.PathLik
         FileNotFoundError: the case has no segmentation, or a modality is missing.
         ValueError: see ``load_nifti_case``.
     """
-    from tumorlib.data.synthetic import write_kaggle_volume
-
     image, mask, _affine = load_nifti_case(case_dir)
     if mask is None:
         raise FileNotFoundError(f"{case_dir}: no segmentation (*_seg.nii.gz) to write as the Kaggle mask")
     return write_kaggle_volume(data_dir, volume_id, image, mask)
-
-
-def save_nifti_case(case_dir: str | os.PathLike, image: np.ndarray, mask: np.ndarray | None = None,
-                    affine: np.ndarray | None = None, name: str | None = None,
-                    header: nib.Nifti1Header | None = None) -> Path:
-    """Write a volume as a BraTS-style NIfTI case folder (the inverse of ``load_nifti_case``).
-
-    Args:
-        case_dir: the folder to create; its name is the file prefix unless ``name`` is given.
-        image: (4, D, H, W) intensities, channels T1, T1ce, T2, FLAIR (written as float32).
-        mask: (3, D, H, W) binary class channels, written as ``*_seg.nii.gz`` labels 1/2/4 (where
-            channels overlap, ``tumorlib.core.brats.CLASS_PRECEDENCE`` decides), or None.
-        affine: (4, 4) affine; None: 1 mm identity.
-        name: file prefix, e.g. ``BraTS20_Training_001``.
-        header: qform and sform (with codes) for every file, e.g. ``brats2020_header()``; the affine
-            then defaults to the header's.
-
-    Returns:
-        The case folder.
-
-    Raises:
-        ValueError: shapes that are not (4, D, H, W) and (3, D, H, W) with equal sides.
-    """
-    case = Path(case_dir)
-    if image.ndim != 4 or image.shape[0] != 4:
-        raise ValueError(f"image must be (4, D, H, W), got shape {image.shape}")
-    if mask is not None and (mask.ndim != 4 or mask.shape != (3,) + image.shape[1:]):
-        raise ValueError(f"mask must be (3, D, H, W) matching image {image.shape}, got {mask.shape}")
-    prefix = name or case.name
-    if affine is None and header is not None:
-        affine = header.get_best_affine()
-    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-    case.mkdir(parents=True, exist_ok=True)
-    for c, modality in enumerate(NIFTI_MODALITIES):
-        img = nib.Nifti1Image(_to_nifti(np.asarray(image[c], np.float32)), affine)
-        if header is not None:
-            img.set_qform(*header.get_qform(coded=True))
-            img.set_sform(*header.get_sform(coded=True))
-        nib.save(img, str(case / f"{prefix}_{modality}.nii.gz"))
-    if mask is not None:
-        labels = channels_to_labels(mask)
-        save_segmentation_nifti(labels, case / f"{prefix}_seg.nii.gz", affine, header=header)
-    return case
 
 
 def list_nifti_cases(root: str | os.PathLike) -> dict[int, Path]:
@@ -399,7 +246,7 @@ def list_nifti_cases(root: str | os.PathLike) -> dict[int, Path]:
         raise FileNotFoundError(f"NIfTI data folder {root} does not exist")
     cases: dict[int, Path] = {}
     for folder, _dirs, files in os.walk(root):
-        if not any(f.endswith(tuple(f"_flair{e}" for e in _EXTENSIONS)) for f in files):
+        if not any(f.endswith(tuple(f"_flair{e}" for e in NIFTI_EXTENSIONS)) for f in files):
             continue
         path = Path(folder)
         match = re.search(r"(\d+)$", path.name)
@@ -416,7 +263,7 @@ def list_nifti_cases(root: str | os.PathLike) -> dict[int, Path]:
 
 
 def load_nifti_volume(root: str | os.PathLike, volume_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """One labelled case by volume id: the reader that ``build_nifti_cache`` hands to the cache.
+    """One labelled case by volume id: the reader that ``tumorlib.data.cache.nifti.build_nifti_cache`` hands to the cache.
 
     Args:
         root: the folder above the case folders.
@@ -439,59 +286,3 @@ def load_nifti_volume(root: str | os.PathLike, volume_id: int) -> tuple[np.ndarr
     if mask is None:
         raise FileNotFoundError(f"{case}: no segmentation (*_seg.nii.gz); the cache needs labelled cases")
     return image, mask
-
-
-def nifti_fingerprint(root: str | os.PathLike, volume_id: int) -> str:
-    """A cheap content fingerprint of one case: file names, sizes and the FLAIR file's bytes.
-
-    Args:
-        root: the folder above the case folders.
-        volume_id: the case's number.
-
-    Returns:
-        A hex digest.
-    """
-    case = list_nifti_cases(root)[int(volume_id)]
-    h = hashlib.sha1()
-    for f in sorted(case.iterdir()):
-        if f.is_file() and f.name.endswith(_EXTENSIONS):
-            h.update(f"{f.name}:{f.stat().st_size};".encode())
-    flair = find_nifti_file(case, "flair")
-    if flair is not None:
-        h.update(flair.read_bytes())
-    return h.hexdigest()
-
-
-def build_nifti_cache(root: str | os.PathLike, cache_dir: str | os.PathLike, workers: int = 2,
-                      cache_hw: int | None = None, margin: int = 4, progress: bool = True,
-                      volume_ids: Sequence[int] | None = None) -> Path:
-    """Cache a folder of labelled BraTS NIfTI cases exactly like the Kaggle data.
-
-    Args:
-        root: the folder above the case folders.
-        cache_dir: the output folder (created).
-        workers: processes working on volumes in parallel.
-        cache_hw: largest in-plane size; None: native.
-        margin: voxels kept around the brain's bounding box.
-        progress: show a tqdm bar.
-        volume_ids: a subset of the cases; None caches all of them.
-
-    Returns:
-        The cache folder.
-
-    Raises:
-        CacheError: the folder holds a cache of other data or settings.
-        FileNotFoundError, KeyError, ValueError: bad cases (see ``load_nifti_volume``).
-    """
-    from tumorlib.data.cache import build_cache_from_reader
-
-    data = Path(root).expanduser().resolve()
-    cases = list_nifti_cases(data)
-    ids = list(cases) if volume_ids is None else [int(v) for v in volume_ids]
-    def files(vid: int) -> list[Path]:  # the case's files: their sizes and times go into the index
-        return sorted(f for f in cases[vid].iterdir() if f.is_file() and f.name.endswith(_EXTENSIONS))
-
-    return build_cache_from_reader(
-        functools.partial(load_nifti_volume, data), ids, cache_dir, source=str(data),
-        fingerprint=functools.partial(nifti_fingerprint, data), reader_name="nifti", source_files=files,
-        workers=workers, cache_hw=cache_hw, margin=margin, progress=progress)

@@ -1,0 +1,164 @@
+"""Writing BraTS NIfTI files: segmentations and whole cases, with the case's (or BraTS2020's) geometry.
+
+Arrays are tumorlib's (D, H, W), written as NIfTI (H, W, D) arrays (``np.transpose(volume, (1, 2, 0))``;
+see ``tumorlib.io.nifti`` for the axis order).
+
+No resampling or reorientation is done: the affine read from a case is returned unchanged and written
+back unchanged, so a saved segmentation overlays its input in any NIfTI viewer; ``nifti_header`` gives
+the case's header, whose qform and sform (with their codes) ``save_segmentation_nifti`` copies.
+
+Kaggle HDF5 input carries no geometry, but it is the official BraTS2020 grid (slice ``s`` is
+``nifti[:, :, s]``, rows are the first NIfTI axis): ``save_kaggle_segmentation`` writes a label volume
+from that layout with the header every BraTS2020 case carries (``BRATS2020_AFFINE`` as qform and sform,
+both with code 1, scanner anatomical, as ITK writes them), so it overlays the official
+``*_seg.nii.gz`` in ITK-SNAP or 3D Slicer and passes the BraTS tools' header check.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from tumorlib.core.brats import BRATS_LABELS, CANONICAL_ORDER, channels_to_labels
+
+__all__ = [
+    "BRATS2020_AFFINE",
+    "BRATS2020_SHAPE",
+    "BRATS2020_XFORM_CODE",
+    "brats2020_header",
+    "save_kaggle_segmentation",
+    "save_nifti_case",
+    "save_segmentation_nifti",
+]
+
+#: qform and sform of every official BraTS2020 case (1 mm voxels, (H, W, D) array axes).
+BRATS2020_AFFINE = np.array([[-1.0, 0.0, 0.0, 0.0],
+                             [0.0, -1.0, 0.0, 239.0],
+                             [0.0, 0.0, 1.0, 0.0],
+                             [0.0, 0.0, 0.0, 1.0]])
+#: NIfTI array shape (H, W, D) of the BraTS2020 grid.
+BRATS2020_SHAPE = (240, 240, 155)
+#: qform_code and sform_code of the BraTS2020 files: 1, scanner anatomical coordinates.
+BRATS2020_XFORM_CODE = 1
+
+
+def _to_nifti(array: np.ndarray) -> np.ndarray:
+    """(D, H, W) -> (H, W, D) NIfTI array."""
+    return np.ascontiguousarray(np.transpose(array, (1, 2, 0)))
+
+
+def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
+                            affine: np.ndarray | None = None, header: nib.Nifti1Header | None = None) -> Path:
+    """Write a BraTS label volume as NIfTI.
+
+    Args:
+        labels: (D, H, W) integer labels in {0, 1, 2, 4} (tumorlib layout).
+        path: output file, usually ``*.nii.gz`` (parent folders are created).
+        affine: (4, 4) affine of the input case; None: the header's best affine, else a 1 mm identity.
+        header: the input case's header (``nifti_header``); its qform and sform are copied with their
+            codes. None: ``affine`` becomes the sform (code 2, nibabel's default), qform unset.
+
+    Returns:
+        The path written; the file holds a uint8 (H, W, D) array.
+
+    Raises:
+        ValueError: ``labels`` is not 3-D or holds values outside {0, 1, 2, 4}, or a bad affine.
+    """
+    if affine is None and header is not None:
+        affine = header.get_best_affine()
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be (D, H, W), got shape {labels.shape}")
+    unknown = sorted(set(np.unique(labels).tolist()) - {0, *BRATS_LABELS})
+    if unknown:
+        raise ValueError(f"labels {unknown} are not BraTS labels 0, 1, 2, 4")
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(_to_nifti(labels.astype(np.uint8)), affine)
+    img.set_data_dtype(np.uint8)
+    img.header.set_xyzt_units("mm")
+    if header is not None:
+        qform, qcode = header.get_qform(coded=True)
+        sform, scode = header.get_sform(coded=True)
+        img.set_qform(qform, code=int(qcode))
+        img.set_sform(sform, code=int(scode))
+    nib.save(img, str(path))
+    return path
+
+
+def brats2020_header() -> nib.Nifti1Header:
+    """A NIfTI header with the BraTS2020 geometry: ``BRATS2020_AFFINE`` as qform and sform, codes 1, mm."""
+    header = nib.Nifti1Header()
+    header.set_qform(BRATS2020_AFFINE, code=BRATS2020_XFORM_CODE)
+    header.set_sform(BRATS2020_AFFINE, code=BRATS2020_XFORM_CODE)
+    header.set_xyzt_units("mm")
+    return header
+
+
+def save_kaggle_segmentation(labels: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write labels predicted from Kaggle HDF5 input on the BraTS2020 grid with the BraTS2020 header.
+
+    The Kaggle volume (D, H, W) = (slices, rows, columns) is the official (H, W, D) NIfTI array with
+    the slice index moved first, so the file overlays the case's official ``*_seg.nii.gz``.
+
+    Args:
+        labels: (D, H, W) integer labels in {0, 1, 2, 4}, at the full input size (155, 240, 240) for
+            the real pack (other sizes are written on the same 1 mm grid).
+        path: output file, usually ``*.nii.gz``.
+
+    Returns:
+        The path written: uint8 (H, W, D), qform = sform = ``BRATS2020_AFFINE``, codes 1.
+
+    Raises:
+        ValueError: see ``save_segmentation_nifti``.
+    """
+    return save_segmentation_nifti(labels, path, header=brats2020_header())
+
+
+def save_nifti_case(case_dir: str | os.PathLike, image: np.ndarray, mask: np.ndarray | None = None,
+                    affine: np.ndarray | None = None, name: str | None = None,
+                    header: nib.Nifti1Header | None = None) -> Path:
+    """Write a volume as a BraTS-style NIfTI case folder (the inverse of ``load_nifti_case``).
+
+    Args:
+        case_dir: the folder to create; its name is the file prefix unless ``name`` is given.
+        image: (4, D, H, W) intensities, channels T1, T1ce, T2, FLAIR (written as float32).
+        mask: (3, D, H, W) binary class channels, written as ``*_seg.nii.gz`` labels 1/2/4 (where
+            channels overlap, ``tumorlib.core.brats.CLASS_PRECEDENCE`` decides), or None.
+        affine: (4, 4) affine; None: 1 mm identity.
+        name: file prefix, e.g. ``BraTS20_Training_001``.
+        header: qform and sform (with codes) for every file, e.g. ``brats2020_header()``; the affine
+            then defaults to the header's.
+
+    Returns:
+        The case folder.
+
+    Raises:
+        ValueError: shapes that are not (4, D, H, W) and (3, D, H, W) with equal sides.
+    """
+    case = Path(case_dir)
+    if image.ndim != 4 or image.shape[0] != 4:
+        raise ValueError(f"image must be (4, D, H, W), got shape {image.shape}")
+    if mask is not None and (mask.ndim != 4 or mask.shape != (3,) + image.shape[1:]):
+        raise ValueError(f"mask must be (3, D, H, W) matching image {image.shape}, got {mask.shape}")
+    prefix = name or case.name
+    if affine is None and header is not None:
+        affine = header.get_best_affine()
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    case.mkdir(parents=True, exist_ok=True)
+    for c, modality in enumerate(CANONICAL_ORDER):
+        img = nib.Nifti1Image(_to_nifti(np.asarray(image[c], np.float32)), affine)
+        if header is not None:
+            img.set_qform(*header.get_qform(coded=True))
+            img.set_sform(*header.get_sform(coded=True))
+        nib.save(img, str(case / f"{prefix}_{modality}.nii.gz"))
+    if mask is not None:
+        labels = channels_to_labels(mask)
+        save_segmentation_nifti(labels, case / f"{prefix}_seg.nii.gz", affine, header=header)
+    return case
