@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from tumorlib.core.config import Config, workspace
+from tumorlib.core.safety import atomic_write
 from tumorlib.io.kaggle import list_volumes
 from tumorlib.data.synthetic import make_synthetic
 
@@ -53,7 +54,7 @@ def ensure_data(config: Config, progress: bool = True) -> Path:
     tmp = ws.data_dir.with_name(ws.data_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     make_synthetic(tmp, config.synth_volumes, config.synth_shape, seed=config.synth_seed, progress=progress)
-    (tmp / SYNTH_MARKER).write_text(json.dumps(params))
+    atomic_write(tmp / SYNTH_MARKER, json.dumps(params))
     shutil.rmtree(ws.data_dir, ignore_errors=True)
     ws.data_dir.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, ws.data_dir)

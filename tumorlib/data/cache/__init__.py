@@ -12,27 +12,22 @@ and ``index.json``, written at the end of a build, with every entry plus the bui
 records the source folder and shape, the in-plane zoom (``cache_hw``), the crop box, per-channel mean
 and std, per-class voxel counts and a sample of tumour-voxel coordinates for tumour-centred sampling.
 
-One module per job: ``preprocess`` (brain mask, z-score, resampling, crop), ``store`` (files, index,
-reading back), ``build`` (the streamed, parallel, resumable build), ``readers`` (reopening the source a
-cache was built from). Kaggle fingerprints live beside the Kaggle reader (``data.kaggle_cache``).
+One module per job: ``normalise`` (brain mask, the volume scan, z-score), ``preprocess`` (resampling,
+crop, the index entry), ``layout`` (file names, index JSON, build settings), ``store`` (the index, its
+checks, reading back), ``build`` (the streamed, parallel, resumable build), ``readers`` (reopening the
+source a cache was built from), ``fingerprints`` (Kaggle fingerprints) and ``nifti`` (NIfTI fingerprints
+and the NIfTI build; imported on its own, as it needs nibabel). The one get-or-build of a run's cache is
+``tumorlib.data.resolve.resolve_cache``.
 """
 
 from __future__ import annotations
 
 from .fingerprints import kaggle_fingerprint
-from .build import Fingerprint, Reader, build_cache, build_cache_from_reader, ensure_cache
-from .preprocess import (
-    TUMOR_SAMPLE,
-    brain_mask,
-    cache_to_source,
-    normalize_volume,
-    prepare_volume,
-    source_to_cache,
-    uncrop,
-)
+from .build import Fingerprint, Reader, build_cache, build_cache_from_reader
+from .normalise import brain_mask, normalize_volume
+from .preprocess import CACHE_VERSION, TUMOR_SAMPLE, prepare_volume, source_to_cache, uncrop
 from .readers import SourceReader, check_cache_order, open_source, order_record
 from .store import (
-    CACHE_VERSION,
     FORMAT_NAME,
     INDEX_NAME,
     CacheError,
@@ -58,9 +53,7 @@ __all__ = [
     "build_cache_from_reader",
     "check_cache_order",
     "cache_summary",
-    "cache_to_source",
     "cached_volume_ids",
-    "ensure_cache",
     "kaggle_fingerprint",
     "load_cache_index",
     "load_cached_volume",

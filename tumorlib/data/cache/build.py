@@ -22,38 +22,21 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from tumorlib.core.brats import KAGGLE_STORED_ORDER, check_order
+from tumorlib.core.safety import atomic_open, atomic_write
 
-from .preprocess import _cast_into, _Plan, _resample_and_plan, _single_thread_torch, _slabs, _zscore_slabs
+from .layout import (build_settings, dump_entry, dump_index, image_name, mask_name, meta_name, output_records,
+                     read_entry, source_records)
+from .normalise import cast_into, single_thread_torch, slab_ranges, zscore_slabs
+from .preprocess import CACHE_VERSION, VolumePlan, resample_and_plan
 from .readers import check_cache_order, order_record
-from .store import (
-    CACHE_VERSION,
-    FORMAT_NAME,
-    INDEX_NAME,
-    CacheError,
-    _atomic_write,
-    _check_settings,
-    _dump_entry,
-    _dump_index,
-    _image_name,
-    _mask_name,
-    _meta_name,
-    _output_records,
-    _read_entry,
-    _settings,
-    _source_records,
-    load_cache_index,
-    volume_problem,
-)
+from .store import FORMAT_NAME, INDEX_NAME, CacheError, check_settings, load_cache_index, volume_problem
 
-if TYPE_CHECKING:
-    from tumorlib.core.config import Config, Workspace
-
-__all__ = ["Fingerprint", "Reader", "build_cache", "build_cache_from_reader", "ensure_cache"]
+__all__ = ["Fingerprint", "Reader", "SourceFiles", "build_cache", "build_cache_from_reader"]
 
 Reader = Callable[[int], tuple[np.ndarray, np.ndarray]]
 Fingerprint = Callable[[int], str]
@@ -61,36 +44,36 @@ SourceFiles = Callable[[int], Sequence[Path]]
 
 
 def _compute_one(reader: Reader, volume_id: int, cache_hw: int | None, margin: int, source: str,
-                 fingerprint: str | None, sources: dict[str, Any] | None = None) -> _Plan:
+                 fingerprint: str | None, sources: dict[str, Any] | None = None) -> VolumePlan:
     """Read and plan one volume (crop, moments, index entry); the z-scoring happens while writing."""
     image, mask = reader(volume_id)
-    plan = _resample_and_plan(image, mask, cache_hw, margin, volume_id)
+    plan = resample_and_plan(image, mask, cache_hw, margin, volume_id)
     plan.entry = {"volume": int(volume_id), "source": source, "fingerprint": fingerprint, "cache_hw": cache_hw,
-                  "margin": int(margin), "image_file": _image_name(volume_id), "mask_file": _mask_name(volume_id),
+                  "margin": int(margin), "image_file": image_name(volume_id), "mask_file": mask_name(volume_id),
                   **({"sources": sources} if sources is not None else {}), **plan.entry}
     return plan
 
 
-def _stream_image(f: Any, plan: _Plan) -> None:
+def _stream_image(f: Any, plan: VolumePlan) -> None:
     """Write the z-scored float16 image as ``.npy`` slab by slab (same bytes as ``np.save`` of
     ``prepare_volume``'s image, without holding the whole float16 volume in memory)."""
     shape = (plan.image.shape[0],) + tuple(plan.entry["shape"])
     np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": shape})
     out = None
-    with _single_thread_torch():
-        for _, _, w in _zscore_slabs(plan.image, plan.brain, plan.mean, plan.std, background_zero=True):
+    with single_thread_torch():
+        for _, _, w in zscore_slabs(plan.image, plan.brain, plan.mean, plan.std, background_zero=True):
             if out is None or out.shape[0] < w.shape[0]:
                 out = np.empty(w.shape, np.float16)
             o = out[: w.shape[0]]
-            _cast_into(o, w)
+            cast_into(o, w)
             f.write(memoryview(o).cast("B"))
 
 
-def _stream_mask(f: Any, plan: _Plan) -> None:
+def _stream_mask(f: Any, plan: VolumePlan) -> None:
     """Write the cropped uint8 mask as ``.npy`` slab by slab (same bytes as ``np.save``)."""
     m = plan.mask
     np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": m.shape})
-    slabs = _slabs(m.shape[1:])
+    slabs = slab_ranges(m.shape[1:])
     buf = np.empty(((slabs[0].stop - slabs[0].start) if slabs else 0,) + m.shape[2:], np.uint8)
     for k in range(m.shape[0]):
         for sl in slabs:
@@ -99,14 +82,15 @@ def _stream_mask(f: Any, plan: _Plan) -> None:
             f.write(memoryview(b).cast("B"))
 
 
-def _write_one(cache: Path, plan: _Plan) -> dict[str, Any]:
+def _write_one(cache: Path, plan: VolumePlan) -> dict[str, Any]:
     """Write a planned volume: image, mask, then the meta file that marks it finished."""
     volume_id = plan.entry["volume"]
-    _atomic_write(cache / _image_name(volume_id), lambda f: _stream_image(f, plan))
-    _atomic_write(cache / _mask_name(volume_id), lambda f: _stream_mask(f, plan))
-    plan.entry["files"] = _output_records(cache, [_image_name(volume_id), _mask_name(volume_id)])
-    text = _dump_entry(plan.entry) + "\n"
-    _atomic_write(cache / _meta_name(volume_id), lambda f: f.write(text), mode="w")
+    with atomic_open(cache / image_name(volume_id)) as f:
+        _stream_image(f, plan)
+    with atomic_open(cache / mask_name(volume_id)) as f:
+        _stream_mask(f, plan)
+    plan.entry["files"] = output_records(cache, [image_name(volume_id), mask_name(volume_id)])
+    atomic_write(cache / meta_name(volume_id), dump_entry(plan.entry) + "\n")
     return plan.entry
 
 
@@ -145,7 +129,7 @@ def _survey(cache: Path, ids: Sequence[int], source: str, settings: dict[str, An
     indexed: dict[int, dict[str, Any]] = {}
     if (cache / INDEX_NAME).is_file():
         header = load_cache_index(cache)
-        _check_settings(cache, header, settings)
+        check_settings(cache, header, settings)
         if header.get("source") != source:
             raise CacheError(f"cache {cache} was built from {header.get('source')}, not {source}; "
                              "delete it or choose another cache folder")
@@ -153,7 +137,7 @@ def _survey(cache: Path, ids: Sequence[int], source: str, settings: dict[str, An
         survey.indexed = set(indexed)
     asked = set(ids)
     for vid in sorted(asked | set(indexed)):
-        entry = indexed.get(vid) or _read_entry(cache, vid)
+        entry = indexed.get(vid) or read_entry(cache, vid)
         if entry is None:
             survey.todo[vid] = "not cached yet"
             continue
@@ -223,79 +207,126 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         UnsafePathError: an index file name that leads outside the cache folder.
         Exception: whatever the reader raises for bad input, unchanged.
     """
-    from tumorlib.core.progress import tqdm
-    from tumorlib.core.safety import folder_lock
-
     cache = Path(cache_dir).expanduser().resolve()
     ids = sorted(int(v) for v in volume_ids)
     if len(set(ids)) != len(ids):
         raise ValueError(f"build_cache: duplicate volume ids in {ids}")
-    settings = _settings(cache_hw, margin, reader_name)
+    settings = build_settings(cache_hw, margin, reader_name)
     orders = order_record(stored_order)
     if stored_order is not None and (cache / INDEX_NAME).is_file():
         check_cache_order(cache, load_cache_index(cache), stored_order)
-    if _survey(cache, ids, source, settings, cache_hw, margin, fingerprint).clean:
+    job = _Job(reader, cache, source, cache_hw, margin, fingerprint, source_files)
+    if job.survey(ids, settings).clean:
         return cache  # finished and intact: no lock, nothing written (works on a read-only folder)
     with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(folder_lock(cache, "cache build"))
-        except PermissionError as err:
-            survey = _survey(cache, ids, source, settings, cache_hw, margin, fingerprint)
-            first = next(iter({**survey.todo, **survey.dropped}.items()), None)
-            what = f"volume {first[0]} needs rebuilding ({first[1]})" if first else "its index needs rewriting"
-            raise CacheError(f"cache {cache}: {what}, but {err}; make it writable or use another cache "
-                             f"folder") from err
-        for tmp in [*cache.glob(".*.tmp*"), *cache.glob(".tmp-*")]:  # leftovers of killed builds
-            tmp.unlink()
-        survey = _survey(cache, ids, source, settings, cache_hw, margin, fingerprint)  # again, now that we hold the lock
-        for vid, why in survey.todo.items():
-            if not why.startswith("not cached"):
-                print(f"cache {cache}: rebuilding volume {vid} ({why})", file=sys.stderr)
-        for vid, why in survey.dropped.items():
-            print(f"cache {cache}: volume {vid} dropped: its source is gone ({why})", file=sys.stderr)
-            for name in (_image_name(vid), _mask_name(vid), _meta_name(vid)):
-                (cache / name).unlink(missing_ok=True)
-        todo = sorted(survey.todo)
-        entries = dict(survey.entries)
-        root = Path(source)
-        fps = {vid: (fingerprint(vid) if fingerprint is not None else None) for vid in todo}
-        srcs = {vid: (_source_records(root, source_files(vid)) if source_files is not None else None)
-                for vid in todo}
-        bar = tqdm(total=len(ids), initial=len(ids) - len([v for v in todo if v in set(ids)]), desc="cache",
-                   unit="vol", disable=not progress)
-        try:
-            if workers <= 1 or len(todo) <= 1:
-                for vid in todo:
-                    entries[vid] = _cache_one(reader, vid, str(cache), cache_hw, margin, source, fps[vid], srcs[vid])
-                    bar.update(1)
-            else:
-                ctx = multiprocessing.get_context()
-                with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-                    futures = {pool.submit(_cache_one, reader, vid, str(cache), cache_hw, margin, source,
-                                           fps[vid], srcs[vid]): vid for vid in todo}
-                    try:
-                        for fut in concurrent.futures.as_completed(futures):
-                            entries[futures[fut]] = fut.result()
-                            bar.update(1)
-                    except BaseException:
-                        for fut in futures:
-                            fut.cancel()
-                        raise
-        except KeyboardInterrupt as err:
-            done = len([v for v in ids if v in entries])
-            err.kept = (f"{done} of {len(ids)} volumes are finished in {cache} and kept; rerun the same command "
-                        f"to build the rest")
-            raise
-        finally:
-            bar.close()
-        all_ids = sorted(entries)
-        index = {"format": FORMAT_NAME, "version": CACHE_VERSION, "source": source,
-                 "volume_ids": all_ids, **settings, **orders, "volumes": {str(v): entries[v] for v in all_ids}}
-        text = _dump_index(index)
-        index_path = cache / INDEX_NAME
-        if not index_path.is_file() or index_path.read_text() != text:
-            _atomic_write(index_path, lambda f: f.write(text), mode="w")
+        _take_lock(stack, job, ids, settings)
+        survey = job.survey(ids, settings)  # again, now that we hold the lock
+        _clear_folder(cache, survey)
+        entries = {**survey.entries, **_build_volumes(job, ids, sorted(survey.todo), workers, progress)}
+        _write_index(cache, source, {**settings, **orders}, entries)
     return cache
+
+
+@dataclass
+class _Job:
+    """What every volume of one build shares: the reader, the folders, the settings, the source checks."""
+
+    reader: Reader
+    cache: Path
+    source: str
+    cache_hw: int | None
+    margin: int
+    fingerprint: Fingerprint | None
+    source_files: SourceFiles | None
+
+    def survey(self, ids: Sequence[int], settings: dict[str, Any]) -> _Survey:
+        """``_survey`` of the cache folder for ``ids``."""
+        return _survey(self.cache, ids, self.source, settings, self.cache_hw, self.margin, self.fingerprint)
+
+    def args(self, vid: int) -> tuple[Any, ...]:
+        """The arguments of ``_cache_one`` for volume ``vid`` (its fingerprint and source records now)."""
+        fp = self.fingerprint(vid) if self.fingerprint is not None else None
+        srcs = source_records(Path(self.source), self.source_files(vid)) if self.source_files is not None else None
+        return (self.reader, vid, str(self.cache), self.cache_hw, self.margin, self.source, fp, srcs)
+
+
+def _take_lock(stack: contextlib.ExitStack, job: _Job, ids: Sequence[int], settings: dict[str, Any]) -> None:
+    """Hold the folder's writer lock in ``stack``; a read-only folder that needs work is one CacheError."""
+    from tumorlib.core.safety import folder_lock
+
+    try:
+        stack.enter_context(folder_lock(job.cache, "cache build"))
+    except PermissionError as err:
+        survey = job.survey(ids, settings)
+        first = next(iter({**survey.todo, **survey.dropped}.items()), None)
+        what = f"volume {first[0]} needs rebuilding ({first[1]})" if first else "its index needs rewriting"
+        raise CacheError(f"cache {job.cache}: {what}, but {err}; make it writable or use another cache "
+                         f"folder") from err
+
+
+def _clear_folder(cache: Path, survey: _Survey) -> None:
+    """Remove leftovers of killed builds and the files of dropped volumes; say what is rebuilt or dropped."""
+    for tmp in [*cache.glob(".*.tmp*"), *cache.glob(".tmp-*")]:  # leftovers of killed builds
+        tmp.unlink()
+    for vid, why in survey.todo.items():
+        if not why.startswith("not cached"):
+            print(f"cache {cache}: rebuilding volume {vid} ({why})", file=sys.stderr)
+    for vid, why in survey.dropped.items():
+        print(f"cache {cache}: volume {vid} dropped: its source is gone ({why})", file=sys.stderr)
+        for name in (image_name(vid), mask_name(vid), meta_name(vid)):
+            (cache / name).unlink(missing_ok=True)
+
+
+def _build_volumes(job: _Job, ids: Sequence[int], todo: Sequence[int], workers: int,
+                   progress: bool) -> dict[int, dict[str, Any]]:
+    """Cache the ``todo`` volumes (in ``workers`` processes); their entries by id.
+
+    Raises:
+        KeyboardInterrupt: with ``kept`` saying how many volumes are finished and kept.
+    """
+    from tumorlib.core.progress import tqdm
+
+    entries: dict[int, dict[str, Any]] = {}
+    args = {vid: job.args(vid) for vid in todo}
+    asked = set(ids)
+    bar = tqdm(total=len(ids), initial=len(ids) - len([v for v in todo if v in asked]), desc="cache",
+               unit="vol", disable=not progress)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for vid in todo:
+                entries[vid] = _cache_one(*args[vid])
+                bar.update(1)
+        else:
+            ctx = multiprocessing.get_context()
+            with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
+                futures = {pool.submit(_cache_one, *args[vid]): vid for vid in todo}
+                try:
+                    for fut in concurrent.futures.as_completed(futures):
+                        entries[futures[fut]] = fut.result()
+                        bar.update(1)
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+    except KeyboardInterrupt as err:
+        done = len([v for v in ids if v in entries or v not in todo])
+        err.kept = (f"{done} of {len(ids)} volumes are finished in {job.cache} and kept; rerun the same command "
+                    f"to build the rest")
+        raise
+    finally:
+        bar.close()
+    return entries
+
+
+def _write_index(cache: Path, source: str, settings: dict[str, Any], entries: dict[int, dict[str, Any]]) -> None:
+    """Write ``index.json`` over every entry (only when its text changes: a reused cache stays untouched)."""
+    all_ids = sorted(entries)
+    index = {"format": FORMAT_NAME, "version": CACHE_VERSION, "source": source,
+             "volume_ids": all_ids, **settings, "volumes": {str(v): entries[v] for v in all_ids}}
+    text = dump_index(index)
+    index_path = cache / INDEX_NAME
+    if not index_path.is_file() or index_path.read_text() != text:
+        atomic_write(index_path, text)
 
 
 def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, workers: int = 2,
@@ -333,36 +364,3 @@ def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, worke
         source=str(data), fingerprint=kaggle_fingerprints(data), reader_name="kaggle",
         source_files=kaggle_source_files(data), workers=workers, cache_hw=cache_hw, margin=margin,
         progress=progress, stored_order=check_order(stored_order))
-
-
-def ensure_cache(config: Config, ws: Workspace | None = None, progress: bool = True) -> Path:
-    """The workspace's cache, built first when it is missing or incomplete.
-
-    Args:
-        config: a ``tumorlib.core.config.Config`` (``cache_hw``, ``cache_margin``, ``cache_workers``).
-        ws: a ``Workspace``; None resolves ``workspace(config)``.
-        progress: show tqdm bars.
-
-    Returns:
-        The cache folder (``ws.cache_dir``).
-
-    Raises:
-        CacheError: the folder holds a cache of other data or incompatible settings.
-    """
-    from tumorlib.core.config import workspace
-
-    from tumorlib.data.embedded import ensure_data
-
-    ws = ws if ws is not None else workspace(config)
-    data = Path(ensure_data(config, progress=progress)).resolve()
-    cache = Path(ws.cache_dir)
-    if (cache / INDEX_NAME).is_file():
-        index = load_cache_index(cache)
-        _check_settings(cache, index, _settings(config.cache_hw, config.cache_margin, "kaggle"))
-        check_cache_order(cache, index, config.kaggle_channel_order)
-        if index.get("source") != str(data):
-            raise CacheError(f"cache {cache} was built from {index.get('source')}, not {data}; delete it, "
-                             "or set TUMORLIB_CACHE to another folder")
-    # an intact finished cache is returned after a stat of its files; anything else is (re)built
-    return build_cache(data, cache, workers=config.cache_workers, cache_hw=config.cache_hw,
-                       margin=config.cache_margin, progress=progress, stored_order=config.kaggle_channel_order)

@@ -1,4 +1,4 @@
-"""The on-disk cache: file names, atomic writes, the index, and reading volumes back.
+"""The on-disk cache read back: the index, its checks, and the cached volumes (names: ``layout``).
 
 A cache folder holds, per volume, ``v{id}_img.npy`` (4, D', H', W') float16, ``v{id}_mask.npy``
 (3, D', H', W') uint8 and ``v{id}_meta.json`` (its index entry, written last: it marks the volume as
@@ -15,24 +15,23 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tumorlib.core.integrity import file_record, record_problem
-from tumorlib.core.safety import UnsafePathError, atomic_open, inside
+from tumorlib.core.integrity import record_problem
+from tumorlib.core.safety import UnsafePathError, inside
 
-from .preprocess import CACHE_VERSION, TUMOR_SAMPLE
+from .preprocess import CACHE_VERSION
 
 __all__ = [
-    "CACHE_VERSION",
     "FORMAT_NAME",
     "INDEX_NAME",
     "CacheError",
     "cache_summary",
     "cached_volume_ids",
+    "check_settings",
     "load_cache_index",
     "load_cached_volume",
     "verify_cache",
@@ -45,43 +44,6 @@ FORMAT_NAME = "tumorlib-cache"
 
 class CacheError(ValueError):
     """A cache folder that is missing, incomplete, made from other data or by another version."""
-
-
-def _image_name(volume_id: int) -> str:
-    return f"v{volume_id}_img.npy"
-
-
-def _mask_name(volume_id: int) -> str:
-    return f"v{volume_id}_mask.npy"
-
-
-def _meta_name(volume_id: int) -> str:
-    return f"v{volume_id}_meta.json"
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through ``write(file)`` to a temporary sibling, then rename over ``path`` (``atomic_open``)."""
-    with atomic_open(path, mode) as f:
-        write(f)
-
-
-def _output_records(cache: Path, names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Size and checksum of written cache files (no time: a copied cache stays valid)."""
-    records = {}
-    for name in names:
-        record = file_record(cache / name, checksum=True)
-        record.pop("mtime_ns")
-        records[name] = record
-    return records
-
-
-def _source_records(root: Path, files: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
-    """Size and modification time of a volume's source files, by name relative to ``root``."""
-    records = {}
-    for f in files:
-        path = root / f  # an absolute ``f`` stays as it is
-        records[path.relative_to(root).as_posix()] = file_record(path)
-    return records
 
 
 def _npy_size_problem(path: Path) -> str | None:
@@ -171,50 +133,12 @@ def verify_cache(cache_dir: str | os.PathLike, sources: bool = True) -> dict[str
     return index
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+def check_settings(cache: Path, header: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Refuse a cache whose index ``header`` differs from ``settings`` (``layout.build_settings``).
 
-
-def _dump_entry(entry: dict[str, Any]) -> str:
-    """One JSON line; keys sorted so the bytes depend only on the content."""
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"))
-
-
-def _dump_index(index: dict[str, Any]) -> str:
-    """Readable JSON: header keys one per line, each volume entry on one line."""
-    lines = ["{"]
-    header = {k: v for k, v in index.items() if k != "volumes"}
-    for key in sorted(header):
-        lines.append(f"  {json.dumps(key)}: {json.dumps(header[key], sort_keys=True)},")
-    vols = index["volumes"]
-    lines.append('  "volumes": {')
-    keys = sorted(vols, key=int)
-    for i, key in enumerate(keys):
-        lines.append(f"    {json.dumps(key)}: {_dump_entry(vols[key])}{',' if i < len(keys) - 1 else ''}")
-    lines.append("  }")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def _read_entry(cache: Path, volume_id: int) -> dict[str, Any] | None:
-    """The finished volume's entry, or None when its files are not all there."""
-    meta = cache / _meta_name(volume_id)
-    if not meta.is_file():
-        return None
-    if not (cache / _image_name(volume_id)).is_file() or not (cache / _mask_name(volume_id)).is_file():
-        return None
-    try:
-        return json.loads(meta.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
-def _settings(cache_hw: int | None, margin: int, reader_name: str) -> dict[str, Any]:
-    return {"cache_hw": cache_hw, "margin": int(margin), "reader": reader_name, "dtype": "float16",
-            "tumor_sample": TUMOR_SAMPLE}
-
-
-def _check_settings(cache: Path, header: dict[str, Any], settings: dict[str, Any]) -> None:
+    Raises:
+        CacheError: names the first key that differs, both values and the folder.
+    """
     for key, value in settings.items():
         if header.get(key) != value:
             raise CacheError(f"cache {cache} was built with {key}={header.get(key)!r}, this build asks for "
