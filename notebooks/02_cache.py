@@ -58,14 +58,14 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 
 # %% [markdown]
 # ## Build (or reuse) the cache
-# `ensure_cache` generates the embedded data if needed, then builds the cache of this preset's
+# `resolve_cache` generates the embedded data if needed, then builds the cache of this preset's
 # workspace when it is missing or incomplete, with a progress bar; a finished cache is reused.
 # A cache made from other data or with other settings (`cache_hw`, `cache_margin`) is refused with
 # a clear error rather than silently mixed.
 
 # %% tags=["nbval-ignore-output"]
 data_dir = data.ensure_data(config)
-cache_dir = data.ensure_cache(config, ws)
+cache_dir = data.resolve_cache(config)
 print("data: ", tumorlib.display_path(data_dir))
 print("cache:", tumorlib.display_path(cache_dir))
 

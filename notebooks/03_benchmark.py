@@ -60,7 +60,7 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 
 # %% tags=["nbval-ignore-output"]
 data_dir = data.ensure_data(config)
-cache_dir = data.ensure_cache(config, ws)
+cache_dir = data.resolve_cache(config)
 print(f"preset {PRESET}: volumes of {tuple(config.synth_shape) if ws.synthetic else 'the data'}, "
       f"patch {config.patch_size}")
 

@@ -16,6 +16,7 @@ import pytest
 
 from tumorlib.core.config import get_config, workspace
 from tumorlib.data import list_volumes, load_volume, make_phantom, make_synthetic, write_kaggle_volume
+from tumorlib.data.resolve import resolve_cache
 from tumorlib.data.cache import (
     INDEX_NAME,
     CacheError,
@@ -23,7 +24,6 @@ from tumorlib.data.cache import (
     build_cache,
     build_cache_from_reader,
     cached_volume_ids,
-    ensure_cache,
     load_cache_index,
     load_cached_volume,
     normalize_volume,
@@ -393,17 +393,17 @@ def test_any_reader_is_cached_by_the_same_code(tmp_path):
                                   phantoms[9][1])
 
 
-def test_ensure_cache_builds_once(tiny_data, monkeypatch):
+def test_resolve_cache_builds_the_workspace_cache_once(tiny_data, monkeypatch):
     monkeypatch.setenv("TUMORLIB_DATA", str(tiny_data))
     cfg = get_config("ci")
-    cache = ensure_cache(cfg, progress=False)
+    cache = resolve_cache(cfg, progress=False)
     assert cache == workspace(cfg).cache_dir
     assert cached_volume_ids(cache) == list_volumes(tiny_data)
     stamp = (cache / INDEX_NAME).stat().st_mtime_ns
-    assert ensure_cache(cfg, progress=False) == cache
+    assert resolve_cache(cfg, progress=False) == cache
     assert (cache / INDEX_NAME).stat().st_mtime_ns == stamp
     with pytest.raises(CacheError, match="margin"):
-        ensure_cache(cfg.replace(cache_margin=1), progress=False)
+        resolve_cache(cfg.replace(cache_margin=1), progress=False)
 
 
 def test_slices_added_after_caching_are_noticed(tmp_path, capsys):

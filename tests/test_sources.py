@@ -11,7 +11,7 @@ import pytest
 
 import tumorlib
 from tumorlib import get_config, workspace
-from tumorlib.data import KAGGLE_SUBDIR, ensure_cache, ensure_data, make_synthetic
+from tumorlib.data import KAGGLE_SUBDIR, ensure_data, make_synthetic, resolve_cache
 from tumorlib.core.sources import (
     find_data_source,
     find_kaggle_mount,
@@ -66,7 +66,7 @@ def test_kaggle_session_reads_the_mount_and_writes_to_working(kaggle_session):
     assert ws.data_dir == data.resolve() and not ws.synthetic
     assert ws.out_dir == (root / "working" / "tumorlib" / "outputs" / "ci").resolve()
     assert ensure_data(config, progress=False) == data.resolve()
-    cache = ensure_cache(config, progress=False)
+    cache = resolve_cache(config, progress=False)
     assert cache == ws.cache_dir and (cache / "index.json").is_file()
     assert _tree(root / "input") == before  # nothing written, touched or removed in the input
     text = describe_setup(config)

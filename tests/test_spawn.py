@@ -25,11 +25,11 @@ BODY = textwrap.dedent("""
     import torch
 
     import tumorlib
-    from tumorlib.data import BraTS3DDataset, ensure_cache, make_loader
+    from tumorlib.data import BraTS3DDataset, make_loader, resolve_cache
 
     mp.set_start_method("spawn", force=True)
     config = tumorlib.get_config("ci")
-    cache = ensure_cache(config, progress=False)
+    cache = resolve_cache(config, progress=False)
     ids = [int(v) for v in tumorlib.data.cached_volume_ids(cache)]
 
 

@@ -205,7 +205,8 @@ def benchmark_throughput(config: Config, cache_dir: str | os.PathLike | None = N
         ``compare_losses``), ``peak_memory_source``, ``process_max_rss_gib``, ``targets`` and
         ``targets_met`` (None off CUDA or outside the ``full`` preset).
     """
-    from tumorlib.data.resolve import resolve_cache, run_splits
+    from tumorlib.data.resolve import resolve_cache
+    from tumorlib.data.splits import run_splits
     from tumorlib.training.distributed import select_device
     from tumorlib.nn.unet import model_from_config
 

@@ -243,7 +243,8 @@ def bench_train(config: Config, cache_dir: str | os.PathLike | None = None, devi
         (model step alone), ``train_patches_per_s`` (end to end; None without ``with_data``),
         ``train_peak_memory_gib`` (CUDA only, else None), ``train_compile_error``.
     """
-    from tumorlib.data.resolve import resolve_cache, run_splits
+    from tumorlib.data.resolve import resolve_cache
+    from tumorlib.data.splits import run_splits
     from tumorlib.training.distributed import select_device
     from tumorlib.training.engine import Trainer, resolve_settings
     from tumorlib.nn.unet import count_parameters

@@ -11,7 +11,6 @@ from tumorlib.data.cache import (
     build_cache_from_reader,
     cache_summary,
     cached_volume_ids,
-    ensure_cache,
     load_cache_index,
     load_cached_volume,
     normalize_volume,
@@ -22,18 +21,19 @@ from tumorlib.data.cache import (
 from tumorlib.data.dataset import BraTS3DDataset, EpochSampler, make_loader
 from tumorlib.data.embedded import ensure_data
 from tumorlib.data.explore import volume_stats
+from tumorlib.core.brats import CLASS_NAMES, MODALITIES
 from tumorlib.io.kaggle import (
-    CLASS_NAMES,
     KAGGLE_DATASET,
-    MODALITIES,
     download_brats2020,
     find_slices,
     list_volumes,
     load_metadata,
     load_volume,
 )
+from tumorlib.data.resolve import resolve_cache
 from tumorlib.data.splits import split_volumes
-from tumorlib.data.synthetic import KAGGLE_SUBDIR, make_phantom, make_synthetic, write_kaggle_volume
+from tumorlib.data.synthetic import KAGGLE_SUBDIR, make_phantom, make_synthetic
+from tumorlib.io.kaggle_write import write_kaggle_volume
 
 __all__ = [
     "CLASS_NAMES",
@@ -63,23 +63,26 @@ __all__ = [
     "build_cache_from_reader",
     "cache_summary",
     "cached_volume_ids",
-    "ensure_cache",
     "load_cache_index",
     "load_cached_volume",
     "make_loader",
     "normalize_volume",
     "prepare_volume",
+    "resolve_cache",
     "source_to_cache",
     "split_volumes",
     "uncrop",
 ]
 
-_NIFTI = {"build_nifti_cache", "list_nifti_cases", "load_nifti_case", "nifti_spacing", "save_segmentation_nifti"}
+# imported on first use (nibabel is needed for NIfTI only): name -> its module
+_NIFTI = {"build_nifti_cache": "tumorlib.data.cache.nifti", "list_nifti_cases": "tumorlib.io.nifti",
+          "load_nifti_case": "tumorlib.io.nifti", "nifti_spacing": "tumorlib.io.nifti",
+          "save_segmentation_nifti": "tumorlib.io.nifti_write"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _NIFTI:  # imported on first use: nibabel is needed for NIfTI only
-        from tumorlib.io import nifti
+    if name in _NIFTI:
+        import importlib
 
-        return getattr(nifti, name)
+        return getattr(importlib.import_module(_NIFTI[name]), name)
     raise AttributeError(f"module 'tumorlib.data' has no attribute {name!r}")

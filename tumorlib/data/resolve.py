@@ -3,23 +3,22 @@
 ``resolve_cache`` gives the ``.npy`` cache a run reads, building it first where needed, with one
 checking policy: every cache it returns has a readable index of this format version
 (``load_cache_index``) and was read with the config's ``kaggle_channel_order`` (``check_cache_order``); a
-workspace cache is also checked against the workspace's data. ``run_splits``
-splits its volumes by the config's fractions and seed, ``make_datasets`` builds the training and
-validation patch datasets over that split.
+workspace cache is also checked against the workspace's data (and built from it, generated first when it
+is the embedded set). ``make_datasets`` builds the training and validation patch datasets over the
+config's split (``tumorlib.data.splits.run_splits``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from tumorlib.core.config import Config, workspace
+from tumorlib.core.config import Config, Workspace, workspace
 
-__all__ = ["make_datasets", "resolve_cache", "run_splits", "split_ids"]
+__all__ = ["make_datasets", "resolve_cache"]
 
 
 def resolve_cache(config: Config, data_dir: str | os.PathLike | None = None,
@@ -41,47 +40,43 @@ def resolve_cache(config: Config, data_dir: str | os.PathLike | None = None,
         CacheError: the folder holds a cache of other data or settings, another channel order, an
             unreadable index, or (used as it is) a damaged volume.
     """
-    from tumorlib.data.cache import (INDEX_NAME, build_cache, check_cache_order, ensure_cache, load_cache_index,
-                                     verify_cache)
+    from tumorlib.data.cache import INDEX_NAME, build_cache, check_cache_order, load_cache_index, verify_cache
 
     ws = workspace(config)
     if data_dir is None:
         if cache_dir is None:
-            return Path(ensure_cache(config, ws, progress=progress))
+            return _workspace_cache(config, ws, progress)
         cache = Path(cache_dir).expanduser().resolve()
         if (cache / INDEX_NAME).is_file():
             verify_cache(cache)  # used as it is: its files and sources are checked, nothing is written
             check_cache_order(cache, load_cache_index(cache), config.kaggle_channel_order)
             return cache
-        return Path(ensure_cache(config, dataclasses.replace(ws, cache_dir=cache), progress=progress))
+        return _workspace_cache(config, dataclasses.replace(ws, cache_dir=cache), progress)
     cache = Path(cache_dir).expanduser().resolve() if cache_dir is not None else ws.cache_dir
     return Path(build_cache(data_dir, cache, workers=config.cache_workers, cache_hw=config.cache_hw,
                             margin=config.cache_margin, progress=progress, stored_order=config.kaggle_channel_order))
 
 
-def split_ids(config: Config, volume_ids: Sequence[int]) -> dict[str, list[int]]:
-    """The config's train / val / test split of ``volume_ids`` (``val_fraction``, ``test_fraction``,
-    ``split_seed``): ``{"train": [...], "val": [...], "test": [...]}``."""
-    from tumorlib.data.splits import split_volumes
+def _workspace_cache(config: Config, ws: Workspace, progress: bool) -> Path:
+    """``ws.cache_dir`` built from the workspace's data (the embedded set is generated first); a cache
+    there of other settings, another channel order or other data is refused (CacheError)."""
+    from tumorlib.data.cache import INDEX_NAME, CacheError, build_cache, check_cache_order, load_cache_index
+    from tumorlib.data.cache.layout import build_settings
+    from tumorlib.data.cache.store import check_settings
+    from tumorlib.data.embedded import ensure_data
 
-    train, val, test = split_volumes(sorted(int(v) for v in volume_ids), config.val_fraction,
-                                     config.test_fraction, config.split_seed)
-    return {"train": train, "val": val, "test": test}
-
-
-def run_splits(config: Config, cache_dir: str | os.PathLike) -> dict[str, list[int]]:
-    """The config's train / val / test split of the cached volumes.
-
-    Args:
-        config: ``val_fraction``, ``test_fraction``, ``split_seed``.
-        cache_dir: a finished cache.
-
-    Returns:
-        ``{"train": [...], "val": [...], "test": [...]}`` (volume ids).
-    """
-    from tumorlib.data.cache import cached_volume_ids
-
-    return split_ids(config, cached_volume_ids(cache_dir))
+    data = Path(ensure_data(config, progress=progress)).resolve()
+    cache = Path(ws.cache_dir)
+    if (cache / INDEX_NAME).is_file():
+        index = load_cache_index(cache)
+        check_settings(cache, index, build_settings(config.cache_hw, config.cache_margin, "kaggle"))
+        check_cache_order(cache, index, config.kaggle_channel_order)
+        if index.get("source") != str(data):
+            raise CacheError(f"cache {cache} was built from {index.get('source')}, not {data}; delete it, "
+                             "or set TUMORLIB_CACHE to another folder")
+    # an intact finished cache is returned after a stat of its files; anything else is (re)built
+    return Path(build_cache(data, cache, workers=config.cache_workers, cache_hw=config.cache_hw,
+                            margin=config.cache_margin, progress=progress, stored_order=config.kaggle_channel_order))
 
 
 def make_datasets(config: Config, cache_dir: str | os.PathLike) -> tuple[Dataset, Dataset, dict[str, list[int]]]:
@@ -102,6 +97,7 @@ def make_datasets(config: Config, cache_dir: str | os.PathLike) -> tuple[Dataset
         ValueError: the split leaves no validation volume.
     """
     from tumorlib.data.dataset import BraTS3DDataset
+    from tumorlib.data.splits import run_splits
 
     splits = run_splits(config, cache_dir)
     train_ids, val_ids = splits["train"], splits["val"]

@@ -1,12 +1,21 @@
-"""Deterministic train/validation/test split of volume ids (one volume per patient in BraTS2020)."""
+"""Deterministic train/validation/test splits of volume ids (one volume per patient in BraTS2020).
+
+``split_volumes`` is the rule; ``split_ids`` applies a config's fractions and seed to a list of ids and
+``run_splits`` to the volumes of a cache (what training, evaluation and the benchmarks split by).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["split_volumes"]
+if TYPE_CHECKING:
+    from tumorlib.core.config import Config
+
+__all__ = ["run_splits", "split_ids", "split_volumes"]
 
 
 def split_volumes(
@@ -50,3 +59,26 @@ def split_volumes(
     val_ids = sorted(shuffled[n_test:n_test + n_val])
     train_ids = sorted(shuffled[n_test + n_val:])
     return train_ids, val_ids, test_ids
+
+
+def split_ids(config: Config, volume_ids: Sequence[int]) -> dict[str, list[int]]:
+    """The config's train / val / test split of ``volume_ids`` (``val_fraction``, ``test_fraction``,
+    ``split_seed``): ``{"train": [...], "val": [...], "test": [...]}``."""
+    train, val, test = split_volumes(sorted(int(v) for v in volume_ids), config.val_fraction,
+                                     config.test_fraction, config.split_seed)
+    return {"train": train, "val": val, "test": test}
+
+
+def run_splits(config: Config, cache_dir: str | os.PathLike) -> dict[str, list[int]]:
+    """The config's train / val / test split of the cached volumes.
+
+    Args:
+        config: ``val_fraction``, ``test_fraction``, ``split_seed``.
+        cache_dir: a finished cache.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` (volume ids).
+    """
+    from tumorlib.data.cache import cached_volume_ids
+
+    return split_ids(config, cached_volume_ids(cache_dir))

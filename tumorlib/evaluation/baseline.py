@@ -138,7 +138,8 @@ def baseline(config: Config, data_dir: str | os.PathLike | None = None, cache_di
     """
     from tumorlib.core.config import workspace
     from tumorlib.data.cache import CacheError, load_cache_index, load_cached_volume, open_source
-    from tumorlib.data.resolve import resolve_cache, run_splits
+    from tumorlib.data.resolve import resolve_cache
+    from tumorlib.data.splits import run_splits
 
     cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
     index = load_cache_index(cache)

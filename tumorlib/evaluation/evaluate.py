@@ -70,7 +70,7 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
     Raises:
         ValueError: an unknown split name, or split volumes missing from the cache.
     """
-    from tumorlib.data.resolve import split_ids
+    from tumorlib.data.splits import split_ids
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")

@@ -69,7 +69,6 @@ __all__ = [
     "forward_backward",
     "make_datasets",
     "optimizer_step",
-    "prepare_cache",
     "resolved_config",
     "train",
     "validate",
@@ -86,10 +85,6 @@ RESUME_IGNORED_FIELDS = runtime_fields()
 RESULT_FILES = (f"checkpoints/{BEST_NAME}", f"checkpoints/{LAST_NAME}", "history.csv", "training_curves.png")
 #: Everything a new run replaces: the results plus the config and splits they belong to.
 RUN_FILES = ("config.json", "splits.json", *RESULT_FILES)
-
-#: The cache a run reads (kept under its old name; see ``tumorlib.data.resolve``).
-prepare_cache = resolve_cache
-
 
 # --------------------------------------------------------------------------- pieces
 
