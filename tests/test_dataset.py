@@ -151,7 +151,8 @@ def test_augmentation(cache):
 
 
 def test_flips_cover_the_tta_axes_and_intensity_is_optional(cache):
-    from tumorlib.inference.sliding_window import FLIP_AXES, SPATIAL_FLIP_AXES
+    from tumorlib.data.patches import SPATIAL_FLIP_AXES
+    from tumorlib.inference.sliding_window import FLIP_AXES
 
     flips = BraTS3DDataset(cache, [1, 2], patch_size=PATCH, samples_per_epoch=200, seed=3, augment=True)
     plans = [flips.plan(i, e) for e in range(2) for i in range(200)]

@@ -6,7 +6,7 @@ index's coordinate sample), otherwise it is placed uniformly. ``tumor_sampling="
 class first (uniformly among the classes present in the sample), then a voxel of it, so necrosis and
 enhancing-tumour centres are as frequent as edema's; ``"voxel"`` (the reference design) picks a tumour
 voxel directly, so the largest class (usually edema) dominates. Training flips each of the three axes
-at random (``augment``), the axes flip TTA mirrors (``tumorlib.inference.sliding_window.SPATIAL_FLIP_AXES``). Each sample is a pure function of
+at random (``augment``), the axes flip TTA mirrors (``tumorlib.data.patches.SPATIAL_FLIP_AXES``). Each sample is a pure function of
 (seed, epoch, index), so a run reproduces with any number of DataLoader workers and DDP ranks only
 need distinct indices (``EpochSampler`` hands them out).
 
@@ -29,63 +29,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tumorlib.core.config import TUMOR_SAMPLING
-from tumorlib.inference.sliding_window import SPATIAL_FLIP_AXES
 
 from .cache import load_cache_index, load_cached_volume
-from .cache.preprocess import _single_thread_torch
+from .cache.normalise import single_thread_torch
+from .patches import SPATIAL_FLIP_AXES, PatchPlan, cut_patch
 
 if TYPE_CHECKING:
     from tumorlib.core.config import Config
 
-__all__ = ["TUMOR_SAMPLING", "BraTS3DDataset", "EpochSampler", "PatchPlan", "default_num_workers", "make_loader"]
+__all__ = ["BraTS3DDataset", "EpochSampler", "default_num_workers", "make_loader"]
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-class PatchPlan(tuple):
-    """Where a sample comes from: ``(volume_id, start (z, y, x), tumour_centred, flips, scale, shift,
-    centre)``; ``centre`` is the tumour voxel (z, y, x) a tumour-centred patch was placed on, else None."""
-
-    __slots__ = ()
-
-    def __new__(cls, volume_id: int, start: tuple[int, int, int], tumour_centred: bool,
-                flips: tuple[bool, bool, bool], scale: np.ndarray | None, shift: np.ndarray | None,
-                centre: tuple[int, int, int] | None = None) -> PatchPlan:
-        return super().__new__(cls, (volume_id, start, tumour_centred, flips, scale, shift, centre))
-
-    volume_id = property(lambda self: self[0])
-    start = property(lambda self: self[1])
-    tumour_centred = property(lambda self: self[2])
-    flips = property(lambda self: self[3])
-    scale = property(lambda self: self[4])
-    shift = property(lambda self: self[5])
-    centre = property(lambda self: self[6])
-
-
-def _cut(volume: np.ndarray, src: list[slice], dst: list[slice], patch_size: tuple[int, ...]) -> np.ndarray:
-    """Copy ``volume[:, src]`` into a new zero-padded (C, *patch_size) array at ``dst``.
-
-    In-memory (writable) volumes are copied with torch, whose copy kernel is about twice as fast as
-    numpy's here (it uses every core); the bytes are the same either way. Read-only memory maps stay
-    with numpy (torch refuses non-writable buffers).
-    """
-    inner = (slice(None),) + tuple(src)
-    full = all(d.start == 0 and d.stop == p for d, p in zip(dst, patch_size))
-    if not volume.flags.writeable:
-        if full:
-            return np.ascontiguousarray(volume[inner])
-        out = np.zeros((volume.shape[0],) + tuple(patch_size), volume.dtype)
-        out[(slice(None),) + tuple(dst)] = volume[inner]
-        return out
-    source = torch.from_numpy(volume)[inner]
-    if full:
-        return source.contiguous().numpy()
-    out = torch.empty((volume.shape[0],) + tuple(patch_size), dtype=source.dtype)
-    for axis, (d, p) in enumerate(zip(dst, patch_size), start=1):  # zero only the padding slabs
-        out.narrow(axis, 0, d.start).zero_()
-        out.narrow(axis, d.stop, p - d.stop).zero_()
-    out[(slice(None),) + tuple(dst)] = source
-    return out.numpy()
 
 
 class BraTS3DDataset(Dataset):
@@ -289,8 +243,8 @@ class BraTS3DDataset(Dataset):
             a, b = max(start, 0), min(start + p, size)
             src.append(slice(a, b))
             dst.append(slice(a - start, b - start))
-        img = _cut(image, src, dst, self.patch_size)
-        msk = _cut(mask, src, dst, self.patch_size)
+        img = cut_patch(image, src, dst, self.patch_size)
+        msk = cut_patch(mask, src, dst, self.patch_size)
         if any(plan.flips):
             axes = tuple(a + 1 for a, f in enumerate(plan.flips) if f)
             img = np.ascontiguousarray(np.flip(img, axes))
@@ -319,7 +273,7 @@ class BraTS3DDataset(Dataset):
         img, msk = self.read_patch(self.plan(int(index), int(epoch)))
         image = torch.from_numpy(img)
         if image.dtype != self.dtype:
-            with _single_thread_torch():  # one thread converts faster than torch's pool here
+            with single_thread_torch():  # one thread converts faster than torch's pool here
                 image = image.to(self.dtype)
         return image, torch.from_numpy(msk)
 

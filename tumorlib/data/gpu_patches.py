@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from .cache import load_cache_index, load_cached_volume
-from .dataset import BraTS3DDataset, EpochSampler, PatchPlan
+from .dataset import BraTS3DDataset, EpochSampler
+from .patches import PatchPlan
 
 __all__ = ["DevicePatchLoader", "DevicePatchSampler", "fits_on_device", "resident_nbytes"]
 

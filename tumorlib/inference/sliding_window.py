@@ -31,11 +31,11 @@ import torch.nn.functional as F
 # BraTS labels and the decoding rule are defined once, in tumorlib.core.brats; these names stay importable here.
 from tumorlib.core.brats import BRATS_LABELS, labels_to_channels
 from tumorlib.core.brats import decode_probabilities as labels_from_probabilities
+from tumorlib.data.patches import SPATIAL_FLIP_AXES
 
 __all__ = [
     "BRATS_LABELS",
     "FLIP_AXES",
-    "SPATIAL_FLIP_AXES",
     "importance_map",
     "labels_from_probabilities",
     "labels_to_channels",
@@ -43,8 +43,6 @@ __all__ = [
     "window_starts",
 ]
 
-#: The spatial axes (D, H, W) of a volume that flip TTA mirrors and training flips at random.
-SPATIAL_FLIP_AXES: tuple[int, ...] = (0, 1, 2)
 #: The 8 combinations of flips of the spatial axes (2, 3, 4) of a (B, C, D, H, W) tensor, for TTA.
 FLIP_AXES: tuple[tuple[int, ...], ...] = tuple(
     axes for r in range(len(SPATIAL_FLIP_AXES) + 1)
