@@ -21,20 +21,17 @@ The layout written is that of the Kaggle dataset ``awsaf49/brats2020-training-da
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
 from tumorlib.data.anatomy import (BRATS_SHAPE, deep_wm_points, random_geometry, sample_anatomy, smooth_noise,
                                    world_to_index)
+from tumorlib.io.kaggle_write import write_kaggle_volume
 
-from tumorlib.core.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, reorder_channels
-
-__all__ = ["KAGGLE_SUBDIR", "make_phantom", "make_synthetic", "write_kaggle_volume"]
+__all__ = ["KAGGLE_SUBDIR", "make_phantom", "make_synthetic"]
 
 KAGGLE_SUBDIR = Path("BraTS2020_training_data") / "content" / "data"
 
@@ -173,6 +170,20 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
     shape = tuple(int(s) for s in shape)
     rng = np.random.default_rng([seed, volume_id])
     spacing = np.array(BRATS_SHAPE, np.float64) / np.array(shape)
+    case = _draw_case(rng)
+    t1_template, gm, wm, brain_p, vent, plexus, pv = sample_anatomy(shape, case["geometry"], case["masses"])
+    tissue = {"wm": wm, "csf": np.clip(brain_p - gm - wm, 0.0, 1.0), "brain": brain_p}
+    mask, fade, weights = _tumours(rng, tissue, case, shape, spacing)
+    image = _healthy_contrasts(rng, tissue, gm, t1_template, shape, spacing)
+    _add_look_alikes(rng, image, case, pv, plexus, brain_p, shape, spacing)
+    _add_tumour_contrast(rng, image, fade, weights, case["kind"], shape, spacing)
+    _acquire(rng, image, brain_p > 0.5, shape, spacing)
+    return image, mask.astype(np.uint8)
+
+
+def _draw_case(rng: np.random.Generator) -> dict:
+    """The case's random choices before any image: geometry, tumour kind and size, lesion centres and
+    the masses that push the anatomy aside (``sample_anatomy``)."""
     geometry = random_geometry(rng)
     kind = str(rng.choice(["necrotic", "solid", "lowgrade"], p=[0.62, 0.22, 0.16]))
     wt_fraction = float(np.clip(np.exp(rng.normal(np.log(0.05), 0.6)), 0.012, 0.14))
@@ -188,21 +199,24 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
     for share, centre in zip(shares, centres):
         radius = (3.0 * wt_fraction * share * brain_mm3 / (4 * np.pi)) ** (1 / 3)
         masses.append((centre, float(np.clip(rng.uniform(0.25, 0.45) * radius / 20.0, 0.05, 0.45)), 1.3 * radius))
-    maps = sample_anatomy(shape, geometry, masses)
-    t1_template, gm, wm, brain_p, vent, plexus, pv = maps
-    brain = brain_p > 0.5
-    tissue = {"wm": wm, "csf": np.clip(brain_p - gm - wm, 0.0, 1.0), "brain": brain_p}
-    n_brain = int(brain.sum())
+    return {"geometry": geometry, "kind": kind, "wt_fraction": wt_fraction, "shares": shares, "points": points,
+            "centres": centres, "masses": masses}
 
-    # tumours: labels (jittered) and the weights that drive the image
+
+def _tumours(rng: np.random.Generator, tissue: dict[str, np.ndarray], case: dict, shape: tuple[int, int, int],
+             spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Tumour labels (jittered, (3, D, H, W) bool) and the weights that drive the image: the edema fade
+    and the (necrosis, NET, enhancing) weights, blurred by the partial volume."""
+    brain = tissue["brain"] > 0.5
+    n_brain = int(brain.sum())
     mask = np.zeros((3,) + shape, bool)
     fade = np.zeros(shape, np.float32)
     nec_w = np.zeros(shape, np.float32)
     net_w = np.zeros(shape, np.float32)
     enh_w = np.zeros(shape, np.float32)
-    for share, centre in zip(shares, centres):
+    for share, centre in zip(case["shares"], case["centres"]):
         idx = world_to_index(centre[None], shape)[0]
-        lesion = _lesion(rng, tissue, idx, int(wt_fraction * share * n_brain), kind, spacing)
+        lesion = _lesion(rng, tissue, idx, int(case["wt_fraction"] * share * n_brain), case["kind"], spacing)
         box = lesion["box"]
         fade[box] = np.maximum(fade[box], lesion["fade"])
         mask[1][box] |= lesion["wt"]
@@ -217,9 +231,13 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
     pv_sigma = np.maximum(0.6 / spacing, 0.3)
     for w in (nec_w, net_w, enh_w):
         w[...] = ndimage.gaussian_filter(w, pv_sigma)
+    return mask, fade, (nec_w, net_w, enh_w)
 
-    # healthy contrasts from the tissue probabilities (partial volume), T1 half from the template's T1
-    csf = tissue["csf"]
+
+def _healthy_contrasts(rng: np.random.Generator, tissue: dict[str, np.ndarray], gm: np.ndarray,
+                       t1_template: np.ndarray, shape: tuple[int, int, int], spacing: np.ndarray) -> np.ndarray:
+    """Healthy contrasts from the tissue probabilities (partial volume), T1 half from the template's T1."""
+    wm, csf = tissue["wm"], tissue["csf"]
     wm_gm = wm + gm
     image = np.empty((4,) + shape, np.float32)
     jitter = rng.uniform(0.94, 1.06, size=(2, 4)).astype(np.float32)
@@ -229,8 +247,14 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
     image[1] = image[0] * np.float32(_GM[1] / _GM[0]) ** (gm / np.maximum(wm_gm + csf, 1e-3))
     texture = smooth_noise(rng, shape, np.maximum(2.0 / spacing, 1.0))
     image *= 1.0 + np.float32(0.05) * texture
+    return image
 
-    # look-alikes: white-matter spots and periventricular caps on FLAIR/T2, vessels, plexus, dura on T1ce
+
+def _add_look_alikes(rng: np.random.Generator, image: np.ndarray, case: dict, pv: np.ndarray, plexus: np.ndarray,
+                     brain_p: np.ndarray, shape: tuple[int, int, int], spacing: np.ndarray) -> None:
+    """Look-alikes that are not tumour, in place: white-matter spots and periventricular caps on
+    FLAIR/T2, vessels, choroid plexus and dura on T1ce."""
+    points, geometry = case["points"], case["geometry"]
     spots = np.zeros(shape, np.float32)
     for p in points[rng.integers(len(points), size=int(rng.integers(4, 13)))]:
         i = np.round(world_to_index(geometry.to_world(p[None]), shape)[0]).astype(int)
@@ -255,7 +279,11 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
     dura = edge * (smooth_noise(rng, shape, 12.0 / spacing) > rng.uniform(-0.6, 0.2))
     image[1] *= 1.0 + dura * np.float32(rng.uniform(0.5, 1.0))
 
-    # tumour: edema as a relative rise over the local tissue, core classes blended in
+
+def _add_tumour_contrast(rng: np.random.Generator, image: np.ndarray, fade: np.ndarray,
+                         weights: tuple[np.ndarray, np.ndarray, np.ndarray], kind: str,
+                         shape: tuple[int, int, int], spacing: np.ndarray) -> None:
+    """Tumour in place: edema as a relative rise over the local tissue, core classes blended in."""
     rise = np.array([-rng.uniform(0.08, 0.2), 0.0, rng.uniform(0.35, 0.6), rng.uniform(0.35, 0.6)], np.float32)
     rise[1] = rise[0]
     for m in range(4):
@@ -267,11 +295,14 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
         "enh": (rng.uniform(0.7, 0.95), rng.uniform(1.1, 1.45), rng.uniform(1.1, 1.5), rng.uniform(1.1, 1.4)),
     }
     core_tex = 1.0 + np.float32(0.1) * smooth_noise(rng, shape, np.maximum(2.5 / spacing, 1.0))
-    for name, w in (("nec", nec_w), ("net", net_w), ("enh", enh_w)):
+    for name, w in zip(("nec", "net", "enh"), weights):
         for m in range(4):
             image[m] = image[m] * (1.0 - w) + w * np.float32(values[name][m]) * core_tex
 
-    # acquisition: gain and offset, bias field, thick-slice blur, Rician noise
+
+def _acquire(rng: np.random.Generator, image: np.ndarray, brain: np.ndarray, shape: tuple[int, int, int],
+             spacing: np.ndarray) -> None:
+    """Acquisition in place: gain and offset, bias field, thick-slice blur, Rician noise; 0 outside the brain."""
     bias = np.exp(np.float32(rng.uniform(0.08, 0.22)) * smooth_noise(rng, shape, 70.0 / spacing))
     for m in range(4):
         gain = _LEVEL[m] * np.float32(rng.uniform(0.8, 1.25))
@@ -284,43 +315,6 @@ def make_phantom(shape: tuple[int, int, int] = (155, 240, 240), seed: int = 0,
         np.maximum(chan, 1.0, out=chan)
         chan[~brain] = 0.0
         image[m] = chan
-    return image, mask.astype(np.uint8)
-
-
-def write_kaggle_volume(data_dir: str | os.PathLike, volume_id: int, image: np.ndarray,
-                        mask: np.ndarray, stored_order: Sequence[str] = KAGGLE_STORED_ORDER) -> list[Path]:
-    """Write one volume as Kaggle per-slice HDF5 files, channels in the pack's stored order.
-
-    Args:
-        data_dir: the folder that receives ``volume_{id}_slice_{s}.h5``.
-        volume_id: the volume number in the file names.
-        image: (4, D, H, W) intensities in the canonical order T1, T1ce, T2, FLAIR; written as
-            (H, W, 4) float64 per slice with channels in ``stored_order``.
-        mask: (3, D, H, W) binary; written as (H, W, 3) uint8 per slice.
-        stored_order: the channel order of the files (default: the Kaggle pack's FLAIR, T1, T1ce, T2).
-
-    Returns:
-        The slice files in slice order.
-
-    Raises:
-        ValueError: shapes that do not match, the wrong channel counts or a bad ``stored_order``.
-    """
-    if image.ndim != 4 or image.shape[0] != 4 or mask.shape != (3,) + image.shape[1:]:
-        raise ValueError(f"volume {volume_id}: need image (4, D, H, W) and mask (3, D, H, W), "
-                         f"got {image.shape} and {mask.shape}")
-    image = reorder_channels(image, CANONICAL_ORDER, stored_order)
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    img_slices = np.ascontiguousarray(image.transpose(1, 2, 3, 0), dtype=np.float64)  # (D, H, W, 4)
-    mask_slices = np.ascontiguousarray(mask.transpose(1, 2, 3, 0), dtype=np.uint8)
-    for s in range(image.shape[1]):
-        path = data_dir / f"volume_{volume_id}_slice_{s}.h5"
-        with h5py.File(path, "w") as f:
-            f.create_dataset("image", data=img_slices[s])
-            f.create_dataset("mask", data=mask_slices[s])
-        paths.append(path)
-    return paths
 
 
 def make_synthetic(out_dir: str | os.PathLike, n_volumes: int, shape: tuple[int, int, int] = (155, 240, 240),
