@@ -41,7 +41,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tumorlib.data import make_synthetic
-    from tumorlib.core.safety import check_free_space, replace_folder
+    from tumorlib.core.folders import check_free_space, replace_folder
 
     d, h, w = args.shape
     per_slice = -(-(h * w * 35 + 2112) // 4096) * 4096  # float64 x4 + uint8 x3 + HDF5 header, in 4 KiB blocks
