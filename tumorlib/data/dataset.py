@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tumorlib.core.config import TUMOR_SAMPLING
+from tumorlib.core.config_checks import TUMOR_SAMPLING
 from tumorlib.inference.sliding_window import SPATIAL_FLIP_AXES
 
 from .cache import load_cache_index, load_cached_volume
