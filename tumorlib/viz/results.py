@@ -176,7 +176,10 @@ def plot_training_curves(history_df: Any, path: Any | None = None, title: str | 
     if title:
         fig.suptitle(title)
     if path is not None:
-        fig.savefig(path, dpi=120)
+        from tumorlib.core.safety import atomic_path
+
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
     return fig
 
 
