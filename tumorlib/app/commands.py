@@ -167,7 +167,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from tumorlib.evaluation.evaluate import predict
+    from tumorlib.inference.predict import predict
 
     if args.nifti is not None and (args.data is not None or args.volume is not None):
         raise ValueError("give --nifti CASE_DIR or --data DIR --volume ID, not both")

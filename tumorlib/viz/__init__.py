@@ -29,6 +29,7 @@ from tumorlib.viz.colors import (
 )
 from tumorlib.viz.figures import (
     class_fractions,
+    plot_cache_crop,
     plot_class_fractions,
     plot_intensity_histograms,
     plot_sample_slice,
@@ -52,6 +53,7 @@ __all__ = [
     "class_legend_handles",
     "error_legend_handles",
     "error_map",
+    "plot_cache_crop",
     "plot_class_fractions",
     "plot_intensity_histograms",
     "plot_metric_boxes",

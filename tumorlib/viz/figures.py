@@ -1,5 +1,5 @@
 """Static matplotlib figures of the data for the notebooks: sample slice, class fractions, intensity
-histograms (three views: ``tumorlib.viz.views``; figures of results: ``tumorlib.viz.results``).
+histograms, the cache crop (three views: ``tumorlib.viz.views``; results: ``tumorlib.viz.results``).
 
 Every function returns a ``matplotlib.figure.Figure`` created without pyplot, so nothing accumulates in
 pyplot's figure list and nothing opens a window: in a notebook, show it as the last expression of a cell
@@ -22,6 +22,7 @@ from tumorlib.viz.render import brain_mask, intensity_window, render_plane, to_u
 __all__ = [
     "class_fractions",
     "modality_index",
+    "plot_cache_crop",
     "plot_class_fractions",
     "plot_intensity_histograms",
     "plot_sample_slice",
@@ -319,4 +320,39 @@ def plot_intensity_histograms(
         axes[0].legend(frameon=False, fontsize=8)
     if title:
         fig.suptitle(title + ("" if single else f" ({len(images)} volumes)"))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- 02
+
+
+def plot_cache_crop(raw_image: Any, cached_image: Any, cached_mask: Any, entry: Mapping[str, Any],
+                    volume_id: int | str, modality: str | int = "flair") -> Any:
+    """One volume before and after caching: the stored slice with the crop box, the cached slice with
+    the tumour outline, through the middle of the tumour.
+
+    Args:
+        raw_image: ``(4, D, H, W)`` as read from the HDF5 slices (``tumorlib.data.load_volume``).
+        cached_image: ``(4, D', H', W')`` from the cache (``load_cached_volume``).
+        cached_mask: ``(3, D', H', W')`` class channels from the cache.
+        entry: the volume's cache index entry (``crop_box``, ``shape``, ``tumor_coords``).
+        volume_id: the volume's id, for the title.
+        modality: the channel shown (name or index).
+
+    Returns:
+        ``matplotlib.figure.Figure`` with two panels.
+    """
+    from matplotlib.patches import Rectangle
+
+    m = modality_index(modality)
+    z = int(np.median([c[0] for c in entry["tumor_coords"]]))  # a slice through the tumour (cache frame)
+    (z0, _), (y0, y1), (x0, x1) = entry["crop_box"]
+    fig = new_figure((9.0, 4.0))
+    axes = fig.subplots(1, 2)
+    axes[0].imshow(np.asarray(raw_image)[m, z0 + z], cmap="gray")
+    axes[0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="tab:orange", lw=2))
+    axes[0].set_title(f"volume {volume_id}: HDF5 {MODALITIES[m]}, slice {z0 + z}, crop box")
+    axes[1].imshow(np.asarray(cached_image)[m, z].astype(np.float32), cmap="gray")
+    axes[1].contour(np.asarray(cached_mask)[:, z].any(axis=0), levels=[0.5], colors="tab:red", linewidths=1)
+    axes[1].set_title(f"cache: z-scored, {entry['shape'][1]}x{entry['shape'][2]}, tumour outline")
     return fig
