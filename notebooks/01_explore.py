@@ -30,21 +30,17 @@
 # Point `TUMORLIB_DATA` at a real download (see the README) to explore BraTS itself.
 
 # %%
-import os
-
 import matplotlib
 
 import tumorlib
 from tumorlib import data, viz
+from tumorlib.app.notebook import notebook_setup
 
 matplotlib.rcParams["figure.dpi"] = 80
 
 # %% tags=["parameters"]
-PRESET = os.environ.get("TUMORLIB_PRESET", "demo")  # ci, demo or full
-config = tumorlib.get_config(PRESET)
-ws = tumorlib.workspace(config)
+PRESET, config, ws = notebook_setup()  # $TUMORLIB_PRESET: ci, demo or full (default demo); data: $TUMORLIB_DATA
 SAMPLE_VOLUME = None  # a volume id to show; None picks the first one
-ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
 # %% tags=["nbval-ignore-output"]
 print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use

@@ -34,24 +34,19 @@
 # `tumorlib cache --data DIR --out CACHE --workers 2`.
 
 # %%
-import os
-
 import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.patches import Rectangle
+from IPython.display import display
 
 import tumorlib
-from tumorlib import data
+from tumorlib import data, viz
+from tumorlib.app.notebook import notebook_setup
 
 matplotlib.rcParams["figure.dpi"] = 80
 
 # %% tags=["parameters"]
-PRESET = os.environ.get("TUMORLIB_PRESET", "demo")  # ci, demo or full
-config = tumorlib.get_config(PRESET)
-ws = tumorlib.workspace(config)
+PRESET, config, ws = notebook_setup()  # $TUMORLIB_PRESET: ci, demo or full (default demo); data: $TUMORLIB_DATA
 SAMPLE_VOLUME = None  # a volume id to show; None picks the first one
-ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
 # %% tags=["nbval-ignore-output"]
 print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
@@ -108,15 +103,7 @@ vid = SAMPLE_VOLUME or volume_ids[0]
 entry = index["volumes"][str(vid)]
 raw_image, raw_mask = data.load_volume(data_dir, vid)
 cached_image, cached_mask = data.load_cached_volume(cache_dir, vid)
-z = int(np.median([c[0] for c in entry["tumor_coords"]]))  # a slice through the tumour (cache frame)
-(z0, _), (y0, y1), (x0, x1) = entry["crop_box"]
-fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-axes[0].imshow(raw_image[3, z0 + z], cmap="gray")
-axes[0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="tab:orange", lw=2))
-axes[0].set_title(f"volume {vid}: HDF5 FLAIR, slice {z0 + z}, crop box")
-axes[1].imshow(cached_image[3, z].astype(np.float32), cmap="gray")
-axes[1].contour(cached_mask[:, z].any(axis=0), levels=[0.5], colors="tab:red", linewidths=1)
-axes[1].set_title(f"cache: z-scored, {entry['shape'][1]}x{entry['shape'][2]}, tumour outline")
-fig.tight_layout()
+fig = viz.plot_cache_crop(raw_image, cached_image, cached_mask, entry, vid)
 fig.savefig(ws.fig_dir / "cache_crop.png")
 print("round trip exact:", bool((data.uncrop(np.asarray(cached_mask), entry) == raw_mask).all()))
+display(fig)

@@ -32,24 +32,20 @@
 # command line.
 
 # %%
-import os
-
 import matplotlib
 
 import tumorlib
 from tumorlib import data
+from tumorlib.app.notebook import notebook_setup
 from tumorlib.benchmarks import loading as bench
 
 matplotlib.rcParams["figure.dpi"] = 80
 
 # %% tags=["parameters"]
-PRESET = os.environ.get("TUMORLIB_PRESET", "demo")  # ci, demo or full
-config = tumorlib.get_config(PRESET)
-ws = tumorlib.workspace(config)
+PRESET, config, ws = notebook_setup()  # $TUMORLIB_PRESET: ci, demo or full (default demo); data: $TUMORLIB_DATA
 N_VOLUMES = 3  # volumes measured
 REPEATS = 2 if PRESET == "ci" else 3  # warm loads per volume and source
 N_PATCHES = 20 if PRESET == "ci" else 200  # patches timed
-ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
 # %% tags=["nbval-ignore-output"]
 print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use

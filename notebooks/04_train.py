@@ -37,27 +37,21 @@
 # ```
 
 # %%
-import os
-
 import matplotlib
 import pandas as pd
 
 import tumorlib
 from tumorlib import viz
-from tumorlib.training import resume as autoresume
-from tumorlib.nn import checkpoint
-from tumorlib.nn import unet as model
-from tumorlib.nn import schedule
+from tumorlib.app.notebook import notebook_setup, preset_table
 from tumorlib.data.resolve import make_datasets, resolve_cache
+from tumorlib.nn import checkpoint, schedule, unet
+from tumorlib.training import resume
 
 matplotlib.rcParams["figure.dpi"] = 80
 
 # %% tags=["parameters"]
-PRESET = os.environ.get("TUMORLIB_PRESET", "demo")  # ci, demo or full
-config = tumorlib.get_config(PRESET)
-ws = tumorlib.workspace(config)
+PRESET, config, ws = notebook_setup()  # $TUMORLIB_PRESET: ci, demo or full (default demo); data: $TUMORLIB_DATA
 LOAD_EXISTING_RUN = False  # True: show the run already in ws.run_dir (trained before) instead of training
-ws.fig_dir.mkdir(parents=True, exist_ok=True)
 
 # %% tags=["nbval-ignore-output"]
 print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
@@ -68,12 +62,7 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 # 2-core CPU trains in minutes or seconds. The training fields of this preset beside the reference design's:
 
 # %%
-fields = ["patch_size", "tumor_prob", "features", "batch_size", "accumulation_steps", "epochs",
-          "warmup_epochs", "lr", "min_lr_ratio", "weight_decay", "samples_per_epoch", "val_samples",
-          "class_weights", "focal_gamma", "dice_weight", "grad_clip", "amp", "compile", "seed"]
-reference_config = tumorlib.get_config("full")
-pd.DataFrame({PRESET: [str(getattr(config, f)) for f in fields],
-              "full (reference)": [str(getattr(reference_config, f)) for f in fields]}, index=fields)
+preset_table(config, reference="full")
 
 # %% [markdown]
 # ## Data and splits
@@ -125,14 +114,15 @@ pd.DataFrame({"volumes": [len(v) for v in splits.values()],
 # bottleneck alone holds 10.6 million).
 
 # %%
-reference_net = model.UNet3D()
-model.layer_table(reference_net, reference_config.patch_size)
+reference_config = tumorlib.get_config("full")
+reference_net = unet.UNet3D()
+unet.layer_table(reference_net, reference_config.patch_size)
 
 # %%
-print(f"reference UNet3D {reference_net.features}: {model.count_parameters(reference_net):,} parameters")
-net = model.model_from_config(config)
-print(f"{PRESET} UNet3D {net.features}: {model.count_parameters(net):,} parameters")
-model.layer_table(net, config.patch_size)
+print(f"reference UNet3D {reference_net.features}: {unet.count_parameters(reference_net):,} parameters")
+net = unet.model_from_config(config)
+print(f"{PRESET} UNet3D {net.features}: {unet.count_parameters(net):,} parameters")
+unet.layer_table(net, config.patch_size)
 
 # %% [markdown]
 # The learning rate over the run, one point per optimizer step (what `RUN/history.csv` records is the
@@ -167,7 +157,7 @@ if LOAD_EXISTING_RUN and history_file.is_file():
     history = pd.read_csv(history_file)
     print(f"loaded the run in {tumorlib.display_path(ws.run_dir)} ({len(history)} epochs)")
 else:
-    history = autoresume.train_or_resume(config, cache_dir=cache_dir, out_dir=ws.run_dir, progress=True)
+    history = resume.train_or_resume(config, cache_dir=cache_dir, out_dir=ws.run_dir, progress=True)
 
 # %% tags=["nbval-ignore-output"]
 history.round(4)

@@ -37,31 +37,27 @@
 # `tumorlib.inference.sliding_window` compute exactly what MONAI computes (the tests compare them).
 
 # %%
-import os
 import time
 
 import matplotlib
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import torch
 
 import tumorlib
 from tumorlib import data, viz
-from tumorlib.evaluation import baseline
-from tumorlib.evaluation import evaluate
-from tumorlib.inference import predictor as runs
+from tumorlib.app.notebook import dice_comparison, notebook_setup
+from tumorlib.core.device import resolve_device
+from tumorlib.evaluation import baseline, evaluate
+from tumorlib.inference import predict, predictor
 
 matplotlib.rcParams["figure.dpi"] = 80
 
 # %% tags=["parameters"]
-PRESET = os.environ.get("TUMORLIB_PRESET", "demo")  # ci, demo or full
-config = tumorlib.get_config(PRESET)
-ws = tumorlib.workspace(config)
+PRESET, config, ws = notebook_setup()  # $TUMORLIB_PRESET: ci, demo or full (default demo); data: $TUMORLIB_DATA
 SPLIT = "test"  # the volumes held out from training and model selection
 TTA = False  # average each window over its 8 flips (8x slower, usually a little better)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # inference on the GPU when there is one
-ws.fig_dir.mkdir(parents=True, exist_ok=True)
+DEVICE = str(resolve_device())  # inference on the GPU when there is one (the one device rule)
 
 # %% tags=["nbval-ignore-output"]
 print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
@@ -74,7 +70,7 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 
 # %% tags=["nbval-ignore-output"]
 data_dir = data.ensure_data(config, progress=False)  # the embedded set is generated on first use
-run = runs.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
+run = predictor.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
 model, run_config, cache_dir = run.model, run.config, run.cache_dir
 print("run:  ", tumorlib.display_path(run.run_dir))
 print("cache:", tumorlib.display_path(cache_dir))
@@ -114,11 +110,10 @@ evaluate.metric_table(frame)
 
 # %% tags=["nbval-ignore-output"]
 base = baseline.baseline(run_config, cache_dir=cache_dir, progress=False)
-dice_cols = [c for c in frame.columns if c.startswith("dice_")]
-pd.DataFrame({"U-Net": frame[dice_cols].mean(), "intensity baseline": base[dice_cols].mean()}).round(3)
+dice_comparison({"U-Net": frame, "intensity baseline": base})
 
 # %% tags=["nbval-ignore-output"]
-fig = evaluate.plot_metric_boxes(frame, title=f"{PRESET}: {SPLIT} split, {len(frame)} volume(s)")
+fig = viz.plot_metric_boxes(frame, title=f"{PRESET}: {SPLIT} split, {len(frame)} volume(s)")
 fig.savefig(ws.fig_dir / "05_metrics_boxplot.png", dpi=100)
 fig
 
@@ -147,7 +142,7 @@ print(f"volume {volume_id}: windows of {run_config.patch_size}")
 
 # %% tags=["nbval-ignore-output"]
 start = time.perf_counter()
-image, gt, prob, pred = runs.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE)
+image, gt, prob, pred = predictor.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE)
 seconds = time.perf_counter() - start
 print(f"full-volume inference on {DEVICE}: {seconds:.2f} s ({torch.get_num_threads()} CPU threads)")
 
@@ -169,7 +164,7 @@ fig
 # a NIfTI case keeps its own header.
 
 # %%
-seg_path = evaluate.predict(run.run_dir, ws.out_dir / "predictions" / f"volume_{volume_id}_seg.nii.gz",
+seg_path = predict.predict(run.run_dir, ws.out_dir / "predictions" / f"volume_{volume_id}_seg.nii.gz",
                             data_dir=data_dir,
                             volume_id=volume_id, device=DEVICE)
 seg = nib.load(str(seg_path))

@@ -34,27 +34,22 @@
 # enhancing yellow (the Okabe–Ito palette, readable with common colour-vision deficiencies).
 
 # %%
-import os
-
 import matplotlib
-import pandas as pd
-import torch
 
 import tumorlib
 from tumorlib import viz
-from tumorlib.evaluation import metrics
-from tumorlib.inference import predictor as runs
+from tumorlib.app.notebook import notebook_setup, volume_scores
+from tumorlib.benchmarks.viewer import benchmark_viewer
+from tumorlib.core.device import resolve_device
+from tumorlib.inference import predictor
 
 matplotlib.rcParams["figure.dpi"] = 80
 
 # %% tags=["parameters"]
-PRESET = os.environ.get("TUMORLIB_PRESET", "demo")  # ci, demo or full
-config = tumorlib.get_config(PRESET)
-ws = tumorlib.workspace(config)
+PRESET, config, ws = notebook_setup()  # $TUMORLIB_PRESET: ci, demo or full (default demo); data: $TUMORLIB_DATA
 VOLUME = None  # a test volume id to show; None picks the first volume of the test split
 MODALITY = "FLAIR"  # the grey image under the overlays: T1, T1ce, T2 or FLAIR
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # inference on the GPU when there is one
-ws.fig_dir.mkdir(parents=True, exist_ok=True)
+DEVICE = str(resolve_device())  # inference on the GPU when there is one (the one device rule)
 
 # %% tags=["nbval-ignore-output"]
 print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
@@ -66,7 +61,7 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 # `demo` takes seconds to minutes on a CPU.
 
 # %% tags=["nbval-ignore-output"]
-run = runs.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
+run = predictor.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
 model, run_config, cache_dir = run.model, run.config, run.cache_dir
 print("run:", tumorlib.display_path(run.run_dir))
 
@@ -83,13 +78,9 @@ volume_id = test_ids[0] if VOLUME is None else VOLUME
 print(f"test volumes: {test_ids}; showing volume {volume_id}")
 
 # %% tags=["nbval-ignore-output"]
-image, gt, prob, pred = runs.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE)
+image, gt, prob, pred = predictor.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE)
 print(f"image {image.shape} {image.dtype}, ground truth {gt.shape} {gt.dtype}")
-scores = pd.DataFrame(
-    {"dice": metrics.dice(pred, gt), "voxels (truth)": gt.sum(axis=(1, 2, 3)), "voxels (predicted)": pred.sum(axis=(1, 2, 3))},
-    index=list(viz.CLASS_NAMES),
-)
-scores.round(3)
+volume_scores(pred, gt)
 
 # %% [markdown]
 # ## Three planes through the tumour
@@ -135,4 +126,4 @@ error_viewer
 # under 50 ms, so scrubbing a slider feels continuous.
 
 # %% tags=["nbval-ignore-output"]
-timing = viz.benchmark_viewer(shape=(155, 240, 240), steps=10, overlay="both")
+timing = benchmark_viewer(shape=(155, 240, 240), steps=10, overlay="both")

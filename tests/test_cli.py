@@ -5,7 +5,8 @@ import sys
 
 import numpy as np
 
-from tumorlib.app.cli import build_parser, config_from_args, main
+from tumorlib.app.cli import build_parser, main
+from tumorlib.app.commands import config_from_args
 from tumorlib.data import list_volumes, load_volume, make_phantom
 
 
@@ -24,7 +25,7 @@ def test_config_flags():
     parser = build_parser()
     args = parser.parse_args(["synth", "--out", "x"])
     assert args.command == "synth"
-    from tumorlib.app.cli import add_config_args
+    from tumorlib.app.commands import add_config_args
     import argparse
 
     p = argparse.ArgumentParser()

@@ -192,10 +192,10 @@ def test_bad_value_fails_at_construction(field, value, message):
 def test_every_field_has_a_rule_and_every_preset_is_valid():
     import dataclasses
 
-    from tumorlib.core.config import _CHOICES, _RULES
+    from tumorlib.core.config_checks import CHOICES, RULES
 
     names = {f.name for f in dataclasses.fields(Config)}
-    assert names - set(_RULES) - set(_CHOICES) == {"preset", "kaggle_channel_order"}
+    assert names - set(RULES) - set(CHOICES) == {"preset", "kaggle_channel_order"}
     assert {f for f, _, _ in BAD_VALUES} == names  # each field has at least one failing case above
     for name, cfg in PRESETS.items():
         assert Config.from_dict(cfg.to_dict()) == cfg, name

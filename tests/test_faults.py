@@ -224,11 +224,12 @@ def test_disk_full_on_a_real_small_filesystem(small_tmpfs):
 
 def test_cli_disk_full_without_file_name(monkeypatch, capsys):
     import tumorlib.app.cli as cli
+    import tumorlib.app.commands as commands
 
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cli, "_cmd_synth", full)
+    monkeypatch.setattr(commands, "_cmd_synth", full)
     parser = cli.build_parser
     monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), full))
     assert main(["synth", "--out", "x"]) == 2

@@ -50,3 +50,42 @@ def test_notebook_is_thin_and_parameterised(path):
     assert sum(bool(c.get("outputs")) for c in code) >= len(code) // 2, \
         f"{path.name} holds too few stored outputs for nbval to compare"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+def test_notebook_setup_reads_the_preset_and_makes_the_figures_folder(tmp_path, monkeypatch):
+    from tumorlib.app.notebook import notebook_setup
+
+    monkeypatch.setenv("TUMORLIB_PRESET", "ci")
+    monkeypatch.setenv("TUMORLIB_OUT", str(tmp_path / "out"))
+    preset, config, ws = notebook_setup()
+    assert preset == config.preset == "ci"
+    assert ws.fig_dir == (tmp_path / "out" / "figures").resolve() and ws.fig_dir.is_dir()
+    assert notebook_setup("demo", epochs=3).config.epochs == 3
+    with pytest.raises(ValueError, match="unknown preset"):
+        notebook_setup("nope")
+
+
+def test_notebook_tables():
+    import numpy as np
+    import pandas as pd
+
+    from tumorlib.app.notebook import TRAINING_FIELDS, dice_comparison, preset_table, volume_scores
+    from tumorlib.core.config import get_config
+
+    table = preset_table(get_config("ci"))
+    assert list(table.columns) == ["ci", "full (reference)"] and list(table.index) == list(TRAINING_FIELDS)
+    assert table.loc["patch_size", "ci"] == "(16, 32, 32)" and table.loc["patch_size", "full (reference)"] == "(64, 160, 160)"
+
+    a = pd.DataFrame({"volume": [1, 2], "dice_wt": [0.5, 1.0], "hd95_wt": [3.0, 4.0]})
+    b = pd.DataFrame({"volume": [1, 2], "dice_wt": [0.1, 0.2], "hd95_wt": [9.0, 9.0]})
+    both = dice_comparison({"U-Net": a, "baseline": b})
+    assert list(both.columns) == ["U-Net", "baseline"] and list(both.index) == ["dice_wt"]
+    assert both.loc["dice_wt"].tolist() == [0.75, 0.15]
+
+    gt = np.zeros((3, 2, 4, 4), np.uint8)
+    gt[0, 0, :2, :2] = 1
+    pred = gt.copy()
+    pred[0, 1, :2, :2] = 1  # 4 false positives: Dice 8 / 12
+    scores = volume_scores(pred, gt)
+    assert list(scores.index) == ["necrosis", "edema", "enhancing"]
+    assert scores.loc["necrosis"].tolist() == [round(8 / 12, 3), 4, 8]

@@ -1,4 +1,4 @@
-"""tumorlib.core.safety and tumorlib.core.integrity: each mechanism on its own (faults: test_faults.py)."""
+"""tumorlib.core.safety, tumorlib.core.folders and tumorlib.core.integrity: each mechanism on its own (faults: test_faults.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ import time
 import pytest
 
 from tumorlib.core.integrity import VerificationError, file_record, record_problem, verify_record
+from tumorlib.core.folders import (
+    check_empty_folder,
+    check_not_input,
+    discard_previous,
+    inside,
+    move_aside,
+    replace_folder,
+)
 from tumorlib.core.safety import (
     LOCK_NAME,
     DiskFullError,
@@ -21,14 +29,8 @@ from tumorlib.core.safety import (
     atomic_open,
     atomic_path,
     atomic_write,
-    check_empty_folder,
-    check_not_input,
-    discard_previous,
     folder_lock,
-    inside,
     is_disk_full,
-    move_aside,
-    replace_folder,
 )
 
 

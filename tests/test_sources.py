@@ -18,7 +18,8 @@ from tumorlib.core.sources import (
     find_kagglehub_download,
     kaggle_working_dir,
 )
-from tumorlib.app.setup_report import auto_precision, describe_setup, install_hint
+from tumorlib.app.setup_report import describe_setup, install_hint
+from tumorlib.core.device import auto_amp_dtype, precision_name
 
 
 def _tree(root):
@@ -153,6 +154,11 @@ def test_kaggle_mount_wins_over_kagglehub(kaggle_session, tmp_path, monkeypatch)
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(cache))
     _kagglehub_version(cache, "awsaf49", "brats2020-training-data", 1)
     assert find_data_source(tmp_path / "emb").kind == "kaggle-mount"
+
+
+def auto_precision(device):
+    """The precision name describe_setup prints for ``device`` (the one rule of tumorlib.core.device)."""
+    return precision_name(auto_amp_dtype(device)[0])
 
 
 def test_auto_precision_on_cpu():

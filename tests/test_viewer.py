@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from tumorlib.viz.colors import CLASS_COLORS, ERROR_COLORS, MODALITIES, to_label_map
+from tumorlib.benchmarks.viewer import benchmark_viewer
+from tumorlib.core.brats import MODALITIES
+from tumorlib.viz.colors import CLASS_COLORS, ERROR_COLORS, to_label_map
 from tumorlib.viz.render import intensity_window, to_uint8
-from tumorlib.viz.viewer import ThreePlaneViewer, benchmark_viewer
+from tumorlib.viz.viewer import ThreePlaneViewer
 
 
 def _volume(shape=(12, 16, 20), seed=0):

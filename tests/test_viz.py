@@ -356,3 +356,17 @@ def test_figures_on_a_synthetic_phantom(tmp_path):
         out = tmp_path / f"{name}.png"
         fig.savefig(out, dpi=50)
         assert out.stat().st_size > 5000
+
+
+def test_plot_cache_crop_marks_the_box_and_the_tumour():
+    image = np.random.default_rng(0).random((4, 6, 20, 24)).astype(np.float32)
+    cached = image[:, 1:5, 2:18, 3:21]
+    mask = np.zeros((3, 4, 16, 18), np.uint8)
+    mask[1, 2, 5:9, 6:10] = 1
+    entry = {"crop_box": [[1, 5], [2, 18], [3, 21]], "shape": [4, 16, 18], "tumor_coords": [[2, 6, 7], [2, 7, 8]]}
+    fig = viz.plot_cache_crop(image, cached, mask, entry, 7)
+    left, right = fig.axes
+    assert left.get_title() == "volume 7: HDF5 FLAIR, slice 3, crop box" and len(left.patches) == 1
+    assert right.get_title() == "cache: z-scored, 16x18, tumour outline"
+    np.testing.assert_array_equal(left.images[0].get_array(), image[3, 3])
+    np.testing.assert_array_equal(right.images[0].get_array(), cached[3, 2])

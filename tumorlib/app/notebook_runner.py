@@ -63,6 +63,8 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
     import nbformat
     from nbclient import NotebookClient
 
+    from tumorlib.core.safety import atomic_open
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     notebooks = find_notebooks(notebook_dir)
@@ -82,7 +84,8 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
         try:
             client.execute(cleanup_kc=True)  # a client given its kernel manager leaves the kernel running
         finally:
-            nbformat.write(nb, target)
+            with atomic_open(target, "w") as f:  # a partly written notebook never replaces the last one
+                nbformat.write(nb, f)
             shutil.rmtree(sockets, ignore_errors=True)
         written.append(target)
         if not quiet:

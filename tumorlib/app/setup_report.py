@@ -14,39 +14,12 @@ from typing import Any
 from tumorlib.core.config import Config, workspace
 from tumorlib.core.sources import EMBEDDED, display_path, find_data_source
 
-__all__ = ["SMOKE_NOTE", "auto_precision", "describe_setup", "device_summary", "display_path", "install_hint"]
+__all__ = ["SMOKE_NOTE", "describe_setup", "device_summary", "install_hint"]
 
 #: What the ``ci`` preset's numbers are worth, said wherever they are shown.
 SMOKE_NOTE = ("a smoke run (2 epochs on tiny phantoms) whose numbers mean nothing; "
               "`make demo` gives the demo preset's results")
-#: Folders shown by name instead of their machine-specific location, the most specific first.
-
 _DEFAULT_CHANNELS = ("flair", "t1", "t1ce", "t2")
-
-
-def auto_precision(device: Any = None) -> str:
-    """The training precision for a device: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
-
-    bf16 on CUDA cards with native bf16 (compute capability 8.0 and up: A100, H100, RTX 30xx/40xx, L4)
-    and on ROCm; fp16 on older CUDA cards (T4, P100, V100), whose bf16 is only emulated and slow
-    (``torch.cuda.is_bf16_supported()`` says True there by emulation); fp32 on the CPU and elsewhere.
-
-    Args:
-        device: a ``torch.device``, a string such as ``"cuda:0"``, or None (CUDA when available).
-
-    Returns:
-        The precision name.
-    """
-    import torch
-
-    dev = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
-    if dev.type != "cuda" or not torch.cuda.is_available():
-        return "fp32"
-    if torch.version.hip:
-        return "bf16"
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
-    return "bf16" if torch.cuda.get_device_properties(index).major >= 8 else "fp16"
 
 
 def _ram_bytes() -> int | None:
@@ -60,13 +33,14 @@ def device_summary(device: Any = None) -> str:
     """One line: the device, its memory, e.g. ``cuda:0 (Tesla T4, 14.7 GiB)`` or ``cpu (4 cores, 31.3 GiB RAM)``.
 
     Args:
-        device: as for ``auto_precision``.
+        device: as for ``tumorlib.core.device.resolve_device`` (None: CUDA when available, else the CPU).
     """
     import torch
 
-    dev = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
-    if dev.type == "cuda" and torch.cuda.is_available():
+    from tumorlib.core.device import resolve_device  # here: torch is imported only when asked
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         count = torch.cuda.device_count()
@@ -102,17 +76,19 @@ def describe_setup(config: Config, device: Any = None) -> str:
 
     Args:
         config: the run's config.
-        device: as for ``auto_precision``; None: CUDA when available, else the CPU.
+        device: as for ``tumorlib.core.device.resolve_device`` (None: CUDA when available, else the CPU).
 
     Returns:
         Lines such as ``data      the Kaggle input mount /kaggle/input/... (read-only)``.
     """
+    from tumorlib.core.device import auto_amp_dtype, precision_name
+
     ws = workspace(config)
     source = find_data_source(ws.data_dir)
     channels = getattr(config, "kaggle_channel_order", _DEFAULT_CHANNELS)
     precision = getattr(config, "precision", "auto")
     if precision in (None, "auto"):
-        precision = auto_precision(device) if getattr(config, "amp", True) else "fp32"
+        precision = precision_name(auto_amp_dtype(device)[0]) if getattr(config, "amp", True) else "fp32"
         precision += " (auto)"
     preset = f"{config.preset}: {SMOKE_NOTE}" if config.preset == "ci" else config.preset
     rows = [

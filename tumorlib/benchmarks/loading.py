@@ -114,7 +114,7 @@ def map_populated(path: str | os.PathLike) -> Any:
 
 
 def _cache_files(cache_dir: Path, index: dict[str, Any], vid: int) -> list[Path]:
-    from tumorlib.core.safety import inside
+    from tumorlib.core.folders import inside
 
     entry = index["volumes"][str(vid)]
     return [inside(cache_dir, entry["image_file"]), inside(cache_dir, entry["mask_file"])]

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from tumorlib.core.brats import check_order
+from tumorlib.core.config_checks import check_fields
+from tumorlib.core.safety import atomic_write
 
 __all__ = [
     "Config",
     "PRESETS",
-    "TUMOR_SAMPLING",
     "Workspace",
     "get_config",
     "load_config",
@@ -46,15 +47,6 @@ __all__ = [
 PRESET_ENV = "TUMORLIB_PRESET"
 DEFAULT_PRESET = "demo"
 _RUNTIME = {"runtime": True}  # field metadata: changes speed or later stages, not the training itself
-#: Ways to choose the centre of a tumour-centred training patch (``tumorlib.data.dataset``).
-TUMOR_SAMPLING: tuple[str, ...] = ("class", "voxel")
-
-_AUTO_VALUES = {
-    "amp_dtype": ("auto", "bfloat16", "float16", "float32"),
-    "cudnn_benchmark": ("auto", "on", "off"),
-    "data_placement": ("auto", "device", "loader"),
-    "pin_memory": ("auto", "on", "off"),
-}
 
 
 @dataclass(frozen=True)
@@ -140,7 +132,7 @@ class Config:
         if isinstance(self.compile, bool) or str(self.compile).lower() in ("true", "false", "none", "1", "0"):
             on = str(self.compile).lower() in ("true", "1")
             object.__setattr__(self, "compile", "default" if on else "off")  # configs saved before "auto"
-        _validate(self)
+        check_fields(self)
         if len(self.class_weights) != self.num_classes:
             raise ValueError(f"class_weights has {len(self.class_weights)} entries for "
                              f"num_classes={self.num_classes}")
@@ -172,7 +164,7 @@ class Config:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the config as JSON.
+        """Write the config as JSON (atomically: a failure leaves any old file as it was).
 
         Args:
             path: a file path (usually ``RUN/config.json``).
@@ -182,8 +174,7 @@ class Config:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
@@ -205,95 +196,6 @@ def runtime_fields() -> frozenset[str]:
 def resume_fields() -> frozenset[str]:
     """Config fields a resumed run must share with its checkpoint (every field not marked runtime)."""
     return frozenset(f.name for f in dataclasses.fields(Config)) - runtime_fields()
-
-
-_INF = float("inf")
-# field: (type, low, high, low_open, high_open); None as type allows None; tuples check each element.
-# Patch sides need no divisibility: UNet3D pads inputs to a multiple of 2 ** len(features) itself.
-_RULES: dict[str, tuple[Any, float, float, bool, bool]] = {
-    "seed": (int, 0, _INF, False, False), "synth_volumes": (int, 1, _INF, False, False),
-    "synth_shape": ((int, 3), 1, _INF, False, False), "synth_seed": (int, 0, _INF, False, False),
-    "cache_hw": ((int, None), 1, _INF, False, False), "cache_margin": (int, 0, _INF, False, False),
-    "cache_workers": (int, 1, _INF, False, False), "patch_size": ((int, 3), 1, _INF, False, False),
-    "tumor_prob": (float, 0, 1, False, False), "augment": (bool, 0, 1, False, False),
-    "intensity_aug": (bool, 0, 1, False, False), "val_volume_every": (int, 0, _INF, False, False),
-    "ram_cache_bytes": (int, 0, _INF, False, False), "num_workers": ((int, None), 0, _INF, False, False),
-    "in_channels": (int, 1, _INF, False, False), "num_classes": (int, 1, _INF, False, False),
-    "features": ((int, 0), 1, _INF, False, False), "epochs": (int, 1, _INF, False, False),
-    "warmup_epochs": (int, 0, _INF, False, False), "batch_size": (int, 1, _INF, False, False),
-    "accumulation_steps": (int, 1, _INF, False, False), "lr": (float, 0, _INF, True, True),
-    "min_lr_ratio": (float, 0, 1, False, False), "weight_decay": (float, 0, _INF, False, True),
-    "samples_per_epoch": ((int, None), 1, _INF, False, False),
-    "val_samples": ((int, None), 1, _INF, False, False),
-    "class_weights": ((float, 0), 0, _INF, False, True), "focal_gamma": (float, 0, _INF, False, True),
-    "dice_weight": (float, 0, 1, False, False), "grad_clip": (float, 0, _INF, False, True),
-    "amp": (bool, 0, 1, False, False), "time_limit_h": ((float, None), 0, _INF, False, False),
-    "val_fraction": (float, 0, 1, False, True), "test_fraction": (float, 0, 1, False, True),
-    "split_seed": (int, 0, _INF, False, False), "sw_overlap": (float, 0, 1, False, True),
-    "sw_batch_size": (int, 1, _INF, False, False), "threshold": (float, 0, 1, True, True),
-}
-_CHOICES = {
-    "sw_blend": ("gaussian", "constant"),
-    "tumor_sampling": TUMOR_SAMPLING,
-    "compile": ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-    **_AUTO_VALUES,
-}
-
-
-def _check_number(name: str, value: Any, kind: type, low: float, high: float, low_open: bool,
-                  high_open: bool) -> Any:
-    """``value`` as ``kind`` (int or float; bool only for bool) inside the range, else ValueError."""
-    import math
-    import numbers
-
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"config field {name} must be true or false, got {value!r}")
-        return value
-    ok = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
-    if not ok or (kind is float and not math.isfinite(value)):
-        raise ValueError(f"config field {name} must be a finite {'integer' if kind is int else 'number'}, "
-                         f"got {value!r}")
-    value = kind(value)
-    below = value <= low if low_open else value < low
-    above = value >= high if high_open else value > high
-    if below or above:
-        if high == _INF:
-            span = f"be {'>' if low_open else '>='} {low:g}"
-        else:
-            span = f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"config field {name} must {span}, got {value!r}")
-    return value
-
-
-def _validate(config: Config) -> None:
-    """Check every field's type, range and choices (``_RULES``, ``_CHOICES``); normalise numbers.
-
-    Raises:
-        ValueError: the first bad field, one line naming it and its value.
-    """
-    for name, (kind, low, high, low_open, high_open) in _RULES.items():
-        value = getattr(config, name)
-        if isinstance(kind, tuple):
-            elem, size = kind
-            if size is None:  # optional scalar
-                if value is not None:
-                    object.__setattr__(config, name, _check_number(name, value, elem, low, high, low_open,
-                                                                   high_open))
-                continue
-            if not isinstance(value, tuple) or (size and len(value) != size) or not value:
-                want = f"{size} values (D, H, W)" if size else "a non-empty list"
-                raise ValueError(f"config field {name} must be {want}, got {value!r}")
-            checked = tuple(_check_number(name, v, elem, low, high, low_open, high_open) for v in value)
-            object.__setattr__(config, name, checked)
-        else:
-            object.__setattr__(config, name, _check_number(name, value, kind, low, high, low_open, high_open))
-    for name, choices in _CHOICES.items():
-        if getattr(config, name) not in choices:
-            raise ValueError(f"config field {name} must be one of {', '.join(choices)}, "
-                             f"got {getattr(config, name)!r}")
-    if not isinstance(config.preset, str) or not config.preset:
-        raise ValueError(f"config field preset must be a name, got {config.preset!r}")
 
 
 PRESETS: dict[str, Config] = {

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tumorlib.core.config import TUMOR_SAMPLING
+from tumorlib.core.config_checks import TUMOR_SAMPLING
 
 from .cache import load_cache_index, load_cached_volume
 from .cache.normalise import single_thread_torch

@@ -337,7 +337,7 @@ def make_synthetic(out_dir: str | os.PathLike, n_volumes: int, shape: tuple[int,
     """
     if n_volumes < 1:
         raise ValueError(f"n_volumes must be >= 1, got {n_volumes}")
-    from tumorlib.core.safety import check_empty_folder
+    from tumorlib.core.folders import check_empty_folder
 
     check_empty_folder(out_dir, "synthetic dataset")  # never mix with (or overwrite) existing data
     from tumorlib.core.progress import tqdm

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tumorlib.core.brats import channels_to_classes
 from tumorlib.core.config import Config
 from tumorlib.evaluation.evaluate import EVAL_COLUMNS, summarize, summary_path
 from tumorlib.evaluation.metrics import brats_scores
@@ -32,14 +33,6 @@ def _features(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Brain voxels of a cached (4, D, H, W) image: ((N, 4) float32 features, (D, H, W) bool brain)."""
     brain = np.any(image != 0, axis=0)
     return np.asarray(image[:, brain], dtype=np.float32).T, brain
-
-
-def _classes(mask: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """(N,) int class of each brain voxel: 0 healthy, 1 necrosis/NET, 2 edema, 3 enhancing."""
-    labels = np.zeros(mask.shape[1:], np.int64)
-    for c in range(3):
-        labels[mask[c] > 0] = c + 1
-    return labels[brain]
 
 
 class IntensityBaseline:
@@ -99,7 +92,7 @@ def fit_baseline(cache_dir: str | os.PathLike, volume_ids: Sequence[int], voxels
     for vid in volume_ids:
         image, mask = load_cached_volume(cache_dir, int(vid), index=index)
         feats, brain = _features(np.asarray(image))
-        labels = _classes(np.asarray(mask), brain)
+        labels = channels_to_classes(mask)[brain].astype(np.int64)  # 0 healthy, 1 NCR/NET, 2 ED, 3 ET
         counts += np.bincount(labels, minlength=4)
         for c in range(4):
             where = np.flatnonzero(labels == c)

@@ -76,7 +76,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     from tumorlib.data.cache import prepare_volume, uncrop
     from tumorlib.io.nifti import load_nifti_case, nifti_header
     from tumorlib.io.nifti_write import save_kaggle_segmentation, save_segmentation_nifti
-    from tumorlib.core.safety import atomic_path, check_not_input
+    from tumorlib.core.folders import check_not_input
+    from tumorlib.core.safety import atomic_path
 
     out = Path(out)
     if not out.name.endswith((".nii.gz", ".nii")):

@@ -57,7 +57,8 @@ from tumorlib.training.engine import (
     validate,
 )
 from tumorlib.nn.unet import count_parameters
-from tumorlib.core.safety import atomic_write, discard_previous, folder_lock, move_aside
+from tumorlib.core.folders import discard_previous, move_aside
+from tumorlib.core.safety import atomic_write, folder_lock
 
 __all__ = [
     "HISTORY_COLUMNS",

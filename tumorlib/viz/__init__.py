@@ -2,23 +2,25 @@
 
 - ``tumorlib.viz.colors``: class and error colours, legends, mask conversions.
 - ``tumorlib.viz.render``: numpy windowing, slicing and overlays shared by figures and viewer.
-- ``tumorlib.viz.figures``: static matplotlib figures (sample slice, class fractions, histograms, three
-  views, predictions, training curves).
-- ``tumorlib.viz.viewer``: ``ThreePlaneViewer`` (ipywidgets) and ``benchmark_viewer``; imported on first
-  use so that ``import tumorlib.viz`` stays light (no ipywidgets) for training scripts.
+- ``tumorlib.viz.notebook_figure``: the pyplot-free figure every plot starts from.
+- ``tumorlib.viz.figures``: static matplotlib figures of the data (sample slice, class fractions,
+  histograms, the cache crop).
+- ``tumorlib.viz.views``: axial, coronal and sagittal panels through one point.
+- ``tumorlib.viz.results``: predictions, training curves, metric boxes.
+- ``tumorlib.viz.viewer``: ``ThreePlaneViewer`` (ipywidgets); imported on first use so that
+  ``import tumorlib.viz`` stays light (no ipywidgets) for training scripts. Its speed benchmark is
+  ``tumorlib.benchmarks.viewer``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from tumorlib.core.brats import CLASS_KEYS, CLASS_NAMES, MODALITIES
 from tumorlib.viz.colors import (
     CLASS_COLORS,
-    CLASS_KEYS,
-    CLASS_NAMES,
     ERROR_COLORS,
     ERROR_NAMES,
-    MODALITIES,
     add_class_legend,
     class_legend_handles,
     error_legend_handles,
@@ -27,14 +29,15 @@ from tumorlib.viz.colors import (
 )
 from tumorlib.viz.figures import (
     class_fractions,
+    plot_cache_crop,
     plot_class_fractions,
     plot_intensity_histograms,
     plot_sample_slice,
-    plot_three_views,
     tumor_slice,
 )
 from tumorlib.viz.render import center_of_mass, render_plane
 from tumorlib.viz.results import plot_metric_boxes, plot_predictions, plot_training_curves
+from tumorlib.viz.views import plot_three_views
 
 __all__ = [
     "CLASS_COLORS",
@@ -45,12 +48,12 @@ __all__ = [
     "MODALITIES",
     "ThreePlaneViewer",
     "add_class_legend",
-    "benchmark_viewer",
     "center_of_mass",
     "class_fractions",
     "class_legend_handles",
     "error_legend_handles",
     "error_map",
+    "plot_cache_crop",
     "plot_class_fractions",
     "plot_intensity_histograms",
     "plot_metric_boxes",
@@ -63,7 +66,7 @@ __all__ = [
     "tumor_slice",
 ]
 
-_LAZY = {"ThreePlaneViewer", "benchmark_viewer"}
+_LAZY = {"ThreePlaneViewer"}
 
 
 def __getattr__(name: str) -> Any:

@@ -20,19 +20,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tumorlib.core.brats import CLASS_KEYS, CLASS_NAMES, MODALITIES, channels_to_classes, decode_classes  # re-exported
+from tumorlib.core.brats import CLASS_NAMES, MODALITIES, channels_to_classes, decode_classes
 
 __all__ = [
     "CLASS_COLORS",
-    "CLASS_KEYS",
-    "CLASS_NAMES",
     "ERROR_COLORS",
     "ERROR_NAMES",
-    "MODALITIES",
     "add_class_legend",
+    "check_image",
     "class_legend_handles",
     "error_legend_handles",
     "error_map",
+    "rgb01",
     "to_label_map",
     "to_numpy",
 ]
@@ -62,6 +61,25 @@ def to_numpy(x: Any) -> np.ndarray:
             x = x.float()
         x = x.numpy()
     return np.asarray(x)
+
+
+def check_image(image: Any, name: str = "image") -> np.ndarray:
+    """``image`` as a ``(4, D, H, W)`` numpy array in ``MODALITIES`` order, else ValueError.
+
+    Args:
+        image: array-like or ``torch.Tensor``.
+        name: what the error message calls it.
+
+    Returns:
+        The image as ``np.ndarray``.
+
+    Raises:
+        ValueError: not four channels of a 3D volume (names ``name`` and the shape).
+    """
+    arr = to_numpy(image)
+    if arr.ndim != 4 or arr.shape[0] != len(MODALITIES):
+        raise ValueError(f"{name} of shape {arr.shape}: expected (4, D, H, W) in T1, T1ce, T2, FLAIR order")
+    return arr
 
 
 def to_label_map(mask: Any, spatial_ndim: int | None = None) -> np.ndarray:
@@ -139,7 +157,15 @@ def error_map(gt_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rgb01(rgb: Sequence[int]) -> tuple[float, float, float]:
+def rgb01(rgb: Sequence[int]) -> tuple[float, float, float]:
+    """An RGB colour in 0..255 (``CLASS_COLORS``, ``ERROR_COLORS``) as matplotlib's 0..1 floats.
+
+    Args:
+        rgb: three integers 0..255.
+
+    Returns:
+        ``(r, g, b)`` in 0..1.
+    """
     return (rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0)
 
 
@@ -154,7 +180,7 @@ def class_legend_handles(alpha: float = 1.0) -> list[Any]:
     """
     from matplotlib.patches import Patch
 
-    return [Patch(facecolor=_rgb01(c), edgecolor="none", alpha=alpha, label=n) for n, c in zip(CLASS_NAMES, CLASS_COLORS)]
+    return [Patch(facecolor=rgb01(c), edgecolor="none", alpha=alpha, label=n) for n, c in zip(CLASS_NAMES, CLASS_COLORS)]
 
 
 def error_legend_handles() -> list[Any]:
@@ -165,7 +191,7 @@ def error_legend_handles() -> list[Any]:
     """
     from matplotlib.patches import Patch
 
-    return [Patch(facecolor=_rgb01(c), edgecolor="0.3", label=n) for n, c in zip(ERROR_NAMES, ERROR_COLORS)]
+    return [Patch(facecolor=rgb01(c), edgecolor="0.3", label=n) for n, c in zip(ERROR_NAMES, ERROR_COLORS)]
 
 
 def add_class_legend(target: Any, errors: bool = False, loc: str | None = None, **kwargs: Any) -> Any:

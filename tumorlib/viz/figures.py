@@ -1,5 +1,5 @@
 """Static matplotlib figures of the data for the notebooks: sample slice, class fractions, intensity
-histograms, three views (figures of results are in ``tumorlib.viz.results``).
+histograms, the cache crop (three views: ``tumorlib.viz.views``; results: ``tumorlib.viz.results``).
 
 Every function returns a ``matplotlib.figure.Figure`` created without pyplot, so nothing accumulates in
 pyplot's figure list and nothing opens a window: in a notebook, show it as the last expression of a cell
@@ -14,31 +14,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tumorlib.viz.colors import (
-    CLASS_COLORS,
-    CLASS_NAMES,
-    MODALITIES,
-    add_class_legend,
-    to_label_map,
-    to_numpy,
-)
-from tumorlib.viz.render import (
-    brain_mask,
-    center_of_mass,
-    intensity_window,
-    plane_aspect,
-    plane_slice,
-    render_plane,
-    to_uint8,
-)
+from tumorlib.core.brats import CLASS_NAMES, MODALITIES
+from tumorlib.viz.colors import CLASS_COLORS, add_class_legend, check_image, rgb01, to_label_map
+from tumorlib.viz.notebook_figure import new_figure
+from tumorlib.viz.render import brain_mask, intensity_window, render_plane, to_uint8
 
 __all__ = [
     "class_fractions",
     "modality_index",
+    "plot_cache_crop",
     "plot_class_fractions",
     "plot_intensity_histograms",
     "plot_sample_slice",
-    "plot_three_views",
     "tumor_slice",
 ]
 
@@ -47,16 +34,6 @@ _CLASS_ALIASES: dict[str, tuple[str, ...]] = {
     "edema": ("edema", "ed", "oedema"),
     "enhancing": ("enhancing", "et", "enhancing_tumor"),
 }
-
-
-def _figure(figsize: tuple[float, float], **kwargs: Any) -> Any:
-    from tumorlib.viz.notebook_figure import NotebookFigure  # shown as PNG in notebooks without pyplot
-
-    return NotebookFigure(figsize=figsize, layout="constrained", **kwargs)
-
-
-def _rgb01(c: Sequence[int]) -> tuple[float, float, float]:
-    return (c[0] / 255.0, c[1] / 255.0, c[2] / 255.0)
 
 
 def modality_index(modality: str | int) -> int:
@@ -80,13 +57,6 @@ def modality_index(modality: str | int) -> int:
     if key not in names:
         raise ValueError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
     return names.index(key)
-
-
-def _check_image(image: Any, name: str = "image") -> np.ndarray:
-    arr = to_numpy(image)
-    if arr.ndim != 4 or arr.shape[0] != len(MODALITIES):
-        raise ValueError(f"{name} of shape {arr.shape}: expected (4, D, H, W) in T1, T1ce, T2, FLAIR order")
-    return arr
 
 
 def tumor_slice(mask: Any, image: Any | None = None) -> int:
@@ -120,7 +90,7 @@ def class_fractions(image: Any, mask: Any) -> dict[str, float]:
     Returns:
         ``{"necrosis": f, "edema": f, "enhancing": f}``, fractions in 0..1 (0 for an empty brain).
     """
-    brain = brain_mask(_check_image(image))
+    brain = brain_mask(check_image(image))
     labels = to_label_map(mask, spatial_ndim=3)
     if labels.shape != brain.shape:
         raise ValueError(f"mask {labels.shape} and image {brain.shape} differ in spatial shape")
@@ -159,14 +129,14 @@ def plot_sample_slice(
     Raises:
         ValueError: for mismatched shapes or a slice index outside the volume.
     """
-    img = _check_image(image)
+    img = check_image(image)
     labels = to_label_map(mask, spatial_ndim=3)
     if labels.shape != img.shape[1:]:
         raise ValueError(f"mask {labels.shape} and image {img.shape[1:]} differ in spatial shape")
     z = tumor_slice(labels, img) if slice_index is None else int(slice_index)
     if not 0 <= z < img.shape[1]:
         raise ValueError(f"slice_index {z} outside 0..{img.shape[1] - 1}")
-    fig = _figure((12.0, 6.6))
+    fig = new_figure((12.0, 6.6))
     axes = fig.subplots(2, 4)
     brain = brain_mask(img[:, z])
     grays = [to_uint8(img[c, z], intensity_window(img[c]), brain) for c in range(len(MODALITIES))]
@@ -243,10 +213,10 @@ def plot_class_fractions(
         percent = bool(np.nanmax(values) <= 1.0) if values.size else True
     scale = 100.0 if percent else 1.0
     values = values * scale
-    fig = _figure((6.0, 4.0))
+    fig = new_figure((6.0, 4.0))
     ax = fig.subplots()
     x = np.arange(len(names))
-    colors = [_rgb01(CLASS_COLORS[CLASS_NAMES.index(n)]) for n in names]
+    colors = [rgb01(CLASS_COLORS[CLASS_NAMES.index(n)]) for n in names]
     means = np.nanmean(values, axis=0)
     stds = np.nanstd(values, axis=0) if len(values) > 1 else None
     ax.bar(x, means, yerr=stds, color=colors, edgecolor="0.2", capsize=4, width=0.6, zorder=2)
@@ -300,9 +270,9 @@ def plot_intensity_histograms(
         ValueError: for images of the wrong shape, or masks not matching the images.
     """
     if isinstance(image_or_list, (list, tuple)):
-        images = [_check_image(im, f"image {i}") for i, im in enumerate(image_or_list)]
+        images = [check_image(im, f"image {i}") for i, im in enumerate(image_or_list)]
     else:
-        images = [_check_image(image_or_list)]
+        images = [check_image(image_or_list)]
     if not images:
         raise ValueError("no images given")
     mask_list: list[np.ndarray] | None = None
@@ -314,7 +284,7 @@ def plot_intensity_histograms(
             if m.shape != im.shape[1:]:
                 raise ValueError(f"mask {i} {m.shape} and image {i} {im.shape[1:]} differ in spatial shape")
     brains = [brain_mask(im) for im in images]
-    fig = _figure((13.0, 3.4))
+    fig = new_figure((13.0, 3.4))
     axes = fig.subplots(1, len(MODALITIES))
     single = len(images) == 1
     for c, name in enumerate(MODALITIES):
@@ -338,7 +308,7 @@ def plot_intensity_histograms(
                 cv = np.concatenate([im[c][m == k + 1] for im, m in zip(images, mask_list)])
                 if cv.size:
                     ax.hist(cv, bins=edges, density=True, histtype="step", linewidth=1.6,
-                            color=_rgb01(CLASS_COLORS[k]), label=cname)
+                            color=rgb01(CLASS_COLORS[k]), label=cname)
         if log:
             ax.set_yscale("log")
         ax.set_title(name)
@@ -353,106 +323,36 @@ def plot_intensity_histograms(
     return fig
 
 
-# ----------------------------------------------------------------------------------------- 04 / 05 / 06
+# ----------------------------------------------------------------------------------------------- 02
 
 
-def _default_position(img: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | None) -> tuple[int, int, int]:
-    brain = brain_mask(img)
-    for labels in (gt, pred):
-        if labels is not None and labels.any():
-            return center_of_mass(labels > 0)
-    return center_of_mass(brain)
-
-
-def plot_three_views(
-    image: Any,
-    gt: Any | None = None,
-    pred: Any | None = None,
-    position: Sequence[int] | None = None,
-    modality: str | int = "flair",
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    opacity: float = 0.5,
-    errors: bool = False,
-    crosshair: bool = True,
-    title: str | None = None,
-) -> Any:
-    """Axial, coronal and sagittal panels through one point, with ground truth and/or prediction overlays.
+def plot_cache_crop(raw_image: Any, cached_image: Any, cached_mask: Any, entry: Mapping[str, Any],
+                    volume_id: int | str, modality: str | int = "flair") -> Any:
+    """One volume before and after caching: the stored slice with the crop box, the cached slice with
+    the tumour outline, through the middle of the tumour.
 
     Args:
-        image: ``(4, D, H, W)`` in T1, T1ce, T2, FLAIR order.
-        gt: ground truth, ``(3, D, H, W)`` class channels or ``(D, H, W)`` label map, or None.
-        pred: prediction in the same forms (probabilities are decoded by
-            ``tumorlib.core.brats.decode_classes`` at 0.5), or None.
-        position: ``(z, y, x)`` voxel the three planes pass through; default: the centre of mass of the
-            ground-truth tumour, else of the predicted tumour, else of the brain.
-        modality: the grey image (name or channel index).
-        spacing: voxel size along (D, H, W), for the aspect ratio of each panel.
-        opacity: overlay opacity 0..1.
-        errors: add a row of errors (false positive, false negative, wrong class); needs ``gt`` and ``pred``.
-        crosshair: draw lines where the other two planes cut each panel.
-        title: figure title; default names the modality and position.
+        raw_image: ``(4, D, H, W)`` as read from the HDF5 slices (``tumorlib.data.load_volume``).
+        cached_image: ``(4, D', H', W')`` from the cache (``load_cached_volume``).
+        cached_mask: ``(3, D', H', W')`` class channels from the cache.
+        entry: the volume's cache index entry (``crop_box``, ``shape``, ``tumor_coords``).
+        volume_id: the volume's id, for the title.
+        modality: the channel shown (name or index).
 
     Returns:
-        ``matplotlib.figure.Figure``: one row per overlay (ground truth, prediction, errors; a single
-        image-only row when neither mask is given), columns axial, coronal, sagittal.
-
-    Raises:
-        ValueError: for mismatched shapes, a position outside the volume, or ``errors`` without both masks.
+        ``matplotlib.figure.Figure`` with two panels.
     """
-    img = _check_image(image)
-    shape = img.shape[1:]
-    gt_l = None if gt is None else to_label_map(gt, spatial_ndim=3)
-    pred_l = None if pred is None else to_label_map(pred, spatial_ndim=3)
-    for name, lab in (("gt", gt_l), ("pred", pred_l)):
-        if lab is not None and lab.shape != shape:
-            raise ValueError(f"{name} {lab.shape} and image {shape} differ in spatial shape")
-    if errors and (gt_l is None or pred_l is None):
-        raise ValueError("errors=True needs both gt and pred")
-    pos = _default_position(img, gt_l, pred_l) if position is None else tuple(int(p) for p in position)
-    if len(pos) != 3 or any(not 0 <= p < s for p, s in zip(pos, shape)):
-        raise ValueError(f"position {tuple(pos)} outside the volume of shape {shape}")
-    if len(spacing) != 3 or any(float(s) <= 0 for s in spacing):
-        raise ValueError(f"spacing {tuple(spacing)} must be three positive numbers (D, H, W)")
+    from matplotlib.patches import Rectangle
+
     m = modality_index(modality)
-    gray_vol = to_uint8(img[m], intensity_window(img[m]), brain_mask(img))
-    rows: list[tuple[str, str]] = []
-    if gt_l is not None:
-        rows.append(("ground truth", "ground truth"))
-    if pred_l is not None:
-        rows.append(("prediction", "prediction"))
-    if errors:
-        rows.append(("errors", "errors"))
-    if not rows:
-        rows.append((MODALITIES[m], "none"))
-    z, y, x = pos
-    D, H, W = shape
-    sz, sy, sx = (float(s) for s in spacing)
-    # panel (row, col) of each crosshair: the lines mark the other two planes in display orientation
-    cuts = {
-        "axial": (z, (y, x)),
-        "coronal": (y, (D - 1 - z, x)),
-        "sagittal": (x, (D - 1 - z, y)),
-    }
-    widths = [W * sx, W * sx, H * sy]
-    heights = [max(H * sy, D * sz)] * len(rows)
-    fig = _figure((3.6 * sum(widths) / max(widths), 3.6 * len(rows) * 1.05 + 0.6))
-    axes = fig.subplots(len(rows), 3, squeeze=False, gridspec_kw={"width_ratios": widths, "height_ratios": heights})
-    for r, (row_name, overlay) in enumerate(rows):
-        for c, plane in enumerate(("axial", "coronal", "sagittal")):
-            index, cross = cuts[plane]
-            gray = plane_slice(gray_vol, plane, index)
-            g = None if gt_l is None else plane_slice(gt_l, plane, index)
-            p = None if pred_l is None else plane_slice(pred_l, plane, index)
-            rgb = render_plane(gray, g, p, overlay=overlay, opacity=opacity, crosshair=cross if crosshair else None)
-            ax = axes[r, c]
-            ax.imshow(rgb, aspect=plane_aspect(plane, spacing), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"{plane} ({'zyx'[('axial', 'coronal', 'sagittal').index(plane)]}={index})")
-            if c == 0:
-                ax.set_ylabel(row_name)
-    fig.suptitle(title if title is not None else f"{MODALITIES[m]} at (z, y, x) = {pos}")
-    if gt_l is not None or pred_l is not None:
-        add_class_legend(fig, errors=errors)
+    z = int(np.median([c[0] for c in entry["tumor_coords"]]))  # a slice through the tumour (cache frame)
+    (z0, _), (y0, y1), (x0, x1) = entry["crop_box"]
+    fig = new_figure((9.0, 4.0))
+    axes = fig.subplots(1, 2)
+    axes[0].imshow(np.asarray(raw_image)[m, z0 + z], cmap="gray")
+    axes[0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="tab:orange", lw=2))
+    axes[0].set_title(f"volume {volume_id}: HDF5 {MODALITIES[m]}, slice {z0 + z}, crop box")
+    axes[1].imshow(np.asarray(cached_image)[m, z].astype(np.float32), cmap="gray")
+    axes[1].contour(np.asarray(cached_mask)[:, z].any(axis=0), levels=[0.5], colors="tab:red", linewidths=1)
+    axes[1].set_title(f"cache: z-scored, {entry['shape'][1]}x{entry['shape'][2]}, tumour outline")
     return fig

@@ -10,10 +10,11 @@ IPython the PNG itself, whatever the backend (the inline formatter still wins wh
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from matplotlib.figure import Figure
 
-__all__ = ["NotebookFigure"]
+__all__ = ["NotebookFigure", "new_figure"]
 
 
 class NotebookFigure(Figure):
@@ -27,3 +28,16 @@ class NotebookFigure(Figure):
         buffer = io.BytesIO()
         self.savefig(buffer, format="png", bbox_inches="tight")
         return buffer.getvalue()
+
+
+def new_figure(figsize: tuple[float, float], **kwargs: Any) -> NotebookFigure:
+    """A new figure for tumorlib's plots: constrained layout, shown as PNG in notebooks without pyplot.
+
+    Args:
+        figsize: width and height in inches.
+        **kwargs: further ``Figure`` arguments.
+
+    Returns:
+        The empty ``NotebookFigure``.
+    """
+    return NotebookFigure(figsize=figsize, layout="constrained", **kwargs)

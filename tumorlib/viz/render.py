@@ -27,9 +27,11 @@ __all__ = [
     "draw_crosshair",
     "intensity_window",
     "label_outline",
+    "nearest_index",
     "outline",
     "plane_aspect",
     "plane_slice",
+    "png_bytes",
     "render_plane",
     "to_uint8",
 ]
@@ -298,3 +300,34 @@ def draw_crosshair(
     if col is not None and 0 <= col < rgb.shape[1]:
         rgb[:, col] = (rgb[:, col] * (1 - alpha) + c).astype(np.uint8)
     return rgb
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an (h, w, 3) uint8 image (Pillow, fast zlib level, lossless).
+
+    Args:
+        rgb: the image.
+
+    Returns:
+        The encoded PNG.
+    """
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def nearest_index(n: int, out_n: int) -> np.ndarray:
+    """Nearest-neighbour source indices that resample ``n`` samples to ``out_n`` (pixel centres aligned).
+
+    Args:
+        n: samples along the axis.
+        out_n: samples wanted.
+
+    Returns:
+        ``out_n`` indices into ``range(n)``.
+    """
+    return np.minimum(n - 1, ((np.arange(out_n) + 0.5) * n / out_n).astype(np.intp))

@@ -9,8 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tumorlib.viz.colors import CLASS_COLORS, CLASS_KEYS, CLASS_NAMES, MODALITIES, add_class_legend, to_label_map
-from tumorlib.viz.figures import _check_image, _figure, _rgb01, modality_index, tumor_slice
+from tumorlib.core.brats import CLASS_KEYS, CLASS_NAMES, MODALITIES
+from tumorlib.viz.colors import CLASS_COLORS, add_class_legend, check_image, rgb01, to_label_map
+from tumorlib.viz.figures import modality_index, tumor_slice
+from tumorlib.viz.notebook_figure import new_figure
 from tumorlib.viz.render import brain_mask, intensity_window, render_plane, to_uint8
 
 __all__ = ["plot_metric_boxes", "plot_predictions", "plot_training_curves"]
@@ -56,7 +58,7 @@ def plot_predictions(
     Raises:
         ValueError: for mismatched counts or shapes, or no patches.
     """
-    ims = [_check_image(im, f"image {i}") for i, im in enumerate(images)]
+    ims = [check_image(im, f"image {i}") for i, im in enumerate(images)]
     gl = [to_label_map(g, spatial_ndim=3) for g in gts]
     pl = [to_label_map(p, spatial_ndim=3) for p in preds]
     if not ims:
@@ -65,7 +67,7 @@ def plot_predictions(
         raise ValueError(f"{len(ims)} images, {len(gl)} ground truths, {len(pl)} predictions: counts differ")
     n = min(len(ims), max(1, int(max_rows)))
     m = modality_index(modality)
-    fig = _figure((12.0, 3.1 * n + 0.8))
+    fig = new_figure((12.0, 3.1 * n + 0.8))
     axes = fig.subplots(n, 4, squeeze=False)
     for i in range(n):
         im, g, p = ims[i], gl[i], pl[i]
@@ -141,7 +143,7 @@ def plot_training_curves(history_df: Any, path: Any | None = None, title: str | 
         ax.plot(epoch[ok], v[ok], marker="o" if ok.sum() <= 30 else None, markersize=3, **kw)
         return True
 
-    fig = _figure((13.0, 3.6))
+    fig = new_figure((13.0, 3.6))
     ax_loss, ax_mean, ax_cls = fig.subplots(1, 3)
     series(ax_loss, "train_loss", label="train", color="C0")
     series(ax_loss, "val_loss", label="validation", color="C1")
@@ -163,7 +165,7 @@ def plot_training_curves(history_df: Any, path: Any | None = None, title: str | 
         ax_mean.legend(frameon=False, fontsize=8)
     ax_mean.set_title("validation Dice")
     for k, name in enumerate(CLASS_NAMES):
-        series(ax_cls, f"val_dice_{CLASS_KEYS[k]}", color=_rgb01(CLASS_COLORS[k]), label=name, linewidth=2)
+        series(ax_cls, f"val_dice_{CLASS_KEYS[k]}", color=rgb01(CLASS_COLORS[k]), label=name, linewidth=2)
     ax_cls.set_title("validation Dice per class")
     if ax_cls.get_legend_handles_labels()[0]:
         ax_cls.legend(frameon=False, fontsize=8)
@@ -176,7 +178,10 @@ def plot_training_curves(history_df: Any, path: Any | None = None, title: str | 
     if title:
         fig.suptitle(title)
     if path is not None:
-        fig.savefig(path, dpi=120)
+        from tumorlib.core.safety import atomic_path
+
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
     return fig
 
 
@@ -195,7 +200,7 @@ def plot_metric_boxes(frame: Any, title: str | None = None) -> Any:
 
     dice_cols = [f"dice_{n}" for n in (*METRIC_CLASSES, "wt", "tc")]
     hd_cols = [f"hd95_{n}" for n in REGION_NAMES]
-    fig = _figure((10.0, 4.0))
+    fig = new_figure((10.0, 4.0))
     ax_d, ax_h = fig.subplots(1, 2, gridspec_kw={"width_ratios": [5, 3]})
     for ax, cols, label in ((ax_d, dice_cols, "Dice"), (ax_h, hd_cols, "HD95 (mm)")):
         data = [frame[c].astype(float).to_numpy() for c in cols]

@@ -4,7 +4,7 @@ The viewer is plain ipywidgets (no frontend extension beyond the widget manager 
 three ``IntSlider`` for the slice positions, a modality dropdown, an overlay choice, an opacity slider and
 a crosshair checkbox drive three ``ipywidgets.Image`` panels. Each redraw composes the planes with numpy
 (``tumorlib.viz.render``), encodes them as PNG and replaces the bytes of the existing ``Image`` widgets;
-nothing is rebuilt, so a slider step costs a few milliseconds (see ``benchmark_viewer``).
+nothing is rebuilt, so a slider step costs a few milliseconds (``tumorlib.benchmarks.viewer``).
 
 Anisotropic voxels are shown with their true proportions: each plane is resampled (nearest neighbour)
 to square pixels of the smallest spacing before encoding, so the PNG itself has the right aspect ratio.
@@ -12,33 +12,27 @@ to square pixels of the smallest spacing before encoding, so the PNG itself has 
 
 from __future__ import annotations
 
-import io
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
-from tumorlib.viz.colors import (
-    CLASS_COLORS,
-    CLASS_NAMES,
-    ERROR_COLORS,
-    ERROR_NAMES,
-    MODALITIES,
-    to_label_map,
-    to_numpy,
-)
+from tumorlib.core.brats import CLASS_NAMES, MODALITIES
+from tumorlib.viz.colors import CLASS_COLORS, ERROR_COLORS, ERROR_NAMES, check_image, to_label_map
 from tumorlib.viz.render import (
     PLANES,
     brain_mask,
     center_of_mass,
     draw_crosshair,
     intensity_window,
+    nearest_index,
     plane_slice,
+    png_bytes,
     render_plane,
     to_uint8,
 )
 
-__all__ = ["OVERLAYS", "ThreePlaneViewer", "benchmark_viewer"]
+__all__ = ["OVERLAYS", "ThreePlaneViewer"]
 
 #: Overlay choices: (label shown in the dropdown, value).
 OVERLAYS: tuple[tuple[str, str], ...] = (
@@ -54,19 +48,6 @@ _VIEWER_CSS = """<style>
 .tumorlib-viewer .tumorlib-swatch { display: inline-block; width: 0.9em; height: 0.9em;
   margin: 0 0.3em 0 0.9em; vertical-align: middle; border: 1px solid #555; }
 </style>"""
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    """PNG bytes of an (h, w, 3) uint8 image (Pillow, fast zlib level, lossless)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _nearest_index(n: int, out_n: int) -> np.ndarray:
-    return np.minimum(n - 1, ((np.arange(out_n) + 0.5) * n / out_n).astype(np.intp))
 
 
 def _swatch(rgb: Sequence[int], label: str, style: str = "") -> str:
@@ -125,11 +106,7 @@ class ThreePlaneViewer:
     ) -> None:
         import ipywidgets as widgets
 
-        from tumorlib.viz.figures import modality_index
-
-        img = to_numpy(image)
-        if img.ndim != 4 or img.shape[0] != len(MODALITIES):
-            raise ValueError(f"image of shape {img.shape}: expected (4, D, H, W) in T1, T1ce, T2, FLAIR order")
+        img = check_image(image)
         self.image = img
         self.shape: tuple[int, int, int] = tuple(int(s) for s in img.shape[1:])  # type: ignore[assignment]
         self.gt = None if gt is None else to_label_map(gt, spatial_ndim=3)
@@ -148,8 +125,24 @@ class ThreePlaneViewer:
         self.redraw_count = 0
         self.last_redraw_ms = 0.0
         self._setup_geometry(size)
+        overlay = self._checked_overlay(overlay)
+        if position is None:
+            position = self.default_position()
+        pos = tuple(int(p) for p in position)
+        if len(pos) != 3 or any(not 0 <= p < s for p, s in zip(pos, self.shape)):
+            raise ValueError(f"position {pos} outside the volume of shape {self.shape}")
+        self._build_controls(widgets, pos, modality, overlay, opacity)
+        self._build_layout(widgets, title)
+        for slider in self.sliders.values():
+            slider.observe(self._on_change, names="value")
+        for control in (self.modality_dropdown, self.overlay_dropdown, self.opacity_slider, self.crosshair_checkbox):
+            control.observe(self._on_change, names="value")
+        self.redraw()
 
-        options = [(label, value) for label, value in OVERLAYS if self._overlay_available(value)]
+    # ------------------------------------------------------------------------------------------- widgets
+
+    def _checked_overlay(self, overlay: str | None) -> str:
+        """The overlay to start with: ``overlay``, or the prediction, ground truth or none as given."""
         if overlay is None:
             overlay = "prediction" if self.pred is not None else ("ground truth" if self.gt is not None else "none")
         if not self._overlay_available(overlay):
@@ -158,11 +151,12 @@ class ThreePlaneViewer:
                 raise ValueError(f"unknown overlay {overlay!r}; expected one of {', '.join(known)}")
             raise ValueError(f"overlay {overlay!r} needs masks that were not given (gt={self.gt is not None}, "
                              f"pred={self.pred is not None})")
-        if position is None:
-            position = self.default_position()
-        pos = tuple(int(p) for p in position)
-        if len(pos) != 3 or any(not 0 <= p < s for p, s in zip(pos, self.shape)):
-            raise ValueError(f"position {pos} outside the volume of shape {self.shape}")
+        return overlay
+
+    def _build_controls(self, widgets: Any, pos: tuple[int, ...], modality: str | int, overlay: str,
+                        opacity: float) -> None:
+        """The three sliders, the modality and overlay dropdowns, the opacity slider and the checkbox."""
+        from tumorlib.viz.figures import modality_index
 
         D, H, W = self.shape
         slider_layout = widgets.Layout(width="95%")
@@ -174,6 +168,7 @@ class ThreePlaneViewer:
             "sagittal": widgets.IntSlider(value=pos[2], min=0, max=W - 1, description="sagittal x",
                                           layout=slider_layout, continuous_update=True),
         }
+        options = [(label, value) for label, value in OVERLAYS if self._overlay_available(value)]
         self.modality_dropdown = widgets.Dropdown(options=list(MODALITIES),
                                                   value=MODALITIES[modality_index(modality)],
                                                   description="modality", layout=widgets.Layout(width="200px"))
@@ -184,6 +179,9 @@ class ThreePlaneViewer:
                                                   continuous_update=True)
         self.crosshair_checkbox = widgets.Checkbox(value=True, description="crosshair", indent=False,
                                                    layout=widgets.Layout(width="110px"))
+
+    def _build_layout(self, widgets: Any, title: str | None) -> None:
+        """The three image panels, legend and readout, and the ``VBox`` holding them with the controls."""
         self.images: dict[str, Any] = {}
         panels = []
         for plane, _ in PLANES:
@@ -206,12 +204,6 @@ class ThreePlaneViewer:
         )
         self.widget.add_class("tumorlib-viewer")
 
-        for slider in self.sliders.values():
-            slider.observe(self._on_change, names="value")
-        for control in (self.modality_dropdown, self.overlay_dropdown, self.opacity_slider, self.crosshair_checkbox):
-            control.observe(self._on_change, names="value")
-        self.redraw()
-
     # ------------------------------------------------------------------------------------------- geometry
 
     def _setup_geometry(self, size: int) -> None:
@@ -224,8 +216,8 @@ class ThreePlaneViewer:
         for plane, ((nr, sr), (nc, sc)) in dims.items():
             out_r = max(1, int(round(nr * sr / base)))
             out_c = max(1, int(round(nc * sc / base)))
-            self._index[plane] = (None if out_r == nr else _nearest_index(nr, out_r),
-                                  None if out_c == nc else _nearest_index(nc, out_c))
+            self._index[plane] = (None if out_r == nr else nearest_index(nr, out_r),
+                                  None if out_c == nc else nearest_index(nc, out_c))
             self._display_shape[plane] = (out_r, out_c)
         largest = max(max(s) for s in self._display_shape.values())
         self._zoom = float(size) / largest
@@ -359,7 +351,7 @@ class ThreePlaneViewer:
             previous = self.rendered.get(plane)
             if previous is None or previous.shape != rgb.shape or not np.array_equal(previous, rgb):
                 self.rendered[plane] = rgb
-                self.images[plane].value = _png(rgb)
+                self.images[plane].value = png_bytes(rgb)
         self._update_text()
         self.redraw_count += 1
         self.last_redraw_ms = (time.perf_counter() - start) * 1000.0
@@ -402,69 +394,3 @@ class ThreePlaneViewer:
     def __repr__(self) -> str:
         return (f"ThreePlaneViewer(shape={self.shape}, spacing={self.spacing}, position={self.position}, "
                 f"modality={self.modality_dropdown.value!r}, overlay={self.overlay_dropdown.value!r})")
-
-
-def _benchmark_volume(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A phantom of the embedded dataset, its ground truth and a prediction shifted by 3 voxels."""
-    from tumorlib.data.synthetic import make_phantom
-
-    image, mask = make_phantom(shape, seed=seed)
-    return image, mask, np.roll(mask, 3, axis=-1)
-
-
-def benchmark_viewer(
-    shape: Sequence[int] = (155, 240, 240),
-    steps: int = 20,
-    overlay: str = "both",
-    image: Any | None = None,
-    gt: Any | None = None,
-    pred: Any | None = None,
-    seed: int = 0,
-    quiet: bool = False,
-) -> dict[str, float]:
-    """Time one slider step of ``ThreePlaneViewer`` (compose 3 panels + PNG encode + widget update).
-
-    Each of the three sliders is moved ``steps`` times by one slice; the time of each redraw is taken from
-    inside the widget callback, i.e. what the kernel spends per step (the browser's round trip is extra).
-
-    Args:
-        shape: ``(D, H, W)`` of the generated test volume (ignored when ``image`` is given).
-        steps: steps per slider.
-        overlay: overlay shown during the benchmark.
-        image: optional ``(4, D, H, W)`` volume to use instead of the generated one.
-        gt: optional ground truth for ``image``.
-        pred: optional prediction for ``image``.
-        seed: seed of the generated volume.
-        quiet: do not print the result.
-
-    Returns:
-        ``{"axial_ms", "coronal_ms", "sagittal_ms"}`` median milliseconds per step, ``"mean_ms"`` over all
-        steps, ``"max_ms"``, ``"first_render_ms"`` (construction with windowing) and ``"steps"``.
-    """
-    if image is None:
-        image, gt, pred = _benchmark_volume(tuple(int(s) for s in shape), seed)  # type: ignore[arg-type]
-    if overlay in ("both", "errors") and (gt is None or pred is None):
-        overlay = "ground truth" if gt is not None else "none"
-    start = time.perf_counter()
-    viewer = ThreePlaneViewer(image, gt=gt, pred=pred, overlay=overlay)
-    first = (time.perf_counter() - start) * 1000.0
-    result: dict[str, float] = {"first_render_ms": first}
-    all_ms: list[float] = []
-    for plane, _ in PLANES:
-        slider = viewer.sliders[plane]
-        times = []
-        for i in range(steps):
-            target = slider.value + 1 if slider.value < slider.max else slider.min
-            slider.value = target
-            times.append(viewer.last_redraw_ms)
-        result[f"{plane}_ms"] = float(np.median(times))
-        all_ms += times
-    result["mean_ms"] = float(np.mean(all_ms))
-    result["max_ms"] = float(np.max(all_ms))
-    result["steps"] = float(len(all_ms))
-    if not quiet:
-        shp = viewer.shape
-        print(f"ThreePlaneViewer redraw on {shp[0]}x{shp[1]}x{shp[2]} ({overlay}): "
-              + ", ".join(f"{p} {result[f'{p}_ms']:.1f} ms" for p, _ in PLANES)
-              + f"; mean {result['mean_ms']:.1f} ms, max {result['max_ms']:.1f} ms per step")
-    return result

@@ -8,7 +8,7 @@ finished), and ``index.json``, written at the end of a build, with every entry p
 Each entry records what the cache trusts (``tumorlib.core.integrity`` file records): ``files``, the size and
 checksum of its two ``.npy`` files, and ``sources``, the size and modification time of every source file
 (relative to the data folder). ``volume_problem`` re-checks them with ``stat`` calls only; file names
-read from an index are confined to the cache folder (``safety.inside``).
+read from an index are confined to the cache folder (``folders.inside``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from tumorlib.core.integrity import record_problem
-from tumorlib.core.safety import UnsafePathError, inside
+from tumorlib.core.folders import inside
+from tumorlib.core.safety import UnsafePathError
 
 from .preprocess import CACHE_VERSION
 
