@@ -44,7 +44,7 @@ import pandas as pd
 
 import tumorlib
 from tumorlib import viz
-from tumorlib.training import resume as autoresume
+from tumorlib.app import workflows
 from tumorlib.nn import checkpoint
 from tumorlib.nn import unet as model
 from tumorlib.nn import schedule
@@ -167,7 +167,7 @@ if LOAD_EXISTING_RUN and history_file.is_file():
     history = pd.read_csv(history_file)
     print(f"loaded the run in {tumorlib.display_path(ws.run_dir)} ({len(history)} epochs)")
 else:
-    history = autoresume.train_or_resume(config, cache_dir=cache_dir, out_dir=ws.run_dir, progress=True)
+    history = workflows.train_or_resume(config, cache_dir=cache_dir, out_dir=ws.run_dir, progress=True)
 
 # %% tags=["nbval-ignore-output"]
 history.round(4)

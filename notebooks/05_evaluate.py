@@ -49,8 +49,10 @@ import torch
 import tumorlib
 from tumorlib import data, viz
 from tumorlib.evaluation import baseline
+from tumorlib.app import workflows
 from tumorlib.evaluation import evaluate
 from tumorlib.inference import predictor as runs
+from tumorlib.inference.predict import predict
 
 matplotlib.rcParams["figure.dpi"] = 80
 
@@ -74,7 +76,7 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 
 # %% tags=["nbval-ignore-output"]
 data_dir = data.ensure_data(config, progress=False)  # the embedded set is generated on first use
-run = runs.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
+run = workflows.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
 model, run_config, cache_dir = run.model, run.config, run.cache_dir
 print("run:  ", tumorlib.display_path(run.run_dir))
 print("cache:", tumorlib.display_path(cache_dir))
@@ -118,7 +120,7 @@ dice_cols = [c for c in frame.columns if c.startswith("dice_")]
 pd.DataFrame({"U-Net": frame[dice_cols].mean(), "intensity baseline": base[dice_cols].mean()}).round(3)
 
 # %% tags=["nbval-ignore-output"]
-fig = evaluate.plot_metric_boxes(frame, title=f"{PRESET}: {SPLIT} split, {len(frame)} volume(s)")
+fig = viz.plot_metric_boxes(frame, title=f"{PRESET}: {SPLIT} split, {len(frame)} volume(s)")
 fig.savefig(ws.fig_dir / "05_metrics_boxplot.png", dpi=100)
 fig
 
@@ -169,9 +171,9 @@ fig
 # a NIfTI case keeps its own header.
 
 # %%
-seg_path = evaluate.predict(run.run_dir, ws.out_dir / "predictions" / f"volume_{volume_id}_seg.nii.gz",
-                            data_dir=data_dir,
-                            volume_id=volume_id, device=DEVICE)
+seg_path = predict(run.run_dir, ws.out_dir / "predictions" / f"volume_{volume_id}_seg.nii.gz",
+                   data_dir=data_dir,
+                   volume_id=volume_id, device=DEVICE)
 seg = nib.load(str(seg_path))
 labels = np.asarray(seg.dataobj)
 print(f"{seg_path.name}: shape {labels.shape} (H, W, D), dtype {labels.dtype}")

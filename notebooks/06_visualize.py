@@ -42,6 +42,7 @@ import torch
 
 import tumorlib
 from tumorlib import viz
+from tumorlib.app import workflows
 from tumorlib.evaluation import metrics
 from tumorlib.inference import predictor as runs
 
@@ -66,7 +67,7 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 # `demo` takes seconds to minutes on a CPU.
 
 # %% tags=["nbval-ignore-output"]
-run = runs.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
+run = workflows.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
 model, run_config, cache_dir = run.model, run.config, run.cache_dir
 print("run:", tumorlib.display_path(run.run_dir))
 

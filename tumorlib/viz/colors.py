@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tumorlib.core.brats import CLASS_KEYS, CLASS_NAMES, MODALITIES, channels_to_classes, decode_classes  # re-exported
+from tumorlib.training.history import CLASS_COLORS  # RGB in 0..255 per class, in mask channel order
 
 __all__ = [
     "CLASS_COLORS",
@@ -37,8 +38,6 @@ __all__ = [
     "to_numpy",
 ]
 
-#: RGB in 0..255 per class, in mask channel order (Okabe-Ito vermillion, bluish green, yellow).
-CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((213, 94, 0), (0, 158, 115), (240, 228, 66))
 
 #: Names of the error categories drawn by the viewer's "errors" overlay, in ``error_map`` code order 1..3.
 ERROR_NAMES: tuple[str, ...] = ("false positive", "false negative", "wrong class")
