@@ -38,6 +38,7 @@ import tumorlib
 from tumorlib import data
 from tumorlib.app.notebook import notebook_setup
 from tumorlib.benchmarks import loading as bench
+from tumorlib.benchmarks import loading_report as report
 
 matplotlib.rcParams["figure.dpi"] = 80
 
@@ -68,18 +69,18 @@ print(f"preset {PRESET}: volumes of {tuple(config.synth_shape) if ws.synthetic e
 # %% tags=["nbval-ignore-output"]
 result = bench.benchmark_loading(data_dir, cache_dir, config, n_volumes=N_VOLUMES, repeats=REPEATS,
                                  n_patches=N_PATCHES)
-print(bench.format_loading_result(result))
-bench_file = bench.write_benchmark(result, ws.out_dir / "bench_loading.json")
+print(report.format_loading_result(result))
+bench_file = report.write_benchmark(result, ws.out_dir / "bench_loading.json")
 
 # %% [markdown]
 # ## The reference design's loading table, measured here
 # Seconds per volume (median); `speedup` is HDF5 over `.npy`.
 
 # %% tags=["nbval-ignore-output"]
-bench.loading_table(result).round(4)
+report.loading_table(result).round(4)
 
 # %% tags=["nbval-ignore-output"]
-ax = bench.plot_loading_benchmark(result)
+ax = report.plot_loading_benchmark(result)
 ax.figure.tight_layout()
 ax.figure.savefig(ws.fig_dir / "loading_benchmark.png")
 
@@ -108,4 +109,4 @@ ax.figure.savefig(ws.fig_dir / "loading_benchmark.png")
 # Training never copies whole volumes: patches are cut from memory maps or the RAM cache.
 
 # %% tags=["nbval-ignore-output"]
-bench.loading_targets_met(result)
+report.loading_targets_met(result)

@@ -43,9 +43,9 @@ import pandas as pd
 import tumorlib
 from tumorlib import viz
 from tumorlib.app.notebook import notebook_setup, preset_table
+from tumorlib.app import workflows
 from tumorlib.data.resolve import make_datasets, resolve_cache
 from tumorlib.nn import checkpoint, schedule, unet
-from tumorlib.training import resume
 
 matplotlib.rcParams["figure.dpi"] = 80
 
@@ -157,7 +157,7 @@ if LOAD_EXISTING_RUN and history_file.is_file():
     history = pd.read_csv(history_file)
     print(f"loaded the run in {tumorlib.display_path(ws.run_dir)} ({len(history)} epochs)")
 else:
-    history = resume.train_or_resume(config, cache_dir=cache_dir, out_dir=ws.run_dir, progress=True)
+    history = workflows.train_or_resume(config, cache_dir=cache_dir, out_dir=ws.run_dir, progress=True)
 
 # %% tags=["nbval-ignore-output"]
 history.round(4)

@@ -50,6 +50,7 @@ from tumorlib.app.notebook import dice_comparison, notebook_setup
 from tumorlib.core.device import resolve_device
 from tumorlib.evaluation import baseline, evaluate
 from tumorlib.inference import predict, predictor
+from tumorlib.app import workflows
 
 matplotlib.rcParams["figure.dpi"] = 80
 
@@ -70,7 +71,7 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 
 # %% tags=["nbval-ignore-output"]
 data_dir = data.ensure_data(config, progress=False)  # the embedded set is generated on first use
-run = predictor.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
+run = workflows.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
 model, run_config, cache_dir = run.model, run.config, run.cache_dir
 print("run:  ", tumorlib.display_path(run.run_dir))
 print("cache:", tumorlib.display_path(cache_dir))

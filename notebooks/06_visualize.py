@@ -42,6 +42,7 @@ from tumorlib.app.notebook import notebook_setup, volume_scores
 from tumorlib.benchmarks.viewer import benchmark_viewer
 from tumorlib.core.device import resolve_device
 from tumorlib.inference import predictor
+from tumorlib.app import workflows
 
 matplotlib.rcParams["figure.dpi"] = 80
 
@@ -61,7 +62,7 @@ print(tumorlib.describe_setup(config))  # the data, volumes, channel order, devi
 # `demo` takes seconds to minutes on a CPU.
 
 # %% tags=["nbval-ignore-output"]
-run = predictor.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
+run = workflows.ensure_run(config, device=DEVICE, progress=True)  # trained (or continued) first when needed
 model, run_config, cache_dir = run.model, run.config, run.cache_dir
 print("run:", tumorlib.display_path(run.run_dir))
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from tumorlib.core.config import get_config, workspace
-from tumorlib.training.loop import HISTORY_COLUMNS, TIMING_COLUMNS, fits_time_limit, train
+from tumorlib.app.workflows import train
+from tumorlib.training.epochs import fits_time_limit
+from tumorlib.training.history import HISTORY_COLUMNS, TIMING_COLUMNS
 
 KEEP = [c for c in HISTORY_COLUMNS if c not in TIMING_COLUMNS]
 TINY_LIMIT = 1e-9  # hours: no epoch fits after the first, whatever the machine
@@ -86,8 +88,7 @@ def writable_inputs(tmp_path):
 
 
 def test_second_session_resumes_the_attached_run(ci_cache, tmp_path, monkeypatch, capsys, writable_inputs):
-    from tumorlib.training.resume import train_or_resume
-    from tumorlib.inference.predictor import ensure_run
+    from tumorlib.app.workflows import ensure_run, train_or_resume
     from tumorlib.core.sources import display_path
 
     cfg = get_config("ci", epochs=3)
@@ -133,7 +134,7 @@ def test_previous_run_with_another_config_is_left_alone(ci_cache, tmp_path, monk
 
 def test_ensure_run_finishes_an_unfinished_run_instead_of_starting_over(ci_cache, tmp_path, monkeypatch, capsys):
     import tumorlib.training.loop
-    from tumorlib.inference.predictor import ensure_run
+    from tumorlib.app.workflows import ensure_run
 
     _kaggle_session(monkeypatch, tmp_path / "local", ci_cache)  # no input attached
     cfg = get_config("ci", epochs=3)

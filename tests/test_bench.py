@@ -10,6 +10,7 @@ import matplotlib
 import pytest
 
 from tumorlib.benchmarks import loading as bench
+from tumorlib.benchmarks import loading_report as report
 from tumorlib.app.cli import main
 from tumorlib.core.config import get_config
 from tumorlib.data import cached_volume_ids
@@ -49,15 +50,15 @@ def test_benchmark_keys_and_values(result):
 
 def test_targets_table_and_plot(result):
     res, _ = result
-    met = bench.loading_targets_met(res)
-    assert set(met) == set(bench.LOADING_TARGETS)
+    met = report.loading_targets_met(res)
+    assert set(met) == set(report.LOADING_TARGETS)
     assert met["load_speedup"] == (res["load_speedup"] >= 40)
-    assert bench.loading_targets_met({"load_speedup": None})["load_speedup"] is None
-    table = bench.loading_table(res)
+    assert report.loading_targets_met({"load_speedup": None})["load_speedup"] is None
+    table = report.loading_table(res)
     assert list(table.columns) == ["cold_s", "warm_s"] and table.loc["HDF5 slices", "warm_s"] == res["h5_volume_load_s"]
-    ax = bench.plot_loading_benchmark(res)
+    ax = report.plot_loading_benchmark(res)
     assert len(ax.patches) == (4 if res["h5_volume_load_cold_s"] is not None else 2)
-    text = bench.format_loading_result(res)
+    text = report.format_loading_result(res)
     assert "load_speedup" in text and "target >= 40" in text
 
 

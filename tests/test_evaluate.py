@@ -25,14 +25,15 @@ from tumorlib.io.nifti_write import BRATS2020_AFFINE, brats2020_header, save_nif
 from tumorlib.evaluation.evaluate import (
     EVAL_COLUMNS,
     evaluate,
-    load_run,
     metric_table,
     patch_predictions,
-    plot_metric_boxes,
-    predict,
     summary_path,
 )
-from tumorlib.evaluation.metrics import brats_regions, hd95
+from tumorlib.inference.predict import predict
+from tumorlib.inference.predictor import load_run
+from tumorlib.viz import plot_metric_boxes
+from tumorlib.core.brats import channels_to_regions as brats_regions
+from tumorlib.evaluation.metrics import hd95
 from tumorlib.nn.unet import model_from_config
 
 
@@ -235,7 +236,7 @@ def test_evaluate_on_a_nifti_cache_equals_the_kaggle_cache(tiny_data, tmp_path, 
 @pytest.fixture(scope="module")
 def ci_run(ci_cache, tmp_path_factory):
     """A tiny ci training run on the ci data, selected on whole validation volumes every epoch."""
-    from tumorlib.training.loop import train
+    from tumorlib.app.workflows import train
 
     run = tmp_path_factory.mktemp("ci_run") / "run"
     cfg = get_config("ci", val_volume_every=1)
@@ -266,7 +267,7 @@ def test_evaluate_scores_the_labels_predict_writes(ci_run, ci_cache, tmp_path):
 
 def test_volume_selection_is_what_evaluate_reports(ci_run, ci_cache, tmp_path):
     """The whole-volume selection score of the best epoch is evaluate's mean WT/TC/ET Dice on the val split."""
-    from tumorlib.training.loop import HISTORY_COLUMNS
+    from tumorlib.training.history import HISTORY_COLUMNS
 
     run, history = ci_run
     assert list(pd.read_csv(run / "history.csv").columns) == HISTORY_COLUMNS

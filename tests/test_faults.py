@@ -591,7 +591,7 @@ def test_new_run_failing_at_epoch_1_keeps_the_previous_model(finished_run, ci_ca
     """--overwrite moves the old run aside (a loadable run folder) and names it while nothing better exists."""
     from tumorlib.app.cli import _Terminated
     from tumorlib.inference.predictor import load_run
-    from tumorlib.training.loop import RUN_FILES
+    from tumorlib.training.run_folder import RUN_FILES
 
     run = _copy_run(finished_run, tmp_path)
     old = _hashes(run, RUN_FILES)
@@ -608,7 +608,7 @@ def test_new_run_failing_at_epoch_1_keeps_the_previous_model(finished_run, ci_ca
 
 
 def test_new_run_discards_the_previous_once_it_has_a_model(finished_run, ci_cache, tmp_path, capsys):
-    from tumorlib.training.loop import RUN_FILES
+    from tumorlib.training.run_folder import RUN_FILES
 
     run = _copy_run(finished_run, tmp_path)
     old = _hashes(run, RUN_FILES)
@@ -671,7 +671,7 @@ def test_nan_input_is_blamed_not_the_learning_rate(tmp_path):
 
 def test_two_trainings_into_one_out_second_refused_kill_keeps_previous(finished_run, ci_cache, tmp_path, capsys):
     """A real second process: refused naming the holder's PID; a SIGKILL at epoch 1 keeps the old model."""
-    from tumorlib.training.loop import RUN_FILES
+    from tumorlib.training.run_folder import RUN_FILES
 
     run = _copy_run(finished_run, tmp_path)
     old = _hashes(run, RUN_FILES)

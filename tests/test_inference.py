@@ -11,11 +11,11 @@ import torch
 from tumorlib.inference.sliding_window import (
     FLIP_AXES,
     importance_map,
-    labels_from_probabilities,
-    labels_to_channels,
     sliding_window_inference,
     window_starts,
 )
+from tumorlib.core.brats import decode_probabilities as labels_from_probabilities
+from tumorlib.core.brats import labels_to_channels
 
 
 @pytest.fixture(scope="module")

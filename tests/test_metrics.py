@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from tumorlib.core.brats import channels_to_regions as brats_regions
 from tumorlib.evaluation.metrics import (
     BRATS_EMPTY_HD95,
     METRIC_COLUMNS,
-    brats_regions,
     brats_scores,
     dice,
     hd95,

@@ -17,7 +17,8 @@ import torch
 
 from tumorlib.core.config import get_config
 from tumorlib.data.gpu_patches import resident_nbytes
-from tumorlib.training.engine import Trainer, TrainSettings, reference_settings
+from tumorlib.training.engine import Trainer
+from tumorlib.training.settings import TrainSettings, reference_settings
 from tumorlib.benchmarks.gpu import (
     auto_settings,
     benchmark_throughput,
@@ -62,6 +63,9 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: state["bf16"])
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: state["capability"])
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda *a, **k: types.SimpleNamespace(major=state["capability"][0]))
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a, **k: (state["free"], 80 * 2**30))
     monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))
     monkeypatch.setattr(sys, "platform", "linux")
@@ -78,7 +82,7 @@ def test_auto_settings_on_cuda(fake_cuda, tiny_cache):
     assert v.name == "default" and v.data == "device" and v.compile and v.amp_dtype == "bfloat16"
     assert v.describe() == "bf16, compile(default), device data"
 
-    fake_cuda["bf16"] = False  # e.g. a T4: fp16 needs the scaler
+    fake_cuda["capability"] = (7, 5)  # a T4: bf16 only emulated (is_bf16_supported still says True), fp16 needs the scaler
     s = auto_settings("cuda", CI)
     assert s["amp_dtype"] == "float16" and s["grad_scaler"]
     fake_cuda["free"] = resident_nbytes(tiny_cache)  # data would take all the free memory: DataLoader

@@ -21,7 +21,14 @@ from tumorlib.core.config import get_config
 from tumorlib.training.distributed import DistInfo, select_device
 from tumorlib.nn.unet import UNet3D
 from tumorlib.nn.schedule import WarmupCosine, lr_schedule, optimizer_steps_per_epoch, warmup_cosine_scheduler
-from tumorlib.training.loop import HISTORY_COLUMNS, TIMING_COLUMNS, _group_sizes, _loader, amp_dtype, fit, make_datasets, train, validate
+from tumorlib.app.workflows import train
+from tumorlib.data.resolve import make_datasets
+from tumorlib.nn.precision import amp_dtype
+from tumorlib.training.engine import validate
+from tumorlib.training.epochs import group_sizes as _group_sizes
+from tumorlib.training.epochs import make_loader as _loader
+from tumorlib.training.history import HISTORY_COLUMNS, TIMING_COLUMNS
+from tumorlib.training.loop import fit
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(epochs=2, warmup_epochs=1, samples_per_epoch=4, val_samples=2, batch_size=2, num_workers=0)
@@ -125,6 +132,17 @@ def test_group_sizes():
     assert _group_sizes(4, 2) == [2, 2]
     assert _group_sizes(3, 1) == [1, 1, 1]
     assert _group_sizes(1, 4) == [1]
+
+
+def test_whole_volume_selection_without_a_validator_is_refused(tmp_path):
+    from tumorlib.training import loop
+
+    cfg = get_config("ci", **{**TINY, "val_volume_every": 1})
+    with pytest.raises(ValueError, match="no validator was given.*tumorlib.app.workflows.train"):
+        loop.train(cfg, out_dir=tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="VolumeValidator"):
+        fit(cfg, Patches(4), Patches(2, seed=1), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before any work
 
 
 # --------------------------------------------------------------------------- pieces
@@ -324,7 +342,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_history(ci_cache, tmp
     script = textwrap.dedent(f"""
         import os, signal
         from tumorlib.core.config import get_config
-        from tumorlib.training.loop import train
+        from tumorlib.app.workflows import train
 
         def kill(epoch, row):
             if epoch == 2:

@@ -107,7 +107,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from tumorlib.benchmarks.loading import benchmark_loading, format_loading_result, write_benchmark
+    from tumorlib.benchmarks.loading import benchmark_loading
+    from tumorlib.benchmarks.loading_report import format_loading_result, write_benchmark
     from tumorlib.core.config import workspace
     from tumorlib.data import ensure_data
 
@@ -140,7 +141,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from tumorlib.training.loop import train
+    from tumorlib.app.workflows import train
 
     cfg = config_from_args(args)
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:

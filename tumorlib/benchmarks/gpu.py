@@ -6,7 +6,7 @@ accumulation), the one ``tumorlib train`` uses:
 - **reference**: what the reference design does on CUDA: fp16 autocast with a ``GradScaler``, eager,
   contiguous tensors, patches from the ``DataLoader`` (the preset's workers, unpinned memory). On the
   CPU its CUDA autocast does nothing, so it trains in float32 there.
-- **default**: what ``tumorlib train`` resolves for the device (``speed.resolve_settings``): bf16
+- **default**: what ``tumorlib train`` resolves for the device (``tumorlib.training.settings.resolve_settings``): bf16
   autocast without a ``GradScaler`` where the card supports bf16 (else fp16 with one), ``torch.compile``
   on CUDA (falling back to eager with the error recorded when compilation fails), ``cudnn.benchmark``,
   the whole cropped cache resident on the GPU with patches cut there (``DevicePatchSampler``) when it
@@ -32,17 +32,17 @@ from typing import Any
 import torch
 
 from tumorlib.core.config import Config
-from tumorlib.training.engine import (
+from tumorlib.training.engine import Trainer
+from tumorlib.training.settings import (
     TrainSettings,
-    Trainer,
     compile_available,
     float32_settings,
     reference_settings,
     resolve_settings,
 )
 from tumorlib.benchmarks.training import (
-    _dataset_batches,
-    _process_max_rss_gib,
+    dataset_batches,
+    process_max_rss_gib,
     end_to_end_source,
     time_inference,
     time_train_steps,
@@ -65,7 +65,7 @@ THROUGHPUT_TARGETS = {"e2e_patches_per_s": 100.0, "inference_s": 0.2}
 def auto_settings(device: str | torch.device, config: Config | None = None, cache_dir: str | os.PathLike | None = None,
                   volume_ids: Sequence[int] | None = None, memory_fraction: float = 0.5,
                   compile_mode: str | None = "auto") -> dict[str, Any]:
-    """tumorlib's default speed settings for a device (``speed.resolve_settings``), as a JSON-ready dict.
+    """tumorlib's default speed settings for a device (``resolve_settings``), as a JSON-ready dict.
 
     Args:
         device: the training device (``"cpu"``, ``"cuda"``, ``torch.device``).
@@ -153,6 +153,7 @@ def compare_losses(config: Config, steps_by_name: dict[str, Trainer], batches: S
     skipped: dict[str, int] = {}
     for name, step in steps_by_name.items():
         step.reset(state_dict)
+        torch.manual_seed(config.seed)  # each variant's draws independent of the ones before it
         losses[name], skipped[name] = [], 0
         with step.backend_flags():
             for s in range(n_steps):
@@ -168,6 +169,88 @@ def compare_losses(config: Config, steps_by_name: dict[str, Trainer], batches: S
             rels = [d / max(abs(y), 1e-12) for d, y in zip(diffs, losses[a])]
             pairs[f"{b}_vs_{a}"] = {"max_abs_diff": max(diffs), "max_rel_diff": max(rels)}
     return {"steps": n_steps, "losses": losses, "skipped_steps": skipped, "pairs": pairs}
+
+
+def _measure_variant(config: Config, variant: TrainSettings, device: torch.device, init: dict[str, torch.Tensor],
+                     batch: tuple[torch.Tensor, torch.Tensor], cache: Any, train_ids: Sequence[int],
+                     timing: tuple[int, int], progress: bool,
+                     inference: tuple[Sequence[int] | None, int] | None) -> tuple[Trainer, dict[str, Any]]:
+    """One variant of ``benchmark_throughput``: the step alone, end to end, then inference.
+
+    torch is seeded first, so the variant's random draws (model build, shuffled patches) depend neither
+    on the variants before it nor on what ran earlier in the process.
+
+    Returns:
+        ``(trainer, row)``: the variant's ``Trainer`` and its row of ``variants``.
+    """
+    steps, warmup = timing
+    torch.manual_seed(config.seed)
+    step = Trainer(config, variant, device, init)
+    alone = time_train_steps(step, lambda: batch, steps, warmup)
+    step.reset(init)
+    torch.manual_seed(config.seed)
+    n_samples = (warmup + steps) * config.accumulation_steps * config.batch_size
+    source, info, close = end_to_end_source(config, variant, cache, train_ids, n_samples, device, progress)
+    try:
+        e2e = time_train_steps(step, source, steps, warmup)
+    finally:
+        close()
+    row = {"settings": variant.to_dict(), "step_patches_per_s": alone["patches_per_s"],
+           "step_peak_memory_gib": alone["peak_memory_gib"], "e2e_patches_per_s": e2e["patches_per_s"],
+           "e2e_peak_memory_gib": e2e["peak_memory_gib"], "data": variant.data, **info,
+           "warmup_s": alone["warmup_s"], "compile_error": step.compile_error}
+    if inference is not None:
+        row.update(time_inference(step.model, variant, config, device, inference[0], inference[1]))
+    return step, row
+
+
+def _report(config: Config, device: torch.device, variants: Sequence[TrainSettings], rows: dict[str, dict[str, Any]],
+            settings: dict[str, Any], loss_check: dict[str, Any] | None, n_train: int, steps: int,
+            warmup: int) -> dict[str, Any]:
+    """The JSON-ready result of ``benchmark_throughput`` (ratios candidate / baseline, targets)."""
+    base, cand = rows[variants[0].name], rows[variants[-1].name]
+
+    def ratio(a: float | None, c: float | None) -> float | None:
+        return float(c / a) if a and c is not None else None
+
+    ratios = {
+        "step_patches_per_s": ratio(base["step_patches_per_s"], cand["step_patches_per_s"]),
+        "e2e_patches_per_s": ratio(base["e2e_patches_per_s"], cand["e2e_patches_per_s"]),
+        "step_peak_memory": ratio(base["step_peak_memory_gib"], cand["step_peak_memory_gib"]),
+        "inference_speedup": ratio(cand.get("inference_s"), base.get("inference_s")),
+    }
+    cuda = device.type == "cuda"
+    targets_met = None
+    if cuda and config.preset == "full":
+        targets_met = {"e2e_patches_per_s": cand["e2e_patches_per_s"] >= THROUGHPUT_TARGETS["e2e_patches_per_s"],
+                       "inference_s": (cand["inference_s"] <= THROUGHPUT_TARGETS["inference_s"]
+                                       if cand.get("inference_s") is not None else None)}
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine()),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "preset": config.preset,
+        "patch_size": list(config.patch_size),
+        "features": list(config.features),
+        "batch_size": config.batch_size,
+        "accumulation_steps": config.accumulation_steps,
+        "steps": steps,
+        "warmup": warmup,
+        "train_volumes": n_train,
+        "auto_settings": settings,
+        "variants": rows,
+        "baseline": variants[0].name,
+        "candidate": variants[-1].name,
+        "ratios": ratios,
+        "loss_check": loss_check,
+        "peak_memory_source": "torch.cuda.max_memory_allocated" if cuda else None,
+        "process_max_rss_gib": process_max_rss_gib(),
+        "targets": dict(THROUGHPUT_TARGETS),
+        "targets_met": targets_met,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads()},
+    }
 
 
 def benchmark_throughput(config: Config, cache_dir: str | os.PathLike | None = None,
@@ -207,10 +290,10 @@ def benchmark_throughput(config: Config, cache_dir: str | os.PathLike | None = N
     """
     from tumorlib.data.resolve import resolve_cache
     from tumorlib.data.splits import run_splits
-    from tumorlib.training.distributed import select_device
+    from tumorlib.core.device import resolve_device
     from tumorlib.nn.unet import model_from_config
 
-    device = select_device(device)
+    device = resolve_device(device)
     cache = resolve_cache(config, cache_dir=cache_dir, progress=progress)
     train_ids = run_splits(config, cache)["train"]
     settings = auto_settings(device, config, cache, train_ids, compile_mode=compile_mode)
@@ -223,35 +306,20 @@ def benchmark_throughput(config: Config, cache_dir: str | os.PathLike | None = N
     gen = torch.Generator().manual_seed(config.seed)
     image = torch.randn(b, config.in_channels, *config.patch_size, generator=gen).to(device)
     mask = (torch.rand(b, config.num_classes, *config.patch_size, generator=gen) > 0.9).float().to(device)
-    n_samples = (warmup + steps) * acc * b
-
     torch.manual_seed(config.seed)
     init = {k: v.detach().clone() for k, v in model_from_config(config).state_dict().items()}
     runners: dict[str, Trainer] = {}
     rows: dict[str, dict[str, Any]] = {}
     for variant in variants:
-        step = Trainer(config, variant, device, init)
-        runners[variant.name] = step
-        alone = time_train_steps(step, lambda: (image, mask), steps, warmup)
-        step.reset(init)
-        source, info, close = end_to_end_source(config, variant, cache, train_ids, n_samples, device, progress)
-        try:
-            e2e = time_train_steps(step, source, steps, warmup)
-        finally:
-            close()
-        row = {"settings": variant.to_dict(), "step_patches_per_s": alone["patches_per_s"],
-               "step_peak_memory_gib": alone["peak_memory_gib"], "e2e_patches_per_s": e2e["patches_per_s"],
-               "e2e_peak_memory_gib": e2e["peak_memory_gib"], "data": variant.data, **info,
-               "warmup_s": alone["warmup_s"], "compile_error": step.compile_error}
-        if inference:
-            row.update(time_inference(step.model, variant, config, device, volume_shape, inference_repeats))
-        rows[variant.name] = row
+        runners[variant.name], rows[variant.name] = _measure_variant(
+            config, variant, device, init, (image, mask), cache, train_ids, (steps, warmup), progress,
+            (volume_shape, inference_repeats) if inference else None)
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
     loss_check = None
     if loss_steps > 0:
-        batches = _dataset_batches(config, cache, train_ids, loss_steps * acc)
+        batches = dataset_batches(config, cache, train_ids, loss_steps * acc)
         checked: dict[str, Trainer] = {}
         ref = float32_settings()
         if not any(v.amp_dtype is None and not v.compile for v in variants) and ref.name not in runners:
@@ -259,49 +327,7 @@ def benchmark_throughput(config: Config, cache_dir: str | os.PathLike | None = N
         checked.update(runners)
         loss_check = compare_losses(config, checked, batches, loss_steps, init)
 
-    base, cand = rows[variants[0].name], rows[variants[-1].name]
-
-    def ratio(a: float | None, c: float | None) -> float | None:
-        return float(c / a) if a and c is not None else None
-
-    ratios = {
-        "step_patches_per_s": ratio(base["step_patches_per_s"], cand["step_patches_per_s"]),
-        "e2e_patches_per_s": ratio(base["e2e_patches_per_s"], cand["e2e_patches_per_s"]),
-        "step_peak_memory": ratio(base["step_peak_memory_gib"], cand["step_peak_memory_gib"]),
-        "inference_speedup": ratio(cand.get("inference_s"), base.get("inference_s")),
-    }
-    cuda = device.type == "cuda"
-    targets_met = None
-    if cuda and config.preset == "full":
-        targets_met = {"e2e_patches_per_s": cand["e2e_patches_per_s"] >= THROUGHPUT_TARGETS["e2e_patches_per_s"],
-                       "inference_s": (cand["inference_s"] <= THROUGHPUT_TARGETS["inference_s"]
-                                       if cand.get("inference_s") is not None else None)}
-    return {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine()),
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda,
-        "preset": config.preset,
-        "patch_size": list(config.patch_size),
-        "features": list(config.features),
-        "batch_size": b,
-        "accumulation_steps": acc,
-        "steps": steps,
-        "warmup": warmup,
-        "train_volumes": len(train_ids),
-        "auto_settings": settings,
-        "variants": rows,
-        "baseline": variants[0].name,
-        "candidate": variants[-1].name,
-        "ratios": ratios,
-        "loss_check": loss_check,
-        "peak_memory_source": "torch.cuda.max_memory_allocated" if cuda else None,
-        "process_max_rss_gib": _process_max_rss_gib(),
-        "targets": dict(THROUGHPUT_TARGETS),
-        "targets_met": targets_met,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads()},
-    }
+    return _report(config, device, variants, rows, settings, loss_check, len(train_ids), steps, warmup)
 
 
 def format_throughput(result: dict[str, Any], train: dict[str, Any] | None = None) -> str:

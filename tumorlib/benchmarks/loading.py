@@ -4,12 +4,11 @@ The loading benchmark measures, in one run and interleaved so both sides see the
 reading a volume from its HDF5 slices against loading it from the ``.npy`` cache (warm page cache,
 and cold where the page cache of single files can be dropped with ``posix_fadvise``), the cache
 build against reading the slices it starts from, and training patches per second cut from the
-cache in one process.
+cache in one process. Its tables, figure, targets and JSON file are ``tumorlib.benchmarks.loading_report``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -24,30 +23,13 @@ if TYPE_CHECKING:
     from tumorlib.core.config import Config
 
 __all__ = [
-    "LOADING_TARGETS",
     "benchmark_loading",
     "drop_page_cache",
-    "format_loading_result",
-    "loading_table",
-    "loading_targets_met",
     "map_populated",
-    "plot_loading_benchmark",
     "time_cache_build",
     "time_patch_sampling",
     "time_volume_loads",
-    "write_benchmark",
 ]
-
-# Targets on full-size (155x240x240) volumes on a 2-core machine.
-LOADING_TARGETS = {"load_speedup": 40.0, "patch_samples_per_s": 150.0, "cache_build_overhead": 1.5}
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("bench_train", "format_train_result"):  # training throughput: tumorlib.benchmarks.training
-        from tumorlib.benchmarks import training as throughput
-
-        return getattr(throughput, name)
-    raise AttributeError(f"module 'tumorlib.benchmarks.loading' has no attribute {name!r}")
 
 
 def drop_page_cache(paths: Sequence[str | os.PathLike]) -> bool:
@@ -258,6 +240,49 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return float(a / b) if a is not None and b else None
 
 
+def _cache_holding(data: Path, cache: Path, ids: Sequence[int], cfg: Config, progress: bool) -> dict[str, Any]:
+    """The index of ``cache``, built first (not timed) when it does not hold every volume of ``ids``."""
+    from tumorlib.data.cache import build_cache, load_cache_index
+
+    try:
+        index = load_cache_index(cache)
+        have = all(str(v) in index["volumes"] for v in ids)
+    except (ValueError, OSError):
+        have = False
+    if not have:
+        build_cache(data, cache, workers=cfg.cache_workers, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
+                    progress=progress, stored_order=cfg.kaggle_channel_order)
+    return load_cache_index(cache)
+
+
+def _patch_rates(cache: Path, ids: Sequence[int], cfg: Config, n_patches: int) -> tuple[float, float, float]:
+    """Patches per second: float16 with the preset's RAM cache, float32, and memory-mapped (no RAM cache)."""
+    common = dict(patch_size=cfg.patch_size, tumor_prob=cfg.tumor_prob, seed=cfg.seed)
+    half = max(1, n_patches // 2)
+    return (time_patch_sampling(cache, ids, n_patches=n_patches, ram_cache_bytes=cfg.ram_cache_bytes, **common),
+            time_patch_sampling(cache, ids, n_patches=half, ram_cache_bytes=cfg.ram_cache_bytes, dtype="float32",
+                                **common),
+            time_patch_sampling(cache, ids, n_patches=half, ram_cache_bytes=0, **common))
+
+
+def _bytes_on_disk(data: Path, cache: Path, index: dict[str, Any], ids: Sequence[int]) -> tuple[int, int]:
+    """Bytes of the volumes' HDF5 slices and of their cache files."""
+    from tumorlib.data import find_slices
+
+    slices = find_slices(data)
+    h5_bytes = sum(p.stat().st_size for v in ids for p in slices[int(v)].values())
+    return h5_bytes, sum(f.stat().st_size for v in ids for f in _cache_files(cache, index, v))
+
+
+def _machine() -> dict[str, Any]:
+    """Where the benchmark ran: platform, Python, CPUs, torch threads, load average."""
+    import torch
+
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
 def benchmark_loading(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, config: Config | None = None,
                       volume_ids: Sequence[int] | None = None, n_volumes: int = 3, repeats: int = 3,
                       n_patches: int = 200, cold: bool = True, build: bool = True,
@@ -293,47 +318,22 @@ def benchmark_loading(data_dir: str | os.PathLike, cache_dir: str | os.PathLike,
         ``volume_shape``, ``cached_shape``, ``volume_ids``, ``patch_size``, sizes on disk, machine.
     """
     from tumorlib.core.config import get_config
-    from tumorlib.data import find_slices, list_volumes
-    from tumorlib.data.cache import build_cache, load_cache_index
+    from tumorlib.data import list_volumes
 
     cfg = config if config is not None else get_config()
-    data = Path(data_dir).expanduser().resolve()
-    cache = Path(cache_dir).expanduser().resolve()
+    data, cache = (Path(p).expanduser().resolve() for p in (data_dir, cache_dir))
     ids = list(volume_ids) if volume_ids is not None else list_volumes(data)[:n_volumes]
-    try:
-        index = load_cache_index(cache)
-        have = all(str(v) in index["volumes"] for v in ids)
-    except (ValueError, OSError):
-        have = False
-    if not have:
-        build_cache(data, cache, workers=cfg.cache_workers, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
-                    progress=progress, stored_order=cfg.kaggle_channel_order)
-    index = load_cache_index(cache)
+    index = _cache_holding(data, cache, ids, cfg, progress)
 
     loads = time_volume_loads(data, cache, ids, repeats=repeats, cold=cold)
     builds = (time_cache_build(data, ids, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
                                workers=cfg.cache_workers, rounds=max(2, repeats), tmp_root=cache.parent)
               if build else None)
-    patches = time_patch_sampling(cache, ids, patch_size=cfg.patch_size, tumor_prob=cfg.tumor_prob,
-                                  n_patches=n_patches, ram_cache_bytes=cfg.ram_cache_bytes, seed=cfg.seed)
-    patches32 = time_patch_sampling(cache, ids, patch_size=cfg.patch_size, tumor_prob=cfg.tumor_prob,
-                                    n_patches=max(1, n_patches // 2), ram_cache_bytes=cfg.ram_cache_bytes,
-                                    dtype="float32", seed=cfg.seed)
-    patches_mmap = time_patch_sampling(cache, ids, patch_size=cfg.patch_size, tumor_prob=cfg.tumor_prob,
-                                       n_patches=max(1, n_patches // 2), ram_cache_bytes=0, seed=cfg.seed)
-
-    slices = find_slices(data)
-    h5_bytes = sum(p.stat().st_size for v in ids for p in slices[int(v)].values())
-    npy_bytes = sum(f.stat().st_size for v in ids for f in _cache_files(cache, index, v))
-    h5 = _median(loads["h5"])
-    npy = _median(loads["npy"])
-    h5_cold = _median(loads["h5_cold"])
-    npy_cold = _median(loads["npy_cold"])
-    read = _median(builds["read"]) if builds else None
-    built = _median(builds["build"]) if builds else None
+    patches, patches32, patches_mmap = _patch_rates(cache, ids, cfg, n_patches)
+    h5_bytes, npy_bytes = _bytes_on_disk(data, cache, index, ids)
+    h5, npy, h5_cold, npy_cold = (_median(loads[k]) for k in ("h5", "npy", "h5_cold", "npy_cold"))
+    read, built = (_median(builds[k]) if builds else None for k in ("read", "build"))
     first = index["volumes"][str(ids[0])]
-    import torch
-
     return {
         "h5_volume_load_s": h5,
         "npy_volume_load_s": npy,
@@ -361,107 +361,5 @@ def benchmark_loading(data_dir: str | os.PathLike, cache_dir: str | os.PathLike,
         "n_patches": n_patches,
         "cache_workers": cfg.cache_workers,
         "preset": cfg.preset,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "machine": _machine(),
     }
-
-
-def loading_targets_met(result: dict[str, Any]) -> dict[str, bool | None]:
-    """Which of ``LOADING_TARGETS`` a result meets (None where not measured).
-
-    The targets are meant for full-size (155x240x240) volumes; tiny volumes miss the speedup.
-    """
-    speed, patches, overhead = (result.get(k) for k in ("load_speedup", "patch_samples_per_s",
-                                                         "cache_build_overhead"))
-    return {
-        "load_speedup": None if speed is None else speed >= LOADING_TARGETS["load_speedup"],
-        "patch_samples_per_s": None if patches is None else patches >= LOADING_TARGETS["patch_samples_per_s"],
-        "cache_build_overhead": None if overhead is None else overhead <= LOADING_TARGETS["cache_build_overhead"],
-    }
-
-
-def loading_table(result: dict[str, Any]) -> Any:
-    """The reference design's loading table (HDF5 slices against the cache, cold and warm) as a DataFrame.
-
-    Args:
-        result: from ``benchmark_loading``.
-
-    Returns:
-        A ``pandas.DataFrame`` with rows per source and columns ``cold_s``, ``warm_s``.
-    """
-    import pandas as pd
-
-    rows = {
-        "HDF5 slices": [result.get("h5_volume_load_cold_s"), result["h5_volume_load_s"]],
-        ".npy cache": [result.get("npy_volume_load_cold_s"), result["npy_volume_load_s"]],
-        "speedup (x)": [result.get("load_speedup_cold"), result["load_speedup"]],
-    }
-    return pd.DataFrame.from_dict(rows, orient="index", columns=["cold_s", "warm_s"])
-
-
-def plot_loading_benchmark(result: dict[str, Any], ax: Any = None) -> Any:
-    """Bar chart of seconds per volume: HDF5 against ``.npy``, warm and (if measured) cold; log scale.
-
-    Args:
-        result: from ``benchmark_loading``.
-        ax: a matplotlib Axes; None makes a new figure.
-
-    Returns:
-        The Axes.
-    """
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
-    labels, values, colors = [], [], []
-    for label, key, color in (("HDF5 warm", "h5_volume_load_s", "tab:red"),
-                              (".npy warm", "npy_volume_load_s", "tab:green"),
-                              ("HDF5 cold", "h5_volume_load_cold_s", "salmon"),
-                              (".npy cold", "npy_volume_load_cold_s", "lightgreen")):
-        if result.get(key) is not None:
-            labels.append(label)
-            values.append(result[key])
-            colors.append(color)
-    bars = ax.bar(labels, values, color=colors)
-    ax.set_yscale("log")
-    ax.set_ylabel("seconds per volume")
-    shape = "x".join(str(s) for s in result.get("volume_shape", []))
-    ax.set_title(f"Loading one {shape} volume (speedup {result['load_speedup']:.0f}x warm)")
-    for bar, v in zip(bars, values):
-        ax.annotate(f"{v:.3f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
-    return ax
-
-
-def write_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write a benchmark result as JSON (atomically) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def format_loading_result(result: dict[str, Any]) -> str:
-    """A short text table of a loading benchmark with the targets (for the command line)."""
-    met = loading_targets_met(result)
-
-    def fmt(v: Any) -> str:
-        return "null" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    shape = "x".join(str(s) for s in result["volume_shape"])
-    lines = [f"loading benchmark: volumes {result['volume_ids']} of {shape} (cached {result['cached_shape']}), "
-             f"patch {result['patch_size']}"]
-    for key in ("h5_volume_load_s", "npy_volume_load_s", "load_speedup", "npy_volume_mapped_s",
-                "load_speedup_mapped", "h5_volume_load_cold_s",
-                "npy_volume_load_cold_s", "load_speedup_cold", "patch_samples_per_s", "patch_samples_per_s_float32",
-                "patch_samples_per_s_mmap",
-                "h5_read_s_per_volume", "cache_build_s_per_volume", "cache_build_overhead",
-                "cache_build_parallel_s_per_volume"):
-        target = ""
-        if key in met and met[key] is not None:
-            op = "<=" if key == "cache_build_overhead" else ">="
-            target = f"   target {op} {LOADING_TARGETS[key]:g}: {'met' if met[key] else 'MISSED'}"
-        lines.append(f"  {key:<36} {fmt(result.get(key)):>10}{target}")
-    return "\n".join(lines)

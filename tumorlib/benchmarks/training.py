@@ -20,12 +20,16 @@ import torch
 from torch import nn
 
 from tumorlib.core.config import Config
-from tumorlib.training.engine import Trainer, TrainSettings, autocast
+from tumorlib.nn.precision import autocast
+from tumorlib.training.engine import Trainer, compiled_or_eager
+from tumorlib.training.settings import TrainSettings
 
 __all__ = [
     "bench_train",
+    "dataset_batches",
     "end_to_end_source",
     "format_train_result",
+    "process_max_rss_gib",
     "time_inference",
     "time_train_steps",
 ]
@@ -45,7 +49,8 @@ def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def _process_max_rss_gib() -> float:
+def process_max_rss_gib() -> float:
+    """The peak resident memory of this process so far, in GiB."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / 2**30 if sys.platform == "darwin" else kib / 2**20  # bytes on macOS, KiB on Linux
 
@@ -120,6 +125,10 @@ def time_inference(model: nn.Module, variant: TrainSettings, config: Config, dev
         with autocast(device, dtype):
             return net(x)
 
+    def to_eager(message: str) -> None:
+        nonlocal net, error
+        net, error = model, message
+
     def run() -> torch.Tensor:
         return sliding_window_inference(image, predictor, config.patch_size, overlap=config.sw_overlap,
                                         blend="gaussian", batch_size=config.sw_batch_size)
@@ -130,14 +139,10 @@ def time_inference(model: nn.Module, variant: TrainSettings, config: Config, dev
     old_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = variant.cudnn_benchmark
     try:
-        try:
+        if net is model:
             run()
-        except Exception as err:  # noqa: BLE001 - compiler failure: eager
-            if net is model:
-                raise
-            error = f"{type(err).__name__}: {err}".strip()[:800]
-            net = model
-            run()
+        else:
+            compiled_or_eager(run, to_eager)
         _sync(device)
         _reset_peak(device)
         for _ in range(max(1, repeats)):
@@ -156,9 +161,19 @@ def time_inference(model: nn.Module, variant: TrainSettings, config: Config, dev
             "volume_shape": list(shape), "windows_per_volume": windows, "inference_compile_error": error}
 
 
-def _dataset_batches(config: Config, cache_dir: str | os.PathLike, volume_ids: Sequence[int], n_micro: int,
+def dataset_batches(config: Config, cache_dir: str | os.PathLike, volume_ids: Sequence[int], n_micro: int,
                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``n_micro`` micro-batches of epoch 0 (index order), on the CPU."""
+    """The first ``n_micro`` micro-batches of epoch 0 (index order), on the CPU.
+
+    Args:
+        config: patch and batch fields.
+        cache_dir: the cache.
+        volume_ids: the volumes patches are drawn from.
+        n_micro: micro-batches.
+
+    Returns:
+        ``[(image (B, 4, ...), mask (B, 3, ...)), ...]``.
+    """
     from tumorlib.data.dataset import BraTS3DDataset
 
     b = config.batch_size
@@ -224,8 +239,8 @@ def bench_train(config: Config, cache_dir: str | os.PathLike | None = None, devi
     """Training throughput of ``tumorlib train`` on one device, as JSON-ready keys.
 
     The step is ``engine.Trainer`` with the settings ``tumorlib train`` resolves for the device and cache
-    (``speed.resolve_settings``), measured twice: the **model step alone** (random tensors already on
-    the device) and **end to end** (patches from the run's data path, on the device, then the same step).
+    (``tumorlib.training.settings.resolve_settings``), measured twice: the **model step alone** (random
+    tensors already on the device) and **end to end** (patches from the run's data path, on the device, then the same step).
 
     Args:
         config: a ``Config`` (``features``, ``patch_size``, ``batch_size``, ``accumulation_steps``, ``amp``,
@@ -245,11 +260,11 @@ def bench_train(config: Config, cache_dir: str | os.PathLike | None = None, devi
     """
     from tumorlib.data.resolve import resolve_cache
     from tumorlib.data.splits import run_splits
-    from tumorlib.training.distributed import select_device
-    from tumorlib.training.engine import Trainer, resolve_settings
+    from tumorlib.core.device import resolve_device
+    from tumorlib.training.settings import resolve_settings
     from tumorlib.nn.unet import count_parameters
 
-    device = select_device(device)
+    device = resolve_device(device)
     b, shape = config.batch_size, tuple(config.patch_size)
     cache = train_ids = None
     if with_data:

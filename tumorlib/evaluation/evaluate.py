@@ -5,7 +5,8 @@ sliding window (``tumorlib.inference.sliding_window``), decodes the sigmoid outp
 ``tumorlib.core.brats.decode_to_channels`` (the labels ``predict`` writes) and scores them with
 ``tumorlib.evaluation.metrics.brats_scores``; it writes one CSV row per volume (``EVAL_COLUMNS``) and a summary
 (mean, median, std of each column) beside it. Loading a run lives in ``tumorlib.inference.predictor``, NIfTI label
-files in ``tumorlib.inference.predict``, the box plot in ``tumorlib.viz`` (all re-exported here).
+files in ``tumorlib.inference.predict``, the box plot in ``tumorlib.viz``; the whole-volume validator of
+training (``volume_dice``) in ``tumorlib.evaluation.validation``.
 """
 
 from __future__ import annotations
@@ -21,24 +22,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tumorlib.core.brats import decode_to_channels
+from tumorlib.core.brats import CLASS_KEYS, REGION_KEYS, decode_to_channels
 from tumorlib.core.config import Config
-from tumorlib.evaluation.metrics import CLASS_NAMES, METRIC_COLUMNS, REGION_NAMES, brats_scores
-from tumorlib.inference.predict import predict
-from tumorlib.inference.predictor import _device, load_run, make_predictor, predict_volume
-from tumorlib.viz.results import plot_metric_boxes
+from tumorlib.core.device import resolve_device
+from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
+from tumorlib.inference.predictor import load_run, make_predictor, predict_volume
 
 __all__ = [
     "EVAL_COLUMNS",
     "SPLITS",
     "evaluate",
-    "load_run",
-    "make_predictor",
     "metric_table",
     "patch_predictions",
-    "plot_metric_boxes",
-    "predict",
-    "predict_volume",
     "run_split",
     "score_volumes",
     "summarize",
@@ -232,7 +227,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     from tumorlib.data.cache import check_cache_order, load_cache_index
     from tumorlib.data.resolve import resolve_cache
 
-    dev = _device(device)
+    dev = resolve_device(device)
     model, config = load_run(run_dir, dev)
     cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
     index = load_cache_index(cache)
@@ -281,9 +276,9 @@ def metric_table(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
 
     rows = [{"name": name.upper(), "kind": "class", "Dice": cell(f"dice_{name}"), "HD95 (mm)": "–"}
-            for name in CLASS_NAMES]
+            for name in CLASS_KEYS]
     rows += [{"name": name.upper(), "kind": "region", "Dice": cell(f"dice_{name}"),
-              "HD95 (mm)": cell(f"hd95_{name}")} for name in REGION_NAMES]
+              "HD95 (mm)": cell(f"hd95_{name}")} for name in REGION_KEYS]
     return pd.DataFrame(rows).set_index("name")
 
 

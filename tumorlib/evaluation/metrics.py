@@ -23,14 +23,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from tumorlib.core.brats import CLASS_KEYS, REGION_KEYS, channels_to_regions
+from tumorlib.core.brats import channels_to_regions
 
 __all__ = [
     "BRATS_EMPTY_HD95",
-    "CLASS_NAMES",
     "METRIC_COLUMNS",
-    "REGION_NAMES",
-    "brats_regions",
     "brats_scores",
     "dice",
     "hd95",
@@ -39,12 +36,6 @@ __all__ = [
 
 #: HD95 when exactly one of prediction and ground truth is empty (BraTS convention, mm).
 BRATS_EMPTY_HD95 = 373.13
-#: Mask channels of tumorlib, in order (the class keys of ``tumorlib.core.brats``).
-CLASS_NAMES = CLASS_KEYS
-#: BraTS evaluation regions returned by ``brats_regions``, in order.
-REGION_NAMES = REGION_KEYS
-#: WT, TC, ET from the class channels (defined in ``tumorlib.core.brats``).
-brats_regions = channels_to_regions
 #: The metric columns of ``brats_scores`` (and of ``tumorlib evaluate``'s CSV, after ``volume``).
 METRIC_COLUMNS = ("dice_ncr", "dice_ed", "dice_et", "dice_wt", "dice_tc", "hd95_wt", "hd95_tc", "hd95_et")
 
@@ -179,7 +170,7 @@ def brats_scores(pred: ArrayLike, target: ArrayLike,
         dice_tc, hd95_wt, hd95_tc, hd95_et.
     """
     d_cls = dice(pred, target)
-    pred_r, target_r = brats_regions(pred), brats_regions(target)
+    pred_r, target_r = channels_to_regions(pred), channels_to_regions(target)
     d_reg = dice(pred_r, target_r)
     h_reg = hd95(pred_r, target_r, spacing)
     values = [*d_cls, d_reg[0], d_reg[1], *h_reg]

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tumorlib.core.brats import check_order
-from tumorlib.inference.sliding_window import labels_from_probabilities
-from tumorlib.inference.predictor import _device, load_run, predict_volume
+from tumorlib.core.brats import check_order, decode_probabilities
+from tumorlib.core.device import resolve_device
+from tumorlib.inference.predictor import load_run, predict_volume
+from tumorlib.core.folders import check_not_input
+from tumorlib.core.safety import atomic_path
 
 __all__ = ["predict"]
 
@@ -76,15 +78,12 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     from tumorlib.data.cache import prepare_volume, uncrop
     from tumorlib.io.nifti import load_nifti_case, nifti_header
     from tumorlib.io.nifti_write import save_kaggle_segmentation, save_segmentation_nifti
-    from tumorlib.core.folders import check_not_input
-    from tumorlib.core.safety import atomic_path
-
     out = Path(out)
     if not out.name.endswith((".nii.gz", ".nii")):
         raise ValueError(f"output {out} must end in .nii.gz or .nii")
     if (nifti_case is None) == (data_dir is None or volume_id is None):
         raise ValueError("give either nifti_case, or data_dir and volume_id")
-    dev = _device(device)
+    dev = resolve_device(device)
     model, config = load_run(run_dir, dev)
     if stored_order is not None and check_order(stored_order) != config.kaggle_channel_order:
         have, want = ",".join(check_order(stored_order)), ",".join(config.kaggle_channel_order)
@@ -104,7 +103,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
                                        dtype=np.float16)  # the cache's dtype: the labels evaluate scores
     prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
-    labels = labels_from_probabilities(full, config.threshold)
+    labels = decode_probabilities(full, config.threshold)
     with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
         if nifti_case is not None:
             save_segmentation_nifti(labels, tmp, header=nifti_header(nifti_case))

@@ -1,6 +1,5 @@
-"""Full-volume inference: sliding windows with Gaussian blending, flip test-time augmentation, and the
-conversion of sigmoid outputs to BraTS labels (``labels_from_probabilities``, which is
-``tumorlib.core.brats.decode_probabilities``).
+"""Full-volume inference: sliding windows with Gaussian blending and flip test-time augmentation (the
+conversion of sigmoid outputs to BraTS labels is ``tumorlib.core.brats.decode_probabilities``).
 
 ``sliding_window_inference`` computes what MONAI's function of the same name computes with
 ``overlap=overlap, mode=blend, sigma_scale=0.125, padding_mode="constant", cval=0`` (the tests compare
@@ -24,21 +23,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-# BraTS labels and the decoding rule are defined once, in tumorlib.core.brats; these names stay importable here.
-from tumorlib.core.brats import BRATS_LABELS, labels_to_channels
-from tumorlib.core.brats import decode_probabilities as labels_from_probabilities
 from tumorlib.data.patches import SPATIAL_FLIP_AXES
 
 __all__ = [
-    "BRATS_LABELS",
     "FLIP_AXES",
     "importance_map",
-    "labels_from_probabilities",
-    "labels_to_channels",
     "sliding_window_inference",
     "window_starts",
 ]
@@ -125,6 +117,15 @@ def _with_flips(predictor: Predictor) -> Predictor:
 
 
 @torch.no_grad()
+def _pad_to_window(image: torch.Tensor, patch_size: tuple[int, ...]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Pad the axes shorter than the window: half before, the rest after (as MONAI); the pads per axis."""
+    spatial = tuple(image.shape[2:])
+    pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(spatial, patch_size)]
+    if any(a or b for a, b in pads):
+        image = F.pad(image, [v for a_b in reversed(pads) for v in a_b])
+    return image, pads
+
+
 def sliding_window_inference(
     image: torch.Tensor,
     predictor: Predictor,
@@ -169,11 +170,8 @@ def sliding_window_inference(
     if tta:
         predictor = _with_flips(predictor)
 
-    # pad axes shorter than the window: half before, the rest after (as MONAI)
     spatial = tuple(image.shape[2:])
-    pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(spatial, patch_size)]
-    if any(a or b for a, b in pads):
-        image = F.pad(image, [v for a_b in reversed(pads) for v in a_b])
+    image, pads = _pad_to_window(image, patch_size)
     padded = tuple(image.shape[2:])
 
     starts = [window_starts(s, p, overlap) for s, p in zip(padded, patch_size)]

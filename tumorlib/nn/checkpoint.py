@@ -26,6 +26,7 @@ from tumorlib.core.safety import atomic_open
 __all__ = [
     "BEST_NAME",
     "LAST_NAME",
+    "MODEL_FIELDS",
     "atomic_torch_save",
     "get_rng_state",
     "load_checkpoint",
@@ -126,21 +127,44 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UNet3D, Config]:
-    """The trained ``UNet3D`` of a checkpoint, in eval mode, with the config it was trained with.
+#: The config fields that fix the network's shape.
+MODEL_FIELDS = ("in_channels", "num_classes", "features")
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", config: Config | None = None,
+               config_path: str | os.PathLike | None = None) -> tuple[UNet3D, Config]:
+    """The trained ``UNet3D`` of a checkpoint, in eval mode, with the config it is built from.
 
     Args:
         path: a checkpoint file or a run folder (uses ``RUN/checkpoints/best_model.pth``).
         device: where to put the model.
+        config: build the model from this config (e.g. ``RUN/config.json``); its ``MODEL_FIELDS`` must
+            match the checkpoint's. None: the config stored in the checkpoint.
+        config_path: where ``config`` was read from (named in errors).
 
     Returns:
         ``(model, config)``.
 
     Raises:
-        FileNotFoundError, ValueError: see ``load_checkpoint``.
+        FileNotFoundError, ValueError: see ``load_checkpoint``; with ``config``: model fields that differ
+            from the checkpoint's; weights that do not fit the model (names both files).
     """
     ckpt = load_checkpoint(path)
-    config = Config.from_dict(ckpt["config"])
+    where = Path(path) / "checkpoints" / BEST_NAME if Path(path).is_dir() else Path(path)
+    described = Path(config_path) if config_path is not None else where
+    if config is None:
+        config = Config.from_dict(ckpt["config"])
+    else:
+        saved, now = ckpt.get("config") or {}, config.to_dict()
+        diffs = [f"{k}={saved.get(k)!r} in the checkpoint but {now[k]!r} in {described.name}"
+                 for k in MODEL_FIELDS if k in saved and saved[k] != now[k]]
+        if diffs:
+            raise ValueError(f"{where} does not match {described}: " + "; ".join(diffs))
     model = model_from_config(config)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[:3]
+        raise ValueError(f"{where}: weights do not fit the model described by {described} "
+                         f"({' '.join(first)})") from err
     return model.to(device).eval(), config

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+from tumorlib.core.device import resolve_device
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "all_reduce_sum", "barrier", "cleanup_distributed", "init_distributed", "select_device"]
@@ -43,7 +45,7 @@ class DistInfo:
 
 
 def select_device(device: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
-    """The training device: ``device`` if given, else CUDA (GPU ``local_rank``) when available, else CPU.
+    """The training device: ``tumorlib.core.device.resolve_device`` (the one device rule).
 
     Args:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` or None (automatic).
@@ -55,15 +57,7 @@ def select_device(device: str | torch.device | None = None, local_rank: int = 0)
     Raises:
         ValueError: CUDA asked for but not available.
     """
-    if device is None:
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device} asked for, but CUDA is not available; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
+    return resolve_device(device, local_rank)
 
 
 def init_distributed(device: torch.device | None = None) -> DistInfo:

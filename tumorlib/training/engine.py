@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import nn
@@ -27,43 +27,37 @@ from torch import nn
 from tumorlib.core.brats import CLASS_KEYS, decode_batch
 from tumorlib.core.config import Config
 from tumorlib.training.distributed import DistInfo, all_reduce_sum
-from tumorlib.training.settings import (
-    AMP_DTYPES,
-    TrainSettings,
-    amp_dtype,
-    compile_available,
-    float32_settings,
-    pick_amp_dtype,
-    reference_settings,
-    resolve_settings,
-)
+from tumorlib.nn.precision import autocast
+from tumorlib.training.settings import TrainSettings
 
-__all__ = [
-    "AMP_DTYPES",
-    "StepResult",
-    "TrainSettings",
-    "Trainer",
-    "amp_dtype",
-    "autocast",
-    "compile_available",
-    "float32_settings",
-    "forward_backward",
-    "optimizer_step",
-    "pick_amp_dtype",
-    "reference_settings",
-    "resolve_settings",
-    "validate",
-]
+T = TypeVar("T")
+
+__all__ = ["StepResult", "Trainer", "compiled_or_eager", "forward_backward", "optimizer_step", "validate"]
 
 
 
 # --------------------------------------------------------------------------- the step
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``dtype`` on ``device``; a null context for None (float32)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def compiled_or_eager(run: Callable[[], T], to_eager: Callable[[str], None]) -> T:
+    """The first call of a compiled network, falling back to eager when compilation fails.
+
+    Args:
+        run: calls the network (compiled until ``to_eager`` switches it).
+        to_eager: called with the error text (type and message, at most 800 characters) to switch to eager.
+
+    Returns:
+        ``run()``'s result: compiled, or eager after a compiler failure.
+
+    Raises:
+        FloatingPointError: a non-finite loss (not a compiler failure) is raised as it is.
+    """
+    try:
+        return run()
+    except FloatingPointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
+        to_eager(f"{type(err).__name__}: {err}".strip()[:800])
+        return run()
 
 
 def forward_backward(net: nn.Module, criterion: nn.Module, image: torch.Tensor, mask: torch.Tensor,
@@ -294,18 +288,15 @@ class Trainer:
         if self._tried or self.net is self._eager:
             return self._run(micro_batches)
         self._tried = True
-        try:
-            return self._run(micro_batches)
-        except FloatingPointError:
-            raise
-        except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
-            self.compile_error = f"{type(err).__name__}: {err}".strip()[:800]
-            warnings.warn(f"torch.compile failed for settings {self.settings.name}; running eager instead "
-                          f"({self.compile_error.splitlines()[0]})", RuntimeWarning, stacklevel=2)
-            self.net = self._eager
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.settings.grad_scaler)
-            return self._run(micro_batches)
+        return compiled_or_eager(lambda: self._run(micro_batches), self._to_eager)
+
+    def _to_eager(self, error: str) -> None:
+        self.compile_error = error
+        warnings.warn(f"torch.compile failed for settings {self.settings.name}; running eager instead "
+                      f"({error.splitlines()[0]})", RuntimeWarning, stacklevel=4)
+        self.net = self._eager
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.settings.grad_scaler)
 
     def __call__(self, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """``train_step(micro_batches).loss``: the mean loss of the step's patches."""

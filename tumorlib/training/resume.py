@@ -4,8 +4,8 @@ A Kaggle session ends after 9 hours and wipes ``/kaggle/working``; a notebook's 
 the next session as input, holds the run folder read-only under
 ``/kaggle/input/<name>/tumorlib/outputs/<preset>/run`` (``tumorlib.core.sources.find_previous_run``).
 ``prepare_resume`` copies such a run into the workspace's run folder (the input itself is never written)
-and says whether training should continue from its ``checkpoints/last.pth``; ``train_or_resume`` is what
-04_train calls, and ``tumorlib.inference.predictor.ensure_run`` (05, 06) uses the same check. A checkpoint is only
+and says whether training should continue from its ``checkpoints/last.pth``;
+``tumorlib.app.workflows.train_or_resume`` (04_train) and ``ensure_run`` (05, 06) use it. A checkpoint is only
 continued when its config matches the current one (every field not marked runtime; ``time_limit_h`` may
 differ), as ``train(resume=True)`` demands.
 """
@@ -17,12 +17,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-import torch
 
 from tumorlib.core.config import Config, workspace
 
-__all__ = ["RESTORED_FILES", "ResumeCheck", "prepare_resume", "train_or_resume"]
+__all__ = ["RESTORED_FILES", "ResumeCheck", "prepare_resume"]
 
 #: What is copied from a previous session's run folder; ``checkpoints/last.pth`` last, so that a copy cut
 #: short never leaves a checkpoint without its config.
@@ -51,19 +49,16 @@ class ResumeCheck:
     message: str
 
 
-def _training_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _checkpoint_state(last: Path, config: Config) -> tuple[int, list[str]]:
     """``(epoch, differences)`` of a ``last.pth`` against ``config`` resolved for this machine."""
+    from tumorlib.core.device import resolve_device
     from tumorlib.nn.checkpoint import load_checkpoint
+    from tumorlib.training.run_folder import config_diff
     from tumorlib.training.settings import pick_amp_dtype
-    from tumorlib.training.loop import _config_diff
 
     ckpt = load_checkpoint(last, map_location="cpu")
-    dtype, _ = pick_amp_dtype(_training_device(), config)
-    return int(ckpt.get("epoch", 0)), _config_diff(ckpt["config"], config.replace(amp_dtype=dtype or "float32"))
+    dtype, _ = pick_amp_dtype(resolve_device(), config)
+    return int(ckpt.get("epoch", 0)), config_diff(ckpt["config"], config.replace(amp_dtype=dtype or "float32"))
 
 
 def _copy_run(source: Path, run: Path) -> None:
@@ -130,35 +125,3 @@ def prepare_resume(config: Config, run_dir: str | os.PathLike | None = None) -> 
     else:
         message = f"resuming the unfinished run in {shown(run)} ({epoch}/{config.epochs} epochs, same config)"
     return ResumeCheck(run, True, epoch, finished, restored, message)
-
-
-def train_or_resume(config: Config, cache_dir: str | os.PathLike | None = None,
-                    out_dir: str | os.PathLike | None = None, progress: bool = True) -> pd.DataFrame:
-    """Train ``config``, continuing an unfinished run of the same config or a previous session's run.
-
-    An unfinished ``last.pth`` in ``out_dir``, or any run restored from a previous session, is continued
-    (``train(resume=True)``: a complete restored run trains no further); otherwise a new run is trained
-    (a complete run of the same config in ``out_dir`` is trained again, as ``tumorlib train --overwrite``:
-    its files stay in ``RUN/previous-<time>/`` until the new run has its first best model; a run of another
-    config is refused, never replaced).
-
-    Args:
-        config: the run's config.
-        cache_dir: the ``.npy`` cache; None: the workspace's.
-        out_dir: the run folder; None: the workspace's ``run_dir``.
-        progress: bars and lines (the check's one line included).
-
-    Returns:
-        The history (``tumorlib.training.loop.HISTORY_COLUMNS``).
-
-    Raises:
-        ValueError, FloatingPointError: see ``tumorlib.training.loop.train``.
-    """
-    from tumorlib.training.loop import train
-
-    check = prepare_resume(config, out_dir)
-    resume = check.resume and (not check.finished or check.restored_from is not None)
-    if progress and check.message and (resume or not check.resume):
-        print(check.message, flush=True)
-    return train(config, cache_dir=cache_dir, out_dir=check.run_dir, resume=resume, progress=progress,
-                 overwrite=check.resume and check.finished)  # never replace a run of another config

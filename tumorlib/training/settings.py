@@ -20,20 +20,18 @@ from typing import Any
 import torch
 
 from tumorlib.core.config import Config
+from tumorlib.core.device import AMP_DTYPES, auto_amp_dtype
 
 __all__ = [
-    "AMP_DTYPES",
     "TrainSettings",
-    "amp_dtype",
     "compile_available",
     "float32_settings",
     "pick_amp_dtype",
+    "resolved_config",
     "reference_settings",
     "resolve_settings",
 ]
 
-#: Autocast dtypes by name; ``"float32"`` (or None) means no autocast.
-AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,8 @@ class TrainSettings:
 def pick_amp_dtype(device: str | torch.device, config: Config | None = None) -> tuple[str | None, str]:
     """The autocast dtype for ``config.amp_dtype`` on ``device``, with the reason.
 
-    ``auto``: bf16 on CUDA cards that support it, else fp16 on CUDA, float32 elsewhere; ``config.amp``
+    ``auto``: ``tumorlib.core.device.auto_amp_dtype`` on CUDA (bf16 on cards with native bf16, else fp16),
+    float32 elsewhere; ``config.amp``
     False always gives float32.
 
     Args:
@@ -121,27 +120,9 @@ def pick_amp_dtype(device: str | torch.device, config: Config | None = None) -> 
         return None, "amp_dtype float32 asked for"
     if asked in AMP_DTYPES:
         return asked, f"amp_dtype {asked} asked for"
-    if cuda and torch.cuda.is_bf16_supported():
-        return "bfloat16", "bf16 supported: no GradScaler needed, same range as fp32"
     if cuda:
-        return "float16", "no bf16 on this card: fp16 with a GradScaler"
+        return auto_amp_dtype(device)
     return None, f"float32 on {device.type} (autocast pays off on CUDA only)"
-
-
-def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
-    """The automatic autocast dtype as a ``torch.dtype`` (see ``pick_amp_dtype``).
-
-    Args:
-        device: the training device.
-        enabled: ``config.amp``; False always gives None.
-
-    Returns:
-        ``torch.bfloat16``, ``torch.float16`` or None (float32).
-    """
-    if not enabled:
-        return None
-    name, _ = pick_amp_dtype(device)
-    return None if name is None else AMP_DTYPES[name]
 
 
 def compile_available(device: str | torch.device) -> tuple[bool, str]:
@@ -257,3 +238,14 @@ def reference_settings(device: str | torch.device, config: Config | None = None)
 def float32_settings(name: str = "float32") -> TrainSettings:
     """Float32, eager, DataLoader: the plain baseline (tf32 stays as PyTorch sets it)."""
     return TrainSettings(name)
+
+
+def resolved_config(config: Config, settings: TrainSettings) -> Config:
+    """``config`` with its ``auto`` speed fields replaced by what ``settings`` resolved them to."""
+    def on(flag: bool) -> str:
+        return "on" if flag else "off"
+
+    return config.replace(amp_dtype=settings.amp_dtype or "float32",
+                          compile=(settings.compile_mode or "default") if settings.compile else "off",
+                          cudnn_benchmark=on(settings.cudnn_benchmark), data_placement=settings.data,
+                          pin_memory=on(settings.pin_memory))

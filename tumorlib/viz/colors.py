@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tumorlib.core.brats import CLASS_NAMES, MODALITIES, channels_to_classes, decode_classes
+from tumorlib.core.colors import CLASS_COLORS, rgb01
 
 __all__ = [
     "CLASS_COLORS",
@@ -36,8 +37,6 @@ __all__ = [
     "to_numpy",
 ]
 
-#: RGB in 0..255 per class, in mask channel order (Okabe-Ito vermillion, bluish green, yellow).
-CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((213, 94, 0), (0, 158, 115), (240, 228, 66))
 
 #: Names of the error categories drawn by the viewer's "errors" overlay, in ``error_map`` code order 1..3.
 ERROR_NAMES: tuple[str, ...] = ("false positive", "false negative", "wrong class")
@@ -156,17 +155,6 @@ def error_map(gt_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
     out[gt_on & pred_on & (gt_labels != pred_labels)] = 3
     return out
 
-
-def rgb01(rgb: Sequence[int]) -> tuple[float, float, float]:
-    """An RGB colour in 0..255 (``CLASS_COLORS``, ``ERROR_COLORS``) as matplotlib's 0..1 floats.
-
-    Args:
-        rgb: three integers 0..255.
-
-    Returns:
-        ``(r, g, b)`` in 0..1.
-    """
-    return (rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0)
 
 
 def class_legend_handles(alpha: float = 1.0) -> list[Any]:

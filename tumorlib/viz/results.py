@@ -105,84 +105,23 @@ def plot_predictions(
 
 
 def plot_training_curves(history_df: Any, path: Any | None = None, title: str | None = "Training history") -> Any:
-    """Loss, mean validation Dice and per-class validation Dice against epoch, with the learning rate.
+    """``tumorlib.training.history.plot_training_curves`` on a figure that notebooks show as PNG.
 
     Args:
-        history_df: ``pandas.DataFrame`` (or a path to ``history.csv``) with column ``epoch`` and any of
-            ``train_loss``, ``val_loss``, ``lr``, ``val_dice_mean``, ``val_dice_ncr``, ``val_dice_ed``,
-            ``val_dice_et``, ``val_volume_dice`` (whole-volume selection score, drawn beside the mean);
-            missing columns and NaN rows (epochs without validation) are skipped.
-        path: optional file to save the figure to (format from the suffix, 120 dpi).
+        history_df: a history DataFrame or a path to ``history.csv``.
+        path: optional file to save the figure to.
         title: figure title, or None.
 
     Returns:
-        ``matplotlib.figure.Figure`` with three panels: loss (with lr on a second axis), mean Dice,
-        per-class Dice in the class colours.
+        ``matplotlib.figure.Figure`` (see the training function).
 
     Raises:
-        ValueError: if there is no ``epoch`` column or no rows.
+        ValueError: no ``epoch`` column or no rows.
     """
-    import pandas as pd
+    from tumorlib.training import history
+    from tumorlib.viz.notebook_figure import NotebookFigure
 
-    df = pd.read_csv(history_df) if isinstance(history_df, (str, bytes)) or hasattr(history_df, "__fspath__") else history_df
-    if not isinstance(df, pd.DataFrame):
-        df = pd.DataFrame(df)
-    if "epoch" not in df.columns:
-        raise ValueError(f"history has no 'epoch' column; columns are {list(df.columns)}")
-    if len(df) == 0:
-        raise ValueError("history has no rows")
-    epoch = df["epoch"].to_numpy(dtype=float)
-
-    def series(ax: Any, col: str, **kw: Any) -> bool:
-        if col not in df.columns:
-            return False
-        v = df[col].to_numpy(dtype=float)
-        ok = np.isfinite(v)
-        if not ok.any():
-            return False
-        ax.plot(epoch[ok], v[ok], marker="o" if ok.sum() <= 30 else None, markersize=3, **kw)
-        return True
-
-    fig = new_figure((13.0, 3.6))
-    ax_loss, ax_mean, ax_cls = fig.subplots(1, 3)
-    series(ax_loss, "train_loss", label="train", color="C0")
-    series(ax_loss, "val_loss", label="validation", color="C1")
-    ax_loss.set_title("loss")
-    ax_loss.set_ylabel("loss")
-    if "lr" in df.columns and np.isfinite(df["lr"].to_numpy(dtype=float)).any():
-        ax_lr = ax_loss.twinx()
-        series(ax_lr, "lr", color="0.5", linestyle="--", label="lr")
-        ax_lr.set_ylabel("learning rate", color="0.4")
-        ax_lr.tick_params(axis="y", colors="0.4")
-        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-        h1, l1 = ax_loss.get_legend_handles_labels()
-        h2, l2 = ax_lr.get_legend_handles_labels()
-        ax_loss.legend(h1 + h2, l1 + l2, frameon=False, fontsize=8)
-    elif ax_loss.get_legend_handles_labels()[0]:
-        ax_loss.legend(frameon=False, fontsize=8)
-    series(ax_mean, "val_dice_mean", color="k", label="patches: mean of classes")
-    if series(ax_mean, "val_volume_dice", color="C3", label="whole volumes: mean of WT/TC/ET"):
-        ax_mean.legend(frameon=False, fontsize=8)
-    ax_mean.set_title("validation Dice")
-    for k, name in enumerate(CLASS_NAMES):
-        series(ax_cls, f"val_dice_{CLASS_KEYS[k]}", color=rgb01(CLASS_COLORS[k]), label=name, linewidth=2)
-    ax_cls.set_title("validation Dice per class")
-    if ax_cls.get_legend_handles_labels()[0]:
-        ax_cls.legend(frameon=False, fontsize=8)
-    for ax in (ax_mean, ax_cls):
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("Dice")
-    for ax in (ax_loss, ax_mean, ax_cls):
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        from tumorlib.core.safety import atomic_path
-
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-    return fig
+    return history.plot_training_curves(history_df, path, title, figure=NotebookFigure)
 
 
 def plot_metric_boxes(frame: Any, title: str | None = None) -> Any:
@@ -195,8 +134,8 @@ def plot_metric_boxes(frame: Any, title: str | None = None) -> Any:
     Returns:
         ``matplotlib.figure.Figure`` with two panels (Dice, HD95), each volume drawn as a dot.
     """
-    from tumorlib.evaluation.metrics import CLASS_NAMES as METRIC_CLASSES
-    from tumorlib.evaluation.metrics import REGION_NAMES
+    from tumorlib.core.brats import CLASS_KEYS as METRIC_CLASSES
+    from tumorlib.core.brats import REGION_KEYS as REGION_NAMES
 
     dice_cols = [f"dice_{n}" for n in (*METRIC_CLASSES, "wt", "tc")]
     hd_cols = [f"hd95_{n}" for n in REGION_NAMES]
