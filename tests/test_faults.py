@@ -835,3 +835,1248 @@ def test_predict_out_naming_an_input_is_refused(finished_run, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--out {out} is an input file" in err
     assert tree_hash(case) == digest
+
+
+# --- hostile round 3 ---
+# Written against the README and the CLI's --help only (no reading of the package source). Every case states
+# the expected behaviour: a one-line refusal on stderr naming the file or value (non-zero exit, no traceback),
+# or a correct result, and no earlier file changed. Cases that fail today are marked xfail(strict=True) with
+# "hostile: <outcome>: <what happens>".
+
+import io
+import pickle
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
+
+H3_SHAPE = ("8", "24", "24")
+
+
+def _xf(outcome, text):
+    return pytest.mark.xfail(strict=True, reason=f"hostile: {outcome}: {text}")
+
+
+def _h3(*args):
+    """Run the CLI in-process; returns (exit code, stderr). An exception escaping main() counts as a traceback."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code
+        except BaseException as exc:  # noqa: BLE001 - the point is to see it
+            import traceback
+
+            err.write("Traceback (escaped main)\n" + "".join(traceback.format_exception(exc)))
+            code = "raised"
+    return code, err.getvalue()
+
+
+def _message_lines(err: str) -> list[str]:
+    """stderr without argparse's usage block (its 'usage:' line and indented continuation lines)."""
+    return [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
+
+
+def _refused(code, err, *names):
+    """Assert a clean refusal: non-zero exit, no traceback, one message line that names one of ``names``."""
+    assert code not in (0, None, "raised"), f"exit {code}, stderr: {err[-2000:]}"
+    assert "Traceback" not in err, err[-3000:]
+    lines = _message_lines(err)
+    assert len(lines) == 1, f"not one line: {lines}"
+    if names:
+        assert any(str(n) in lines[0] for n in names), f"{lines[0]!r} names none of {names}"
+    return lines[0]
+
+
+def _clean(code, err, *names):
+    """A correct result (exit 0) or a clean refusal; never a traceback."""
+    assert "Traceback" not in err, err[-3000:]
+    if code != 0:
+        _refused(code, err, *names)
+
+
+def _proc_clean(proc, timeout=120):
+    out, err = proc.communicate(timeout=timeout)
+    assert "Traceback" not in err, err[-3000:]
+    return proc.returncode, out, err
+
+
+def _h3_synth(out, volumes=3, shape=H3_SHAPE, seed=0):
+    code, err = _h3("synth", "--out", out, "--volumes", volumes, "--shape", *shape, "--seed", seed, "--quiet")
+    assert code == 0, err
+    return Path(out)
+
+
+def _h3_cache_args(data, cache, *extra):
+    return ["cache", "--preset", "ci", "--data", data, "--out", cache, "--workers", "1", "--quiet", *extra]
+
+
+def _h3_train_args(cache, run, *extra):
+    return ["train", "--preset", "ci", "--cache", cache, "--out", run, "--epochs", "1", "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def h3(tmp_path_factory):
+    """Three volumes of 8x24x24, their ci cache and a one-epoch ci run; shared, never changed by the cases."""
+    base = tmp_path_factory.mktemp("h3")
+    data = _h3_synth(base / "data")
+    cache = base / "cache"
+    code, err = _h3(*_h3_cache_args(data, cache))
+    assert code == 0, err
+    run = base / "run"
+    code, err = _h3(*_h3_train_args(cache, run))
+    assert code == 0, err
+    code, err = _h3("predict", "--run", run, "--data", data, "--volume", 1, "--out", base / "pred.nii.gz", "--quiet")
+    assert code == 0, err
+    digests = {name: tree_hash(base / name) for name in ("data", "cache", "run")}
+    yield {"base": base, "data": data, "cache": cache, "run": run, "pred": base / "pred.nii.gz"}
+    for name, digest in digests.items():  # the shared inputs survived every case
+        assert tree_hash(base / name) == digest, f"the shared {name} folder was changed by a case"
+
+
+def _slices(data: Path) -> Path:
+    return data / KAGGLE_SUBDIR
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _rewrite(path: Path, image=None, mask=None, drop=()):
+    """Rewrite one slice file keeping what is not replaced."""
+    with h5py.File(path, "r") as f:
+        old = {k: f[k][()] for k in f.keys()}
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        for key, value in (("image", image), ("mask", mask)):
+            if key in drop:
+                continue
+            f[key] = old[key] if value is None else value
+    return path
+
+
+# ------------------------------------------------------------------ round 3: bad HDF5 in the Kaggle layout
+
+def _img(h3_data, transform):
+    with h5py.File(_slices(h3_data) / "volume_2_slice_3.h5", "r") as f:
+        return transform(f["image"][()], f["mask"][()])
+
+
+H5_BAD = {
+    "image_3_channels": lambda im, m: {"image": im[..., :3]},
+    "image_4d_extra_dim": lambda im, m: {"image": im[..., None]},
+    "image_2d": lambda im, m: {"image": im[..., 0]},
+    "image_other_in_plane_size": lambda im, m: {"image": im[:-1]},
+    "image_transposed_channels_first": lambda im, m: {"image": np.ascontiguousarray(np.moveaxis(im, -1, 0))},
+    "mask_4_channels": lambda im, m: {"mask": np.concatenate([m, m[..., :1]], -1)},
+    "mask_2d": lambda im, m: {"mask": m[..., 0]},
+    "mask_other_in_plane_size": lambda im, m: {"mask": m[:, :-2]},
+    "image_complex": lambda im, m: {"image": im.astype(np.complex128)},
+    "image_plus_inf": lambda im, m: {"image": np.where(np.arange(im.size).reshape(im.shape) == 7, np.inf, im)},
+    "image_minus_inf": lambda im, m: {"image": np.where(np.arange(im.size).reshape(im.shape) == 7, -np.inf, im)},
+    "image_one_nan": lambda im, m: {"image": np.where(np.arange(im.size).reshape(im.shape) == 7, np.nan, im)},
+    "mask_nan": lambda im, m: {"mask": np.where(np.arange(m.size).reshape(m.shape) == 5, np.nan, m.astype(float))},
+    "mask_value_3": lambda im, m: {"mask": np.where(np.arange(m.size).reshape(m.shape) == 5, 3, m).astype(np.uint8)},
+    "mask_negative": lambda im, m: {"mask": np.where(np.arange(m.size).reshape(m.shape) == 5, -1, m).astype(np.int8)},
+    "mask_bool_dtype_is_fine": lambda im, m: {"mask": m.astype(bool)},
+    "image_int16_is_fine": lambda im, m: {"image": im.astype(np.int16)},
+    "image_float32_is_fine": lambda im, m: {"image": im.astype(np.float32)},
+    "no_image_dataset": lambda im, m: {"drop": ("image",)},
+    "no_mask_dataset": lambda im, m: {"drop": ("mask",)},
+    "empty_image": lambda im, m: {"image": np.zeros((0, 24, 4))},
+}
+H5_FINE = {"mask_bool_dtype_is_fine", "image_int16_is_fine", "image_float32_is_fine"}
+
+
+@pytest.mark.parametrize("case", sorted(H5_BAD))
+def test_h3_bad_hdf5_slice_is_named_by_cache(h3, tmp_path, case):
+    data = _copy(h3["data"], tmp_path / "data")
+    target = _slices(data) / "volume_2_slice_3.h5"
+    _rewrite(target, **_img(data, H5_BAD[case]))
+    digest = tree_hash(data)
+    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
+    if case in H5_FINE:
+        assert code == 0 and "Traceback" not in err, err
+    else:
+        _refused(code, err, "volume_2_slice_3.h5")
+    assert tree_hash(data) == digest
+
+
+@pytest.mark.parametrize("case", ["empty_file", "random_bytes", "directory", "symlink_loop", pytest.param(
+    "image_is_a_group", marks=_xf("poor message", "an HDF5 group named 'image' gives 'internal error: TypeError: "
+                                  "Accessing a group is done with bytes or str' naming no file"))])
+def test_h3_unreadable_slice_file_is_named(h3, tmp_path, case):
+    data = _copy(h3["data"], tmp_path / "data")
+    target = _slices(data) / "volume_2_slice_3.h5"
+    target.unlink()
+    if case == "empty_file":
+        target.write_bytes(b"")
+    elif case == "random_bytes":
+        target.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif case == "directory":
+        target.mkdir()
+    elif case == "image_is_a_group":
+        with h5py.File(target, "w") as f:
+            f.create_group("image")
+            f["mask"] = np.zeros((24, 24, 3), np.uint8)
+    else:
+        target.symlink_to(target)
+    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
+    _refused(code, err, "volume_2_slice_3.h5")
+
+
+@pytest.mark.parametrize("missing", [0, 3])
+def test_h3_missing_slice_is_named(h3, tmp_path, missing):
+    data = _copy(h3["data"], tmp_path / "data")
+    (_slices(data) / f"volume_2_slice_{missing}.h5").unlink()
+    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
+    _refused(code, err, f"slice {missing}", f"slice_{missing}", f"slice(s) {missing}")
+
+
+def test_h3_extra_slice_beyond_meta_depth(h3, tmp_path):
+    """meta_data.csv lists 8 slices; a 9th appears: refused naming it or meta_data.csv (never silently used)."""
+    data = _copy(h3["data"], tmp_path / "data")
+    shutil.copy(_slices(data) / "volume_2_slice_7.h5", _slices(data) / "volume_2_slice_8.h5")
+    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
+    _refused(code, err, "volume_2_slice_8.h5", "meta_data.csv")
+
+
+def _meta(data: Path) -> Path:
+    return _slices(data) / "meta_data.csv"
+
+
+META_LIES = {
+    "depth_larger": lambda t: t.replace(",2,7", ",2,7\n" + "x,0,2,8\nx,0,2,9"),
+    "unknown_volume_id": lambda t: t + "volume_9_slice_0.h5,0,9,0\n",
+    "binary_garbage": lambda t: "\x00\xff\xfe garbage \x00",
+    "wrong_columns": lambda t: "a,b,c\n1,2,3\n",
+    "depth_not_a_number": lambda t: t.replace(",2,7", ",two,seven"),
+    "empty": lambda t: "",
+}
+
+
+@pytest.mark.parametrize("lie", sorted(META_LIES))
+def test_h3_lying_meta_data_csv(h3, tmp_path, lie):
+    """A meta_data.csv that lies: a refusal naming meta_data.csv, or the volumes that are really there."""
+    data = _copy(h3["data"], tmp_path / "data")
+    meta = _meta(data)
+    meta.write_text(META_LIES[lie](meta.read_text()), errors="surrogateescape")
+    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
+    if lie == "depth_larger":
+        _refused(code, err, "meta_data.csv")
+    else:
+        _clean(code, err, "meta_data.csv")
+        if code == 0:
+            index = json.loads((tmp_path / "cache" / "index.json").read_text())
+            assert index["volume_ids"] == [1, 2, 3]
+
+
+def test_h3_all_zero_volume_is_named_or_cached_finite(h3, tmp_path):
+    data = _copy(h3["data"], tmp_path / "data")
+    for s in range(8):
+        _rewrite(_slices(data) / f"volume_2_slice_{s}.h5", image=np.zeros((24, 24, 4)),
+                 mask=np.zeros((24, 24, 3), np.uint8))
+    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
+    _clean(code, err, "volume 2", "volume_2")
+    if code == 0:
+        assert np.isfinite(np.load(tmp_path / "cache" / "v2_img.npy").astype(np.float32)).all()
+
+
+def test_h3_constant_channel_is_named_or_cached_finite(h3, tmp_path):
+    """One modality constant over the brain: its z-score has std 0; never NaN in the cache."""
+    data = _copy(h3["data"], tmp_path / "data")
+    for s in range(8):
+        path = _slices(data) / f"volume_2_slice_{s}.h5"
+        with h5py.File(path, "r") as f:
+            im = f["image"][()]
+        im[..., 1] = np.where(im[..., 0] > 0, 5.0, 0.0)
+        _rewrite(path, image=im)
+    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
+    _clean(code, err, "volume 2", "volume_2")
+    if code == 0:
+        assert np.isfinite(np.load(tmp_path / "cache" / "v2_img.npy").astype(np.float32)).all()
+
+
+def test_h3_huge_but_float32_values_do_not_overflow_the_float16_cache(h3, tmp_path):
+    data = _copy(h3["data"], tmp_path / "data")
+    path = _slices(data) / "volume_2_slice_3.h5"
+    with h5py.File(path, "r") as f:
+        im = f["image"][()]
+    im[10, 10, 0] = 1e30
+    _rewrite(path, image=im)
+    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
+    _clean(code, err, "volume_2_slice_3.h5")
+    if code == 0:
+        assert np.isfinite(np.load(tmp_path / "cache" / "v2_img.npy").astype(np.float32)).all()
+
+
+def test_h3_empty_data_folder_is_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, err = _h3(*_h3_cache_args(tmp_path / "empty", tmp_path / "cache"))
+    _refused(code, err, tmp_path / "empty")
+    assert not (tmp_path / "cache" / "index.json").exists()
+
+
+# ------------------------------------------------------------------ round 3: NIfTI cases
+
+MODS = ("t1", "t1ce", "t2", "flair")
+
+
+def _h3_nifti_from_kaggle(h3_data, case: Path, vid=1, order=MODS, affine=None, seg=True):
+    """A NIfTI case (H, W, D) with the channels of a Kaggle volume; ``order`` names the file each channel goes to."""
+    import nibabel as nib
+
+    from tumorlib.data import load_volume
+
+    image, mask = load_volume(h3_data, vid)  # (4, D, H, W) in the canonical order t1, t1ce, t2, flair
+    case.mkdir(parents=True, exist_ok=True)
+    affine = np.eye(4) if affine is None else affine
+    for channel, name in zip(image, order):
+        nib.save(nib.Nifti1Image(np.transpose(channel, (1, 2, 0)).astype(np.float32), affine),
+                 case / f"{case.name}_{name}.nii.gz")
+    if seg:
+        labels = np.zeros(image.shape[1:], np.uint8)
+        for c, lab in enumerate((1, 2, 4)):
+            labels[np.asarray(mask[c]) > 0] = lab
+        nib.save(nib.Nifti1Image(np.transpose(labels, (1, 2, 0)), affine), case / f"{case.name}_seg.nii.gz")
+    return case
+
+
+def _nib_rewrite(path: Path, fn):
+    import nibabel as nib
+
+    img = nib.load(path)
+    data, affine = fn(np.asarray(img.dataobj), img.affine)
+    path.unlink()
+    nib.save(nib.Nifti1Image(data, affine), path)
+
+
+def _nan_at(d):
+    d = d.astype(np.float32)
+    d[1, 1, 1] = np.nan
+    return d
+
+
+NIFTI_BAD = {
+    "t1ce_4d": ("t1ce", lambda d, a: (np.stack([d, d], -1), a)),
+    "t2_2d": ("t2", lambda d, a: (d[..., 0], a)),
+    "flair_other_shape": ("flair", lambda d, a: (d[:-1], a)),
+    "t1_nan": ("t1", lambda d, a: (_nan_at(d), a)),
+    "t2_inf": ("t2", lambda d, a: (np.where(d > d.max() - 1, np.inf, d).astype(np.float32), a)),
+    "flair_all_zero": ("flair", lambda d, a: (np.zeros_like(d), a)),
+    "seg_label_3": ("seg", lambda d, a: (np.where(d == 2, 3, d).astype(np.uint8), a)),
+    "seg_label_5": ("seg", lambda d, a: (np.where(d == 2, 5, d).astype(np.uint8), a)),
+    "seg_other_shape": ("seg", lambda d, a: (d[:, :-1], a)),
+    "seg_fractional": ("seg", lambda d, a: (np.where(d == 2, 0.5, d).astype(np.float32), a)),
+    "t1ce_lps_affine": ("t1ce", lambda d, a: (d, np.diag([-1.0, -1.0, 1.0, 1.0]))),
+    "t2_shifted_origin": ("t2", lambda d, a: (d, np.array([[1, 0, 0, 50], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))),
+}
+
+
+NIFTI_XFAIL = {
+    "t1ce_lps_affine": _xf("silently wrong", "cache --nifti accepts a modality whose affine is LPS while the others "
+                                             "are RAS (the modalities no longer overlay)"),
+    "t2_shifted_origin": _xf("silently wrong", "cache --nifti accepts a modality whose affine is shifted 50 mm "
+                                               "from the others (same shape and voxel size)"),
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=NIFTI_XFAIL.get(c, ())) for c in sorted(NIFTI_BAD)])
+def test_h3_bad_nifti_case_is_named_by_cache(h3, tmp_path, case):
+    root = tmp_path / "nifti"
+    folder = _h3_nifti_from_kaggle(h3["data"], root / "BraTS20_Training_001")
+    mod, fn = NIFTI_BAD[case]
+    target = folder / f"{folder.name}_{mod}.nii.gz"
+    _nib_rewrite(target, fn)
+    digest = tree_hash(root)
+    code, err = _h3("cache", "--preset", "ci", "--nifti", root, "--out", tmp_path / "cache", "--workers", "1", "--quiet")
+    _refused(code, err, target.name)
+    assert tree_hash(root) == digest
+
+
+@_xf("silently wrong", "load_nifti_case/cache --nifti take the voxel array as stored: a modality stored flipped "
+                       "with an LPS affine (same anatomy) is neither reoriented nor refused")
+def test_h3_nifti_ras_and_lps_of_the_same_anatomy_agree_or_are_refused(h3, tmp_path):
+    """One modality stored flipped in x and y with an LPS affine is the same anatomy: reoriented, or refused."""
+    from tumorlib.io.nifti import load_nifti_case
+
+    ras = _h3_nifti_from_kaggle(h3["data"], tmp_path / "ras" / "case", seg=False)
+    lps = _copy(ras.parent, tmp_path / "lps") / "case"
+    h, w = 24, 24
+    flip = np.array([[-1, 0, 0, h - 1], [0, -1, 0, w - 1], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    _nib_rewrite(lps / "case_t2.nii.gz", lambda d, a: (np.ascontiguousarray(d[::-1, ::-1]), flip))
+    want = load_nifti_case(ras)
+    try:
+        got = load_nifti_case(lps)
+    except (ValueError, OSError) as exc:
+        assert "case_t2.nii.gz" in str(exc) and "\n" not in str(exc)
+        return
+    want_img = want[0] if isinstance(want, tuple) else want
+    got_img = got[0] if isinstance(got, tuple) else got
+    np.testing.assert_allclose(np.asarray(got_img), np.asarray(want_img))
+
+
+@pytest.mark.parametrize("case", ["missing_flair", "two_t1_files", "not_a_folder", "does_not_exist",
+                                  "gz_of_garbage", "int16_is_fine"])
+def test_h3_nifti_case_folder_problems_in_predict(h3, tmp_path, case):
+    import nibabel as nib
+
+    folder = _h3_nifti_from_kaggle(h3["data"], tmp_path / "case", seg=False)
+    name = "case_flair.nii.gz"
+    if case == "missing_flair":
+        (folder / "case_flair.nii.gz").unlink()
+        name = "flair"
+    elif case == "two_t1_files":
+        shutil.copy(folder / "case_t1.nii.gz", folder / "other_t1.nii.gz")
+        name = "_t1"
+    elif case == "not_a_folder":
+        folder = folder / "case_t1.nii.gz"
+        name = str(folder)
+    elif case == "does_not_exist":
+        folder = tmp_path / "nowhere"
+        name = str(folder)
+    elif case == "gz_of_garbage":
+        (folder / "case_flair.nii.gz").write_bytes(gzip.compress(b"this is not a NIfTI header" * 20))
+    else:
+        _nib_rewrite(folder / "case_t2.nii.gz", lambda d, a: ((d * 10).astype(np.int16), a))
+    out = tmp_path / "seg.nii.gz"
+    code, err = _h3("predict", "--run", h3["run"], "--nifti", folder, "--out", out, "--quiet")
+    if case == "int16_is_fine":
+        assert code == 0, err
+        seg = np.asarray(nib.load(out).dataobj)
+        assert seg.shape == (24, 24, 8) and set(np.unique(seg)) <= {0, 1, 2, 4}
+    else:
+        _refused(code, err, name)
+        assert not out.exists()
+
+
+@_xf("silently wrong", "a NIfTI case whose t1 and flair files are swapped is predicted without a word; the "
+                       "contrast checks of inspect-modalities are not applied to NIfTI input")
+def test_h3_nifti_swapped_modalities_are_noticed(h3, tmp_path):
+    swapped = ("flair", "t1ce", "t2", "t1")
+    folder = _h3_nifti_from_kaggle(h3["data"], tmp_path / "case", order=swapped, seg=False)
+    code, err = _h3("predict", "--run", h3["run"], "--nifti", folder, "--out", tmp_path / "seg.nii.gz", "--quiet")
+    assert "Traceback" not in err
+    assert code != 0 or any(w in err.lower() for w in ("modalit", "swap", "order", "contrast")), err
+
+
+# ------------------------------------------------------------------ round 3: nonsense on the command line
+
+def _sub_args(h3, tmp_path, command):
+    """A valid command line for ``command`` that the nonsense flag is appended to."""
+    if command == "synth":
+        return ["synth", "--out", tmp_path / "new", "--volumes", "1", "--shape", *H3_SHAPE, "--quiet"]
+    if command == "cache":
+        return _h3_cache_args(h3["data"], tmp_path / "c")
+    if command == "train":
+        return _h3_train_args(h3["cache"], tmp_path / "r")
+    if command == "evaluate":
+        return ["evaluate", "--run", h3["run"], "--data", h3["data"], "--cache", h3["cache"], "--out",
+                tmp_path / "m.csv", "--quiet"]
+    if command == "predict":
+        return ["predict", "--run", h3["run"], "--data", h3["data"], "--volume", "1", "--out",
+                tmp_path / "p.nii.gz", "--quiet"]
+    if command == "inspect-modalities":
+        return ["inspect-modalities", "--data", h3["data"], "--json", tmp_path / "i.json"]
+    raise AssertionError(command)
+
+
+NONSENSE = [  # (command, flag, value or values)
+    ("synth", "--volumes", "-1"), ("synth", "--volumes", "abc"), ("synth", "--volumes", "1e9"),
+    ("synth", "--volumes", "100000000"), ("synth", "--shape", ["0", "24", "24"]),
+    ("synth", "--shape", ["-8", "24", "24"]), ("synth", "--shape", ["8", "24"]),
+    ("synth", "--shape", ["8", "24", "x"]), ("synth", "--shape", ["100000", "100000", "100000"]),
+    ("synth", "--seed", "-1"), ("synth", "--seed", "nan"),
+    ("cache", "--workers", "0"), ("cache", "--workers", "-3"), ("cache", "--workers", "many"),
+    ("cache", "--cache_hw", "-1,-1"), ("cache", "--cache_hw", "0,0"), ("cache", "--cache_hw", "16"),
+    ("cache", "--cache_margin", "-5"), ("cache", "--cache_margin", "x"),
+    ("cache", "--kaggle_channel_order", "t1,t1,t2,flair"), ("cache", "--kaggle_channel_order", "t1,t2,flair"),
+    ("cache", "--kaggle_channel_order", "a,b,c,d"), ("cache", "--preset", "nope"),
+    ("train", "--epochs", "0"), ("train", "--epochs", "1.5"), ("train", "--lr", "-1"), ("train", "--lr", "nan"),
+    ("train", "--lr", "inf"), ("train", "--batch_size", "0"), ("train", "--patch_size", "0,0,0"),
+    ("train", "--patch_size", "a,b,c"), ("train", "--patch_size", "15,31,31"),
+    ("train", "--patch_size", "16,32,32,32"), ("train", "--features", "4,8"), ("train", "--features", "-4,8,16,32"),
+    ("train", "--features", "0,0,0,0"), ("train", "--val_fraction", "1.5"), ("train", "--test_fraction", "-0.1"),
+    ("train", "--val_fraction", "0.6"), ("train", "--threshold", "2"), ("train", "--threshold", "nan"),
+    ("train", "--class_weights", "1,2"), ("train", "--class_weights", "-1,1,1"), ("train", "--device", "toaster"),
+    ("train", "--device", "cuda:99"), ("train", "--stop-after-epoch", "-1"), ("train", "--amp_dtype", "fp8"),
+    ("train", "--compile", "sometimes"), ("train", "--data_placement", "moon"), ("train", "--num_workers", "-1"),
+    ("train", "--time_limit_h", "-1"), ("train", "--sw_overlap", "1.0"), ("train", "--sw_overlap", "-0.5"),
+    ("train", "--sw_batch_size", "0"), ("train", "--tumor_sampling", "random"), ("train", "--tumor_prob", "2"),
+    ("train", "--focal_gamma", "-1"), ("train", "--dice_weight", "2"), ("train", "--grad_clip", "-1"),
+    ("train", "--accumulation_steps", "0"), ("train", "--min_lr_ratio", "2"), ("train", "--in_channels", "3"),
+    ("train", "--num_classes", "2"), ("train", "--warmup_epochs", "-1"), ("train", "--samples_per_epoch", "0"),
+    ("train", "--augment", "maybe"), ("train", "--amp", "perhaps"), ("train", "--sw_blend", "cubic"),
+    ("train", "--weight_decay", "-1"), ("train", "--ram_cache_bytes", "-1"), ("train", "--split_seed", "x"),
+    ("train", "--no_such_field", "1"),
+    ("evaluate", "--split", "holdout"), ("evaluate", "--device", "toaster"),
+    ("predict", "--volume", "99"), ("predict", "--volume", "-1"), ("predict", "--volume", "abc"),
+    ("predict", "--kaggle_channel_order", "x,y"), ("predict", "--device", "toaster"),
+    ("inspect-modalities", "--volumes", "0"), ("inspect-modalities", "--volumes", "-2"),
+]
+NONSENSE_FINE = {"cache--workers=0", "cache--workers=-3", "cache--cache_hw=16", "train--patch_size=15,31,31",
+                 "train--features=4,8"}  # accepted: a correct result is fine too
+NONSENSE_XFAIL = {
+    "synth--seed=-1": _xf("poor message", "synth --seed -1 says 'error: expected non-negative integer', naming "
+                                          "neither --seed nor -1"),
+    "train--val_fraction=0.6": _xf("poor message", "'split_volumes: 3 volume(s) cannot give 2 validation, 1 test "
+                                                   "...' names neither --val_fraction nor 0.6"),
+    "train--stop-after-epoch=-1": _xf("silently wrong", "train --stop-after-epoch -1 exits 0 having trained "
+                                                        "nothing (config.json and splits.json written, no model)"),
+    "train--in_channels=3": _xf("poor message", "--in_channels 3 on a 4-channel cache fails only after writing "
+                                                "config.json/splits.json, with 'UNet3D expects input (B, 3, D, H, W), "
+                                                "got (2, 4, ...)' naming neither the flag nor the cache"),
+}
+
+
+def _nonsense_id(case):
+    command, flag, value = case
+    return f"{command}{flag}={','.join(value) if isinstance(value, list) else value}"
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=_nonsense_id(c), marks=NONSENSE_XFAIL.get(_nonsense_id(c), ()))
+                                  for c in NONSENSE])
+def test_h3_nonsense_flag_value_is_refused_naming_it(h3, tmp_path, case):
+    command, flag, value = case
+    values = value if isinstance(value, list) else [value]
+    args = _sub_args(h3, tmp_path, command)
+    if flag in args:  # replace the valid value(s) that follow the flag
+        i = args.index(flag)
+        n = 3 if flag == "--shape" else 1
+        args = args[:i] + args[i + 1 + n:]
+    code, err = _h3(*args, flag, *values)
+    if _nonsense_id(case) in NONSENSE_FINE:
+        assert code == 0 and "Traceback" not in err, err
+        return
+    _refused(code, err, flag.lstrip("-"), flag.lstrip("-").replace("-", "_"), *values,
+             *(["channel order"] if "channel_order" in flag else []))
+    assert not any(p.name in ("new", "c", "r", "m.csv", "p.nii.gz", "i.json") for p in tmp_path.iterdir()), \
+        sorted(p.name for p in tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ round 3: paths that do not exist, files for folders
+
+def _path_case(h3, tmp_path, case):
+    """(arguments, names one of which the refusal must name, a file that must stay byte-identical or None)."""
+    afile = tmp_path / "afile.txt"
+    afile.write_text("precious\n")
+    nowhere = tmp_path / "nowhere"
+    run, data, cache = h3["run"], h3["data"], h3["cache"]
+    ev = ["evaluate", "--run", run, "--data", data, "--cache", cache, "--quiet"]
+    pr = ["predict", "--run", run, "--data", data, "--volume", "1", "--quiet"]
+    table = {
+        "cache--data=missing": (_h3_cache_args(nowhere, tmp_path / "c"), [nowhere]),
+        "cache--data=file": (_h3_cache_args(afile, tmp_path / "c"), [afile]),
+        "cache--out=file": (_h3_cache_args(data, afile), [afile]),
+        "cache--nifti=missing": (["cache", "--preset", "ci", "--nifti", nowhere, "--out", tmp_path / "c"], [nowhere]),
+        "train--cache=missing--data=missing": (["train", "--preset", "ci", "--data", nowhere, "--cache", nowhere,
+                                                "--out", tmp_path / "r", "--quiet"], [nowhere]),
+        "train--cache=file": (_h3_train_args(afile, tmp_path / "r"), [afile]),
+        "train--out=file": (_h3_train_args(cache, afile), [afile]),
+        "train--resume-empty-folder-is-fine": (_h3_train_args(cache, tmp_path / "r", "--resume"), []),
+        "train--resume--overwrite": (_h3_train_args(cache, tmp_path / "r", "--resume", "--overwrite"),
+                                     ["--resume", "--overwrite"]),
+        "evaluate--run=missing": (["evaluate", "--run", nowhere, "--data", data, "--cache", cache], [nowhere]),
+        "evaluate--run=file": (["evaluate", "--run", afile, "--data", data, "--cache", cache], [afile]),
+        "evaluate--cache=file": (["evaluate", "--run", run, "--data", data, "--cache", afile], [afile]),
+        "evaluate--out=dir": ([*ev, "--out", tmp_path], [tmp_path]),
+        "evaluate--out=missing-parent-is-fine": ([*ev, "--out", tmp_path / "new" / "m.csv"], []),
+        "predict--run=missing": (["predict", "--run", nowhere, "--data", data, "--volume", "1", "--out",
+                                  tmp_path / "p.nii.gz"], [nowhere]),
+        "predict--data=missing": (["predict", "--run", run, "--data", nowhere, "--volume", "1", "--out",
+                                   tmp_path / "p.nii.gz"], [nowhere]),
+        "predict--out=dir": ([*pr, "--out", tmp_path], [tmp_path]),
+        "predict--out=txt": ([*pr, "--out", afile], [afile, ".nii.gz"]),
+        "predict-neither-volume-nor-nifti": (["predict", "--run", run, "--data", data, "--out", tmp_path / "p.nii.gz"],
+                                             ["--volume", "--nifti"]),
+        "predict-both-volume-and-nifti": ([*pr, "--nifti", tmp_path, "--out", tmp_path / "p.nii.gz"],
+                                          ["--volume", "--nifti"]),
+        "inspect--data=missing": (["inspect-modalities", "--data", nowhere], [nowhere]),
+        "inspect--data=file": (["inspect-modalities", "--data", afile], [afile]),
+        "inspect--json=file-in-missing-dir-is-fine": (["inspect-modalities", "--data", data, "--json",
+                                                       tmp_path / "new" / "i.json"], []),
+        "synth--out=file": (["synth", "--out", afile, "--volumes", "1", "--shape", *H3_SHAPE, "--quiet"], [afile]),
+        "synth--out=file--overwrite": (["synth", "--out", afile, "--volumes", "1", "--shape", *H3_SHAPE, "--quiet",
+                                        "--overwrite"], [afile]),
+        "bench--data=missing": (["bench", "--data", nowhere, "--cache", tmp_path / "c", "--out", tmp_path / "b.json"],
+                                [nowhere]),
+    }
+    args, names = table[case]
+    return args, names, afile
+
+
+PATH_XFAIL = {
+    "train--resume--overwrite": _xf("silently wrong", "train --resume --overwrite (contradictory) is accepted without "
+                                                      "a word on which one applies"),
+    "synth--out=file--overwrite": _xf("data loss", "synth --out FILE --overwrite deletes the regular file FILE and "
+                                                   "puts a dataset folder in its place (exit 0)"),
+}
+
+
+@pytest.mark.parametrize("case", [
+    "cache--data=missing", "cache--data=file", "cache--out=file", "cache--nifti=missing",
+    "train--cache=missing--data=missing", "train--cache=file", "train--out=file", "train--resume-empty-folder-is-fine",
+    "train--resume--overwrite", "evaluate--run=missing", "evaluate--run=file", "evaluate--cache=file",
+    "evaluate--out=dir", "evaluate--out=missing-parent-is-fine", "predict--run=missing", "predict--data=missing",
+    "predict--out=dir", "predict--out=txt", "predict-neither-volume-nor-nifti", "predict-both-volume-and-nifti",
+    "inspect--data=missing", "inspect--data=file", "inspect--json=file-in-missing-dir-is-fine", "synth--out=file",
+    "synth--out=file--overwrite", "bench--data=missing"])
+def test_h3_paths_that_are_missing_or_the_wrong_kind(h3, tmp_path, case, request):
+    if case in PATH_XFAIL:
+        request.applymarker(PATH_XFAIL[case])
+    args, names, afile = _path_case(h3, tmp_path, case)
+    code, err = _h3(*args)
+    if case.endswith("-is-fine"):
+        assert code == 0 and "Traceback" not in err, err
+    else:
+        _refused(code, err, *names)
+    assert afile.read_text() == "precious\n"
+
+
+# ------------------------------------------------------------------ round 3: corrupt and foreign checkpoints
+
+class _Evil:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def h3_other_run(h3):
+    """A ci run of other features (2-4-8-16) on the same cache: its checkpoint is of another shape."""
+    run = h3["base"] / "other_run"
+    code, err = _h3(*_h3_train_args(h3["cache"], run, "--features", "2,4,8,16"))
+    assert code == 0, err
+    return run
+
+
+def _spoil_checkpoint(path: Path, how: str, tmp_path: Path, other_run: Path):
+    import torch
+
+    raw = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif how == "random_bytes":
+        path.write_bytes(np.random.default_rng(1).bytes(len(raw)))
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "text":
+        path.write_text("this is not a checkpoint\n")
+    elif how == "pickled_shell_command":
+        torch.save({"model": _Evil(tmp_path / "PWNED"), "epoch": 1}, path)
+    elif how == "plain_pickle_shell_command":
+        path.write_bytes(pickle.dumps({"model": _Evil(tmp_path / "PWNED")}))
+    elif how == "other_shape":
+        shutil.copy(other_run / "checkpoints" / path.name, path)
+    elif how == "foreign_dict":
+        torch.save({"foo": torch.zeros(3)}, path)
+    elif how == "nan_weights":
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        state = ck.get("model", ck.get("state_dict", ck)) if isinstance(ck, dict) else ck
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                value.fill_(float("nan"))
+                break
+        torch.save(ck, path)
+    else:
+        raise AssertionError(how)
+
+
+SPOILS = ["truncated", "random_bytes", "empty", "text", "pickled_shell_command", "plain_pickle_shell_command",
+          "other_shape", "foreign_dict", "nan_weights"]
+CKPT_XFAIL = {
+    ("nan_weights", c): _xf("silently wrong", f"{c} loads a best_model.pth whose weights hold NaN and goes on "
+                                              "(exit 0) instead of naming the checkpoint") for c in ("evaluate", "predict")
+}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+@pytest.mark.parametrize("how", SPOILS)
+def test_h3_spoiled_best_model_is_refused_never_run(h3, h3_other_run, tmp_path, how, command, request):
+    if (how, command) in CKPT_XFAIL:
+        request.applymarker(CKPT_XFAIL[how, command])
+    run = _copy(h3["run"], tmp_path / "run")
+    ckpt = run / "checkpoints" / "best_model.pth"
+    _spoil_checkpoint(ckpt, how, tmp_path, h3_other_run)
+    digest = tree_hash(run)
+    if command == "evaluate":
+        args = ["evaluate", "--run", run, "--data", h3["data"], "--cache", h3["cache"], "--out", tmp_path / "m.csv"]
+    else:
+        args = ["predict", "--run", run, "--data", h3["data"], "--volume", "1", "--out", tmp_path / "p.nii.gz"]
+    code, err = _h3(*args, "--quiet")
+    assert not (tmp_path / "PWNED").exists(), "the checkpoint's pickled command was executed"
+    _refused(code, err, ckpt, "best_model.pth")
+    assert tree_hash(run) == digest
+
+
+@pytest.mark.parametrize("how", ["truncated", "pickled_shell_command", "other_shape"])
+def test_h3_spoiled_last_checkpoint_on_resume(h3, h3_other_run, tmp_path, how):
+    run = _copy(h3["run"], tmp_path / "run")
+    ckpt = run / "checkpoints" / "last.pth"
+    _spoil_checkpoint(ckpt, how, tmp_path, h3_other_run)
+    digest = tree_hash(run)
+    code, err = _h3(*_h3_train_args(h3["cache"], run, "--resume"))
+    assert not (tmp_path / "PWNED").exists(), "the checkpoint's pickled command was executed"
+    _refused(code, err, ckpt, "last.pth")
+    assert tree_hash(run) == digest
+
+
+# ------------------------------------------------------------------ round 3: hand-edited config.json / splits.json
+
+def _edit_json(path: Path, fn):
+    text = path.read_text()
+    try:
+        new = fn(json.loads(text))
+    except TypeError:
+        new = fn(text)
+    path.write_text(new if isinstance(new, str) else json.dumps(new))
+
+
+def _set(key, value):
+    def fn(d):
+        d[key] = value
+        return d
+    return fn
+
+
+def _drop(key):
+    def fn(d):
+        d.pop(key)
+        return d
+    return fn
+
+
+CONFIG_EDITS = {
+    "not_json": lambda d: "{not json",
+    "a_list": lambda d: [1, 2, 3],
+    "epochs_text": _set("epochs", "two"),
+    "features_other_length": _set("features", [4, 8]),
+    "features_other_values": _set("features", [8, 16, 32, 64]),
+    "preset_unknown": _set("preset", "nope"),
+    "threshold_out_of_range": _set("threshold", 5),
+    "channel_order_repeated": _set("kaggle_channel_order", ["t1", "t1", "t2", "flair"]),
+    "patch_size_missing": _drop("patch_size"),
+    "patch_size_text": _set("patch_size", "big"),
+    "in_channels_3": _set("in_channels", 3),
+}
+CONFIG_FINE = {"patch_size_missing", "preset_unknown"}  # every other field is there: evaluating is right
+CONFIG_XFAIL = {}
+
+
+@pytest.mark.parametrize("edit", sorted(CONFIG_EDITS))
+def test_h3_hand_edited_config_json_is_named_by_evaluate(h3, tmp_path, edit, request):
+    if edit in CONFIG_XFAIL:
+        request.applymarker(CONFIG_XFAIL[edit])
+    run = _copy(h3["run"], tmp_path / "run")
+    _edit_json(run / "config.json", CONFIG_EDITS[edit])
+    digest = tree_hash(run)
+    code, err = _h3("evaluate", "--run", run, "--data", h3["data"], "--cache", h3["cache"], "--out",
+                    tmp_path / "m.csv", "--quiet")
+    if edit in CONFIG_FINE:
+        assert code == 0 and "Traceback" not in err, err
+        return
+    _refused(code, err, "config.json", "best_model.pth")
+    assert tree_hash(run) == digest
+
+
+SPLIT_EDITS = {
+    "not_json": lambda d: "[[[",
+    "a_list": lambda d: [1, 2, 3],
+    "test_ids_missing_from_data": _set("test", [99]),
+    "test_ids_text": _set("test", ["three"]),
+    "test_empty": _set("test", []),
+    "test_overlaps_train": lambda d: {**d, "test": d["test"] + d["train"]},
+    "no_test_key": _drop("test"),
+}
+SPLIT_XFAIL = {
+    "a_list": _xf("poor message", "splits.json holding a list: evaluate says 'internal error: TypeError: list indices "
+                                  "must be integers or slices, not str', naming no file"),
+    "no_test_key": _xf("poor message", "splits.json without a 'test' key: evaluate says only 'error: test'"),
+    "not_json": _xf("poor message", "splits.json that is not JSON: evaluate says 'error: Expecting value: line 1 "
+                                    "column 4 (char 3)', naming no file"),
+    "test_ids_text": _xf("poor message", "splits.json test ids as text: evaluate says \"error: invalid literal for "
+                                         "int() with base 10: 'three'\", naming no file"),
+    "test_overlaps_train": _xf("silently wrong", "splits.json whose test split repeats the training volumes is "
+                                                 "evaluated without a word (exit 0): test Dice on training data"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(SPLIT_EDITS))
+def test_h3_hand_edited_splits_json_is_named_by_evaluate(h3, tmp_path, edit, request):
+    if edit in SPLIT_XFAIL:
+        request.applymarker(SPLIT_XFAIL[edit])
+    run = _copy(h3["run"], tmp_path / "run")
+    _edit_json(run / "splits.json", SPLIT_EDITS[edit])
+    digest = tree_hash(run)
+    code, err = _h3("evaluate", "--run", run, "--data", h3["data"], "--cache", h3["cache"], "--split", "test",
+                    "--out", tmp_path / "m.csv", "--quiet")
+    _refused(code, err, "splits.json", *([run] if edit == "test_empty" else []))
+    assert tree_hash(run) == digest
+
+
+@pytest.mark.parametrize("edit", ["test_overlaps_train", pytest.param("not_json", marks=_xf(
+    "poor message", "splits.json that is not JSON: train --resume says 'error: Expecting value: line 1 column 4 "
+                    "(char 3)', naming no file"))])
+def test_h3_hand_edited_splits_json_is_named_by_resume(h3, tmp_path, edit):
+    run = _copy(h3["run"], tmp_path / "run")
+    _edit_json(run / "splits.json", SPLIT_EDITS[edit])
+    digest = tree_hash(run)
+    code, err = _h3(*_h3_train_args(h3["cache"], run, "--resume"))
+    _refused(code, err, "splits.json")
+    assert tree_hash(run) == digest
+
+
+# ------------------------------------------------------------------ round 3: hand-edited cache index.json
+
+def _vol(key, value, vid="1"):
+    def fn(d):
+        d["volumes"][vid][key] = value
+        return d
+    return fn
+
+
+INDEX_EDITS = {
+    "not_json": (lambda d: "{", False),
+    "a_list": (lambda d: [], False),
+    "volume_ids_unknown_id": (_set("volume_ids", [1, 2, 3, 99]), False),
+    "image_file_escapes": (_vol("image_file", "../../x.npy"), True),
+    "mask_file_absolute": (_vol("mask_file", "/etc/passwd"), True),
+    "shape_text": (_vol("shape", "abc"), False),
+    "volumes_empty": (_set("volumes", {}), False),
+    "format_foreign": (_set("format", "someone-elses-cache"), False),
+    "version_future": (_set("version", 999), False),
+    "files_key_escapes": (lambda d: {**d, "volumes": {**d["volumes"], "1": {**d["volumes"]["1"], "files": {
+        "../../x.npy": {"blake2b": "0" * 32, "size": 1}}}}}, False),
+}
+INDEX_XFAIL = {
+    ("shape_text", "train"): _xf("poor message", "index.json with a volume's shape \"abc\": train says 'internal "
+                                                 "error: UFuncTypeError: ufunc multiply ...', naming no file"),
+}
+
+
+@pytest.mark.parametrize("command", ["cache", "train", "evaluate"])
+@pytest.mark.parametrize("edit", sorted(INDEX_EDITS))
+def test_h3_hand_edited_index_json(h3, tmp_path, edit, command, request):
+    """Refused naming index.json (names escaping the folder must be refused), or rebuilt to the right cache."""
+    if (edit, command) in INDEX_XFAIL:
+        request.applymarker(INDEX_XFAIL[edit, command])
+    cache = _copy(h3["cache"], tmp_path / "cache")
+    fn, must_refuse = INDEX_EDITS[edit]
+    _edit_json(cache / "index.json", fn)
+    (tmp_path / "x.npy").write_bytes(b"outside")
+    if command == "cache":
+        args = _h3_cache_args(h3["data"], cache)
+    elif command == "train":
+        args = ["train", "--preset", "ci", "--data", h3["data"], "--cache", cache, "--out", tmp_path / "r",
+                "--epochs", "1", "--quiet"]
+    else:
+        args = ["evaluate", "--run", h3["run"], "--data", h3["data"], "--cache", cache, "--out", tmp_path / "m.csv",
+                "--quiet"]
+    code, err = _h3(*args)
+    assert (tmp_path / "x.npy").read_bytes() == b"outside"
+    if must_refuse:
+        _refused(code, err, "index.json", cache)
+        return
+    _clean(code, err, "index.json", cache)
+    if code == 0:  # rebuilt: the same cache as before the edit
+        for ref in sorted(h3["cache"].glob("v*.npy")):
+            assert (cache / ref.name).read_bytes() == ref.read_bytes(), ref.name
+
+
+# ------------------------------------------------------------------ round 3: signals at several points, then rerun
+
+def _wait_for(predicate, proc, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and not predicate():
+        time.sleep(0.01)
+    return proc.poll() is None
+
+
+def _h3_hist(run: Path):
+    import pandas as pd
+
+    return pd.read_csv(run / "history.csv").epoch.tolist()
+
+
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
+@pytest.mark.parametrize("point", ["start-up", "config written", "after epoch 1"])
+def test_h3_train_sigkill_then_rerun(h3, tmp_path, point):
+    run = tmp_path / "run"
+    args = _h3_train_args(h3["cache"], run, "--epochs", "3", "--samples_per_epoch", "64")
+    proc = run_cli(*args)
+    if point == "start-up":
+        time.sleep(0.4)
+    elif point == "config written":
+        _wait_for(lambda: (run / "config.json").exists(), proc)
+    else:
+        _wait_for(lambda: (run / "checkpoints" / "last.pth").exists(), proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    resume = (run / "checkpoints" / "last.pth").exists()
+    code, err = _h3(*args, *(["--resume"] if resume else []))
+    assert code == 0 and "Traceback" not in err, err
+    assert _h3_hist(run) == [1, 2, 3]
+
+
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
+@pytest.mark.parametrize("sig,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_h3_train_signal_after_epoch_1_one_line_then_resume(h3, tmp_path, sig, exit_code):
+    run = tmp_path / "run"
+    args = _h3_train_args(h3["cache"], run, "--epochs", "3", "--samples_per_epoch", "64")
+    proc = run_cli(*args)
+    _wait_for(lambda: (run / "checkpoints" / "last.pth").exists(), proc)
+    proc.send_signal(sig)
+    code, _, err = _proc_clean(proc)
+    if code == 0:
+        pytest.skip("training finished before the signal")
+    assert code == exit_code and len(_message_lines(err)) == 1 and "--resume" in err, err
+    code, err = _h3(*args, "--resume")
+    assert code == 0, err
+    assert _h3_hist(run) == [1, 2, 3]
+
+
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("command", ["synth", "cache", "train", "evaluate", "predict", "inspect-modalities"])
+def test_h3_signal_during_start_up_is_one_line(h3, tmp_path, command, sig):
+    """Ctrl-C or SIGTERM 0.3 s after the start (while Python imports): one line and 130/143, never a traceback."""
+    args = [str(a) for a in _sub_args(h3, tmp_path, command)]
+    proc = run_cli(*args)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    code, _, err = _proc_clean(proc)
+    if code == 0:
+        return
+    assert code in ({signal.SIGINT: 130, signal.SIGTERM: 143}[sig], -sig), (code, err)  # -sig: a shell shows 128+sig
+    assert len(_message_lines(err)) == 1, err
+
+
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
+def test_h3_cache_sigkill_then_rerun_is_identical(h3, tmp_path):
+    data = _h3_synth(tmp_path / "data", volumes=8)
+    ref = tmp_path / "ref"
+    assert _h3(*_h3_cache_args(data, ref))[0] == 0
+    cache = tmp_path / "cache"
+    proc = run_cli(*[str(a) for a in _h3_cache_args(data, cache)])
+    _wait_for(lambda: len(list(cache.glob("v*_img.npy"))) >= 2, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    code, err = _h3(*_h3_cache_args(data, cache))
+    assert code == 0, err
+    for r in sorted(ref.glob("v*.npy")):
+        assert (cache / r.name).read_bytes() == r.read_bytes(), r.name
+
+
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
+@pytest.mark.parametrize("delay", [0.5, 1.5, 2.5, 3.5])
+def test_h3_predict_sigkill_keeps_the_old_output_whole(h3, tmp_path, delay):
+    import nibabel as nib
+
+    out = tmp_path / "p.nii.gz"
+    shutil.copy(h3["pred"], out)
+    (tmp_path / "other").mkdir()
+    shutil.copy(h3["pred"], tmp_path / "other" / "old.nii.gz")
+    old = out.read_bytes()
+    proc = run_cli("predict", "--run", str(h3["run"]), "--data", str(h3["data"]), "--volume", "2", "--out", str(out),
+                   "--tta", "--quiet")
+    time.sleep(delay)
+    proc.kill()
+    proc.communicate(timeout=60)
+    if out.read_bytes() != old:  # the new prediction arrived: it must be whole
+        assert np.asarray(nib.load(out).dataobj).shape == (24, 24, 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "p.nii.gz"]
+
+
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
+def test_h3_evaluate_sigterm_keeps_the_old_metrics(h3, tmp_path):
+    out = tmp_path / "m.csv"
+    out.write_text("volume,dice_wt\n1,0.5\n")
+    proc = run_cli("evaluate", "--run", str(h3["run"]), "--data", str(h3["data"]), "--cache", str(h3["cache"]),
+                   "--split", "all", "--tta", "--out", str(out), "--quiet")
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = _proc_clean(proc)
+    if code != 0:
+        assert code == 143 and len(_message_lines(err)) == 1, err
+        assert out.read_text() == "volume,dice_wt\n1,0.5\n"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not leftovers
+
+
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
+@pytest.mark.parametrize("delay", [0.8, 2.0])
+def test_h3_synth_sigkill_into_a_new_folder_then_rerun(tmp_path, delay):
+    """A killed first `synth` must not block the same command afterwards ('is not empty')."""
+    out = tmp_path / "d"
+    args = ["synth", "--out", str(out), "--volumes", "40", "--shape", *H3_SHAPE, "--seed", "0", "--quiet"]
+    proc = run_cli(*args)
+    time.sleep(delay)
+    proc.kill()
+    proc.communicate(timeout=60)
+    code, err = _h3(*args)
+    assert code == 0, err
+    assert list_volumes(out) == list(range(1, 41))
+
+
+# ------------------------------------------------------------------ round 3: disk full on a real 2 MiB tmpfs
+
+@pytest.fixture
+def tmpfs_2m(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the filesystem of ``folder`` up to ``leave`` free bytes; returns the filler file."""
+    filler = folder / "filler"
+    free = shutil.disk_usage(folder).free
+    with open(filler, "wb") as f:
+        with contextlib.suppress(OSError):
+            f.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+def _no_temp_files(folder: Path):
+    left = [str(p) for p in folder.rglob("*") if p.name.startswith((".tmp", "tmp")) or ".partial" in p.name]
+    assert not left, left
+
+
+def test_h3_cache_disk_full_then_rerun_after_freeing(h3, tmpfs_2m):
+    cache = tmpfs_2m / "cache"
+    filler = _fill(tmpfs_2m, leave=90_000)
+    code, err = _h3(*_h3_cache_args(h3["data"], cache))
+    line = _refused(code, err, "disk full")
+    assert str(tmpfs_2m) in line
+    _no_temp_files(tmpfs_2m)
+    filler.unlink()
+    assert _h3(*_h3_cache_args(h3["data"], cache))[0] == 0
+    for r in sorted(h3["cache"].glob("v*.npy")):
+        assert (cache / r.name).read_bytes() == r.read_bytes(), r.name
+
+
+@pytest.mark.parametrize("command", ["predict", pytest.param("evaluate", marks=_xf(
+    "data loss", "evaluate --out on a full disk: refused, but the folder of --out is not as before (the old metrics "
+                 "file or its summary changed, or a partial file is left)")), pytest.param("inspect-modalities",
+    marks=_xf("poor message", "inspect-modalities --json on a full disk: 'disk full while writing an output file (the "
+                              "system did not say which)', after progress bars on stderr"))])
+def test_h3_disk_full_keeps_the_previous_output(h3, tmpfs_2m, command):
+    if command == "predict":
+        out = tmpfs_2m / "p.nii.gz"
+        shutil.copy(h3["pred"], out)
+        args = ["predict", "--run", h3["run"], "--data", h3["data"], "--volume", "2", "--out", out, "--quiet"]
+    elif command == "evaluate":
+        out = tmpfs_2m / "m.csv"
+        out.write_text("volume,dice_wt\n1,0.5\n")
+        args = ["evaluate", "--run", h3["run"], "--data", h3["data"], "--cache", h3["cache"], "--out", out, "--quiet"]
+    elif command == "inspect-modalities":
+        out = tmpfs_2m / "i.json"
+        out.write_text('{"old": true}')
+        args = ["inspect-modalities", "--data", h3["data"], "--json", out]
+    before = tree_hash(tmpfs_2m)
+    _fill(tmpfs_2m)
+    code, err = _h3(*args)
+    (tmpfs_2m / "filler").unlink()
+    _refused(code, err, "disk full")
+    assert tree_hash(tmpfs_2m) == before
+    _no_temp_files(tmpfs_2m)
+
+
+# ------------------------------------------------------------------ round 3: two commands on one folder at once
+
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
+def test_h3_two_caches_into_one_folder(h3, tmp_path):
+    data = _h3_synth(tmp_path / "data", volumes=6)
+    ref = tmp_path / "ref"
+    assert _h3(*_h3_cache_args(data, ref))[0] == 0
+    cache = tmp_path / "cache"
+    procs = [run_cli(*[str(a) for a in _h3_cache_args(data, cache)]) for _ in range(2)]
+    results = [_proc_clean(p) for p in procs]
+    for code, _, err in results:
+        assert code == 0 or (code == 2 and "in use" in err and len(_message_lines(err)) == 1), err
+    assert any(code == 0 for code, _, _ in results)
+    assert _h3(*_h3_cache_args(data, cache))[0] == 0
+    for r in sorted(ref.glob("v*.npy")):
+        assert (cache / r.name).read_bytes() == r.read_bytes(), r.name
+
+
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
+def test_h3_two_synths_into_one_new_folder(tmp_path):
+    out = tmp_path / "d"
+    args = ["synth", "--out", str(out), "--volumes", "6", "--shape", *H3_SHAPE, "--seed", "0", "--quiet"]
+    ref = _h3_synth(tmp_path / "ref", volumes=6)
+    results = [_proc_clean(p) for p in [run_cli(*args) for _ in range(2)]]
+    for code, _, err in results:
+        assert code == 0 or (code == 2 and len(_message_lines(err)) == 1), err
+    assert any(code == 0 for code, _, _ in results)
+    assert tree_hash(out) == tree_hash(ref)
+
+
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
+def test_h3_two_predicts_into_one_file(h3, tmp_path):
+    import nibabel as nib
+
+    out = tmp_path / "p.nii.gz"
+    args = ["predict", "--run", str(h3["run"]), "--data", str(h3["data"]), "--volume", "1", "--out", str(out),
+            "--quiet"]
+    results = [_proc_clean(p) for p in [run_cli(*args) for _ in range(2)]]
+    for code, _, err in results:
+        assert code == 0 or (code == 2 and len(_message_lines(err)) == 1), err
+    ref = np.asarray(nib.load(h3["pred"]).dataobj)
+    np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), ref)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.nii.gz"]
+
+
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
+def test_h3_train_while_the_cache_is_rebuilt(h3, tmp_path):
+    """A `cache` rebuilding a volume while `train` reads the folder: train refuses or trains on whole files."""
+    cache = _copy(h3["cache"], tmp_path / "cache")
+    victim = cache / "v2_img.npy"
+    victim.write_bytes(victim.read_bytes()[:-64])  # the cache will rebuild volume 2
+    p_cache = run_cli(*[str(a) for a in _h3_cache_args(h3["data"], cache)])
+    p_train = run_cli(*[str(a) for a in _h3_train_args(cache, tmp_path / "run")])
+    for code, _, err in (_proc_clean(p_cache), _proc_clean(p_train)):
+        assert code == 0 or len(_message_lines(err)) == 1, err
+    for r in sorted(h3["cache"].glob("v*.npy")):
+        assert (cache / r.name).read_bytes() == r.read_bytes(), r.name
+
+
+# ------------------------------------------------------------------ round 3: silent wrongness
+
+@pytest.fixture(scope="module")
+def h3_other_order_cache(h3):
+    cache = h3["base"] / "cache_t1_first"
+    code, err = _h3(*_h3_cache_args(h3["data"], cache, "--kaggle_channel_order", "t1,t1ce,t2,flair"))
+    assert code == 0, err
+    return cache
+
+
+def test_h3_evaluate_with_a_cache_of_another_channel_order_is_refused(h3, h3_other_order_cache, tmp_path):
+    code, err = _h3("evaluate", "--run", h3["run"], "--cache", h3_other_order_cache, "--out", tmp_path / "m.csv",
+                    "--quiet")
+    _refused(code, err, "kaggle_channel_order", "channel order")
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_h3_resume_with_a_cache_of_another_channel_order_is_refused(h3, h3_other_order_cache, tmp_path):
+    run = _copy(h3["run"], tmp_path / "run")
+    digest = tree_hash(run)
+    code, err = _h3(*_h3_train_args(h3_other_order_cache, run, "--resume", "--epochs", "2"))
+    _refused(code, err, "kaggle_channel_order", "channel order")
+    assert tree_hash(run) == digest
+
+
+def test_h3_predict_with_another_channel_order_is_refused(h3, tmp_path):
+    code, err = _h3("predict", "--run", h3["run"], "--data", h3["data"], "--volume", 1, "--out",
+                    tmp_path / "p.nii.gz", "--kaggle_channel_order", "t1,t1ce,t2,flair", "--quiet")
+    _refused(code, err, "kaggle_channel_order", "channel order")
+
+
+def _metrics(path: Path):
+    import pandas as pd
+
+    return pd.read_csv(path)
+
+
+def test_h3_evaluate_with_a_resampled_cache_is_refused_or_equal(h3, tmp_path):
+    """A cache built with other geometry (--cache_hw 32) than the run's: refused, or the same scores."""
+    cache = tmp_path / "cache32"
+    assert _h3(*_h3_cache_args(h3["data"], cache, "--cache_hw", "32"))[0] == 0
+    ref, got = tmp_path / "ref.csv", tmp_path / "got.csv"
+    assert _h3("evaluate", "--run", h3["run"], "--cache", h3["cache"], "--split", "all", "--out", ref, "--quiet")[0] == 0
+    code, err = _h3("evaluate", "--run", h3["run"], "--cache", cache, "--split", "all", "--out", got, "--quiet")
+    _clean(code, err, "cache_hw", cache)
+    if code == 0:
+        a, b = _metrics(ref), _metrics(got)
+        cols = [c for c in a.columns if c.startswith("dice")]
+        np.testing.assert_allclose(b[cols].to_numpy(float), a[cols].to_numpy(float), atol=1e-6)
+
+
+@_xf("silently wrong", "train --resume continues a run on a cache built with another --cache_hw (32) than the run's "
+                       "(none) without a word (exit 0)")
+def test_h3_train_on_a_cache_of_another_geometry_than_the_resumed_run(h3, tmp_path):
+    run = _copy(h3["run"], tmp_path / "run")
+    cache = tmp_path / "cache32"
+    assert _h3(*_h3_cache_args(h3["data"], cache, "--cache_hw", "32"))[0] == 0
+    digest = tree_hash(run)
+    code, err = _h3(*_h3_train_args(cache, run, "--resume"))
+    _refused(code, err, "cache_hw", cache)
+    assert tree_hash(run) == digest
+
+
+def test_h3_empty_regions_are_scored_not_crashed(h3, tmp_path):
+    """No tumour at all in any volume: evaluate still writes one row per volume (Dice of empty vs empty)."""
+    data = _copy(h3["data"], tmp_path / "data")
+    for path in _slices(data).glob("volume_*_slice_*.h5"):
+        _rewrite(path, mask=np.zeros((24, 24, 3), np.uint8))
+    cache = tmp_path / "cache"
+    assert _h3(*_h3_cache_args(data, cache))[0] == 0
+    out = tmp_path / "m.csv"
+    code, err = _h3("evaluate", "--run", h3["run"], "--data", data, "--cache", cache, "--split", "all", "--out", out,
+                    "--quiet")
+    assert code == 0 and "Traceback" not in err, err
+    assert len(_metrics(out)) == 3
+
+
+OUT_VICTIMS = ["run/checkpoints/best_model.pth", "run/checkpoints/last.pth", "run/config.json", "run/splits.json",
+               "run/history.csv", "cache/index.json", "cache/v1_img.npy",
+               f"data/{KAGGLE_SUBDIR}/volume_1_slice_0.h5", f"data/{KAGGLE_SUBDIR}/meta_data.csv"]
+OUT_XFAIL = {("evaluate", v): _xf("data loss", f"evaluate --out <{v}> overwrites that input file with the metrics "
+                                            "CSV (exit 0)") for v in OUT_VICTIMS}
+OUT_XFAIL |= {("inspect-modalities", v): _xf("data loss", f"inspect-modalities --json <{v}> overwrites that input "
+                                                               "file with its JSON report (exit 0)") for v in OUT_VICTIMS}
+
+
+def _victim_args(command, base, victim_path):
+    run, cache, data = base / "run", base / "cache", base / "data"
+    if command == "evaluate":
+        return ["evaluate", "--run", run, "--cache", cache, "--out", victim_path, "--quiet"]
+    if command == "predict":
+        return ["predict", "--run", run, "--data", data, "--volume", "1", "--out", victim_path, "--quiet"]
+    return ["inspect-modalities", "--data", data, "--json", victim_path]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "inspect-modalities"])
+@pytest.mark.parametrize("victim", OUT_VICTIMS)
+def test_h3_out_naming_an_input_or_another_output_is_refused(h3, tmp_path, command, victim, request):
+    if (command, victim) in OUT_XFAIL:
+        request.applymarker(OUT_XFAIL[command, victim])
+    base = tmp_path / "w"
+    for name in ("run", "cache", "data"):
+        _copy(h3[name], base / name)
+    digest = tree_hash(base)
+    code, err = _h3(*_victim_args(command, base, base / victim))
+    _refused(code, err, base / victim)
+    assert tree_hash(base) == digest
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=_xf("silently wrong", f"{c}: accepted (exit 0), the outputs "
+                                                            "are written into another command's folder"))
+                                  for c in ["cache--out=data", "cache--out=run", "train--out=cache", "train--out=data",
+                                            "cache--out=data-slice-folder"]])
+def test_h3_folder_out_naming_another_commands_folder_is_refused(h3, tmp_path, case):
+    base = tmp_path / "w"
+    for name in ("run", "cache", "data"):
+        _copy(h3[name], base / name)
+    digest = tree_hash(base)
+    run, cache, data = base / "run", base / "cache", base / "data"
+    args = {
+        "cache--out=data": _h3_cache_args(data, data),
+        "cache--out=data-slice-folder": _h3_cache_args(data, _slices(data)),
+        "cache--out=run": _h3_cache_args(data, run),
+        "train--out=cache": _h3_train_args(cache, cache),
+        "train--out=data": _h3_train_args(cache, data),
+    }[case]
+    code, err = _h3(*args)
+    out = Path(args[args.index("--out") + 1])
+    _refused(code, err, out)
+    assert tree_hash(base) == digest
