@@ -22,7 +22,7 @@ weight sum live on ``device`` (CPU keeps GPU memory bounded for big volumes).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,8 +39,10 @@ __all__ = [
     "importance_map",
     "labels_from_probabilities",
     "labels_to_channels",
+    "mirrored_predictions",
     "sliding_window_inference",
     "window_starts",
+    "with_flips",
 ]
 
 #: The spatial axes (D, H, W) of a volume that flip TTA mirrors and training flips at random.
@@ -111,15 +113,36 @@ def importance_map(patch_size: Sequence[int], blend: str = "gaussian",
     return weights.clamp_(min=1e-3)
 
 
-def _with_flips(predictor: Predictor) -> Predictor:
-    """A predictor that averages ``predictor`` over the 8 flips of the spatial axes."""
+def mirrored_predictions(predictor: Predictor, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The predictions of ``predictor`` on the 8 mirrorings of ``x``, each mirrored back.
+
+    Args:
+        predictor: maps a (B, C, D, H, W) tensor to (B, K, D, H, W) outputs.
+        x: (B, C, D, H, W) input.
+
+    Yields:
+        (B, K, D, H, W) float32 outputs, one per entry of ``FLIP_AXES`` (the identity first), in the
+        frame of ``x``: flip, predict, flip back.
+    """
+    for axes in FLIP_AXES:
+        xi = torch.flip(x, axes) if axes else x
+        yi = predictor(xi).float()
+        yield torch.flip(yi, axes) if axes else yi
+
+
+def with_flips(predictor: Predictor) -> Predictor:
+    """A predictor that averages ``predictor`` over the 8 flips of the spatial axes.
+
+    Args:
+        predictor: maps a (B, C, D, H, W) tensor to (B, K, D, H, W) outputs.
+
+    Returns:
+        ``flipped(x)``: the mean of ``mirrored_predictions(predictor, x)``, float32.
+    """
 
     def flipped(x: torch.Tensor) -> torch.Tensor:
         total = None
-        for axes in FLIP_AXES:
-            xi = torch.flip(x, axes) if axes else x
-            yi = predictor(xi).float()
-            yi = torch.flip(yi, axes) if axes else yi
+        for yi in mirrored_predictions(predictor, x):
             total = yi if total is None else total + yi
         return total / len(FLIP_AXES)
 
@@ -169,7 +192,7 @@ def sliding_window_inference(
     device = torch.device(device) if device is not None else image.device
     sw_device = image.device
     if tta:
-        predictor = _with_flips(predictor)
+        predictor = with_flips(predictor)
 
     # pad axes shorter than the window: half before, the rest after (as MONAI)
     spatial = tuple(image.shape[2:])
