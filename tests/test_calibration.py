@@ -52,9 +52,9 @@ def test_region_probabilities_are_the_decoders_unions():
     rng = np.random.default_rng(1)
     p = rng.random((3, 3, 4, 5)).astype(np.float32)
     wt, tc, et = region_probabilities(p)
-    np.testing.assert_allclose(wt, tumour_probability(p), rtol=1e-6)
-    np.testing.assert_allclose(tc, 1 - (1 - p[0]) * (1 - p[2]), rtol=1e-6)
-    np.testing.assert_allclose(et, p[2], rtol=1e-6)
+    np.testing.assert_allclose(wt, tumour_probability(p), atol=1e-6)
+    np.testing.assert_allclose(tc, 1 - (1 - p[0]) * (1 - p[2]), atol=1e-6)
+    np.testing.assert_allclose(et, p[2], atol=1e-6)
 
 
 @pytest.mark.parametrize("bins", [15, 7])
