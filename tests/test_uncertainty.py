@@ -119,3 +119,24 @@ def test_uncertainty_summary_hand_case():
     assert math.isnan(empty["mean_entropy_tumour"]) and empty["uncertain_fraction"] == 0.0
     with pytest.raises(ValueError, match="differ"):
         uncertainty_summary(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
+
+
+def test_ensemble_members_chain_runs():
+    from tumorlib.inference.uncertainty import ensemble_members
+
+    calls = []
+
+    def run(value):
+        def predict(x):
+            calls.append(value)
+            return torch.full((3, *x.shape[1:]), value)
+        return predict
+
+    image = np.zeros((2, 2, 3, 4), np.float32)
+    members = list(ensemble_members([run(0.2), run(0.6)], image))
+    assert len(members) == 16 and calls == [0.2] * 8 + [0.6] * 8
+    maps = uncertainty_maps(members)
+    np.testing.assert_allclose(maps["mean"], 0.4, rtol=1e-6)
+    t = [1 - 0.8**3, 1 - 0.4**3]
+    np.testing.assert_allclose(maps["variance"], np.var(t), rtol=1e-5)
+    assert len(list(ensemble_members([run(0.1), run(0.3)], image, flips=False))) == 2

@@ -45,6 +45,7 @@ from tumorlib.inference.sliding_window import mirrored_predictions
 __all__ = [
     "DEFAULT_UNCERTAIN_THRESHOLD",
     "categorical_distribution",
+    "ensemble_members",
     "entropy",
     "flip_members",
     "uncertainty_maps",
@@ -80,11 +81,18 @@ def categorical_distribution(prob: Any) -> np.ndarray:
     Raises:
         ValueError: ``prob`` is not (3, D, H, W).
     """
-    p = _as_prob(prob)
+    return _categorical(_as_prob(prob))
+
+
+def _categorical(p: np.ndarray) -> np.ndarray:
+    """``categorical_distribution`` of a checked, clipped float32 (3, ...) array, filled in place."""
+    q = np.zeros((len(CLASS_KEYS) + 1, *p.shape[1:]), np.float32)
     tumour = tumour_probability(p)
+    np.subtract(1.0, tumour, out=q[0])
     total = p.sum(axis=0)
-    share = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
-    return np.concatenate([(1.0 - tumour)[None], tumour[None] * share]).astype(np.float32)
+    np.divide(p, total, out=q[1:], where=total > 0)
+    q[1:] *= tumour
+    return q
 
 
 def entropy(q: np.ndarray, normalise: bool = True) -> np.ndarray:
@@ -97,11 +105,11 @@ def entropy(q: np.ndarray, normalise: bool = True) -> np.ndarray:
     Returns:
         (...) float32 entropy (``0 log 0 = 0``).
     """
-    q = np.asarray(q, dtype=np.float64)
-    terms = np.where(q > 0, -q * np.log(np.where(q > 0, q, 1.0)), 0.0)
-    h = terms.sum(axis=0)
+    q = np.asarray(q, dtype=np.float32)
+    log_q = np.log(q, out=np.zeros_like(q), where=q > 0)
+    h = -np.einsum("k...,k...->...", q, log_q)
     if normalise:
-        h /= math.log(q.shape[0])
+        h /= np.float32(math.log(q.shape[0]))
     return np.maximum(h, 0.0).astype(np.float32)
 
 
@@ -126,10 +134,10 @@ def uncertainty_maps(members: Iterable[Any], normalise: bool = True) -> dict[str
         p = _as_prob(member, shape)
         if shape is None:
             shape = p.shape
-            sum_p = np.zeros(shape, np.float64)
-            sum_q = np.zeros((len(CLASS_KEYS) + 1, *shape[1:]), np.float64)
-            sum_h, t_mean, t_m2 = (np.zeros(shape[1:], np.float64) for _ in range(3))
-        q = categorical_distribution(p)
+            sum_p = np.zeros(shape, np.float32)  # float32 sums: exact enough for hundreds of members
+            sum_q = np.zeros((len(CLASS_KEYS) + 1, *shape[1:]), np.float32)
+            sum_h, t_mean, t_m2 = (np.zeros(shape[1:], np.float32) for _ in range(3))
+        q = _categorical(p)
         count += 1
         sum_p += p
         sum_q += q
@@ -174,6 +182,25 @@ def flip_members(predictor: Callable[[torch.Tensor], torch.Tensor], image: Any) 
 
     for member in mirrored_predictions(batched, x[None]):
         yield member[0].detach().cpu().numpy()
+
+
+def ensemble_members(predictors: Iterable[Callable[[torch.Tensor], torch.Tensor]], image: Any,
+                     flips: bool = True) -> Iterator[np.ndarray]:
+    """The members of an ensemble of runs: each run's 8 flip members, or its one prediction.
+
+    Args:
+        predictors: one whole-volume predictor per run (see ``flip_members``).
+        image: (C, D, H, W) normalised image.
+        flips: yield each run's 8 flip members; False: each run's prediction on the image as it is.
+
+    Yields:
+        (3, D, H, W) float32 numpy maps, run by run.
+    """
+    for predictor in predictors:
+        if flips:
+            yield from flip_members(predictor, image)
+        else:
+            yield next(flip_members(predictor, image))  # the identity comes first
 
 
 def volume_predictor(model: torch.nn.Module, config: Any, device: str | torch.device | None = None,
