@@ -25,9 +25,11 @@ The maps (``uncertainty_maps``), over M members with distributions ``q_m`` and t
   comes from members disagreeing (0 when all members are equal);
 - ``variance``: (D, H, W) the population variance (ddof 0) of ``t_m`` over the members.
 
-With flip members the mean of the members' probabilities is close to, not bit-equal with, what
-``predict_volume(tta=True)`` returns (it averages logits per window, then applies the sigmoid); labels
-should still come from ``predict``.
+Flip members mirror the whole volume and run the sliding window on each mirroring (8 passes, the cost
+of ``tta=True``), so each member is a full prediction of its own. Their mean probability is close to,
+not bit-equal with, what ``predict_volume(tta=True)`` returns (that mirrors each window and averages
+logits before the sigmoid); labels should still come from ``predict``. Several runs: chain their members
+(``ensemble_members``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ __all__ = [
 
 #: A voxel is "uncertain" when its normalised entropy is above this (0.5: half the largest entropy).
 DEFAULT_UNCERTAIN_THRESHOLD = 0.5
-_LN4 = math.log(4.0)
 
 
 def _as_prob(member: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
