@@ -21,7 +21,7 @@ weight sum live on ``device`` (CPU keeps GPU memory bounded for big volumes).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +31,10 @@ from tumorlib.data.patches import SPATIAL_FLIP_AXES
 __all__ = [
     "FLIP_AXES",
     "importance_map",
+    "mirrored_predictions",
     "sliding_window_inference",
     "window_starts",
+    "with_flips",
 ]
 
 #: The 8 combinations of flips of the spatial axes (2, 3, 4) of a (B, C, D, H, W) tensor, for TTA.
@@ -101,15 +103,36 @@ def importance_map(patch_size: Sequence[int], blend: str = "gaussian",
     return weights.clamp_(min=1e-3)
 
 
-def _with_flips(predictor: Predictor) -> Predictor:
-    """A predictor that averages ``predictor`` over the 8 flips of the spatial axes."""
+def mirrored_predictions(predictor: Predictor, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The predictions of ``predictor`` on the 8 mirrorings of ``x``, each mirrored back.
+
+    Args:
+        predictor: maps a (B, C, D, H, W) tensor to (B, K, D, H, W) outputs.
+        x: (B, C, D, H, W) input.
+
+    Yields:
+        (B, K, D, H, W) float32 outputs, one per entry of ``FLIP_AXES`` (the identity first), in the
+        frame of ``x``: flip, predict, flip back.
+    """
+    for axes in FLIP_AXES:
+        xi = torch.flip(x, axes) if axes else x
+        yi = predictor(xi).float()
+        yield torch.flip(yi, axes) if axes else yi
+
+
+def with_flips(predictor: Predictor) -> Predictor:
+    """A predictor that averages ``predictor`` over the 8 flips of the spatial axes.
+
+    Args:
+        predictor: maps a (B, C, D, H, W) tensor to (B, K, D, H, W) outputs.
+
+    Returns:
+        ``flipped(x)``: the mean of ``mirrored_predictions(predictor, x)``, float32.
+    """
 
     def flipped(x: torch.Tensor) -> torch.Tensor:
         total = None
-        for axes in FLIP_AXES:
-            xi = torch.flip(x, axes) if axes else x
-            yi = predictor(xi).float()
-            yi = torch.flip(yi, axes) if axes else yi
+        for yi in mirrored_predictions(predictor, x):
             total = yi if total is None else total + yi
         return total / len(FLIP_AXES)
 
@@ -168,7 +191,7 @@ def sliding_window_inference(
     device = torch.device(device) if device is not None else image.device
     sw_device = image.device
     if tta:
-        predictor = _with_flips(predictor)
+        predictor = with_flips(predictor)
 
     spatial = tuple(image.shape[2:])
     image, pads = _pad_to_window(image, patch_size)
