@@ -51,6 +51,7 @@ __all__ = [
     "openvino_available",
     "openvino_cache_dir",
     "resolve_engine",
+    "save_openvino",
 ]
 
 ENGINES = ("auto", "torch", "openvino")
@@ -232,12 +233,21 @@ def _foreign_files(folder: Path, source: dict[str, Any] | None) -> list[str]:
     return [] if source is not None else present
 
 
-def _write_cache(folder: Path, ov_model: Any, wanted: dict[str, Any]) -> None:
+def save_openvino(ov_model: Any, folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Write ``model.xml`` and ``model.bin`` (float32 IR) into ``folder``, each file replaced in one step.
+
+    Both are written into a temporary folder beside them, ``fsync``-ed, then renamed over the old ones, so a
+    failure leaves no half-written file under the final names.
+
+    Returns:
+        The ``file_record`` (with blake2b) of each file, by name.
+
+    Raises:
+        ValueError: openvino is not installed.
+    """
     ov = import_openvino()
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    # claim the folder first (a source.json of ours without file records): a crash from here on leaves a cache
-    # that is rebuilt next time, never one mistaken for a stranger's files or for a complete one
-    atomic_write(folder / "source.json", json.dumps({**wanted, "files": {}}, indent=2) + "\n")
     tmp = folder / f".tmp-{os.getpid()}-model"
     tmp.mkdir(exist_ok=True)
     try:
@@ -250,7 +260,15 @@ def _write_cache(folder: Path, ov_model: Any, wanted: dict[str, Any]) -> None:
         for leftover in tmp.iterdir():
             leftover.unlink()
         tmp.rmdir()
-    files = {name: file_record(folder / name, checksum=True) for name in CACHE_FILES[:2]}
+    return {name: file_record(folder / name, checksum=True) for name in CACHE_FILES[:2]}
+
+
+def _write_cache(folder: Path, ov_model: Any, wanted: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    # claim the folder first (a source.json of ours without file records): a crash from here on leaves a cache
+    # that is rebuilt next time, never one mistaken for a stranger's files or for a complete one
+    atomic_write(folder / "source.json", json.dumps({**wanted, "files": {}}, indent=2) + "\n")
+    files = save_openvino(ov_model, folder)
     atomic_write(folder / "source.json", json.dumps({**wanted, "files": files}, indent=2) + "\n")
 
 
