@@ -173,3 +173,17 @@ def test_openvino_interrupted_cache_is_rebuilt(tmp_path):
     x = torch.randn(1, 4, *PATCH)
     with torch.no_grad():
         assert (engine(x) - model(x)).abs().max() < 1e-3
+
+
+@needs_openvino
+def test_openvino_cache_in_a_read_only_folder_converts_in_memory(tmp_path, monkeypatch):
+    model = _model()
+    ckpt = _checkpoint(tmp_path, model)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(f"cannot write {tmp_path}: its folder is read-only")
+
+    monkeypatch.setattr(engines, "_write_cache", read_only)
+    with pytest.warns(UserWarning, match="converted in memory"):
+        engine = make_engine(model, "openvino", "cpu", "float32", PATCH, batch_size=1, checkpoint=ckpt)
+    assert engine.cache is None and engine(torch.randn(1, 4, *PATCH)).shape == (1, 3, *PATCH)

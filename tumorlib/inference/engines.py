@@ -18,7 +18,7 @@ The converted model of a checkpoint is cached beside it, ``best_model.pth`` ->
 is compiled, so one cache serves both). ``source.json`` holds the checkpoint's fingerprint (size, mtime,
 blake2b), the patch size and the records of the two model files; a cache that does not match is rebuilt,
 each file written atomically. Files in that folder that tumorlib did not write are never replaced: the
-model is then converted in memory and a warning says why.
+model is then converted in memory and a warning says why (as where the folder cannot be written).
 """
 
 from __future__ import annotations
@@ -300,7 +300,12 @@ def load_openvino_model(model: torch.nn.Module, patch_size: Sequence[int], check
         warnings.warn(f"{folder} holds files tumorlib did not write ({', '.join(foreign)}): the converted "
                       "model is not cached there (remove them to cache it)", stacklevel=3)
         return ov_model, None
-    _write_cache(folder, ov_model, wanted)
+    try:
+        _write_cache(folder, ov_model, wanted)
+    except OSError as err:  # a read-only run folder (a dataset attached as input), a full disk
+        warnings.warn(f"cannot cache the converted model in {folder} ({err}): converted in memory only",
+                      stacklevel=3)
+        return ov_model, None
     return ov_model, folder
 
 
