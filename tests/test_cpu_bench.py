@@ -15,8 +15,10 @@ TINY = dict(train_patch=(16, 16, 16), train_features=(4, 8, 16), train_batch=1, 
 
 def test_tiny_cpu_benchmark_fills_the_table(monkeypatch):
     monkeypatch.setenv(CPU_BF16_ENV, "0")
-    result = benchmark_cpu(**TINY)
+    lines = []
+    result = benchmark_cpu(**TINY, log=lines.append)
     assert result["bf16"] is False and CPU_BF16_ENV in result["bf16_reason"]
+    assert lines[0].startswith("training, float32 eager:") and any(l.startswith("inference, ") for l in lines)
     train = result["train"]["rows"]
     assert train["float32 eager"]["patches_per_s"] > 0 and train["bf16 autocast"]["patches_per_s"] > 0
     assert "skipped" in train["bf16 + torch.compile"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,7 @@ def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def _train_rows(preset: str, patch: Sequence[int], features: Sequence[int] | None, batch: int, steps: int,
-                warmup: int, compile: bool) -> dict[str, Any]:
+                warmup: int, compile: bool, log: Callable[[str], None]) -> dict[str, Any]:
     from tumorlib.benchmarks.training import time_train_steps
     from tumorlib.training.engine import Trainer, TrainSettings
 
@@ -73,6 +73,7 @@ def _train_rows(preset: str, patch: Sequence[int], features: Sequence[int] | Non
         timing = time_train_steps(step, lambda: (image, mask), steps=steps, warmup=warmup)
         rows[column] = {"patches_per_s": timing["patches_per_s"], "seconds": timing["seconds"],
                         "warmup_s": timing["warmup_s"], "compile_error": step.compile_error}
+        log(f"training, {column}: {timing['patches_per_s']:.2f} patches/s")
     return {"preset": preset, "patch_size": list(config.patch_size), "features": list(config.features),
             "batch_size": batch, "steps": steps, "warmup": warmup, "rows": rows}
 
@@ -97,7 +98,7 @@ def _labels(logits: torch.Tensor, threshold: float) -> np.ndarray:
 
 
 def _infer_rows(preset: str, volume: Sequence[int], patch: Sequence[int] | None, features: Sequence[int] | None,
-                engines: Sequence[str]) -> dict[str, Any]:
+                engines: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
     from tumorlib.inference.engines import openvino_available
     from tumorlib.inference.sliding_window import window_starts
     from tumorlib.nn.unet import count_parameters, model_from_config
@@ -132,6 +133,7 @@ def _infer_rows(preset: str, volume: Sequence[int], patch: Sequence[int] | None,
             row["labels_equal_pct"] = float(100.0 * np.mean(labels == reference))
             row["max_abs_logit_diff"] = float((logits - reference_logits).abs().max())
         rows[column] = row
+        log(f"inference, {column}: {row['seconds']:.1f} s ({row['engine']})")
     return {"preset": preset, "volume": list(volume), "patch_size": list(config.patch_size),
             "features": list(config.features), "parameters": count_parameters(model), "windows": windows,
             "sw_batch_size": config.sw_batch_size, "overlap": config.sw_overlap, "tta": False, "rows": rows}
@@ -143,7 +145,7 @@ def benchmark_cpu(train_preset: str = "demo", train_patch: Sequence[int] = (32, 
                   volume: Sequence[int] = (155, 240, 240), infer_patch: Sequence[int] | None = None,
                   infer_features: Sequence[int] | None = None,
                   engines: Sequence[str] = ("torch", "openvino"), train: bool = True,
-                  infer: bool = True) -> dict[str, Any]:
+                  infer: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The CPU table for this machine: training patches/s and seconds per full-size case.
 
     Args:
@@ -161,6 +163,7 @@ def benchmark_cpu(train_preset: str = "demo", train_patch: Sequence[int] = (32, 
         engines: which engines to time (``"torch"``, ``"openvino"``).
         train: time the training rows.
         infer: time the inference rows.
+        log: called with one line per measured cell (e.g. ``print``), so a long run shows its progress.
 
     Returns:
         ``{"cpu", "bf16", "bf16_reason", "threads", "torch", "openvino", "train", "infer"}``; ``train``
@@ -179,9 +182,10 @@ def benchmark_cpu(train_preset: str = "demo", train_patch: Sequence[int] = (32, 
                               "openvino": ov_version}
     if train:
         result["train"] = _train_rows(train_preset, train_patch, train_features, train_batch, train_steps,
-                                      train_warmup, compile)
+                                      train_warmup, compile, log or (lambda line: None))
     if infer:
-        result["infer"] = _infer_rows(infer_preset, volume, infer_patch, infer_features, engines)
+        result["infer"] = _infer_rows(infer_preset, volume, infer_patch, infer_features, engines,
+                                      log or (lambda line: None))
     return result
 
 
