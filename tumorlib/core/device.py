@@ -8,7 +8,8 @@ Every command, notebook and benchmark asks these two functions instead of decidi
 - ``auto_amp_dtype``: the autocast dtype a device computes fast. On CUDA: bf16 on cards with native bf16
   (compute capability 8.0 and up: A100, H100, L4, RTX 30xx/40xx; and ROCm), fp16 with a GradScaler on
   older cards (T4, V100, P100), whose bf16 ``torch.cuda.is_bf16_supported()`` reports as supported only
-  by emulation. Elsewhere float32.
+  by emulation. On the CPU: bf16 where it computes bf16 natively (``cpu_bf16_support``), else float32.
+  Elsewhere float32.
 
 ``cpu_bf16_support`` probes whether the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16 in the CPU
 flags), without guessing from the model name; ``TUMORLIB_CPU_BF16=0`` (or ``1``) forces the answer.
@@ -79,7 +80,7 @@ def _probe_cpu_bf16(cpuinfo: str) -> tuple[bool, str]:
         return True, f"CPU computes bf16 natively ({', '.join(found)})"
     if flags:
         return False, "CPU without native bf16 (no amx_bf16 or avx512_bf16 flag)"
-    return False, "CPU bf16 support unknown (no CPU flags readable): float32"
+    return False, "CPU bf16 support unknown (no CPU flags readable)"
 
 
 def cpu_bf16_support(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> tuple[bool, str]:
@@ -115,6 +116,11 @@ def auto_amp_dtype(device: str | torch.device | None = None) -> tuple[str | None
         if major >= 8:
             return "bfloat16", "bf16 native on this GPU: no GradScaler needed, same range as fp32"
         return "float16", f"GPU of compute capability {major}.x has no native bf16: fp16 with a GradScaler"
+    if dev.type == "cpu":
+        native, why = cpu_bf16_support()
+        if native:
+            return "bfloat16", f"bf16 on the CPU: {why}"
+        return None, f"float32 on the CPU: {why}"
     return None, f"float32 on {dev.type}"
 
 
