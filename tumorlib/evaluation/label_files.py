@@ -1,0 +1,183 @@
+"""Score folders of BraTS label files against references, without any model.
+
+Any tool's output can be scored: a prediction folder of ``X.nii.gz`` files (labels 0, 1, 2, 4) is matched
+by file name to a reference folder holding ``X.nii.gz`` or ``X_seg.nii.gz`` (``.nii`` also works). Each
+pair must have one shape, one affine (the voxel grid, compared to 1e-4 mm) and only BraTS labels; the voxel
+size comes from the reference's header. Each case gets the legacy BraTS 2020 columns
+(``tumorlib.evaluation.metrics.METRIC_COLUMNS``) and the BraTS 2023 lesion-wise columns
+(``tumorlib.evaluation.lesions``). References without a prediction are not scored (a folder of all
+training labels can score a subset); a prediction without a reference is an error.
+
+Every problem is one ``ValueError`` line naming the file: a non-NIfTI file in the prediction folder
+(hidden files such as ``.DS_Store`` are skipped), an empty folder, a missing or ambiguous reference, a
+shape or affine mismatch, a label outside {0, 1, 2, 4}, a non-integer or non-3-D volume, an unreadable file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from tumorlib.core.brats import BRATS_LABELS, labels_to_channels
+from tumorlib.evaluation.lesions import LESION_COLUMNS, LESION_COUNT_COLUMNS, lesion_scores
+from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
+from tumorlib.io.nifti import nifti_spacing
+
+__all__ = [
+    "LABEL_FILE_COLUMNS",
+    "NIFTI_SUFFIXES",
+    "case_name",
+    "match_label_files",
+    "read_label_file",
+    "score_label_file_pair",
+    "score_label_files",
+]
+
+#: File name endings read as NIfTI.
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+#: The columns of ``score_label_files``, in order.
+LABEL_FILE_COLUMNS: tuple[str, ...] = ("case", *METRIC_COLUMNS, *LESION_COLUMNS, *LESION_COUNT_COLUMNS)
+#: Largest affine difference (mm) still read as the same voxel grid.
+_AFFINE_TOLERANCE = 1e-4
+
+
+def case_name(path: str | os.PathLike) -> str | None:
+    """The case name of a NIfTI file: its name without ``.nii.gz`` or ``.nii``; None for other files."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _folder(path: str | os.PathLike, role: str) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: {role} folder not found")
+    return folder
+
+
+def _reference(ref_dir: Path, case: str) -> Path:
+    names = [f"{case}{s}" for s in NIFTI_SUFFIXES] + [f"{case}_seg{s}" for s in NIFTI_SUFFIXES]
+    found = [ref_dir / n for n in names if (ref_dir / n).is_file()]
+    if not found:
+        raise ValueError(f"{case}: no reference {case}.nii.gz or {case}_seg.nii.gz in {ref_dir}")
+    if len(found) > 1:
+        raise ValueError(f"{case}: several references match in {ref_dir}: {', '.join(p.name for p in found)}")
+    return found[0]
+
+
+def match_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """Pair each prediction file with its reference by file name.
+
+    Args:
+        pred_dir: folder of predicted label files ``X.nii.gz``.
+        ref_dir: folder of references ``X.nii.gz`` or ``X_seg.nii.gz``.
+
+    Returns:
+        ``(case, pred_path, ref_path)`` sorted by case.
+
+    Raises:
+        ValueError: a folder is missing or holds no NIfTI file, a prediction folder entry is not a NIfTI
+            file, or a prediction has no (or more than one) reference.
+    """
+    pred_dir, ref_dir = _folder(pred_dir, "prediction"), _folder(ref_dir, "reference")
+    pairs = []
+    for path in sorted(pred_dir.iterdir()):
+        if path.name.startswith("."):
+            continue
+        case = case_name(path)
+        if case is None or not path.is_file():
+            raise ValueError(f"{path}: not a NIfTI label file (expected *.nii.gz or *.nii)")
+        pairs.append((case, path, _reference(ref_dir, case)))
+    if not pairs:
+        raise ValueError(f"{pred_dir}: no prediction files (*.nii.gz) to score")
+    cases = [c for c, _, _ in pairs]
+    dupes = sorted({c for c in cases if cases.count(c) > 1})
+    if dupes:
+        raise ValueError(f"{pred_dir}: case {dupes[0]} is there as both .nii and .nii.gz")
+    return pairs
+
+
+def read_label_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One BraTS label file in tumorlib's (D, H, W) layout.
+
+    Args:
+        path: a 3-D NIfTI file of labels in {0, 1, 2, 4}, stored (H, W, D) as BraTS files are.
+
+    Returns:
+        ``(labels, affine)``: (D, H, W) uint8 labels and the file's (4, 4) affine.
+
+    Raises:
+        ValueError: unreadable, not 3-D, not integer-valued, or a label outside {0, 1, 2, 4}.
+    """
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel and zlib raise several types for broken files
+        raise ValueError(f"{path}: unreadable NIfTI file ({type(err).__name__}: {err})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3-D label volume, got shape {data.shape}")
+    values = np.unique(data)
+    if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+        raise ValueError(f"{path}: labels must be integers 0, 1, 2, 4, found non-integer values")
+    unknown = sorted(set(values.astype(np.int64).tolist()) - {0, *BRATS_LABELS})
+    if unknown:
+        raise ValueError(f"{path}: labels {unknown[:8]} are not BraTS labels (0, 1, 2, 4)")
+    labels = np.transpose(data, (2, 0, 1)).astype(np.uint8)
+    return labels, np.asarray(img.affine, dtype=np.float64)
+
+
+def score_label_file_pair(pred_path: str | os.PathLike, ref_path: str | os.PathLike) -> dict[str, float]:
+    """Legacy and lesion-wise scores of one prediction file against its reference.
+
+    Args:
+        pred_path: predicted label file.
+        ref_path: reference label file.
+
+    Returns:
+        ``{column: value}`` for ``METRIC_COLUMNS``, ``LESION_COLUMNS`` and ``LESION_COUNT_COLUMNS``.
+
+    Raises:
+        ValueError: see ``read_label_file``, or the shapes or affines differ (names both files).
+    """
+    pred, pred_affine = read_label_file(pred_path)
+    ref, ref_affine = read_label_file(ref_path)
+    if pred.shape != ref.shape:
+        raise ValueError(f"{pred_path}: shape {pred.shape[1:] + pred.shape[:1]} differs from reference "
+                         f"{ref_path} {ref.shape[1:] + ref.shape[:1]}")
+    if not np.allclose(pred_affine, ref_affine, atol=_AFFINE_TOLERANCE):
+        diff = float(np.abs(pred_affine - ref_affine).max())
+        raise ValueError(f"{pred_path}: affine differs from reference {ref_path} (by up to {diff:.4g}); "
+                         f"write predictions on the reference's grid and header")
+    spacing = nifti_spacing(ref_affine)
+    scores = brats_scores(labels_to_channels(pred), labels_to_channels(ref), spacing)
+    scores.update(lesion_scores(pred, ref, spacing))
+    return scores
+
+
+def score_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> pd.DataFrame:
+    """Score every prediction file of a folder against the reference of the same name.
+
+    Args:
+        pred_dir: folder of predicted BraTS label files ``X.nii.gz`` (0, 1, 2, 4).
+        ref_dir: folder of references ``X.nii.gz`` or ``X_seg.nii.gz``.
+
+    Returns:
+        One row per case, sorted by case, columns ``LABEL_FILE_COLUMNS``: ``case`` (the file name without
+        ``.nii.gz``), the legacy metrics, the lesion-wise metrics and lesion counts.
+
+    Raises:
+        ValueError: one line naming the file (see the module text).
+    """
+    rows = []
+    for case, pred_path, ref_path in match_label_files(pred_dir, ref_dir):
+        rows.append({"case": case, **score_label_file_pair(pred_path, ref_path)})
+    return pd.DataFrame(rows, columns=list(LABEL_FILE_COLUMNS))
