@@ -19,7 +19,7 @@ from tumorlib.inference import engines
 from tumorlib.inference.predictor import inference_engine, inference_precision
 from tumorlib.nn.checkpoint import atomic_torch_save
 from tumorlib.nn.unet import model_from_config
-from tumorlib.training.settings import pick_amp_dtype, resolve_settings
+from tumorlib.training.settings import pick_amp_dtype, resolve_settings, resolved_config
 
 HAS_OPENVINO = engines.openvino_available()
 
@@ -57,6 +57,7 @@ def test_auto_means_the_same_for_training_and_inference_on_the_cpu(monkeypatch, 
     assert pick_amp_dtype("cpu", demo)[0] == dtype
     settings, _ = resolve_settings(demo, "cpu")
     assert settings.amp_dtype == dtype
+    assert resolved_config(demo, settings).amp_dtype == (dtype or "float32")  # what config.json records
     model = model_from_config(get_config("ci", amp_dtype="auto")).eval()
     engine = inference_engine(model, get_config("ci", amp_dtype="auto"), "torch", "cpu")
     assert engine.precision == name
