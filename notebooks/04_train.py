@@ -137,8 +137,9 @@ ax.figure.tight_layout()
 
 # %% [markdown]
 # ## Training
-# One process on the CPU trains in float32; on a GPU the same call uses mixed precision (bf16 where
-# supported, else fp16 with a gradient scaler). Every epoch ends with a validation pass and an atomic
+# `amp_dtype=auto` picks the precision by one rule on any device: on a GPU mixed precision (bf16 where
+# supported, else fp16 with a gradient scaler), on a CPU bf16 where it computes bf16 natively (AMX or
+# AVX512-BF16), else float32; the `ci` preset asks for float32 so these outputs do not depend on the machine. Every epoch ends with a validation pass and an atomic
 # write of `last.pth`. Fixed tumour-centred validation patches overstate Dice, so with a positive
 # `val_volume_every` (demo, full) the best model is chosen on **whole validation volumes** through the
 # sliding window (mean of WT/TC/ET Dice of the decoded labels, computed as 05_evaluate computes it; column

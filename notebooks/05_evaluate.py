@@ -59,6 +59,7 @@ PRESET, config, ws = notebook_setup()  # $TUMORLIB_PRESET: ci, demo or full (def
 SPLIT = "test"  # the volumes held out from training and model selection
 TTA = False  # average each window over its 8 flips (8x slower, usually a little better)
 DEVICE = str(resolve_device())  # inference on the GPU when there is one (the one device rule)
+ENGINE = "torch" if PRESET == "ci" else "auto"  # auto: OpenVINO on a CPU where it is installed, else torch
 
 # %% tags=["nbval-ignore-output"]
 print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
@@ -86,10 +87,14 @@ print(f"{SPLIT} volumes: {len(test_ids)}  patch {run_config.patch_size}  overlap
 # `evaluate` is also the command line `tumorlib evaluate --run RUN --split test --out metrics.csv`.
 # One row per volume: Dice of the three classes and of WT/TC, HD95 of the three regions, and the
 # inference time in seconds (sliding window + sigmoid + decoding, without the metrics). The summary
-# (mean, median, std) is written beside the CSV.
+# (mean, median, std) is written beside the CSV, and the engine and precision used in a JSON beside it.
+# `ENGINE` chooses what runs the windows (`--engine` on the command line): `torch`, or `openvino` (the
+# model converted once and kept beside its checkpoint; bf16 on CPUs that compute it natively), or `auto`
+# (OpenVINO on a CPU where it is installed). The sliding window, TTA and decoding are the same for each.
 
 # %% tags=["nbval-ignore-output"]
-frame = evaluate.evaluate(run.run_dir, cache_dir=cache_dir, split=SPLIT, tta=TTA, device=DEVICE, progress=True)
+frame = evaluate.evaluate(run.run_dir, cache_dir=cache_dir, split=SPLIT, tta=TTA, device=DEVICE, progress=True,
+                          engine=ENGINE)
 print("columns:", ", ".join(frame.columns))
 frame.round(3)
 
@@ -143,7 +148,8 @@ print(f"volume {volume_id}: windows of {run_config.patch_size}")
 
 # %% tags=["nbval-ignore-output"]
 start = time.perf_counter()
-image, gt, prob, pred = predictor.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE)
+image, gt, prob, pred = predictor.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE,
+                                                        engine=ENGINE)
 seconds = time.perf_counter() - start
 print(f"full-volume inference on {DEVICE}: {seconds:.2f} s ({torch.get_num_threads()} CPU threads)")
 
@@ -167,7 +173,7 @@ fig
 # %%
 seg_path = predict.predict(run.run_dir, ws.out_dir / "predictions" / f"volume_{volume_id}_seg.nii.gz",
                             data_dir=data_dir,
-                            volume_id=volume_id, device=DEVICE)
+                            volume_id=volume_id, device=DEVICE, engine=ENGINE)
 seg = nib.load(str(seg_path))
 labels = np.asarray(seg.dataobj)
 print(f"{seg_path.name}: shape {labels.shape} (H, W, D), dtype {labels.dtype}")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv at the repo root and install tumorlib with its dev extras (idempotent).
+# Create .venv at the repo root and install tumorlib with its dev extras (idempotent), then the
+# optional openvino extra (the CPU inference engine) where wheels exist; a failure there is one note.
 #
 # torch: a CPU build where no NVIDIA GPU is visible, the default (CUDA) build where one is.
 # Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.5.1") and TORCH_INDEX_URL (e.g. a CUDA wheel index).
@@ -44,6 +45,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing tumorlib[$EXTRAS] (editable)"
   "${PIP[@]}" -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored: it is neither" || true
   "$VENV/bin/python" -c "import tumorlib, jupytext, nbval" || { echo "[setup] install failed" >&2; exit 1; }
+  # the optional CPU inference engine, where wheels exist for this platform; everything works without it
+  if ! "${PIP[@]}" -e ".[openvino]" >/dev/null 2>&1; then
+    echo "[setup] note: no openvino wheel here; inference runs on torch (--engine torch), which is fine"
+  fi
   echo "$want" > "$stamp"
 fi
 echo "[setup] $VENV ready: torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"

@@ -148,8 +148,11 @@ def test_whole_volume_selection_without_a_validator_is_refused(tmp_path):
 # --------------------------------------------------------------------------- pieces
 
 
-def test_amp_dtype_and_device_on_cpu():
+def test_amp_dtype_and_device_on_cpu(monkeypatch):
+    monkeypatch.setenv("TUMORLIB_CPU_BF16", "0")  # a CPU without native bf16: float32
     assert amp_dtype(torch.device("cpu"), True) is None
+    monkeypatch.setenv("TUMORLIB_CPU_BF16", "1")  # one with it (AMX or AVX512-BF16): bf16
+    assert amp_dtype(torch.device("cpu"), True) is torch.bfloat16
     assert amp_dtype(torch.device("cpu"), False) is None
     if not torch.cuda.is_available():
         assert select_device().type == "cpu"

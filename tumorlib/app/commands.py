@@ -12,6 +12,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from tumorlib.app.commands_cpu import add_cpu_bench_args, add_engine_arg, register_cpu_commands, run_cpu_bench
 from tumorlib.core.config import Config, get_config, parse_field
 
 __all__ = ["add_config_args", "config_from_args", "register_commands"]
@@ -112,6 +113,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from tumorlib.core.config import workspace
     from tumorlib.data import ensure_data
 
+    if args.cpu:
+        result = run_cpu_bench(args)
+        if args.out:
+            print(f"wrote {write_benchmark(result, args.out)}")
+        return 0
     cfg = config_from_args(args)
     data = args.data or ensure_data(cfg, progress=not args.quiet)
     cache = Path(args.cache) if args.cache else workspace(cfg).cache_dir
@@ -163,7 +169,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tumorlib.evaluation.evaluate import evaluate
 
     evaluate(args.run, args.data, args.cache, split=args.split, tta=args.tta, out=args.out, device=args.device,
-             amp=args.amp, progress=not args.quiet)
+             amp=args.amp, progress=not args.quiet, engine=args.engine)
     return 0
 
 
@@ -176,7 +182,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("give --data DIR and --volume ID, or --nifti CASE_DIR")
     path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
                    tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
-                   stored_order=args.kaggle_channel_order)
+                   stored_order=args.kaggle_channel_order, engine=args.engine)
     print(f"wrote {path}")
     return 0
 
@@ -280,6 +286,7 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--no-throughput", dest="throughput", action="store_false",
                    help="with --train, skip the reference/default comparison (tumorlib.benchmarks.gpu; key 'throughput')")
     p.add_argument("--quiet", action="store_true")
+    add_cpu_bench_args(p)
     add_config_args(p)
     p.set_defaults(func=_cmd_bench)
 
@@ -310,7 +317,8 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
     p.add_argument("--out", default=None, help="metrics CSV (default RUN/metrics_<split>.csv); summary beside it")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
+    add_engine_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -325,7 +333,8 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output file, *.nii.gz")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
+    add_engine_arg(p)
     p.add_argument("--kaggle_channel_order", default=None, metavar="ORDER",
                    help="channel order of the --data files (e.g. flair,t1,t1ce,t2); refused when it differs "
                         "from the run's (default: the run's)")
@@ -357,4 +366,5 @@ def register_commands(sub: Any) -> None:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    register_cpu_commands(sub)
     _add_baseline(sub)

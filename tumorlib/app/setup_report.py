@@ -81,15 +81,21 @@ def describe_setup(config: Config, device: Any = None) -> str:
     Returns:
         Lines such as ``data      the Kaggle input mount /kaggle/input/... (read-only)``.
     """
-    from tumorlib.core.device import auto_amp_dtype, precision_name
+    from tumorlib.core.device import precision_name, resolve_device
+    from tumorlib.training.settings import pick_amp_dtype
 
     ws = workspace(config)
     source = find_data_source(ws.data_dir)
     channels = getattr(config, "kaggle_channel_order", _DEFAULT_CHANNELS)
     precision = getattr(config, "precision", "auto")
     if precision in (None, "auto"):
-        precision = precision_name(auto_amp_dtype(device)[0]) if getattr(config, "amp", True) else "fp32"
-        precision += " (auto)"
+        asked = getattr(config, "amp_dtype", "auto")
+        if not getattr(config, "amp", True):
+            precision = "fp32 (amp off)"
+        else:  # the one rule training and inference follow (pick_amp_dtype)
+            dtype, _ = pick_amp_dtype(resolve_device(device), config if asked != "auto" else None)
+            precision = precision_name(dtype)
+            precision += " (auto)" if asked == "auto" else f" (amp_dtype {asked})"
     preset = f"{config.preset}: {SMOKE_NOTE}" if config.preset == "ci" else config.preset
     rows = [
         ("preset", preset),

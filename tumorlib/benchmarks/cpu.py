@@ -98,7 +98,7 @@ def _labels(logits: torch.Tensor, threshold: float) -> np.ndarray:
 
 
 def _infer_rows(preset: str, volume: Sequence[int], patch: Sequence[int] | None, features: Sequence[int] | None,
-                engines: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
+                engines: Sequence[str], log: Callable[[str], None], sw_batch: int | None = None) -> dict[str, Any]:
     from tumorlib.inference.engines import openvino_available
     from tumorlib.inference.sliding_window import window_starts
     from tumorlib.nn.unet import count_parameters, model_from_config
@@ -108,6 +108,8 @@ def _infer_rows(preset: str, volume: Sequence[int], patch: Sequence[int] | None,
         overrides["patch_size"] = tuple(patch)
     if features is not None:
         overrides["features"] = tuple(features)
+    if sw_batch is not None:
+        overrides["sw_batch_size"] = int(sw_batch)
     config = get_config(preset, **overrides)
     torch.manual_seed(config.seed)
     model = model_from_config(config).eval()
@@ -145,7 +147,8 @@ def benchmark_cpu(train_preset: str = "demo", train_patch: Sequence[int] = (32, 
                   volume: Sequence[int] = (155, 240, 240), infer_patch: Sequence[int] | None = None,
                   infer_features: Sequence[int] | None = None,
                   engines: Sequence[str] = ("torch", "openvino"), train: bool = True,
-                  infer: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  infer: bool = True, log: Callable[[str], None] | None = None,
+                  infer_sw_batch: int | None = None) -> dict[str, Any]:
     """The CPU table for this machine: training patches/s and seconds per full-size case.
 
     Args:
@@ -164,6 +167,7 @@ def benchmark_cpu(train_preset: str = "demo", train_patch: Sequence[int] = (32, 
         train: time the training rows.
         infer: time the inference rows.
         log: called with one line per measured cell (e.g. ``print``), so a long run shows its progress.
+        infer_sw_batch: windows per call (None: the preset's ``sw_batch_size``; OpenVINO's static batch).
 
     Returns:
         ``{"cpu", "bf16", "bf16_reason", "threads", "torch", "openvino", "train", "infer"}``; ``train``
@@ -185,7 +189,7 @@ def benchmark_cpu(train_preset: str = "demo", train_patch: Sequence[int] = (32, 
                                       train_warmup, compile, log or (lambda line: None))
     if infer:
         result["infer"] = _infer_rows(infer_preset, volume, infer_patch, infer_features, engines,
-                                      log or (lambda line: None))
+                                      log or (lambda line: None), infer_sw_batch)
     return result
 
 

@@ -59,7 +59,8 @@ class Config:
 
     GPU speed fields, each ``auto`` by default and resolved per device by ``speed.resolve_settings``
     (the resolved values are what ``config.json`` records): ``amp_dtype`` (auto: bf16 where the GPU
-    supports it, else fp16 with a GradScaler; float32 on the CPU), ``compile`` (auto: ``torch.compile``
+    supports it, else fp16 with a GradScaler; on the CPU bf16 where it computes bf16 natively, else float32;
+    the same value means the same for training and inference, on the CPU as on a GPU), ``compile`` (auto: ``torch.compile``
     on CUDA with triton, falling back to eager when the first step fails; ``off`` or a mode name),
     ``cudnn_benchmark``, ``data_placement`` (auto: the cropped cache on the GPU with patches cut there
     when it fits in half the free memory, else the DataLoader) and ``pin_memory`` (auto: on CUDA).
@@ -260,6 +261,7 @@ PRESETS: dict[str, Config] = {
         ram_cache_bytes=2**28,
         num_workers=0,
         sw_batch_size=2,
+        amp_dtype="float32",  # the committed notebook outputs must not depend on the machine's bf16 support
     ),
 }
 

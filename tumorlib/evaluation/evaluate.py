@@ -26,12 +26,15 @@ from tumorlib.core.brats import CLASS_KEYS, REGION_KEYS, decode_to_channels
 from tumorlib.core.config import Config
 from tumorlib.core.device import resolve_device
 from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
-from tumorlib.inference.predictor import load_run, make_predictor, predict_volume
+from tumorlib.inference.engines import Engine
+from tumorlib.inference.predictor import (inference_engine, inference_precision, load_run, make_predictor,
+                                          predict_volume, run_checkpoint)
 
 __all__ = [
     "EVAL_COLUMNS",
     "SPLITS",
     "evaluate",
+    "inference_path",
     "metric_table",
     "patch_predictions",
     "run_split",
@@ -89,6 +92,12 @@ def summary_path(csv_path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}_summary.csv")
 
 
+def inference_path(csv_path: str | os.PathLike) -> Path:
+    """Where ``evaluate`` records how it predicted: ``metrics.csv`` -> ``metrics_inference.json``."""
+    path = Path(csv_path)
+    return path.with_name(f"{path.stem}_inference.json")
+
+
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean, median and std of each metric column.
 
@@ -104,7 +113,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
 def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike,
                   volume_ids: Sequence[int], device: torch.device, tta: bool = False, amp: bool = True,
                   index: dict[str, Any] | None = None, progress: bool = False,
-                  desc: str = "score") -> list[dict[str, float]]:
+                  desc: str = "score", engine: str | Engine = "torch") -> list[dict[str, float]]:
     """Predict whole cached volumes and score the decoded labels: the one scoring path of ``evaluate``
     and of whole-volume model selection during training.
 
@@ -126,6 +135,7 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         index: the cache index (read when None).
         progress: tqdm bar over the volumes.
         desc: the bar's label.
+        engine: ``"torch"``, ``"openvino"``, ``"auto"`` or an ``Engine`` (built once for all volumes).
 
     Returns:
         One dict per volume: ``volume``, the ``METRIC_COLUMNS`` and ``seconds`` (sliding window, sigmoid
@@ -143,12 +153,13 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         source = open_source(index)
     except CacheError:
         source = None  # a cache from a custom reader: 1 mm voxels, scored in the cache frame only
+    engine = inference_engine(model, config, engine, device, amp)
     rows = []
     for vid in tqdm(list(volume_ids), desc=desc, unit="vol", disable=not progress):
         entry = index["volumes"][str(vid)]
         image, mask = load_cached_volume(cache_dir, vid, index=index)
         start = time.perf_counter()
-        prob = predict_volume(model, image, config, device, tta=tta, amp=amp)
+        prob = predict_volume(model, image, config, device, tta=tta, amp=amp, engine=engine)
         resampled = not all(abs(z - 1.0) < 1e-9 for z in entry["zoom"])
         if resampled:
             if source is None:
@@ -192,7 +203,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
              cache_dir: str | os.PathLike | None = None, split: str = "test", tta: bool = False,
              out: str | os.PathLike | None = None, device: str | torch.device | None = None,
              amp: bool = True, progress: bool = True,
-             volume_ids: Sequence[int] | None = None) -> pd.DataFrame:
+             volume_ids: Sequence[int] | None = None, engine: str = "torch") -> pd.DataFrame:
     """Score a trained run on whole volumes of one split.
 
     Each volume of the split is read from the cache (normalised, cropped to the brain), predicted
@@ -212,9 +223,11 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         out: CSV path; None: ``RUN/metrics_<split>.csv``. The summary is written beside it
             (``summary_path``).
         device: None: CUDA when available, else CPU.
-        amp: bf16 autocast on CUDA.
+        amp: autocast at the run's ``amp_dtype`` (``inference_precision``); False: float32.
         progress: tqdm bar over the volumes and a printed summary.
         volume_ids: score these volumes instead of the split's.
+        engine: ``"torch"``, ``"openvino"`` or ``"auto"`` (OpenVINO on the CPU when installed); the engine
+            and precision used go to ``inference_path(out)`` (JSON) beside the CSV.
 
     Returns:
         One row per volume, columns ``EVAL_COLUMNS``; ``seconds`` is the inference time (sliding
@@ -242,14 +255,18 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
             raise ValueError(f"volumes {missing} are not in the cache {cache}")
     if not ids:
         raise ValueError(f"the {split} split of {run_dir} is empty")
+    runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
     rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
-                         progress=progress, desc=f"evaluate {split}")
+                         progress=progress, desc=f"evaluate {split}", engine=runner)
     frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
     out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_path, index=False)
     summary = summarize(frame)
     summary.to_csv(summary_path(out_path), index_label="statistic")
+    record = {"engine": runner.name, "precision": runner.precision, "reason": runner.reason, "asked": engine,
+              "device": str(dev), "tta": bool(tta), "split": split, "volumes": len(frame)}
+    inference_path(out_path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if progress:
         from tumorlib.core.sources import display_path
 
@@ -320,7 +337,7 @@ def patch_predictions(model: torch.nn.Module, config: Config, cache_dir: str | o
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     index = load_cache_index(cache_dir)
-    predictor = make_predictor(model, amp)
+    predictor = make_predictor(model, amp, inference_precision(config, amp, dev))
     images, gts, probs = [], [], []
     for vid in volume_ids:
         image, mask = load_cached_volume(cache_dir, vid, index=index)

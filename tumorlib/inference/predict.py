@@ -11,7 +11,7 @@ import torch
 
 from tumorlib.core.brats import check_order, decode_probabilities
 from tumorlib.core.device import resolve_device
-from tumorlib.inference.predictor import load_run, predict_volume
+from tumorlib.inference.predictor import inference_engine, load_run, predict_volume, run_checkpoint
 from tumorlib.core.folders import check_not_input
 from tumorlib.core.safety import atomic_path
 
@@ -35,7 +35,7 @@ def _input_files(data_dir: str | os.PathLike | None, volume_id: int | None,
 def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             volume_id: int | None = None, nifti_case: str | os.PathLike | None = None, tta: bool = False,
             device: str | torch.device | None = None, amp: bool = True,
-            progress: bool = False, stored_order: Sequence[str] | None = None) -> Path:
+            progress: bool = False, stored_order: Sequence[str] | None = None, engine: str = "torch") -> Path:
     """Segment one raw volume and write BraTS labels as NIfTI.
 
     The input is prepared exactly as the cache prepares it (``prepare_volume``: optional in-plane
@@ -56,10 +56,11 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
             ``data_dir``/``volume_id``.
         tta: average over the 8 flips.
         device: None: CUDA when available, else CPU.
-        amp: bf16 autocast on CUDA.
+        amp: autocast at the run's ``amp_dtype`` (``inference_precision``); False: float32.
         progress: tqdm bar over the windows.
         stored_order: the channel order of the ``data_dir`` files, when the caller knows it (e.g. from
             ``tumorlib inspect-modalities``); None: the run's ``kaggle_channel_order``.
+        engine: ``"torch"``, ``"openvino"`` or ``"auto"`` (OpenVINO on the CPU when installed).
 
     Returns:
         The path written: uint8 labels {0, 1, 2, 4}, array shape (H, W, D) (slice index last, as
@@ -101,7 +102,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         raise ValueError(f"{name}: {image.shape[0]} channels, the run's model expects {config.in_channels}")
     image_c, _, entry = prepare_volume(image, None, cache_hw=config.cache_hw, margin=config.cache_margin,
                                        dtype=np.float16)  # the cache's dtype: the labels evaluate scores
-    prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress)
+    runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
+    prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress, engine=runner)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
     labels = decode_probabilities(full, config.threshold)
     with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole

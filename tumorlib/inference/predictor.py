@@ -18,10 +18,11 @@ import torch
 
 from tumorlib.core.config import Config, load_config
 from tumorlib.core.device import resolve_device
-from tumorlib.nn.precision import amp_dtype, autocast
+from tumorlib.inference.engines import Engine, make_engine
 from tumorlib.inference.sliding_window import sliding_window_inference
 
-__all__ = ["load_run", "make_predictor", "predict_cached_volume", "predict_volume"]
+__all__ = ["inference_engine", "inference_precision", "load_run", "make_predictor", "predict_cached_volume",
+           "predict_volume", "run_checkpoint"]
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = "cpu") -> tuple[torch.nn.Module, Config]:
     """The trained model of a run folder, in eval mode, and the run's config.
@@ -50,26 +51,78 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = "cp
                       config_path=config_path)
 
 
-def make_predictor(model: torch.nn.Module, amp: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Wrap a model for ``sliding_window_inference``: no gradients, autocast on CUDA.
+def run_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint ``load_run`` loads: ``RUN/checkpoints/best_model.pth``."""
+    from tumorlib.nn.checkpoint import BEST_NAME
+
+    return Path(run_dir).expanduser() / "checkpoints" / BEST_NAME
+
+
+def inference_precision(config: Config | None, amp: bool = True, device: str | torch.device | None = None) -> str:
+    """The precision a run predicts at: its ``amp_dtype``, the rule training follows (auto, float32, bfloat16,
+    float16), so ``config.json``'s resolved value is what inference uses too.
+
+    Args:
+        config: the run's config (None: ``auto``).
+        amp: False (``--no-amp``) or ``config.amp`` False: float32.
+        device: where the windows run; ``float16`` (a run trained on an older GPU) means ``auto`` off CUDA.
+
+    Returns:
+        ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"`` (for ``make_engine``).
+    """
+    if not amp or (config is not None and not config.amp):
+        return "float32"
+    asked = "auto" if config is None else config.amp_dtype
+    if asked == "float16" and resolve_device(device).type != "cuda":
+        return "auto"
+    return asked
+
+
+def make_predictor(model: torch.nn.Module, amp: bool = True,
+                   precision: str = "auto") -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap a model for ``sliding_window_inference``: the torch engine on the model's device.
 
     Args:
         model: maps (N, C, d, h, w) to (N, K, d, h, w) logits.
-        amp: run under bf16 autocast (fp16 where bf16 is unsupported) on CUDA; ignored on the CPU.
+        amp: False: float32.
+        precision: ``auto``, ``float32``, ``bfloat16``, ``float16`` (``inference_precision``).
 
     Returns:
         ``predictor(x) -> logits`` as float32.
     """
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast(x.device, amp_dtype(x.device, amp)):
-            return model(x).float()
+    device = next(model.parameters()).device
+    return make_engine(model, "torch", device, precision if amp else "float32")
 
-    return predictor
+
+def inference_engine(model: torch.nn.Module, config: Config, engine: str | Engine = "torch",
+                     device: str | torch.device | None = None, amp: bool = True, precision: str | None = None,
+                     checkpoint: str | os.PathLike | None = None) -> Engine:
+    """The engine a run's windows go through (``tumorlib.inference.engines.make_engine``).
+
+    Args:
+        model: the trained network (on ``device``).
+        config: the run's config (``patch_size``, ``sw_batch_size``, ``amp_dtype``).
+        engine: ``"torch"``, ``"openvino"``, ``"auto"`` (OpenVINO on the CPU when installed), or an ``Engine``
+            (returned as it is).
+        device: where the windows run; None: the model's device.
+        amp: False: float32.
+        precision: None: ``inference_precision(config, amp, device)``.
+        checkpoint: the checkpoint ``model`` came from (OpenVINO caches its conversion beside it).
+
+    Returns:
+        The ``Engine``; ``engine.name`` and ``engine.precision`` say what runs.
+    """
+    if isinstance(engine, Engine):
+        return engine
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    precision = precision if precision is not None else inference_precision(config, amp, dev)
+    return make_engine(model, engine, dev, precision, config.patch_size, config.sw_batch_size,
+                       checkpoint=checkpoint)
 
 
 def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, config: Config,
                    device: str | torch.device | None = None, tta: bool = False, amp: bool = True,
-                   progress: bool = False) -> torch.Tensor:
+                   progress: bool = False, engine: str | Engine = "torch") -> torch.Tensor:
     """Sigmoid probabilities of one whole (normalised) volume by sliding window.
 
     Args:
@@ -78,8 +131,10 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, con
         config: the run's config (``patch_size``, ``sw_overlap``, ``sw_blend``, ``sw_batch_size``).
         device: where the windows run; None: the model's device.
         tta: average over the 8 flips of (D, H, W).
-        amp: autocast on CUDA.
+        amp: autocast at the run's ``amp_dtype`` (``inference_precision``); False: float32.
         progress: tqdm bar over the windows.
+        engine: ``"torch"``, ``"openvino"``, ``"auto"`` or an ``Engine`` built once for many volumes
+            (``inference_engine``); the sliding window and flip TTA stay around it.
 
     Returns:
         (K, D, H, W) float32 probabilities on ``device`` (logits are blended, then the sigmoid).
@@ -95,7 +150,8 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, con
         x = image.to(dev, torch.float32)[None]
     else:  # a read-only memory map from the cache: copy it once, as float32
         x = torch.from_numpy(np.array(image, dtype=np.float32))[None].to(dev)
-    logits = sliding_window_inference(x, make_predictor(model, amp), config.patch_size,
+    predictor = inference_engine(model, config, engine, dev, amp)
+    logits = sliding_window_inference(x, predictor, config.patch_size,
                                       overlap=config.sw_overlap, blend=config.sw_blend,
                                       batch_size=config.sw_batch_size, device=dev, tta=tta,
                                       progress=progress)
@@ -103,8 +159,8 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, con
 
 
 def predict_cached_volume(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_id: int,
-                          device: str | torch.device | None = "cpu",
-                          tta: bool = False) -> tuple[np.ndarray, np.ndarray, torch.Tensor, np.ndarray]:
+                          device: str | torch.device | None = "cpu", tta: bool = False,
+                          engine: str | Engine = "torch") -> tuple[np.ndarray, np.ndarray, torch.Tensor, np.ndarray]:
     """One cached volume, its ground truth and the model's prediction.
 
     Args:
@@ -114,6 +170,7 @@ def predict_cached_volume(model: torch.nn.Module, config: Config, cache_dir: str
         volume_id: the volume.
         device: where the windows run.
         tta: average over the 8 flips.
+        engine: ``"torch"``, ``"openvino"``, ``"auto"`` or an ``Engine`` (see ``predict_volume``).
 
     Returns:
         ``(image, gt, prob, pred)``: image (4, D, H, W) float32, gt (3, D, H, W) uint8, prob (3, D, H, W)
@@ -127,6 +184,6 @@ def predict_cached_volume(model: torch.nn.Module, config: Config, cache_dir: str
     image, gt = load_cached_volume(cache_dir, volume_id)
     image = np.array(image, dtype=np.float32)  # copies out of the read-only memory map
     gt = np.array(gt)
-    prob = predict_volume(model, image, config, device=device, tta=tta)
+    prob = predict_volume(model, image, config, device=device, tta=tta, engine=engine)
     pred = decode_to_channels(prob, config.threshold)
     return image, gt, prob, pred

@@ -95,24 +95,21 @@ class TrainSettings:
 # --------------------------------------------------------------------------- choosing the settings
 
 def pick_amp_dtype(device: str | torch.device, config: Config | None = None) -> tuple[str | None, str]:
-    """The autocast dtype for ``config.amp_dtype`` on ``device``, with the reason.
+    """The autocast dtype for ``config.amp_dtype`` on ``device``, with the reason: the one rule for training
+    and inference, on the CPU as on a GPU.
 
-    ``auto``: ``tumorlib.core.device.auto_amp_dtype`` on CUDA (bf16 on cards with native bf16, else fp16),
-    float32 elsewhere; ``config.amp``
-    False always gives float32.
+    ``auto``: ``tumorlib.core.device.auto_amp_dtype`` (bf16 on GPUs with native bf16, else fp16; on the CPU
+    bf16 where it computes bf16 natively, else float32); ``float32``, ``bfloat16`` and ``float16`` are taken
+    as asked; ``config.amp`` False always gives float32.
 
     Args:
-        device: the training device.
+        device: the device the network runs on.
         config: a ``Config``; None: ``amp`` on, ``amp_dtype`` auto.
 
     Returns:
         ``("bfloat16" | "float16" | None, reason)``.
-
-    Raises:
-        ValueError: bf16 or fp16 asked for on a device without CUDA autocast support for it.
     """
     device = torch.device(device)
-    cuda = device.type == "cuda" and torch.cuda.is_available()
     asked = "auto" if config is None else config.amp_dtype
     if config is not None and not config.amp:
         return None, "config.amp is off"
@@ -120,9 +117,7 @@ def pick_amp_dtype(device: str | torch.device, config: Config | None = None) -> 
         return None, "amp_dtype float32 asked for"
     if asked in AMP_DTYPES:
         return asked, f"amp_dtype {asked} asked for"
-    if cuda:
-        return auto_amp_dtype(device)
-    return None, f"float32 on {device.type} (autocast pays off on CUDA only)"
+    return auto_amp_dtype(device)
 
 
 def compile_available(device: str | torch.device) -> tuple[bool, str]:
