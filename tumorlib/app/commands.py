@@ -42,8 +42,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tumorlib.core.folders import check_free_space, replace_folder
+    from tumorlib.core.outputs import check_output_folder
     from tumorlib.data import make_synthetic
 
+    check_output_folder(args.out, "dataset")  # never a file, a run or a cache, even with --overwrite
     d, h, w = args.shape
     per_slice = -(-(h * w * 35 + 2112) // 4096) * 4096  # float64 x4 + uint8 x3 + HDF5 header, in 4 KiB blocks
     check_free_space(Path(args.out).absolute().parent, max(args.volumes, 0) * d * per_slice + 65536,
@@ -88,6 +90,9 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     workers = args.workers if args.workers is not None else cfg.cache_workers
     out = Path(args.out) if args.out else workspace(cfg).cache_dir
+    from tumorlib.core.outputs import check_output_folder
+
+    check_output_folder(out, "cache")  # never into the data, a slice folder or a run
     if args.nifti:
         from tumorlib.data.cache.nifti import build_nifti_cache
 
@@ -189,6 +194,12 @@ def _cmd_inspect_modalities(args: argparse.Namespace) -> int:
     from tumorlib.data.modalities import format_modality_report, inspect_modalities
 
     config = config_from_args(args)
+    if args.json is not None:  # before any work: never replace another command's file; a full disk now
+        from tumorlib.core.outputs import check_output_file, reserve_space
+
+        check_output_file(args.json, option="--json")
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        reserve_space(args.json)
     data = args.data if args.data is not None else ensure_data(config, progress=not args.quiet)
     report = inspect_modalities(data, volumes=args.volumes, configured=config.kaggle_channel_order,
                                 progress=not args.quiet)

@@ -227,6 +227,14 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     from tumorlib.data.cache import check_cache_order, load_cache_index
     from tumorlib.data.resolve import resolve_cache
 
+    from tumorlib.core.outputs import check_output_file, reserve_space
+    from tumorlib.core.safety import atomic_path
+
+    out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
+    for path in (out_path, summary_path(out_path)):  # before any work: never replace another command's file
+        check_output_file(path)
+    if out_path.parent.is_dir():
+        reserve_space(out_path)  # a full disk is found now, not after the volumes are scored
     dev = resolve_device(device)
     model, config = load_run(run_dir, dev)
     cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
@@ -245,11 +253,13 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
                          progress=progress, desc=f"evaluate {split}")
     frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
-    out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_path, index=False)
     summary = summarize(frame)
-    summary.to_csv(summary_path(out_path), index_label="statistic")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # both files written beside their targets first, then each renamed in place: a full disk or a kill
+    # leaves the earlier metrics and summary as they were
+    with atomic_path(out_path) as tmp_csv, atomic_path(summary_path(out_path)) as tmp_summary:
+        frame.to_csv(tmp_csv, index=False)
+        summary.to_csv(tmp_summary, index_label="statistic")
     if progress:
         from tumorlib.core.sources import display_path
 
