@@ -28,6 +28,21 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                            help=f"default: preset value ({field.type})")
 
 
+def _int_at_least(minimum: int) -> Any:
+    """An argparse ``type``: an integer >= ``minimum`` (argparse names the option in its one-line error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is below {minimum}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The preset's config with the ``--<field>`` overrides given on the command line."""
     overrides = {}
@@ -228,7 +243,7 @@ def _add_synth(sub: Any) -> None:
     p.add_argument("--volumes", type=int, default=10, help="number of volumes (ids 1..N)")
     p.add_argument("--shape", type=int, nargs=3, default=(155, 240, 240), metavar=("D", "H", "W"),
                    help="slices, rows, columns")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed, >= 0")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --out whole (the old folder stays until the new one is complete)")
     p.add_argument("--quiet", action="store_true")
@@ -300,12 +315,13 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
     p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
     p.add_argument("--out", default=None, help="run folder RUN (default: the workspace's run_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pth")
-    p.add_argument("--overwrite", action="store_true",
+    either = p.add_mutually_exclusive_group()  # continue a run, or replace it: never both
+    either.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pth")
+    either.add_argument("--overwrite", action="store_true",
                    help="start a new run over a finished one (its files wait in RUN/previous-<time>/ until the "
                         "new run has its first best_model.pth)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
+    p.add_argument("--stop-after-epoch", type=_int_at_least(1), default=None, metavar="N",
                    help="stop after epoch N as if interrupted (resume later with --resume)")
     p.add_argument("--quiet", action="store_true")
     add_config_args(p)

@@ -70,8 +70,12 @@ def split_volumes(
 def split_ids(config: Config, volume_ids: Sequence[int]) -> dict[str, list[int]]:
     """The config's train / val / test split of ``volume_ids`` (``val_fraction``, ``test_fraction``,
     ``split_seed``): ``{"train": [...], "val": [...], "test": [...]}``."""
-    train, val, test = split_volumes(sorted(int(v) for v in volume_ids), config.val_fraction,
-                                     config.test_fraction, config.split_seed)
+    try:
+        train, val, test = split_volumes(sorted(int(v) for v in volume_ids), config.val_fraction,
+                                         config.test_fraction, config.split_seed)
+    except ValueError as err:  # name the config fields, not the function's arguments
+        raise ValueError(f"val_fraction {config.val_fraction}, test_fraction {config.test_fraction}: "
+                         f"{str(err).removeprefix('split_volumes: ')}") from None
     return {"train": train, "val": val, "test": test}
 
 
