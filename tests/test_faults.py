@@ -1171,12 +1171,7 @@ NIFTI_BAD = {
 }
 
 
-NIFTI_XFAIL = {
-    "t1ce_lps_affine": _xf("silently wrong", "cache --nifti accepts a modality whose affine is LPS while the others "
-                                             "are RAS (the modalities no longer overlay)"),
-    "t2_shifted_origin": _xf("silently wrong", "cache --nifti accepts a modality whose affine is shifted 50 mm "
-                                               "from the others (same shape and voxel size)"),
-}
+NIFTI_XFAIL: dict = {}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=NIFTI_XFAIL.get(c, ())) for c in sorted(NIFTI_BAD)])
@@ -1192,8 +1187,6 @@ def test_h3_bad_nifti_case_is_named_by_cache(h3, tmp_path, case):
     assert tree_hash(root) == digest
 
 
-@_xf("silently wrong", "load_nifti_case/cache --nifti take the voxel array as stored: a modality stored flipped "
-                       "with an LPS affine (same anatomy) is neither reoriented nor refused")
 def test_h3_nifti_ras_and_lps_of_the_same_anatomy_agree_or_are_refused(h3, tmp_path):
     """One modality stored flipped in x and y with an LPS affine is the same anatomy: reoriented, or refused."""
     from tumorlib.io.nifti import load_nifti_case
@@ -1248,14 +1241,37 @@ def test_h3_nifti_case_folder_problems_in_predict(h3, tmp_path, case):
         assert not out.exists()
 
 
-@_xf("silently wrong", "a NIfTI case whose t1 and flair files are swapped is predicted without a word; the "
-                       "contrast checks of inspect-modalities are not applied to NIfTI input")
+def _h3_big_case(tmp_path, order):
+    """A NIfTI case from one 32x64x64 synthetic volume (about 30,000 brain voxels), files named by ``order``."""
+    data = _h3_synth(tmp_path / "big", volumes=1, shape=("32", "64", "64"))
+    return _h3_nifti_from_kaggle(data, tmp_path / "-".join(order) / "case", order=order, seg=False)
+
+
 def test_h3_nifti_swapped_modalities_are_noticed(h3, tmp_path):
+    """t1 and flair files swapped: predict warns (tumorlib.data.modalities.check_case_order, no labels needed).
+
+    The contrasts settle it only for a case of realistic size: the check is documented to judge cases of at
+    least MIN_CASE_VOXELS brain voxels (at 8x24x24 its verdicts were mostly wrong), so this case is 32x64x64.
+    """
     swapped = ("flair", "t1ce", "t2", "t1")
-    folder = _h3_nifti_from_kaggle(h3["data"], tmp_path / "case", order=swapped, seg=False)
+    folder = _h3_big_case(tmp_path, swapped)
     code, err = _h3("predict", "--run", h3["run"], "--nifti", folder, "--out", tmp_path / "seg.nii.gz", "--quiet")
     assert "Traceback" not in err
     assert code != 0 or any(w in err.lower() for w in ("modalit", "swap", "order", "contrast")), err
+
+
+def test_h3_nifti_modality_check_gives_no_false_alarm(h3, tmp_path):
+    """The same case with the right names: no warning; a case too small to judge: no claim either way."""
+    folder = _h3_big_case(tmp_path, MODS)
+    code, err = _h3("predict", "--run", h3["run"], "--nifti", folder, "--out", tmp_path / "seg.nii.gz", "--quiet")
+    assert code == 0 and "warning" not in err, err
+    from tumorlib.data.modalities import MIN_CASE_VOXELS, check_case_order
+    from tumorlib.io.nifti import load_nifti_case
+
+    small = _h3_nifti_from_kaggle(h3["data"], tmp_path / "small" / "case", order=("flair", "t1ce", "t2", "t1"),
+                                  seg=False)
+    image = load_nifti_case(small)[0]
+    assert image.any(axis=0).sum() < MIN_CASE_VOXELS and check_case_order(image) is None
 
 
 # ------------------------------------------------------------------ round 3: nonsense on the command line

@@ -194,9 +194,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("give --nifti CASE_DIR or --data DIR --volume ID, not both")
     if args.nifti is None and (args.data is None or args.volume is None):
         raise ValueError("give --data DIR and --volume ID, or --nifti CASE_DIR")
-    path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
-                   tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
-                   stored_order=args.kaggle_channel_order)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:  # each warning as one line, even under --quiet
+        warnings.simplefilter("always")
+        path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
+                       tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
+                       stored_order=args.kaggle_channel_order)
+    for w in seen:
+        if issubclass(w.category, UserWarning):
+            print(f"tumorlib predict: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # as before: the filters decide
     print(f"wrote {path}")
     return 0
 
