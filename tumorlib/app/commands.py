@@ -29,6 +29,21 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                            help=f"default: preset value ({field.type})")
 
 
+def _int_at_least(minimum: int) -> Any:
+    """An argparse ``type``: an integer >= ``minimum`` (argparse names the option in its one-line error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is below {minimum}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The preset's config with the ``--<field>`` overrides given on the command line."""
     overrides = {}
@@ -43,8 +58,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tumorlib.core.folders import check_free_space, replace_folder
+    from tumorlib.core.outputs import check_output_folder
     from tumorlib.data import make_synthetic
 
+    check_output_folder(args.out, "dataset")  # never a file, a run or a cache, even with --overwrite
     d, h, w = args.shape
     per_slice = -(-(h * w * 35 + 2112) // 4096) * 4096  # float64 x4 + uint8 x3 + HDF5 header, in 4 KiB blocks
     check_free_space(Path(args.out).absolute().parent, max(args.volumes, 0) * d * per_slice + 65536,
@@ -89,6 +106,9 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     workers = args.workers if args.workers is not None else cfg.cache_workers
     out = Path(args.out) if args.out else workspace(cfg).cache_dir
+    from tumorlib.core.outputs import check_output_folder
+
+    check_output_folder(out, "cache")  # never into the data, a slice folder or a run
     if args.nifti:
         from tumorlib.data.cache.nifti import build_nifti_cache
 
@@ -180,9 +200,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("give --nifti CASE_DIR or --data DIR --volume ID, not both")
     if args.nifti is None and (args.data is None or args.volume is None):
         raise ValueError("give --data DIR and --volume ID, or --nifti CASE_DIR")
-    path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
-                   tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
-                   stored_order=args.kaggle_channel_order, engine=args.engine)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:  # each warning as one line, even under --quiet
+        warnings.simplefilter("always")
+        path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
+                       tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
+                       stored_order=args.kaggle_channel_order, engine=args.engine)
+    for w in seen:
+        if issubclass(w.category, UserWarning):
+            print(f"tumorlib predict: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # as before: the filters decide
     print(f"wrote {path}")
     return 0
 
@@ -195,6 +224,12 @@ def _cmd_inspect_modalities(args: argparse.Namespace) -> int:
     from tumorlib.data.modalities import format_modality_report, inspect_modalities
 
     config = config_from_args(args)
+    if args.json is not None:  # before any work: never replace another command's file; a full disk now
+        from tumorlib.core.outputs import check_output_file, reserve_space
+
+        check_output_file(args.json, option="--json")
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        reserve_space(args.json)
     data = args.data if args.data is not None else ensure_data(config, progress=not args.quiet)
     report = inspect_modalities(data, volumes=args.volumes, configured=config.kaggle_channel_order,
                                 progress=not args.quiet)
@@ -223,7 +258,7 @@ def _add_synth(sub: Any) -> None:
     p.add_argument("--volumes", type=int, default=10, help="number of volumes (ids 1..N)")
     p.add_argument("--shape", type=int, nargs=3, default=(155, 240, 240), metavar=("D", "H", "W"),
                    help="slices, rows, columns")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed, >= 0")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --out whole (the old folder stays until the new one is complete)")
     p.add_argument("--quiet", action="store_true")
@@ -296,12 +331,13 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
     p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
     p.add_argument("--out", default=None, help="run folder RUN (default: the workspace's run_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pth")
-    p.add_argument("--overwrite", action="store_true",
+    either = p.add_mutually_exclusive_group()  # continue a run, or replace it: never both
+    either.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pth")
+    either.add_argument("--overwrite", action="store_true",
                    help="start a new run over a finished one (its files wait in RUN/previous-<time>/ until the "
                         "new run has its first best_model.pth)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
+    p.add_argument("--stop-after-epoch", type=_int_at_least(1), default=None, metavar="N",
                    help="stop after epoch N as if interrupted (resume later with --resume)")
     p.add_argument("--quiet", action="store_true")
     add_config_args(p)

@@ -49,6 +49,9 @@ def train(config: Config, data_dir: str | os.PathLike | None = None, cache_dir: 
     Raises:
         ValueError, FileExistsError, FolderBusyError, FloatingPointError: see ``tumorlib.training.loop.train``.
     """
+    from tumorlib.core.outputs import check_output_folder
+
+    check_output_folder(out_dir if out_dir is not None else workspace(config).run_dir, "run")
     return loop.train(config, data_dir, cache_dir, out_dir, resume=resume, progress=progress,
                       validator=VolumeValidator, **kwargs)
 

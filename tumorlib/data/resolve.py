@@ -79,6 +79,29 @@ def _workspace_cache(config: Config, ws: Workspace, progress: bool) -> Path:
                             margin=config.cache_margin, progress=progress, stored_order=config.kaggle_channel_order))
 
 
+def _check_cache_matches(config: Config, cache_dir: str | os.PathLike) -> None:
+    """Refuse to train ``config`` on a cache of other geometry or channels (the run's config would lie).
+
+    Raises:
+        ValueError: the cache's ``cache_hw`` or margin differs from ``config.cache_hw`` /
+            ``config.cache_margin``, or its channel count from ``config.in_channels`` (names the field and
+            the cache).
+    """
+    from tumorlib.data.cache import load_cache_index
+
+    index = load_cache_index(cache_dir)
+    for field, key in (("cache_hw", "cache_hw"), ("cache_margin", "margin")):
+        have, want = index.get(key), getattr(config, field)
+        if key in index and have != want:
+            raise ValueError(f"the cache {cache_dir} was built with {field} {have!r}, this run has {field} "
+                             f"{want!r}: train with --{field} {have if have is not None else 'none'}, or build a "
+                             f"cache with --{field} {want if want is not None else 'none'}")
+    channels = len(index.get("channel_order") or ()) or None
+    if channels is not None and channels != config.in_channels:
+        raise ValueError(f"--in_channels {config.in_channels}: the cache {cache_dir} holds {channels} image "
+                         f"channels; use --in_channels {channels}")
+
+
 def make_datasets(config: Config, cache_dir: str | os.PathLike) -> tuple[Dataset, Dataset, dict[str, list[int]]]:
     """Training and validation patch datasets over the config's split of the cached volumes.
 
@@ -99,6 +122,7 @@ def make_datasets(config: Config, cache_dir: str | os.PathLike) -> tuple[Dataset
     from tumorlib.data.dataset import BraTS3DDataset
     from tumorlib.data.splits import run_splits
 
+    _check_cache_matches(config, cache_dir)
     splits = run_splits(config, cache_dir)
     train_ids, val_ids = splits["train"], splits["val"]
     if not val_ids:

@@ -1,12 +1,15 @@
 """Deterministic train/validation/test splits of volume ids (one volume per patient in BraTS2020).
 
 ``split_volumes`` is the rule; ``split_ids`` applies a config's fractions and seed to a list of ids and
-``run_splits`` to the volumes of a cache (what training, evaluation and the benchmarks split by).
+``run_splits`` to the volumes of a cache (what training, evaluation and the benchmarks split by);
+``load_splits`` reads a run's ``splits.json`` and checks it like any input.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -15,7 +18,10 @@ import numpy as np
 if TYPE_CHECKING:
     from tumorlib.core.config import Config
 
-__all__ = ["run_splits", "split_ids", "split_volumes"]
+__all__ = ["SPLIT_NAMES", "load_splits", "run_splits", "split_ids", "split_volumes"]
+
+#: The keys of ``splits.json``.
+SPLIT_NAMES = ("train", "val", "test")
 
 
 def split_volumes(
@@ -64,8 +70,12 @@ def split_volumes(
 def split_ids(config: Config, volume_ids: Sequence[int]) -> dict[str, list[int]]:
     """The config's train / val / test split of ``volume_ids`` (``val_fraction``, ``test_fraction``,
     ``split_seed``): ``{"train": [...], "val": [...], "test": [...]}``."""
-    train, val, test = split_volumes(sorted(int(v) for v in volume_ids), config.val_fraction,
-                                     config.test_fraction, config.split_seed)
+    try:
+        train, val, test = split_volumes(sorted(int(v) for v in volume_ids), config.val_fraction,
+                                         config.test_fraction, config.split_seed)
+    except ValueError as err:  # name the config fields, not the function's arguments
+        raise ValueError(f"val_fraction {config.val_fraction}, test_fraction {config.test_fraction}: "
+                         f"{str(err).removeprefix('split_volumes: ')}") from None
     return {"train": train, "val": val, "test": test}
 
 
@@ -82,3 +92,52 @@ def run_splits(config: Config, cache_dir: str | os.PathLike) -> dict[str, list[i
     from tumorlib.data.cache import cached_volume_ids
 
     return split_ids(config, cached_volume_ids(cache_dir))
+
+
+def load_splits(path: str | os.PathLike, volume_ids: Iterable[int] | None = None) -> dict[str, list[int]]:
+    """Read a run's ``splits.json``, checked like any input (it may have been edited by hand).
+
+    Args:
+        path: the ``splits.json`` file.
+        volume_ids: the volumes that exist (a cache's); None: not checked.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``, sorted ids.
+
+    Raises:
+        ValueError: not JSON, not an object with ``train``, ``val`` and ``test`` lists of integer ids,
+            an id in two splits, or ids missing from ``volume_ids`` (each names the file).
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON file ({err}); restore it, or start a new run") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected an object with {', '.join(SPLIT_NAMES)} lists of volume ids, "
+                         f"got a JSON {type(raw).__name__}")
+    missing = [k for k in SPLIT_NAMES if k not in raw]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(repr(k) for k in missing)} split; it must hold "
+                         f"{', '.join(SPLIT_NAMES)} lists of volume ids")
+    splits: dict[str, list[int]] = {}
+    for name in SPLIT_NAMES:
+        ids = raw[name]
+        if not isinstance(ids, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in ids):
+            raise ValueError(f"{path}: the {name} split must be a list of integer volume ids, got {ids!r}"[:300])
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{path}: the {name} split lists a volume twice")
+        splits[name] = sorted(ids)
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = sorted(set(splits[a]) & set(splits[b]))
+        if both:
+            raise ValueError(f"{path}: volumes {both} are in both the {a} and the {b} split; the splits must "
+                             "be disjoint")
+    if volume_ids is not None:
+        known = {int(v) for v in volume_ids}
+        for name in SPLIT_NAMES:
+            absent = sorted(set(splits[name]) - known)
+            if absent:
+                raise ValueError(f"{path}: {name} volumes {absent} are not in the cache; was the run trained "
+                                 "on other data?")
+    return splits

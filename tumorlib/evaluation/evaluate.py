@@ -11,7 +11,6 @@ training (``volume_dice``) in ``tumorlib.evaluation.validation``.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -68,7 +67,7 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
     Raises:
         ValueError: an unknown split name, or split volumes missing from the cache.
     """
-    from tumorlib.data.splits import split_ids
+    from tumorlib.data.splits import load_splits, split_ids
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -77,7 +76,7 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
         return ids
     path = Path(run_dir) / "splits.json"
     if path.is_file():
-        chosen = sorted(int(v) for v in json.loads(path.read_text())[split])
+        chosen = load_splits(path)[split]
         missing = sorted(set(chosen) - set(ids))
         if missing:
             raise ValueError(f"{path}: {split} volumes {missing} are not in the cache; was the run trained "
@@ -240,6 +239,14 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     from tumorlib.data.cache import check_cache_order, load_cache_index
     from tumorlib.data.resolve import resolve_cache
 
+    from tumorlib.core.outputs import check_output_file, reserve_space
+    from tumorlib.core.safety import atomic_path, atomic_write
+
+    out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
+    for path in (out_path, summary_path(out_path)):  # before any work: never replace another command's file
+        check_output_file(path)
+    if out_path.parent.is_dir():
+        reserve_space(out_path)  # a full disk is found now, not after the volumes are scored
     dev = resolve_device(device)
     model, config = load_run(run_dir, dev)
     cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
@@ -259,14 +266,16 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
                          progress=progress, desc=f"evaluate {split}", engine=runner)
     frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
-    out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_path, index=False)
     summary = summarize(frame)
-    summary.to_csv(summary_path(out_path), index_label="statistic")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # both files written beside their targets first, then each renamed in place: a full disk or a kill
+    # leaves the earlier metrics and summary as they were
+    with atomic_path(out_path) as tmp_csv, atomic_path(summary_path(out_path)) as tmp_summary:
+        frame.to_csv(tmp_csv, index=False)
+        summary.to_csv(tmp_summary, index_label="statistic")
     record = {"engine": runner.name, "precision": runner.precision, "reason": runner.reason, "asked": engine,
               "device": str(dev), "tta": bool(tta), "split": split, "volumes": len(frame)}
-    inference_path(out_path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write(inference_path(out_path), json.dumps(record, indent=2) + "\n")
     if progress:
         from tumorlib.core.sources import display_path
 

@@ -32,6 +32,21 @@ def _input_files(data_dir: str | os.PathLike | None, volume_id: int | None,
     return list(find_slices(data_dir).get(int(volume_id), {}).values())
 
 
+def _warn_if_swapped(case: str | os.PathLike, image: np.ndarray) -> None:
+    """Warn when a NIfTI case's contrasts contradict its file names (``check_case_order``)."""
+    import warnings
+
+    from tumorlib.core.brats import CANONICAL_ORDER
+    from tumorlib.data.modalities import check_case_order
+
+    looks = check_case_order(image)
+    if looks is not None:
+        seen = ", ".join(f"the {name} file looks like {(got or 't1/t1ce').upper()}"
+                         for name, got in zip(CANONICAL_ORDER, looks) if got != name and (got or name[:2] != "t1"))
+        warnings.warn(f"{case}: the modality files look swapped by their contrasts ({seen}); check the file "
+                      "names, the prediction assumes them", stacklevel=3)
+
+
 def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             volume_id: int | None = None, nifti_case: str | os.PathLike | None = None, tta: bool = False,
             device: str | torch.device | None = None, amp: bool = True,
@@ -94,6 +109,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     if nifti_case is not None:
         image, _mask, _affine = load_nifti_case(nifti_case)  # stacked in the canonical order
         name = str(nifti_case)
+        _warn_if_swapped(nifti_case, image)
     else:
         image, _mask = load_volume(data_dir, int(volume_id), stored_order=config.kaggle_channel_order)
         name = f"volume {volume_id} of {data_dir}"

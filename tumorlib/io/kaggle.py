@@ -191,6 +191,8 @@ def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
         for key in ("image", "mask"):
             if key not in f:
                 raise KeyError(f"{path}: no '{key}' dataset (has: {', '.join(f.keys()) or 'nothing'})")
+            if not isinstance(f[key], h5py.Dataset):
+                raise ValueError(f"{path}: '{key}' is an HDF5 {type(f[key]).__name__.lower()}, not a dataset")
         image, mask = f["image"][()], f["mask"][()]
     image, mask = _check_slice_values(path, image, mask)
     if image.ndim != 3 or image.shape[2] != 4:

@@ -104,6 +104,34 @@ def _check_same_grid(path: Path, img: object, first: tuple[Path, object]) -> Non
                          f"modalities to one grid first")
 
 
+def _same_space(affine: np.ndarray, ref: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Whether two affines put every corner of a grid of ``shape`` within a tenth of a voxel of each other."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)]).T
+    gap = np.abs((np.asarray(affine) @ corners)[:3] - (np.asarray(ref) @ corners)[:3]).max()
+    return bool(gap <= 0.1 * float(np.linalg.norm(np.asarray(ref)[:3, :3], axis=0).min()))
+
+
+def _onto_grid(path: Path, data: np.ndarray, affine: np.ndarray, ref: tuple[Path, np.ndarray, tuple[int, ...]],
+               ) -> np.ndarray:
+    """``data`` (stored with ``affine``) on the reference file's voxel grid: as it is when the affines agree,
+    flipped/transposed when only the storage orientation differs (e.g. LPS against RAS), else refused.
+
+    Raises:
+        ValueError: the file does not cover the same voxels in space as the reference (names both files).
+    """
+    ref_path, ref_affine, ref_shape = ref
+    if data.shape == ref_shape and _same_space(affine, ref_affine, ref_shape):
+        return data
+    transform = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.io_orientation(ref_affine))
+    turned = nib.orientations.apply_orientation(data, transform)
+    turned_affine = affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
+    if turned.shape == ref_shape and _same_space(turned_affine, ref_affine, ref_shape):
+        return np.ascontiguousarray(turned)
+    raise ValueError(f"{path}: its affine places the voxels elsewhere than {ref_path} does (the modalities are "
+                     "not co-registered); register them onto one grid first")
+
+
 def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Read one BraTS NIfTI case into tumorlib's layout.
 
@@ -115,11 +143,16 @@ def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
         image: (4, D, H, W) float32, channels T1, T1ce, T2, FLAIR, from NIfTI arrays (H, W, D).
         mask: (3, D, H, W) uint8 channels necrosis/NET (label 1), edema (2), enhancing (4), or None
             when the case has no segmentation.
-        affine: (4, 4) float64 affine of the FLAIR file, for the (H, W, D) NIfTI array axes.
+        affine: (4, 4) float64 affine of the T1 file, the grid every array is on (H, W, D axes).
+
+    Every file is put on the T1 file's voxel grid: as stored when its affine agrees (within a tenth of a
+    voxel at the grid's corners), flipped/transposed when it covers the same voxels in another storage
+    orientation (e.g. LPS against RAS), else refused (not co-registered).
 
     Raises:
         FileNotFoundError: no such folder, or a modality missing (names the folder and the pattern).
-        ValueError: files of different shapes or voxel sizes (names both), a file that is not 3-D,
+        ValueError: files of different shapes or voxel sizes (names both), an affine placing the voxels
+            elsewhere than the T1 file's (not co-registered; names both), a file that is not 3-D,
             NaN/inf intensities, an all-zero modality, or segmentation labels other than 0/1/2/4
             (each names the file).
         OSError: an unreadable, truncated or corrupt file (names it).
@@ -140,27 +173,27 @@ def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     for c, path in enumerate(paths):
         img, aff, shape = _read(path)
         if first is None:
-            first, first_img = (path, shape), img
+            first, first_img, affine = (path, shape), img, aff
             image = np.empty((4, shape[2], shape[0], shape[1]), np.float32)
-        elif shape != first[1]:
+        elif sorted(shape) != sorted(first[1]):
             raise ValueError(f"{path}: shape {shape} differs from {first[0]} {first[1]}")
-        else:
+        elif shape == first[1]:
             _check_same_grid(path, img, (first[0], first_img))
         data = _voxels(path, img, lambda im: im.get_fdata(dtype=np.float32)).reshape(shape)
+        data = _onto_grid(path, data, aff, (first[0], affine, first[1]))
         if not np.isfinite(data).all():
             raise ValueError(f"{path}: image holds NaN or inf values")
         if not data.any():
             raise ValueError(f"{path}: every voxel is 0 (an empty or blank modality): nothing to segment")
         image[c] = _to_tumorlib(data)
-        if CANONICAL_ORDER[c] == "flair":
-            affine = aff
     mask = None
     seg_path = find_nifti_file(case, "seg")
     if seg_path is not None:
-        img, _aff, shape = _read(seg_path)
-        if shape != first[1]:
+        img, seg_aff, shape = _read(seg_path)
+        if sorted(shape) != sorted(first[1]):
             raise ValueError(f"{seg_path}: shape {shape} differs from {first[0]} {first[1]}")
-        raw = _voxels(seg_path, img, lambda im: im.dataobj).reshape(shape)
+        raw = _voxels(seg_path, img, lambda im: np.asarray(im.dataobj)).reshape(shape)
+        raw = _onto_grid(seg_path, raw, seg_aff, (first[0], affine, first[1]))
         labels = np.rint(raw).astype(np.int64) if np.issubdtype(raw.dtype, np.floating) else raw
         if np.issubdtype(raw.dtype, np.floating) and not np.array_equal(labels, raw):
             raise ValueError(f"{seg_path}: segmentation holds non-integer values")
@@ -189,7 +222,8 @@ def nifti_spacing(affine: np.ndarray) -> tuple[float, float, float]:
 
 
 def nifti_header(case_dir: str | os.PathLike) -> nib.Nifti1Header:
-    """The header of a case's FLAIR file (the file whose affine ``load_nifti_case`` returns).
+    """The header of a case's FLAIR file (the T1 file's where the FLAIR is stored in another orientation:
+    the grid ``load_nifti_case`` returns its arrays on).
 
     Raises:
         FileNotFoundError: no FLAIR file in the case folder.
@@ -198,7 +232,12 @@ def nifti_header(case_dir: str | os.PathLike) -> nib.Nifti1Header:
     path = find_nifti_file(case_dir, "flair")
     if path is None:
         raise FileNotFoundError(f"{case_dir}: no flair file (*_flair.nii.gz) in the case folder")
-    img, _affine, _shape = _read(path)
+    img, affine, shape = _read(path)
+    t1 = find_nifti_file(case_dir, "t1")
+    if t1 is not None:  # a FLAIR stored in another orientation was turned onto the T1 grid: use T1's header
+        t1_img, t1_affine, t1_shape = _read(t1)
+        if t1_shape != shape or not _same_space(affine, t1_affine, shape):
+            return t1_img.header.copy()
     return img.header.copy()
 
 

@@ -111,7 +111,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a tumorlib checkpoint (names the file).
+        ValueError: the file is not a tumorlib checkpoint, or its weights hold NaN or inf (names the file).
     """
     path = Path(path)
     if path.is_dir():
@@ -124,6 +124,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path}: cannot be read as a tumorlib checkpoint ({err})") from err
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: not a tumorlib checkpoint (needs the keys 'model' and 'config')")
+    weights = ckpt["model"] if isinstance(ckpt["model"], dict) else {}
+    for key, value in weights.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{path}: the weights hold NaN or inf values ({key}); the checkpoint is damaged: "
+                             "restore it, or train again")
     return ckpt
 
 

@@ -72,7 +72,9 @@ def prepare_run_folder(run: Path, config: Config, splits: dict[str, list[int]] |
     saved_path = run / "splits.json"
     if resumed:
         if splits is not None and saved_path.is_file():
-            saved = json.loads(saved_path.read_text())
+            from tumorlib.data.splits import load_splits
+
+            saved = load_splits(saved_path)
             diff = [f"{k}: {sorted(set(saved.get(k, [])) ^ set(v))}" for k, v in splits.items()
                     if sorted(saved.get(k, [])) != sorted(v)]
             if diff:

@@ -157,7 +157,8 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
         ``margin``, ``volume_ids``, ...) and ``volumes``, a dict from ``str(volume_id)`` to its entry.
 
     Raises:
-        CacheError: no index (an unfinished build), not a tumorlib cache, or another format version.
+        CacheError: no index (an unfinished build), not a tumorlib cache, another format version, or a
+            volume entry whose shape is not three positive integers.
     """
     cache = Path(cache_dir)
     path = cache / INDEX_NAME
@@ -173,6 +174,13 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
     if index.get("version") != CACHE_VERSION:
         raise CacheError(f"{path} has cache format version {index.get('version')}, this tumorlib reads "
                          f"version {CACHE_VERSION}; delete the folder and build the cache again")
+    volumes = index.get("volumes")
+    for key, entry in (volumes.items() if isinstance(volumes, dict) else ()):
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(
+                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+            raise CacheError(f"{path}: volume {key} has shape {shape!r}, not three positive integers; delete "
+                             "the cache and build it again")
     return index
 
 
