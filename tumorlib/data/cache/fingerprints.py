@@ -141,6 +141,7 @@ class KaggleScan:
     def stat(self, name: str) -> tuple[int, int] | None:
         """``(size, mtime_ns)`` of a slice file by its name relative to the folder; None when the scan did
         not see it (or could not stat it): the caller then stats the file itself."""
-        self._slices()
+        if self._found is None:
+            self._slices()
         got = self._stats.get(name)
         return None if got is None or got[0] is None else got  # type: ignore[return-value]

@@ -111,11 +111,11 @@ def _sources_problem(cache: Path, records: dict[str, Any], source: str | os.Path
                      source_stat: SourceStat | None) -> tuple[str, str, str] | None:
     """``volume_problem``'s check of the source files (names confined to ``source``)."""
     for name, record in records.items():
-        if not isinstance(name, str) or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        if not isinstance(name, str) or os.path.isabs(name) or (".." in name and ".." in name.split("/")):
             raise UnsafePathError(f"{cache}: index source name {name!r} points outside {source}")
-        known = source_stat(name) if source_stat is not None else None
-        if known is not None and isinstance(record, dict) and "mtime_ns" in record:
-            if known == (record.get("size"), record["mtime_ns"]):
+        if source_stat is not None and isinstance(record, dict):
+            known = source_stat(name)
+            if known is not None and known[0] == record.get("size") and known[1] == record.get("mtime_ns"):
                 continue
         path = os.path.join(source, name)
         problem = record_problem(path, record, mtime=True)
