@@ -155,3 +155,23 @@ def test_ensure_run_finishes_an_unfinished_run_instead_of_starting_over(ci_cache
     assert history.epoch.tolist() == [1, 2, 3]
     ensure_run(cfg)  # complete now: nothing trained
     assert calls == [True]
+
+
+def test_restoring_a_previous_session_takes_the_run_folder_lock(ci_cache, tmp_path, monkeypatch, writable_inputs):
+    from tumorlib.core.safety import FolderBusyError, folder_lock
+    from tumorlib.training.resume import prepare_resume
+
+    cfg = get_config("ci", epochs=3)
+    first = tmp_path / "session1"
+    _kaggle_session(monkeypatch, first, ci_cache)
+    train(cfg, stop_after_epoch=1, progress=False)
+    second = tmp_path / "session2"
+    _kaggle_session(monkeypatch, second, ci_cache)
+    _attach_as_input(first / "working" / "tumorlib" / "outputs" / "ci" / "run", second)
+    run = workspace(cfg).run_dir
+    with folder_lock(run, "training run"):  # a training (here: this process) writes into the run folder
+        with pytest.raises(FolderBusyError, match=rf"{run} is in use by another training run \(pid {os.getpid()}\)"):
+            prepare_resume(cfg)
+        assert not (run / "checkpoints").exists() and not (run / "config.json").exists()  # nothing copied
+    check = prepare_resume(cfg)  # the lock released: restored
+    assert check.resume and check.epoch == 1 and check.restored_from is not None

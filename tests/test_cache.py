@@ -422,3 +422,61 @@ def test_slices_added_after_caching_are_noticed(tmp_path, capsys):
     assert "rebuilding volume 1 (changed: source: its fingerprint differs" in capsys.readouterr().err
     fresh = build_cache(data, tmp_path / "fresh", workers=1, progress=False)
     assert _files(cache) == _files(fresh)
+
+
+def test_an_interrupted_build_rerun_with_another_order_is_refused(tiny_data, tmp_path):
+    from tumorlib.data.cache.layout import meta_name
+
+    cache = tmp_path / "cache"
+    build_cache(tiny_data, cache, workers=1, progress=False, volume_ids=[1])
+    (cache / "index.json").unlink()  # killed before the index was written: only v1's files and meta
+    assert json.loads((cache / meta_name(1)).read_text())["stored_order"] == ["flair", "t1", "t1ce", "t2"]
+    before = _files(cache)
+    with pytest.raises(CacheError, match=r"volume 1 was read with kaggle_channel_order flair,t1,t1ce,t2, this "
+                                         r"build asks for t2,t1,flair,t1ce; rerun with --kaggle_channel_order "
+                                         r"flair,t1,t1ce,t2"):
+        build_cache(tiny_data, cache, workers=1, progress=False, stored_order=("t2", "t1", "flair", "t1ce"))
+    assert _files(cache) == before  # refused before anything was written
+    build_cache(tiny_data, cache, workers=1, progress=False)  # the same order finishes the build
+    assert all(e["stored_order"] == ["flair", "t1", "t1ce", "t2"] for e in load_cache_index(cache)["volumes"].values())
+
+
+def test_a_leftover_volume_without_a_recorded_order_is_rebuilt(tiny_data, tmp_path, capsys):
+    from tumorlib.data.cache.layout import dump_entry, meta_name
+
+    cache = tmp_path / "cache"
+    build_cache(tiny_data, cache, workers=1, progress=False, volume_ids=[1])
+    (cache / "index.json").unlink()
+    entry = json.loads((cache / meta_name(1)).read_text())
+    del entry["stored_order"]  # as a build before orders were recorded per volume left it
+    (cache / meta_name(1)).write_text(dump_entry(entry) + "\n")
+    capsys.readouterr()
+    build_cache(tiny_data, cache, workers=1, progress=False)
+    assert "rebuilding volume 1 (changed: v1_meta.json: its channel order is not recorded)" in capsys.readouterr().err
+    assert load_cache_index(cache)["volumes"]["1"]["stored_order"] == ["flair", "t1", "t1ce", "t2"]
+
+
+def test_cache_reuse_benchmark_runs_tiny_and_reuses(tmp_path):
+    from tumorlib.benchmarks.cache_reuse import benchmark_cache_reuse
+
+    result = benchmark_cache_reuse(n_volumes=3, n_slices=5, repeats=2, root=str(tmp_path))
+    assert result["files"] == 15 and len(result["seconds"]) == 2 and result["best_s"] < 5.0
+
+
+def test_one_scan_reuse_check_notices_a_changed_slice(tmp_path, capsys):
+    """The scan's sizes and times stand in for ``stat`` calls: a slice rewritten in place still counts."""
+    from tumorlib.benchmarks.cache_reuse import make_reuse_tree
+    from tumorlib.data.cache.fingerprints import KaggleScan, kaggle_fingerprint
+    from tumorlib.data.cache.store import volume_problem
+
+    data, cache = make_reuse_tree(tmp_path, 2, 4)
+    index = load_cache_index(cache)
+    scan = KaggleScan(data.resolve())
+    assert scan.ids() == [1, 2]
+    assert scan.fingerprint(2) == kaggle_fingerprint(scan.source_files(2)) == index["volumes"]["2"]["fingerprint"]
+    assert volume_problem(cache, index["volumes"]["2"], data.resolve(), scan.stat) is None
+    target = scan.source_files(2)[1]
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    kind, path, why = volume_problem(cache, index["volumes"]["2"], data.resolve(), KaggleScan(data.resolve()).stat)
+    assert kind == "changed" and path.endswith(target.name) and why == "modified since recorded"

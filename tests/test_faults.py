@@ -2050,3 +2050,72 @@ def test_h3_folder_out_naming_another_commands_folder_is_refused(h3, tmp_path, c
     out = Path(args[args.index("--out") + 1])
     _refused(code, err, out)
     assert tree_hash(base) == digest
+
+
+# --- round 3 leftovers ---
+
+
+def _config_only_run(folder: Path) -> Path:
+    """A run folder as a run killed before its first epoch leaves it: ``config.json`` (and splits) only."""
+    from tumorlib.core.config import get_config
+
+    folder.mkdir(parents=True)
+    get_config("ci").save(folder / "config.json")
+    (folder / "splits.json").write_text('{"train": [1], "val": [2], "test": [3]}\n')
+    return folder
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_r3_a_run_folder_with_only_its_config_is_refused(command, tiny_data, tiny_cache, tmp_path, capsys):
+    run = _config_only_run(tmp_path / "run")
+    before = tree_hash(run)
+    args = (["evaluate", "--run", str(run), "--cache", str(tiny_cache), "--data", str(tiny_data), "--quiet"]
+            if command == "evaluate" else
+            ["predict", "--run", str(run), "--data", str(tiny_data), "--volume", "1", "--out",
+             str(tmp_path / "p.nii.gz"), "--quiet"])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"run folder {run} holds no trained model: checkpoints/best_model.pth is missing" in err
+    assert "config.json, splits.json" in err and "tumorlib train --out" in err
+    assert tree_hash(run) == before and not (tmp_path / "p.nii.gz").exists()
+
+
+def test_r3_resuming_a_run_folder_with_only_its_config_is_refused(tmp_path):
+    from tumorlib.core.config import get_config
+    from tumorlib.training.loop import fit
+    from test_train import TINY, Patches
+
+    run = _config_only_run(tmp_path / "run")
+    before = tree_hash(run)
+    with pytest.raises(FileNotFoundError, match=rf"cannot resume {run}: it holds only config.json, splits.json "
+                                                r"and no checkpoints/last.pth \(the run stopped before its first "
+                                                r"epoch\); rerun without --resume"):
+        fit(get_config("ci", **TINY), Patches(4), Patches(2, seed=1), run, resume=True, progress=False)
+    assert tree_hash(run) == before
+    fit(get_config("ci", **TINY), Patches(4), Patches(2, seed=1), tmp_path / "empty", resume=True,
+        progress=False)  # an empty folder has nothing to resume: a new run, as before
+
+
+def test_r3_auto_resume_refuses_a_checkpoint_without_a_resume_field(tmp_path, monkeypatch):
+    import torch
+
+    from tumorlib.core.config import get_config
+    from tumorlib.training.loop import fit
+    from tumorlib.training.resume import prepare_resume
+    from test_train import TINY, Patches
+
+    monkeypatch.setenv("TUMORLIB_KAGGLE_ROOT", str(tmp_path / "no_kaggle"))
+    cfg = get_config("ci", **{**TINY, "epochs": 3})
+    run = tmp_path / "run"
+    fit(cfg, Patches(4), Patches(2, seed=1), run, progress=False, stop_after_epoch=1)
+    last = run / "checkpoints" / "last.pth"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["config"]["kaggle_channel_order"]  # as a tumorlib before the field wrote it
+    torch.save(ckpt, last)
+    check = prepare_resume(cfg, run)
+    assert not check.resume and "last.pth" in check.message and "not resumed" in check.message
+    assert "kaggle_channel_order is not recorded in the checkpoint" in check.message
+    with pytest.raises(ValueError, match=rf"cannot resume {last}: .*kaggle_channel_order is not recorded in the "
+                                         r"checkpoint"):
+        fit(cfg, Patches(4), Patches(2, seed=1), run, resume=True, progress=False)

@@ -470,3 +470,59 @@ def test_train_and_bench_run_without_tqdm_nibabel_kagglehub(ci_cache, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "epoch   1/1" in proc.stdout
     assert pd.read_csv(tmp_path / "run" / "history.csv").epoch.tolist() == [1]
+
+
+# --------------------------------------------------------------------------- round 3 leftovers
+
+
+def test_config_diff_refuses_missing_resume_fields_but_not_missing_runtime_fields():
+    from tumorlib.core.config import runtime_fields
+    from tumorlib.training.run_folder import config_diff
+
+    cfg = get_config("ci")
+    saved = cfg.to_dict()
+    assert config_diff(saved, cfg) == []
+    old = {k: v for k, v in saved.items() if k not in runtime_fields()}  # an old run: runtime fields unknown
+    assert config_diff(old, cfg.replace(time_limit_h=2.0)) == []
+    del old["kaggle_channel_order"]
+    assert config_diff(old, cfg) == ["kaggle_channel_order is not recorded in the checkpoint (an older tumorlib "
+                                     "wrote it), ['flair', 't1', 't1ce', 't2'] now"]
+
+
+def test_superseded_previous_folders_are_cleaned_and_only_those(tmp_path, capsys):
+    run = tmp_path / "run"
+    ours = [run / "previous-20250101-000000", run / "previous-20250101-000000-1"]
+    for prev in ours:  # runs moved aside by runs killed before their first epoch
+        (prev / "checkpoints").mkdir(parents=True)
+        (prev / "config.json").write_text("{}")
+        (prev / "checkpoints" / "best_model.pth").write_bytes(b"old model")
+    foreign = [run / "previous-20250101-000001", run / "previous-notes", run / "previous-20250102-000000"]
+    (foreign[0] / "checkpoints").mkdir(parents=True)
+    (foreign[0] / "checkpoints" / "best_model.pth").write_bytes(b"old model")
+    (foreign[0] / "my-notes.txt").write_text("not tumorlib's")
+    foreign[1].mkdir()
+    (foreign[2]).write_text("a file, not a folder")
+    get_config("ci").save(run / "config.json")  # the killed run's own config: no result
+    cfg = get_config("ci", **TINY)
+    fit(cfg, Patches(4), Patches(2, seed=1), run, progress=True, stop_after_epoch=1)  # no --overwrite needed
+    out = capsys.readouterr().out
+    assert f"{run} holds only config.json of a run stopped before its first epoch: starting a new run over it" in out
+    assert not any(p.exists() for p in ours)
+    assert all(p.exists() for p in foreign) and (foreign[0] / "my-notes.txt").is_file()
+    assert (run / "checkpoints" / "best_model.pth").is_file()
+
+
+def test_moving_a_finished_run_aside_cleans_older_previous_folders(tmp_path):
+    from tumorlib.training.run_folder import prepare_run_folder, previous_runs
+
+    run = tmp_path / "run"
+    cfg = get_config("ci", **TINY)
+    fit(cfg, Patches(4), Patches(2, seed=1), run, progress=False, stop_after_epoch=1)
+    old = run / "previous-20250101-000000"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "last.pth").write_bytes(b"older run")
+    assert previous_runs(run) == [old]
+
+    prev = prepare_run_folder(run, cfg, None, resumed=False, overwrite=True)  # what a new run does first
+    assert not old.exists() and previous_runs(run) == [prev]
+    assert (prev / "checkpoints" / "best_model.pth").is_file()  # the run just replaced is kept

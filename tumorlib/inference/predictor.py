@@ -46,8 +46,15 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = "cp
     if not run.is_dir():
         raise FileNotFoundError(f"run folder {run} does not exist; train one with `tumorlib train`")
     config_path = run / "config.json"
+    best = run / "checkpoints" / BEST_NAME
+    if config_path.is_file() and not best.is_file():
+        held = ", ".join(sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()
+                                and not p.name.startswith(".") and "previous-" not in p.parts[len(run.parts)]))
+        why = ": the run stopped before its first epoch finished" if "history.csv" not in held else ""
+        raise FileNotFoundError(f"run folder {run} holds no trained model: checkpoints/{BEST_NAME} is missing "
+                                f"(it holds {held}{why}); train it with `tumorlib train --out {run}`")
     config = load_config(config_path)
-    return load_model(run / "checkpoints" / BEST_NAME, resolve_device(device), config=config,
+    return load_model(best, resolve_device(device), config=config,
                       config_path=config_path)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,9 @@ import pandas as pd
 
 from tumorlib.core.brats import KAGGLE_STORED_ORDER, channel_permutation
 
+from .kaggle_scan import SLICE_RE as _SLICE_RE
+from .kaggle_scan import find_slices, scan_slices
+
 __all__ = [
     "KAGGLE_DATASET",
     "check_volume",
@@ -33,55 +35,11 @@ __all__ = [
     "list_volumes",
     "load_metadata",
     "load_volume",
+    "scan_slices",
 ]
 
 KAGGLE_DATASET = "awsaf49/brats2020-training-data"
-_SLICE_RE = re.compile(r"^volume_(\d+)_slice_(\d+)\.h5$")
-_LOOSE_RE = re.compile(r"^volume_.*_slice_.*\.h5$", re.IGNORECASE)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def find_slices(root: str | os.PathLike) -> dict[int, dict[int, Path]]:
-    """Every ``volume_{id}_slice_{s}.h5`` below ``root``.
-
-    Args:
-        root: any folder above the slice files.
-
-    Returns:
-        ``{volume_id: {slice_index: path}}``.
-
-    Raises:
-        FileNotFoundError: ``root`` does not exist.
-        ValueError: the same slice found twice in different folders.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} does not exist")
-    found: dict[int, dict[int, Path]] = {}
-    skipped: list[Path] = []
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            match = _SLICE_RE.match(name)
-            if not match:
-                if _LOOSE_RE.match(name):
-                    skipped.append(Path(folder) / name)
-                continue
-            vid, s = int(match.group(1)), int(match.group(2))
-            path = Path(folder) / name
-            slices = found.setdefault(vid, {})
-            if s in slices:
-                raise ValueError(f"volume {vid}: slice {s} found twice: {slices[s]} and {path}")
-            slices[s] = path
-    _warn_skipped(skipped)
-    return found
-
-
-def _warn_skipped(skipped: list[Path]) -> None:
-    """Warn about slice-like files whose volume or slice number is not an integer (they are not read)."""
-    if skipped:
-        shown = ", ".join(str(p) for p in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
-        warnings.warn(f"skipped {len(skipped)} file(s) whose volume id or slice index is not an integer "
-                      f"(volume_<int>_slice_<int>.h5): {shown}", UserWarning, stacklevel=3)
 
 
 def list_volumes(root: str | os.PathLike) -> list[int]:

@@ -51,7 +51,6 @@ import torch
 from torch.utils.data import Dataset
 
 from tumorlib.core.config import Config, runtime_fields, workspace
-from tumorlib.core.folders import discard_previous
 from tumorlib.core.safety import folder_lock
 from tumorlib.data.resolve import make_datasets, resolve_cache
 from tumorlib.nn.checkpoint import BEST_NAME, LAST_NAME, atomic_torch_save, get_rng_state, load_checkpoint, set_rng_state
@@ -62,7 +61,8 @@ from tumorlib.training.settings import resolve_settings, resolved_config
 from tumorlib.training.epochs import fits_time_limit, group_sizes, make_loader, step_groups, train_batches
 from tumorlib.training.history import HISTORY_COLUMNS, plot_training_curves, write_history
 from tumorlib.training.validator import Validator, ValidatorFactory, check_validator
-from tumorlib.training.run_folder import config_diff, explain_interrupt, prepare_run_folder, stop_reason
+from tumorlib.training.run_folder import (check_resumable, config_diff, discard_previous_runs, explain_interrupt,
+                                         prepare_run_folder, stop_reason)
 
 __all__ = [
     "RESUME_IGNORED_FIELDS",
@@ -125,7 +125,7 @@ class TrainingLoop:
         self._load_last()
         if info.is_main:
             self.prev = prepare_run_folder(self.run_dir, config, self.splits, resumed=self.start_epoch > 0,
-                                           overwrite=self.overwrite)
+                                           overwrite=self.overwrite, show=self.show)
         if self.show:
             world = f" x {info.world_size} ranks" if info.enabled else ""
             print(f"training UNet3D {tuple(config.features)} ({count_parameters(self.model):,} parameters) on "
@@ -154,8 +154,8 @@ class TrainingLoop:
             self.start_epoch = int(ckpt["epoch"])
             if self.show:
                 print(f"resuming {self.run_dir} after epoch {self.start_epoch}/{self.config.epochs}", flush=True)
-        elif self.resume and self.show:
-            print(f"nothing to resume in {self.last_path.parent}: starting a new run", flush=True)
+        elif self.resume:  # a folder holding a run without last.pth is refused, an empty one started
+            check_resumable(self.run_dir, self.last_path, self.show)
 
     # ----------------------------------------------------------------- one epoch
 
@@ -245,7 +245,7 @@ class TrainingLoop:
         if improved:
             atomic_torch_save({"model": self.model.state_dict(), "epoch": epoch + 1, "config": config.to_dict(),
                                "metrics": dict(metrics)}, self.best_path)
-            discard_previous(self.prev)  # the new run has a model now: the one moved aside can go
+            discard_previous_runs(self.run_dir)  # the new run has a model now: the runs moved aside can go
             self.prev = None
         self.trainer.save_checkpoint(self.last_path, epoch=epoch + 1, history=self.history,
                                      best_dice=self.best_score, rng=get_rng_state(), config=config.to_dict(),

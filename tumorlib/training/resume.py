@@ -61,8 +61,29 @@ def _checkpoint_state(last: Path, config: Config) -> tuple[int, list[str]]:
     return int(ckpt.get("epoch", 0)), config_diff(ckpt["config"], config.replace(amp_dtype=dtype or "float32"))
 
 
-def _copy_run(source: Path, run: Path) -> None:
-    """Copy ``RESTORED_FILES`` of ``source`` into ``run``, each file written atomically."""
+def _copy_run(source: Path, run: Path) -> bool:
+    """Copy ``RESTORED_FILES`` of ``source`` into ``run``, each file written atomically, holding the run
+    folder's writer lock (the one ``train`` holds) so no training writes there meanwhile.
+
+    Returns:
+        False when, once the lock was held, ``run`` had a ``last.pth`` of its own (nothing copied).
+
+    Raises:
+        FolderBusyError: another process holds the run folder (names it and its PID).
+    """
+    from tumorlib.core.safety import folder_lock
+
+    from tumorlib.nn.checkpoint import LAST_NAME
+
+    with folder_lock(run, "training run"):
+        if (run / "checkpoints" / LAST_NAME).is_file():  # a training wrote one since it was looked for
+            return False
+        _copy_files(source, run)
+    return True
+
+
+def _copy_files(source: Path, run: Path) -> None:
+    """The copy of ``_copy_run`` (its caller holds the lock)."""
     from tumorlib.core.safety import atomic_path
 
     for name in RESTORED_FILES:
@@ -91,6 +112,7 @@ def prepare_resume(config: Config, run_dir: str | os.PathLike | None = None) -> 
 
     Raises:
         ValueError: a ``last.pth`` that is not a tumorlib checkpoint (names the file).
+        FolderBusyError: a run is to be restored but another process holds the run folder's lock.
     """
     from tumorlib.nn.checkpoint import LAST_NAME
     from tumorlib.core.sources import find_previous_run
@@ -109,8 +131,7 @@ def prepare_resume(config: Config, run_dir: str | os.PathLike | None = None) -> 
             return ResumeCheck(run, False, 0, False, None,
                                f"not resuming the previous session's run {shown(previous)}: it was trained with "
                                f"another config ({'; '.join(diff)})")
-        _copy_run(previous, run)
-        restored = previous
+        restored = previous if _copy_run(previous, run) else None
     epoch, diff = _checkpoint_state(last, config)
     if diff:
         return ResumeCheck(run, False, 0, False, None,

@@ -33,8 +33,8 @@ from .layout import (build_settings, dump_entry, dump_index, image_name, mask_na
                      read_entry, source_records)
 from .normalise import cast_into, single_thread_torch, slab_ranges, zscore_slabs
 from .preprocess import CACHE_VERSION, VolumePlan, resample_and_plan
-from .readers import check_cache_order, order_record
-from .store import FORMAT_NAME, INDEX_NAME, CacheError, check_settings, load_cache_index, volume_problem
+from .readers import check_cache_order, order_record, volume_order_problem
+from .store import FORMAT_NAME, INDEX_NAME, CacheError, SourceStat, check_settings, load_cache_index, volume_problem
 
 __all__ = ["Fingerprint", "Reader", "SourceFiles", "build_cache", "build_cache_from_reader"]
 
@@ -44,13 +44,15 @@ SourceFiles = Callable[[int], Sequence[Path]]
 
 
 def _compute_one(reader: Reader, volume_id: int, cache_hw: int | None, margin: int, source: str,
-                 fingerprint: str | None, sources: dict[str, Any] | None = None) -> VolumePlan:
+                 fingerprint: str | None, sources: dict[str, Any] | None = None,
+                 stored_order: list[str] | None = None) -> VolumePlan:
     """Read and plan one volume (crop, moments, index entry); the z-scoring happens while writing."""
     image, mask = reader(volume_id)
     plan = resample_and_plan(image, mask, cache_hw, margin, volume_id)
     plan.entry = {"volume": int(volume_id), "source": source, "fingerprint": fingerprint, "cache_hw": cache_hw,
                   "margin": int(margin), "image_file": image_name(volume_id), "mask_file": mask_name(volume_id),
-                  **({"sources": sources} if sources is not None else {}), **plan.entry}
+                  **({"sources": sources} if sources is not None else {}),
+                  **({"stored_order": stored_order} if stored_order is not None else {}), **plan.entry}
     return plan
 
 
@@ -95,10 +97,11 @@ def _write_one(cache: Path, plan: VolumePlan) -> dict[str, Any]:
 
 
 def _cache_one(reader: Reader, volume_id: int, cache_dir: str, cache_hw: int | None, margin: int,
-               source: str, fingerprint: str | None, sources: dict[str, Any] | None = None) -> dict[str, Any]:
+               source: str, fingerprint: str | None, sources: dict[str, Any] | None = None,
+               stored_order: list[str] | None = None) -> dict[str, Any]:
     """Read, prepare and write one volume; returns its index entry. Runs in a worker process."""
     return _write_one(Path(cache_dir), _compute_one(reader, volume_id, cache_hw, margin, source, fingerprint,
-                                                     sources))
+                                                     sources, stored_order))
 
 
 @dataclass
@@ -117,12 +120,14 @@ class _Survey:
 
 
 def _survey(cache: Path, ids: Sequence[int], source: str, settings: dict[str, Any], cache_hw: int | None,
-            margin: int, fingerprint: Fingerprint | None = None) -> _Survey:
+            margin: int, fingerprint: Fingerprint | None = None, source_stat: SourceStat | None = None,
+            stored_order: list[str] | None = None) -> _Survey:
     """Check a cache folder against the volumes asked for, reading only the index, meta files and ``stat``s
     (and each asked volume's source fingerprint, when the reader has one: slices added or replaced).
 
     Raises:
-        CacheError: a cache of another folder, other settings or another version.
+        CacheError: a cache of another folder, other settings, another version, or a volume read with
+            another stored channel order than ``stored_order``.
         UnsafePathError: an index file name leading outside the cache folder.
     """
     survey = _Survey()
@@ -148,7 +153,8 @@ def _survey(cache: Path, ids: Sequence[int], source: str, settings: dict[str, An
             raise CacheError(f"cache {cache}: volume {vid} was cached with cache_hw={entry.get('cache_hw')}, "
                              f"margin={entry.get('margin')}, this build asks for cache_hw={cache_hw}, "
                              f"margin={margin}; delete the folder or choose another one")
-        problem = volume_problem(cache, entry, source)
+        problem = volume_order_problem(cache, vid, entry, stored_order, indexed.get(vid) is entry)
+        problem = problem or volume_problem(cache, entry, source, source_stat)
         if problem is None and fingerprint is not None and vid in asked \
                 and entry.get("fingerprint") != fingerprint(vid):
             problem = ("changed", "source", "its fingerprint differs (slices added, removed or replaced)")
@@ -167,7 +173,8 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
                             source: str, fingerprint: Fingerprint | None = None, reader_name: str = "custom",
                             source_files: SourceFiles | None = None, workers: int = 2,
                             cache_hw: int | None = None, margin: int = 4, progress: bool = True,
-                            stored_order: Sequence[str] | None = None) -> Path:
+                            stored_order: Sequence[str] | None = None,
+                            source_stat: SourceStat | None = None) -> Path:
     """Cache volumes from any source given as ``reader(volume_id) -> (image, mask)``.
 
     Finished volumes whose records still match (``store.volume_problem``) are skipped, so an interrupted
@@ -194,7 +201,11 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         stored_order: the channel order of the source files the reader maps to the canonical order
             (Kaggle HDF5: the config's ``kaggle_channel_order``); None where the reader stacks the
             modalities itself (NIfTI). The index records it as ``stored_order`` beside
-            ``channel_order`` (the cached images' order, always canonical).
+            ``channel_order`` (the cached images' order, always canonical), and so does each volume's
+            entry: a volume of an interrupted build read with another order is refused, not mixed in.
+        source_stat: ``source_stat(name) -> (size, mtime_ns)`` of a source file from one scan of
+            ``source`` (``fingerprints.KaggleScan.stat``), so the reuse check does not ``stat`` each file
+            again; None: each is ``stat``ed.
 
     Returns:
         The cache folder.
@@ -215,7 +226,8 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
     orders = order_record(stored_order)
     if stored_order is not None and (cache / INDEX_NAME).is_file():
         check_cache_order(cache, load_cache_index(cache), stored_order)
-    job = _Job(reader, cache, source, cache_hw, margin, fingerprint, source_files)
+    order = None if stored_order is None else list(check_order(stored_order))
+    job = _Job(reader, cache, source, cache_hw, margin, fingerprint, source_files, source_stat, order)
     if job.survey(ids, settings).clean:
         return cache  # finished and intact: no lock, nothing written (works on a read-only folder)
     with contextlib.ExitStack() as stack:
@@ -238,16 +250,20 @@ class _Job:
     margin: int
     fingerprint: Fingerprint | None
     source_files: SourceFiles | None
+    source_stat: SourceStat | None = None
+    stored_order: list[str] | None = None
 
     def survey(self, ids: Sequence[int], settings: dict[str, Any]) -> _Survey:
         """``_survey`` of the cache folder for ``ids``."""
-        return _survey(self.cache, ids, self.source, settings, self.cache_hw, self.margin, self.fingerprint)
+        return _survey(self.cache, ids, self.source, settings, self.cache_hw, self.margin, self.fingerprint,
+                       self.source_stat, self.stored_order)
 
     def args(self, vid: int) -> tuple[Any, ...]:
         """The arguments of ``_cache_one`` for volume ``vid`` (its fingerprint and source records now)."""
         fp = self.fingerprint(vid) if self.fingerprint is not None else None
         srcs = source_records(Path(self.source), self.source_files(vid)) if self.source_files is not None else None
-        return (self.reader, vid, str(self.cache), self.cache_hw, self.margin, self.source, fp, srcs)
+        return (self.reader, vid, str(self.cache), self.cache_hw, self.margin, self.source, fp, srcs,
+                self.stored_order)
 
 
 def _take_lock(stack: contextlib.ExitStack, job: _Job, ids: Sequence[int], settings: dict[str, Any]) -> None:
@@ -355,12 +371,13 @@ def build_cache(data_dir: str | os.PathLike, cache_dir: str | os.PathLike, worke
         ValueError, FileNotFoundError: the reader's errors for bad input, unchanged.
     """
     from tumorlib.io import kaggle
-    from .fingerprints import kaggle_fingerprints, kaggle_source_files
+    from .fingerprints import KaggleScan
 
     data = Path(data_dir).expanduser().resolve()
-    ids = kaggle.list_volumes(data) if volume_ids is None else list(volume_ids)
+    scan = KaggleScan(data)  # one walk with one stat per slice file answers the whole reuse check
+    ids = (scan.ids() or kaggle.list_volumes(data)) if volume_ids is None else list(volume_ids)
     return build_cache_from_reader(
         functools.partial(kaggle.load_volume, data, stored_order=check_order(stored_order)), ids, cache_dir,
-        source=str(data), fingerprint=kaggle_fingerprints(data), reader_name="kaggle",
-        source_files=kaggle_source_files(data), workers=workers, cache_hw=cache_hw, margin=margin,
-        progress=progress, stored_order=check_order(stored_order))
+        source=str(data), fingerprint=scan.fingerprint, reader_name="kaggle", source_files=scan.source_files,
+        workers=workers, cache_hw=cache_hw, margin=margin, progress=progress,
+        stored_order=check_order(stored_order), source_stat=scan.stat)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["kaggle_fingerprint", "kaggle_fingerprints", "kaggle_source_files"]
+__all__ = ["KaggleScan", "fingerprint_of", "kaggle_fingerprint", "kaggle_fingerprints", "kaggle_source_files"]
 
 
 def kaggle_fingerprint(slice_files: Sequence[str | os.PathLike]) -> str:
@@ -24,13 +24,25 @@ def kaggle_fingerprint(slice_files: Sequence[str | os.PathLike]) -> str:
         A hex digest; regenerating identical data gives the same digest.
     """
     files = [Path(f) for f in slice_files]
+    return fingerprint_of([(str(f), f.stat().st_size) for f in files])
+
+
+def fingerprint_of(files: Sequence[tuple[str, int]]) -> str:
+    """``kaggle_fingerprint`` from ``(path, size)`` pairs already known (e.g. from ``scan_slices``).
+
+    Args:
+        files: the volume's slice files in slice order, each with its size in bytes.
+
+    Returns:
+        The same hex digest as ``kaggle_fingerprint`` of those files.
+    """
     h = hashlib.sha1()
-    for f in files:
-        h.update(f"{f.name}:{f.stat().st_size};".encode())
+    for path, size in files:
+        h.update(f"{os.path.basename(path)}:{size};".encode())
     if files:  # 64 KiB from the middle of the middle slice: image data, which any other volume changes
-        middle = files[len(files) // 2]
+        middle, size = files[len(files) // 2]
         with open(middle, "rb") as fh:
-            fh.seek(max(0, middle.stat().st_size // 2 - 32768))
+            fh.seek(max(0, size // 2 - 32768))
             h.update(fh.read(65536))
     return h.hexdigest()
 
@@ -85,3 +97,51 @@ def kaggle_source_files(data: str | os.PathLike) -> Callable[[int], list[Path]]:
         return [Path(found[s]) for s in sorted(found)]
 
     return source_files
+
+
+class KaggleScan:
+    """One scan of a Kaggle folder (made on first use) answering every question of the reuse check.
+
+    The volumes, each volume's fingerprint and the size and time of each slice file all come from one
+    ``scan_slices`` walk with one ``stat`` per file; only the middle slice of each volume is opened.
+    """
+
+    def __init__(self, data: str | os.PathLike) -> None:
+        self.root = Path(data)
+        self._found: dict[int, dict[int, tuple[str, int | None, int | None]]] | None = None
+        self._stats: dict[str, tuple[int | None, int | None]] = {}
+
+    def _slices(self) -> dict[int, dict[int, tuple[str, int | None, int | None]]]:
+        if self._found is None:
+            from tumorlib.io.kaggle_scan import scan_slices
+
+            self._found = scan_slices(self.root, stat=True)
+            prefix = len(os.fspath(self.root).rstrip(os.sep)) + 1
+            self._stats = {p[prefix:].replace(os.sep, "/"): (size, mtime)
+                           for slices in self._found.values() for p, size, mtime in slices.values()}
+        return self._found
+
+    def ids(self) -> list[int]:
+        """The volume ids found, sorted."""
+        return sorted(self._slices())
+
+    def fingerprint(self, volume_id: int) -> str:
+        """``kaggle_fingerprint`` of the volume's slices (sizes from the scan)."""
+        found = self._slices().get(int(volume_id), {})
+        rows = [found[s] for s in sorted(found)]
+        if any(size is None for _, size, _ in rows):  # the scan could not stat a file: ask it again
+            return kaggle_fingerprint([p for p, _, _ in rows])
+        return fingerprint_of([(p, size) for p, size, _ in rows])
+
+    def source_files(self, volume_id: int) -> list[Path]:
+        """The volume's slice files in slice order (empty for unknown ids)."""
+        found = self._slices().get(int(volume_id), {})
+        return [Path(found[s][0]) for s in sorted(found)]
+
+    def stat(self, name: str) -> tuple[int, int] | None:
+        """``(size, mtime_ns)`` of a slice file by its name relative to the folder; None when the scan did
+        not see it (or could not stat it): the caller then stats the file itself."""
+        if self._found is None:
+            self._slices()
+        got = self._stats.get(name)
+        return None if got is None or got[0] is None else got  # type: ignore[return-value]

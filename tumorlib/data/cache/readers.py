@@ -24,7 +24,8 @@ from tumorlib.core.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, check_orde
 from .store import CacheError
 
 __all__ = ["SOURCE_READERS", "KaggleSource", "NiftiSource", "SourceReader", "check_cache_order", "open_source",
-           "order_record"]
+           "order_record",
+           "volume_order_problem"]
 
 
 class SourceReader(Protocol):
@@ -141,3 +142,35 @@ def check_cache_order(cache: str | os.PathLike, index: dict[str, Any], stored_or
                          f"{_names(want)}; rebuild the cache with `tumorlib cache --kaggle_channel_order "
                          f"{_names(want)}` into another folder, or train again with --kaggle_channel_order "
                          f"{_names(have)}")
+
+
+def volume_order_problem(cache: Path, vid: int, entry: dict[str, Any], stored_order: list[str] | None,
+                         from_index: bool) -> tuple[str, str, str] | None:
+    """Whether a cached volume was read with ``stored_order`` (each entry records its own, so a build
+    interrupted and rerun with another order never mixes the two).
+
+    Args:
+        cache: the cache folder (for the message).
+        vid: the volume.
+        entry: its entry (index or meta file).
+        stored_order: the build's ``kaggle_channel_order``; None (not a Kaggle build): nothing to check.
+        from_index: the entry comes from the index, whose own ``stored_order`` was checked already.
+
+    Returns:
+        None, or ``(kind, file, reason)`` as ``store.volume_problem``: an entry outside the index that
+        records no order (an older build's leftover) is rebuilt.
+
+    Raises:
+        CacheError: the volume's recorded order differs (names the volume, both orders and the fix).
+    """
+    if stored_order is None:
+        return None
+    have = entry.get("stored_order")
+    if have is None:
+        return None if from_index else ("changed", f"v{vid}_meta.json", "its channel order is not recorded")
+    if list(have) != list(stored_order):
+        names, want = ",".join(map(str, have)), ",".join(stored_order)
+        raise CacheError(f"cache {cache}: volume {vid} was read with kaggle_channel_order {names}, this build "
+                         f"asks for {want}; rerun with --kaggle_channel_order {names}, or delete the folder "
+                         f"(or choose another one) to build it with {want}")
+    return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "FORMAT_NAME",
     "INDEX_NAME",
     "CacheError",
+    "SourceStat",
     "cache_summary",
     "cached_volume_ids",
     "check_settings",
@@ -40,6 +42,8 @@ __all__ = [
 ]
 
 INDEX_NAME = "index.json"
+#: ``source_stat(name) -> (size, mtime_ns)`` of a source file by its recorded name, or None (unknown).
+SourceStat = Callable[[str], "tuple[int, int] | None"]
 FORMAT_NAME = "tumorlib-cache"
 
 
@@ -63,14 +67,17 @@ def _npy_size_problem(path: Path) -> str | None:
     return None if size == expected else f"size {size} != {expected} from its header (truncated)"
 
 
-def volume_problem(cache: str | os.PathLike, entry: dict[str, Any],
-                   source: str | os.PathLike | None = None) -> tuple[str, str, str] | None:
+def volume_problem(cache: str | os.PathLike, entry: dict[str, Any], source: str | os.PathLike | None = None,
+                   source_stat: SourceStat | None = None) -> tuple[str, str, str] | None:
     """What is wrong with a finished volume of a cache, checked with ``stat`` calls only.
 
     Args:
         cache: the cache folder.
         entry: the volume's index entry (``image_file``, ``mask_file``, ``files``, ``sources``).
         source: the data folder its ``sources`` are relative to; None skips the source check.
+        source_stat: ``source_stat(name) -> (size, mtime_ns)`` of a source file by its recorded name, from
+            one scan of the folder (``fingerprints.KaggleScan.stat``); None where it does not know the
+            file, which is then ``stat``ed. None: every source file is ``stat``ed.
 
     Returns:
         None when the volume can be used, else ``(kind, file, reason)``: kind ``"damaged"`` (a cache
@@ -96,14 +103,24 @@ def volume_problem(cache: str | os.PathLike, entry: dict[str, Any],
         if problem is not None:
             return "damaged", str(path), problem
     if source is not None:
-        for name, record in (entry.get("sources") or {}).items():
-            rel = Path(name)
-            if rel.is_absolute() or ".." in rel.parts:
-                raise UnsafePathError(f"{cache}: index source name {name!r} points outside {source}")
-            path = Path(source) / rel
-            problem = record_problem(path, record, mtime=True)
-            if problem is not None:
-                return ("gone" if problem == "missing" else "changed"), str(path), problem
+        return _sources_problem(cache, entry.get("sources") or {}, source, source_stat)
+    return None
+
+
+def _sources_problem(cache: Path, records: dict[str, Any], source: str | os.PathLike,
+                     source_stat: SourceStat | None) -> tuple[str, str, str] | None:
+    """``volume_problem``'s check of the source files (names confined to ``source``)."""
+    for name, record in records.items():
+        if not isinstance(name, str) or os.path.isabs(name) or (".." in name and ".." in name.split("/")):
+            raise UnsafePathError(f"{cache}: index source name {name!r} points outside {source}")
+        if source_stat is not None and isinstance(record, dict):
+            known = source_stat(name)
+            if known is not None and known[0] == record.get("size") and known[1] == record.get("mtime_ns"):
+                continue
+        path = os.path.join(source, name)
+        problem = record_problem(path, record, mtime=True)
+        if problem is not None:
+            return ("gone" if problem == "missing" else "changed"), path, problem
     return None
 
 
