@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from tumorlib.app.cli import build_parser, main
-from tumorlib.app.commands import config_from_args
+from tumorlib.app.arguments import config_from_args
 from tumorlib.data import list_volumes, load_volume, make_phantom
 
 
@@ -25,7 +25,7 @@ def test_config_flags():
     parser = build_parser()
     args = parser.parse_args(["synth", "--out", "x"])
     assert args.command == "synth"
-    from tumorlib.app.commands import add_config_args
+    from tumorlib.app.arguments import add_config_args
     import argparse
 
     p = argparse.ArgumentParser()

@@ -8,50 +8,14 @@ runs the chosen handler.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from typing import Any
 
 from tumorlib.app.commands_cpu import add_cpu_bench_args, add_engine_arg, register_cpu_commands, run_cpu_bench
-from tumorlib.core.config import Config, get_config, parse_field
+from tumorlib.app.arguments import add_config_args, config_from_args, int_at_least
+from tumorlib.core.config import get_config
 
-__all__ = ["add_config_args", "config_from_args", "register_commands"]
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--preset`` and one ``--<field>`` option per config field (all optional)."""
-    parser.add_argument("--preset", default=None, help="ci, demo or full (default: $TUMORLIB_PRESET or demo)")
-    group = parser.add_argument_group("config fields (override the preset)")
-    for field in dataclasses.fields(Config):
-        if field.name == "preset":
-            continue
-        group.add_argument(f"--{field.name}", dest=f"cfg_{field.name}", default=None, metavar="VALUE",
-                           help=f"default: preset value ({field.type})")
-
-
-def _int_at_least(minimum: int) -> Any:
-    """An argparse ``type``: an integer >= ``minimum`` (argparse names the option in its one-line error)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text} is below {minimum}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The preset's config with the ``--<field>`` overrides given on the command line."""
-    overrides = {}
-    for field in dataclasses.fields(Config):
-        text = getattr(args, f"cfg_{field.name}", None)
-        if text is not None:
-            overrides[field.name] = parse_field(field.name, text)
-    return get_config(args.preset, **overrides)
+__all__ = ["register_commands"]
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -258,7 +222,7 @@ def _add_synth(sub: Any) -> None:
     p.add_argument("--volumes", type=int, default=10, help="number of volumes (ids 1..N)")
     p.add_argument("--shape", type=int, nargs=3, default=(155, 240, 240), metavar=("D", "H", "W"),
                    help="slices, rows, columns")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed, >= 0")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed, >= 0")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --out whole (the old folder stays until the new one is complete)")
     p.add_argument("--quiet", action="store_true")
@@ -337,7 +301,7 @@ def _add_train(sub: Any) -> None:
                    help="start a new run over a finished one (its files wait in RUN/previous-<time>/ until the "
                         "new run has its first best_model.pth)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--stop-after-epoch", type=_int_at_least(1), default=None, metavar="N",
+    p.add_argument("--stop-after-epoch", type=int_at_least(1), default=None, metavar="N",
                    help="stop after epoch N as if interrupted (resume later with --resume)")
     p.add_argument("--quiet", action="store_true")
     add_config_args(p)

@@ -11,6 +11,7 @@ training (``volume_dice``) in ``tumorlib.evaluation.validation``.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -240,7 +241,6 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     from tumorlib.data.resolve import resolve_cache
 
     from tumorlib.core.outputs import check_output_file, reserve_space
-    from tumorlib.core.safety import atomic_path, atomic_write
 
     out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
     for path in (out_path, summary_path(out_path)):  # before any work: never replace another command's file
@@ -252,6 +252,26 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
     index = load_cache_index(cache)
     check_cache_order(cache, index, config.kaggle_channel_order)
+    ids = _volumes_to_score(run_dir, config, cache, index, split, volume_ids)
+    runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
+    rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
+                         progress=progress, desc=f"evaluate {split}", engine=runner)
+    frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
+    summary = summarize(frame)
+    record = {"engine": runner.name, "precision": runner.precision, "reason": runner.reason, "asked": engine,
+              "device": str(dev), "tta": bool(tta), "split": split, "volumes": len(frame)}
+    _write_results(out_path, frame, summary, record)
+    if progress:
+        from tumorlib.core.sources import display_path
+
+        print(f"{len(frame)} volumes ({split}{', TTA' if tta else ''}) -> {display_path(out_path)}")
+        print(summary.round(4).to_string())
+    return frame
+
+
+def _volumes_to_score(run_dir: str | os.PathLike, config: Config, cache: Path, index: dict[str, Any], split: str,
+                      volume_ids: Sequence[int] | None) -> list[int]:
+    """The split's volumes (or ``volume_ids``), each checked to be in the cache."""
     cached = sorted(int(k) for k in index["volumes"])
     if volume_ids is None:
         ids = run_split(run_dir, config, cached, split)
@@ -262,26 +282,19 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
             raise ValueError(f"volumes {missing} are not in the cache {cache}")
     if not ids:
         raise ValueError(f"the {split} split of {run_dir} is empty")
-    runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
-    rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
-                         progress=progress, desc=f"evaluate {split}", engine=runner)
-    frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
-    summary = summarize(frame)
+    return ids
+
+
+def _write_results(out_path: Path, frame: pd.DataFrame, summary: pd.DataFrame, record: dict[str, Any]) -> None:
+    """The metrics CSV, its summary and the inference record, each written beside its target first and then
+    renamed in place: a full disk or a kill leaves the earlier files as they were."""
+    from tumorlib.core.safety import atomic_path, atomic_write
+
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # both files written beside their targets first, then each renamed in place: a full disk or a kill
-    # leaves the earlier metrics and summary as they were
     with atomic_path(out_path) as tmp_csv, atomic_path(summary_path(out_path)) as tmp_summary:
         frame.to_csv(tmp_csv, index=False)
         summary.to_csv(tmp_summary, index_label="statistic")
-    record = {"engine": runner.name, "precision": runner.precision, "reason": runner.reason, "asked": engine,
-              "device": str(dev), "tta": bool(tta), "split": split, "volumes": len(frame)}
     atomic_write(inference_path(out_path), json.dumps(record, indent=2) + "\n")
-    if progress:
-        from tumorlib.core.sources import display_path
-
-        print(f"{len(frame)} volumes ({split}{', TTA' if tta else ''}) -> {display_path(out_path)}")
-        print(summary.round(4).to_string())
-    return frame
 
 
 def metric_table(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:

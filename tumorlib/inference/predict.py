@@ -47,6 +47,15 @@ def _warn_if_swapped(case: str | os.PathLike, image: np.ndarray) -> None:
                       "names, the prediction assumes them", stacklevel=3)
 
 
+def _check_stored_order(stored_order: Sequence[str] | None, config: object, run_dir: object, source: object) -> None:
+    """Refuse input files stored in another channel order than the run was trained with."""
+    if stored_order is not None and check_order(stored_order) != config.kaggle_channel_order:
+        have, want = ",".join(check_order(stored_order)), ",".join(config.kaggle_channel_order)
+        raise ValueError(f"{source}: channel order {have}, the run {run_dir} was trained with "
+                         f"kaggle_channel_order {want}; train again with --kaggle_channel_order {have} "
+                         "(or convert the files)")
+
+
 def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             volume_id: int | None = None, nifti_case: str | os.PathLike | None = None, tta: bool = False,
             device: str | torch.device | None = None, amp: bool = True,
@@ -101,11 +110,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         raise ValueError("give either nifti_case, or data_dir and volume_id")
     dev = resolve_device(device)
     model, config = load_run(run_dir, dev)
-    if stored_order is not None and check_order(stored_order) != config.kaggle_channel_order:
-        have, want = ",".join(check_order(stored_order)), ",".join(config.kaggle_channel_order)
-        raise ValueError(f"{data_dir or nifti_case}: channel order {have}, the run {run_dir} was trained with "
-                         f"kaggle_channel_order {want}; train again with --kaggle_channel_order {have} "
-                         "(or convert the files)")
+    _check_stored_order(stored_order, config, run_dir, data_dir or nifti_case)
     if nifti_case is not None:
         image, _mask, _affine = load_nifti_case(nifti_case)  # stacked in the canonical order
         name = str(nifti_case)

@@ -8,7 +8,7 @@ notebooks' ``tumorlib.viz.plot_training_curves`` is this function).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 

@@ -16,7 +16,7 @@ Masks arrive in two forms, both accepted everywhere:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tumorlib.core.brats import CLASS_KEYS, CLASS_NAMES, MODALITIES
-from tumorlib.viz.colors import CLASS_COLORS, add_class_legend, check_image, rgb01, to_label_map
+from tumorlib.viz.colors import add_class_legend, check_image, to_label_map
 from tumorlib.viz.figures import modality_index, tumor_slice
 from tumorlib.viz.notebook_figure import new_figure
 from tumorlib.viz.render import brain_mask, intensity_window, render_plane, to_uint8
