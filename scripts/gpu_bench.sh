@@ -3,8 +3,10 @@
 #
 #   scripts/gpu_bench.sh [OUT.json]          (default OUT: gpu_bench.json in the current folder)
 #
-# Needs only what a stock PyTorch CUDA image has (torch, numpy, h5py, scipy, pandas, matplotlib): no
-# install, the repository is put on PYTHONPATH. It generates its own full-size synthetic volumes
+# Needs what a stock PyTorch CUDA image has (torch, numpy, h5py, scipy, pandas, matplotlib), plus nibabel
+# and nilearn's ICBM152 files for the embedded generator: where the image lacks them, put their wheels in
+# WHEELS (made here by `scripts/gpu_wheels.sh`), which are installed with --no-index into the scratch
+# folder; the repository is put on PYTHONPATH. It generates its own full-size synthetic volumes
 # (`tumorlib synth`), caches them, then runs
 #   python -m tumorlib bench --train --device cuda --preset full --out OUT.json
 # and prints the table. Budget: under 8 minutes on one H100 (the bench is killed at the deadline).
@@ -22,6 +24,8 @@
 #                 max-autotune, ... (default auto: compiled on CUDA)
 #   BUDGET_S      seconds for the whole script (default 470)
 #   EXTRA         more arguments for `tumorlib bench` (e.g. "--loss-steps 10")
+#   WHEELS        folder of .whl files installed (--no-index --target) when nibabel or nilearn is missing
+#                 (default: .whl in the repository)
 # CPU smoke test: DEVICE=cpu PRESET=ci SHAPE="24 48 48" VOLUMES=8 scripts/gpu_bench.sh /tmp/b.json
 set -euo pipefail
 
@@ -45,6 +49,15 @@ PYPATH="$REPO"
 
 # tqdm, nibabel and kagglehub are imported only where used (tumorlib.core.progress draws no bars without
 # tqdm), so the stock image's packages are enough.
+WHEELS="${WHEELS:-$REPO/.whl}"
+if ! "$PYTHON" -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('nibabel') and u.find_spec('nilearn')))"; then
+    if ! compgen -G "$WHEELS/*.whl" >/dev/null; then
+        echo "gpu_bench.sh: nibabel or nilearn missing and no wheels in WHEELS=$WHEELS (run scripts/gpu_wheels.sh)" >&2
+        exit 1
+    fi
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$WHEELS"/*.whl
+    PYPATH="$PYPATH:$WORK/site"
+fi
 export PYTHONPATH="$PYPATH${PYTHONPATH:+:$PYTHONPATH}"
 cd "$REPO"
 
