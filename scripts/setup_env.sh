@@ -40,16 +40,17 @@ PYEOF
 fi
 
 stamp="$VENV/.tumorlib-installed"
-want="$(cat pyproject.toml | sha256sum | cut -c1-16) $EXTRAS openvino=${TUMORLIB_OPENVINO:-0}"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16) $EXTRAS"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing tumorlib[$EXTRAS] (editable)"
   "${PIP[@]}" -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored: it is neither" || true
   "$VENV/bin/python" -c "import tumorlib, jupytext, nbval" || { echo "[setup] install failed" >&2; exit 1; }
-  # the optional CPU inference engine (TUMORLIB_OPENVINO=1), where wheels exist; everything works without it.
-  # Not by default: the whole test suite in one process with OpenVINO loaded once crashed (SIGSEGV) here.
-  if [ "${TUMORLIB_OPENVINO:-0}" = 1 ] && ! "${PIP[@]}" -e ".[openvino]" >/dev/null 2>&1; then
-    echo "[setup] note: no openvino wheel here; inference runs on torch (--engine torch), which is fine"
-  fi
   echo "$want" > "$stamp"
+fi
+# the optional CPU inference engine (TUMORLIB_OPENVINO=1), where wheels exist; everything works without it.
+# Not by default: the whole test suite in one process with OpenVINO loaded once crashed (SIGSEGV) here.
+if [ "${TUMORLIB_OPENVINO:-0}" = 1 ] && ! "$VENV/bin/python" -c "import openvino" 2>/dev/null; then
+  "${PIP[@]}" -e ".[openvino]" >/dev/null 2>&1 \
+    || echo "[setup] note: no openvino wheel here; inference runs on torch (--engine torch), which is fine"
 fi
 echo "[setup] $VENV ready: torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"

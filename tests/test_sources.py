@@ -161,8 +161,11 @@ def auto_precision(device):
     return precision_name(auto_amp_dtype(device)[0])
 
 
-def test_auto_precision_on_cpu():
+def test_auto_precision_on_cpu(monkeypatch):
+    monkeypatch.setenv("TUMORLIB_CPU_BF16", "0")  # a CPU without native bf16
     assert auto_precision("cpu") == "fp32"
+    monkeypatch.setenv("TUMORLIB_CPU_BF16", "1")  # AMX-BF16 or AVX512-BF16
+    assert auto_precision("cpu") == "bf16"
 
 
 def _pip_lines(cell):
@@ -239,6 +242,7 @@ def test_auto_precision_on_cuda_by_compute_capability(monkeypatch, major, expect
     monkeypatch.setattr(torch.version, "hip", None)
     # T4 (7.5) and P100 (6.0) emulate bf16: is_bf16_supported() says True there, the choice must not
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setenv("TUMORLIB_CPU_BF16", "0")
     assert auto_precision("cuda") == expected
     assert auto_precision("cpu") == "fp32"
 
