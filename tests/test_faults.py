@@ -1781,7 +1781,12 @@ def test_h3_evaluate_sigterm_keeps_the_old_metrics(h3, tmp_path):
     time.sleep(2.5)
     proc.send_signal(signal.SIGTERM)
     code, _, err = _proc_clean(proc)
-    if code != 0:
+    if code == -signal.SIGTERM and not err.strip():
+        # on a quiet machine the tiny evaluation can finish first: the signal then lands while the process
+        # exits, after its handler is gone; the metrics are then the old file or the complete new one
+        text = out.read_text()
+        assert text == "volume,dice_wt\n1,0.5\n" or text.startswith("volume,dice_ncr"), text[:200]
+    elif code != 0:
         assert code == 143 and len(_message_lines(err)) == 1, err
         assert out.read_text() == "volume,dice_wt\n1,0.5\n"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
