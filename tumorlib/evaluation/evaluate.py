@@ -3,7 +3,8 @@
 ``evaluate(run_dir, data_dir, cache_dir, split="test")`` predicts every volume of a split with the
 sliding window (``tumorlib.inference.sliding_window``), decodes the sigmoid outputs into labels by the one rule
 ``tumorlib.core.brats.decode_to_channels`` (the labels ``predict`` writes) and scores them with
-``tumorlib.evaluation.metrics.brats_scores``; it writes one CSV row per volume (``EVAL_COLUMNS``) and a summary
+``volume_scores`` (the legacy ``tumorlib.evaluation.metrics.brats_scores`` and the BraTS 2023 lesion-wise
+``tumorlib.evaluation.lesions.lesion_scores``); it writes one CSV row per volume (``EVAL_COLUMNS``) and a summary
 (mean, median, std of each column) beside it. Loading a run lives in ``tumorlib.inference.predictor``, NIfTI label
 files in ``tumorlib.inference.predict``, the box plot in ``tumorlib.viz``; the whole-volume validator of
 training (``volume_dice``) in ``tumorlib.evaluation.validation``.
@@ -22,9 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tumorlib.core.brats import CLASS_KEYS, REGION_KEYS, decode_to_channels
+from tumorlib.core.brats import CLASS_KEYS, REGION_KEYS, channels_to_labels, decode_to_channels
 from tumorlib.core.config import Config
 from tumorlib.core.device import resolve_device
+from tumorlib.evaluation.lesions import LESION_COLUMNS, lesion_scores
 from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
 from tumorlib.inference.predictor import load_run, make_predictor, predict_volume
 
@@ -39,10 +41,11 @@ __all__ = [
     "summarize",
     "summary_path",
     "volume_dice",
+    "volume_scores",
 ]
 
-#: Columns of the per-volume metrics CSV.
-EVAL_COLUMNS = ("volume", *METRIC_COLUMNS, "seconds")
+#: Columns of the per-volume metrics CSV: the legacy BraTS 2020 metrics, then the BraTS 2023 lesion-wise ones.
+EVAL_COLUMNS = ("volume", *METRIC_COLUMNS, *LESION_COLUMNS, "seconds")
 #: Split names ``evaluate`` accepts.
 SPLITS = ("train", "val", "test", "all")
 
@@ -83,6 +86,26 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
     return split_ids(config, ids)[split]
 
 
+def volume_scores(pred: Any, target: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                  lesions: bool = True) -> dict[str, float]:
+    """The scores of one volume: the legacy ``METRIC_COLUMNS`` and the lesion-wise ``LESION_COLUMNS``.
+
+    Args:
+        pred: (3, D, H, W) binary class channels (ncr, ed, et) of the prediction.
+        target: (3, D, H, W) binary class channels of the ground truth.
+        spacing: voxel size (mm) along the three axes.
+        lesions: also compute the BraTS 2023 lesion-wise Dice and HD95 (``tumorlib.evaluation.lesions``).
+
+    Returns:
+        ``{column: value}``; the lesion-wise columns only when ``lesions``.
+    """
+    scores = brats_scores(pred, target, spacing)
+    if lesions:
+        found = lesion_scores(channels_to_labels(pred), channels_to_labels(target), spacing)
+        scores.update({name: found[name] for name in LESION_COLUMNS})
+    return scores
+
+
 def summary_path(csv_path: str | os.PathLike) -> Path:
     """Where the summary of a metrics CSV goes: ``metrics.csv`` -> ``metrics_summary.csv``."""
     path = Path(csv_path)
@@ -104,13 +127,13 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
 def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike,
                   volume_ids: Sequence[int], device: torch.device, tta: bool = False, amp: bool = True,
                   index: dict[str, Any] | None = None, progress: bool = False,
-                  desc: str = "score") -> list[dict[str, float]]:
+                  desc: str = "score", lesions: bool = True) -> list[dict[str, float]]:
     """Predict whole cached volumes and score the decoded labels: the one scoring path of ``evaluate``
     and of whole-volume model selection during training.
 
     Each volume is predicted with the sliding window (``predict_volume``), decoded by
     ``tumorlib.core.brats.decode_to_channels`` at ``config.threshold`` (the labels ``predict`` writes) and
-    scored with ``brats_scores``. Dice and HD95 are computed in the cache's frame: the crop holds every
+    scored with ``volume_scores`` (legacy and lesion-wise metrics). Dice and HD95 are computed in the cache's frame: the crop holds every
     tumour voxel, so they equal the full-volume values. A cache resampled in-plane (``cache_hw`` below
     the native size) is scored at the source resolution instead (the probabilities are mapped back
     with ``uncrop``, then decoded).
@@ -126,9 +149,10 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         index: the cache index (read when None).
         progress: tqdm bar over the volumes.
         desc: the bar's label.
+        lesions: add the lesion-wise ``LESION_COLUMNS`` (off for model selection, which reads the Dice only).
 
     Returns:
-        One dict per volume: ``volume``, the ``METRIC_COLUMNS`` and ``seconds`` (sliding window, sigmoid
+        One dict per volume: ``volume``, the ``METRIC_COLUMNS``, the ``LESION_COLUMNS`` and ``seconds`` (sliding window, sigmoid
         and decoding, without the metrics).
 
     Raises:
@@ -159,7 +183,8 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         seconds = time.perf_counter() - start
         spacing = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
         target = source.read(vid)[1] if resampled else np.asarray(mask)
-        rows.append({"volume": int(vid), **brats_scores(pred, target, spacing), "seconds": seconds})
+        rows.append({"volume": int(vid), **volume_scores(pred, target, spacing, lesions=lesions),
+                     "seconds": seconds})
     return rows
 
 
@@ -182,7 +207,7 @@ def volume_dice(model: torch.nn.Module, config: Config, cache_dir: str | os.Path
     was_training = model.training
     model.eval()
     try:
-        rows = score_volumes(model, config, cache_dir, volume_ids, device, amp=amp)
+        rows = score_volumes(model, config, cache_dir, volume_ids, device, amp=amp, lesions=False)
     finally:
         model.train(was_training)
     return float(np.mean([np.mean([r["dice_wt"], r["dice_tc"], r["dice_et"]]) for r in rows]))
