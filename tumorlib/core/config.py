@@ -122,6 +122,8 @@ class Config:
     sw_batch_size: int = field(default=4, metadata=_RUNTIME)
     sw_blend: str = field(default="gaussian", metadata=_RUNTIME)
     threshold: float = field(default=0.5, metadata=_RUNTIME)
+    # post-processing: a predicted ET of fewer voxels becomes necrosis (0: off; tune-postprocessing picks it)
+    et_min_voxels: int = field(default=0, metadata=_RUNTIME)
 
     def __post_init__(self) -> None:
         for name in ("synth_shape", "patch_size", "features", "class_weights"):

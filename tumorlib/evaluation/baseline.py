@@ -152,7 +152,8 @@ def baseline(config: Config, data_dir: str | os.PathLike | None = None, cache_di
         pred = model.predict(np.asarray(image))
         seconds = time.perf_counter() - start
         spacing = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
-        rows.append({"volume": vid, **volume_scores(pred, np.asarray(mask), spacing), "seconds": seconds})
+        rows.append({"volume": vid, **volume_scores(pred, np.asarray(mask), spacing), "et_min_voxels": 0,
+                     "seconds": seconds})
     frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
     out_path = Path(out) if out is not None else workspace(config).out_dir / "baseline_test.csv"
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ __all__ = [
     "evaluate",
     "metric_table",
     "patch_predictions",
+    "predicted_channels",
     "run_split",
     "score_volumes",
     "summarize",
@@ -45,7 +46,8 @@ __all__ = [
 ]
 
 #: Columns of the per-volume metrics CSV: the legacy BraTS 2020 metrics, then the BraTS 2023 lesion-wise ones.
-EVAL_COLUMNS = ("volume", *METRIC_COLUMNS, *LESION_COLUMNS, "seconds")
+#: ``et_min_voxels``: the small-ET rule applied (``tumorlib.inference.postprocess``; 0: off).
+EVAL_COLUMNS = ("volume", *METRIC_COLUMNS, *LESION_COLUMNS, "et_min_voxels", "seconds")
 #: Split names ``evaluate`` accepts.
 SPLITS = ("train", "val", "test", "all")
 
@@ -116,18 +118,20 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean, median and std of each metric column.
 
     Args:
-        frame: the per-volume table from ``evaluate`` (``EVAL_COLUMNS``).
+        frame: the per-volume table from ``evaluate`` (``EVAL_COLUMNS``) or the per-case table of
+            ``tumorlib.evaluation.label_files`` (its ``case`` column is dropped like ``volume``).
 
     Returns:
-        Rows ``mean``, ``median``, ``std``; columns the metrics and ``seconds``.
+        Rows ``mean``, ``median``, ``std``; columns the metrics (and ``seconds``).
     """
-    return frame.drop(columns=["volume"]).agg(["mean", "median", "std"])
+    return frame.drop(columns=[c for c in ("volume", "case") if c in frame]).agg(["mean", "median", "std"])
 
 
 def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike,
                   volume_ids: Sequence[int], device: torch.device, tta: bool = False, amp: bool = True,
                   index: dict[str, Any] | None = None, progress: bool = False,
-                  desc: str = "score", lesions: bool = True) -> list[dict[str, float]]:
+                  desc: str = "score", lesions: bool = True,
+                  et_min_voxels: int = 0) -> list[dict[str, float]]:
     """Predict whole cached volumes and score the decoded labels: the one scoring path of ``evaluate``
     and of whole-volume model selection during training.
 
@@ -150,42 +154,72 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         progress: tqdm bar over the volumes.
         desc: the bar's label.
         lesions: add the lesion-wise ``LESION_COLUMNS`` (off for model selection, which reads the Dice only).
+        et_min_voxels: relabel a predicted ET of fewer voxels as necrosis after decoding (0: off).
 
     Returns:
-        One dict per volume: ``volume``, the ``METRIC_COLUMNS``, the ``LESION_COLUMNS`` and ``seconds`` (sliding window, sigmoid
-        and decoding, without the metrics).
+        One dict per volume: ``volume``, the ``METRIC_COLUMNS``, the ``LESION_COLUMNS`` and ``seconds``
+        (reading, sliding window, sigmoid and decoding, without the metrics).
 
     Raises:
         CacheError: a resampled cache whose source cannot be reopened.
     """
     from tumorlib.core.progress import tqdm
 
-    from tumorlib.data.cache import CacheError, load_cache_index, load_cached_volume, open_source, uncrop
+    from tumorlib.data.cache import load_cache_index
 
     index = index if index is not None else load_cache_index(cache_dir)
+    rows = []
+    for vid in tqdm(list(volume_ids), desc=desc, unit="vol", disable=not progress):
+        start = time.perf_counter()
+        pred, target, spacing = predicted_channels(model, config, cache_dir, vid, device, index, tta=tta,
+                                                   amp=amp, et_min_voxels=et_min_voxels)
+        seconds = time.perf_counter() - start
+        rows.append({"volume": int(vid), **volume_scores(pred, target, spacing, lesions=lesions),
+                     "seconds": seconds})
+    return rows
+
+
+def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_id: int,
+                       device: torch.device, index: dict[str, Any], tta: bool = False, amp: bool = True,
+                       et_min_voxels: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """One cached volume predicted and decoded as ``evaluate`` scores it, with its ground truth.
+
+    Args:
+        model, config, cache_dir, device, tta, amp: as for ``score_volumes``.
+        volume_id: the volume.
+        index: the cache index.
+        et_min_voxels: ``tumorlib.inference.postprocess.remove_small_et`` after decoding (0: off).
+
+    Returns:
+        ``(pred, target, spacing)``: (3, D, H, W) class channels of the prediction and of the ground
+        truth (the cache's frame, or the source's for a resampled cache) and the voxel size.
+
+    Raises:
+        CacheError: a resampled cache whose source cannot be reopened.
+    """
+    from tumorlib.core.brats import labels_to_channels
+    from tumorlib.data.cache import CacheError, load_cached_volume, open_source, uncrop
+    from tumorlib.inference.postprocess import remove_small_et
+
+    entry = index["volumes"][str(volume_id)]
     try:
         source = open_source(index)
     except CacheError:
         source = None  # a cache from a custom reader: 1 mm voxels, scored in the cache frame only
-    rows = []
-    for vid in tqdm(list(volume_ids), desc=desc, unit="vol", disable=not progress):
-        entry = index["volumes"][str(vid)]
-        image, mask = load_cached_volume(cache_dir, vid, index=index)
-        start = time.perf_counter()
-        prob = predict_volume(model, image, config, device, tta=tta, amp=amp)
-        resampled = not all(abs(z - 1.0) < 1e-9 for z in entry["zoom"])
-        if resampled:
-            if source is None:
-                open_source(index)  # raises CacheError naming the reader
-            pred = decode_to_channels(uncrop(prob.cpu().numpy(), entry, fill=0.0), config.threshold)
-        else:
-            pred = decode_to_channels(prob, config.threshold)
-        seconds = time.perf_counter() - start
-        spacing = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
-        target = source.read(vid)[1] if resampled else np.asarray(mask)
-        rows.append({"volume": int(vid), **volume_scores(pred, target, spacing, lesions=lesions),
-                     "seconds": seconds})
-    return rows
+    image, mask = load_cached_volume(cache_dir, volume_id, index=index)
+    prob = predict_volume(model, image, config, device, tta=tta, amp=amp)
+    resampled = not all(abs(z - 1.0) < 1e-9 for z in entry["zoom"])
+    if resampled:
+        if source is None:
+            open_source(index)  # raises CacheError naming the reader
+        pred = decode_to_channels(uncrop(prob.cpu().numpy(), entry, fill=0.0), config.threshold)
+    else:
+        pred = decode_to_channels(prob, config.threshold)
+    if et_min_voxels:
+        pred = labels_to_channels(remove_small_et(channels_to_labels(pred), et_min_voxels))
+    spacing = tuple(source.spacing(volume_id)) if source is not None else (1.0, 1.0, 1.0)
+    target = source.read(volume_id)[1] if resampled else np.asarray(mask)
+    return pred, target, spacing
 
 
 def volume_dice(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_ids: Sequence[int],
@@ -224,8 +258,9 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     with the sliding window (the config's ``patch_size``, ``sw_overlap``, ``sw_blend``,
     ``sw_batch_size``), passed through the sigmoid and decoded into labels by the one rule
     (``tumorlib.core.brats.decode_to_channels``: tumour where the union probability passes
-    ``config.threshold``, then the most probable class), so the scores are those of the labels
-    ``predict`` writes (``score_volumes``).
+    ``config.threshold``, then the most probable class) and the run's small-ET rule is applied
+    (``run_et_min_voxels``: ``RUN/postprocessing.json`` or the config), so the scores are those of the
+    labels ``predict`` writes (``score_volumes``).
 
     Args:
         run_dir: the run folder.
@@ -251,6 +286,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     """
     from tumorlib.data.cache import check_cache_order, load_cache_index
     from tumorlib.data.resolve import resolve_cache
+    from tumorlib.inference.postprocess import run_et_min_voxels
 
     dev = resolve_device(device)
     model, config = load_run(run_dir, dev)
@@ -267,9 +303,10 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
             raise ValueError(f"volumes {missing} are not in the cache {cache}")
     if not ids:
         raise ValueError(f"the {split} split of {run_dir} is empty")
+    et_min = run_et_min_voxels(run_dir, config)
     rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
-                         progress=progress, desc=f"evaluate {split}")
-    frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
+                         progress=progress, desc=f"evaluate {split}", et_min_voxels=et_min)
+    frame = pd.DataFrame([{**r, "et_min_voxels": et_min} for r in rows], columns=list(EVAL_COLUMNS))
     out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_path, index=False)

@@ -11,6 +11,7 @@ import torch
 
 from tumorlib.core.brats import check_order, decode_probabilities
 from tumorlib.core.device import resolve_device
+from tumorlib.inference.postprocess import remove_small_et, run_et_min_voxels
 from tumorlib.inference.predictor import load_run, predict_volume
 from tumorlib.core.folders import check_not_input
 from tumorlib.core.safety import atomic_path
@@ -42,8 +43,9 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     zoom to ``cache_hw``, crop to the brain plus ``cache_margin``, per-channel z-score), predicted by
     sliding window, mapped back to the full input size (``uncrop``, probabilities outside the crop
     are 0) and decoded by the one rule (``tumorlib.core.brats.decode_probabilities``: tumour where the
-    union probability passes ``config.threshold``, then the most probable class), the labels
-    ``evaluate`` scores. Kaggle HDF5 input is read with the run's ``kaggle_channel_order`` and written
+    union probability passes ``config.threshold``, then the most probable class), then the run's small-ET
+    rule is applied (``run_et_min_voxels``: ``RUN/postprocessing.json`` or the config's ``et_min_voxels``),
+    the labels ``evaluate`` scores. Kaggle HDF5 input is read with the run's ``kaggle_channel_order`` and written
     on the BraTS2020 grid with the BraTS2020 header (``save_kaggle_segmentation``), so it overlays
     the official ``*_seg.nii.gz``; NIfTI input keeps its own header (``nifti_header``).
 
@@ -103,7 +105,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
                                        dtype=np.float16)  # the cache's dtype: the labels evaluate scores
     prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
-    labels = decode_probabilities(full, config.threshold)
+    labels = remove_small_et(decode_probabilities(full, config.threshold), run_et_min_voxels(run_dir, config))
     with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
         if nifti_case is not None:
             save_segmentation_nifti(labels, tmp, header=nifti_header(nifti_case))
