@@ -15,7 +15,7 @@ from tumorlib.evaluation.label_files import (
 )
 from tumorlib.evaluation.lesions import LESION_COLUMNS, lesion_scores
 from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
-from tumorlib.io.nifti import save_segmentation_nifti
+from tumorlib.io.nifti_write import save_segmentation_nifti
 
 SHAPE = (12, 20, 16)  # (D, H, W)
 

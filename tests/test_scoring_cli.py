@@ -162,3 +162,24 @@ def test_a_bad_postprocessing_record_is_named(tiny_data, tiny_cache, tmp_path, c
                  "--device", "cpu", "--quiet", "--out", str(tmp_path / "m.csv")]) == 2
     err = capsys.readouterr().err
     assert POSTPROCESSING_FILE in err and "et_min_voxels" in err
+
+
+def test_cli_predict_saves_probabilities_beside_the_labels(tiny_data, tmp_path, capsys):
+    run = _constant_run(tmp_path / "run", [-10.0, 0.0, 10.0])  # sigmoids 0, 0.5, 1 inside the crop
+    out = tmp_path / "out" / "case.nii.gz"
+    assert main(["predict", "--run", str(run), "--data", str(tiny_data), "--volume", "2", "--out", str(out),
+                 "--device", "cpu", "--save-probabilities", "--quiet"]) == 0
+    prob_path = tmp_path / "out" / "case_probabilities.nii.gz"
+    assert str(prob_path) in capsys.readouterr().out
+    labels, probs = nib.load(str(out)), nib.load(str(prob_path))
+    assert probs.shape == (*labels.shape, 3) and probs.get_data_dtype() == np.uint16
+    np.testing.assert_allclose(probs.affine, labels.affine)
+    assert int(probs.header["qform_code"]) == int(labels.header["qform_code"])
+    values = probs.get_fdata()
+    tumour = np.asarray(labels.dataobj) > 0
+    assert tumour.any() and (np.asarray(labels.dataobj)[tumour] == 4).all()
+    np.testing.assert_allclose(values[tumour], np.broadcast_to([0.0, 0.5, 1.0], (int(tumour.sum()), 3)), atol=1e-3)
+    assert (values[~tumour] == 0).all()
+    assert main(["predict", "--run", str(run), "--data", str(tiny_data), "--volume", "2", "--out",
+                 str(tmp_path / "plain.nii.gz"), "--device", "cpu", "--quiet"]) == 0
+    assert not (tmp_path / "plain_probabilities.nii.gz").exists()

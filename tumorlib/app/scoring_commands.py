@@ -38,8 +38,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("give --data DIR and --volume ID, or --nifti CASE_DIR")
     path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
                    tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
-                   stored_order=args.kaggle_channel_order)
+                   stored_order=args.kaggle_channel_order, save_probabilities=args.save_probabilities)
     print(f"wrote {path}")
+    if args.save_probabilities:
+        from tumorlib.inference.predict import probabilities_path
+
+        print(f"wrote {probabilities_path(path)}")
     return 0
 
 
@@ -83,6 +87,8 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write OUT_probabilities.nii.gz: the ncr, ed, et probabilities, (H, W, D, 3) 16-bit")
     p.add_argument("--kaggle_channel_order", default=None, metavar="ORDER",
                    help="channel order of the --data files (e.g. flair,t1,t1ce,t2); refused when it differs "
                         "from the run's (default: the run's)")

@@ -16,7 +16,14 @@ from tumorlib.inference.predictor import load_run, predict_volume
 from tumorlib.core.folders import check_not_input
 from tumorlib.core.safety import atomic_path
 
-__all__ = ["predict"]
+__all__ = ["predict", "probabilities_path"]
+
+
+def probabilities_path(out: str | os.PathLike) -> Path:
+    """Where ``predict --save-probabilities`` writes: ``X.nii.gz`` -> ``X_probabilities.nii.gz``."""
+    out = Path(out)
+    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else out.suffix
+    return out.with_name(out.name[: len(out.name) - len(suffix)] + "_probabilities" + suffix)
 
 
 def _input_files(data_dir: str | os.PathLike | None, volume_id: int | None,
@@ -33,10 +40,23 @@ def _input_files(data_dir: str | os.PathLike | None, volume_id: int | None,
     return list(find_slices(data_dir).get(int(volume_id), {}).values())
 
 
+def _write_outputs(out: Path, labels: np.ndarray, prob: np.ndarray | None, header: object) -> Path:
+    """The label file and, when ``prob`` is given, the probabilities beside it, each atomically."""
+    from tumorlib.io.nifti_write import save_probabilities_nifti, save_segmentation_nifti
+
+    with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
+        save_segmentation_nifti(labels, tmp, header=header)
+    if prob is not None:
+        with atomic_path(probabilities_path(out)) as tmp:
+            save_probabilities_nifti(prob, tmp, header=header)
+    return out
+
+
 def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             volume_id: int | None = None, nifti_case: str | os.PathLike | None = None, tta: bool = False,
             device: str | torch.device | None = None, amp: bool = True,
-            progress: bool = False, stored_order: Sequence[str] | None = None) -> Path:
+            progress: bool = False, stored_order: Sequence[str] | None = None,
+            save_probabilities: bool = False) -> Path:
     """Segment one raw volume and write BraTS labels as NIfTI.
 
     The input is prepared exactly as the cache prepares it (``prepare_volume``: optional in-plane
@@ -46,8 +66,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     union probability passes ``config.threshold``, then the most probable class), then the run's small-ET
     rule is applied (``run_et_min_voxels``: ``RUN/postprocessing.json`` or the config's ``et_min_voxels``),
     the labels ``evaluate`` scores. Kaggle HDF5 input is read with the run's ``kaggle_channel_order`` and written
-    on the BraTS2020 grid with the BraTS2020 header (``save_kaggle_segmentation``), so it overlays
-    the official ``*_seg.nii.gz``; NIfTI input keeps its own header (``nifti_header``).
+    on the BraTS2020 grid with the BraTS2020 header (``brats2020_header``, as ``save_kaggle_segmentation``),
+    so it overlays the official ``*_seg.nii.gz``; NIfTI input keeps its own header (``nifti_header``).
 
     Args:
         run_dir: the run folder.
@@ -62,6 +82,9 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         progress: tqdm bar over the windows.
         stored_order: the channel order of the ``data_dir`` files, when the caller knows it (e.g. from
             ``tumorlib inspect-modalities``); None: the run's ``kaggle_channel_order``.
+        save_probabilities: also write the per-voxel class probabilities (sigmoids of ncr, ed, et,
+            before decoding) to ``probabilities_path(out)``, same grid and header, (H, W, D, 3) 16-bit
+            (``tumorlib.io.nifti_write.save_probabilities_nifti``).
 
     Returns:
         The path written: uint8 labels {0, 1, 2, 4}, array shape (H, W, D) (slice index last, as
@@ -79,7 +102,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     from tumorlib.data import load_volume
     from tumorlib.data.cache import prepare_volume, uncrop
     from tumorlib.io.nifti import load_nifti_case, nifti_header
-    from tumorlib.io.nifti_write import save_kaggle_segmentation, save_segmentation_nifti
+    from tumorlib.io.nifti_write import brats2020_header
     out = Path(out)
     if not out.name.endswith((".nii.gz", ".nii")):
         raise ValueError(f"output {out} must end in .nii.gz or .nii")
@@ -98,7 +121,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     else:
         image, _mask = load_volume(data_dir, int(volume_id), stored_order=config.kaggle_channel_order)
         name = f"volume {volume_id} of {data_dir}"
-    check_not_input(out, _input_files(data_dir, volume_id, nifti_case))  # before any work: never replace an input
+    for path in (out, probabilities_path(out)) if save_probabilities else (out,):
+        check_not_input(path, _input_files(data_dir, volume_id, nifti_case))  # before any work
     if image.shape[0] != config.in_channels:
         raise ValueError(f"{name}: {image.shape[0]} channels, the run's model expects {config.in_channels}")
     image_c, _, entry = prepare_volume(image, None, cache_hw=config.cache_hw, margin=config.cache_margin,
@@ -106,9 +130,5 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
     labels = remove_small_et(decode_probabilities(full, config.threshold), run_et_min_voxels(run_dir, config))
-    with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
-        if nifti_case is not None:
-            save_segmentation_nifti(labels, tmp, header=nifti_header(nifti_case))
-        else:
-            save_kaggle_segmentation(labels, tmp)
-    return out
+    header = nifti_header(nifti_case) if nifti_case is not None else brats2020_header()
+    return _write_outputs(out, labels, full if save_probabilities else None, header)
