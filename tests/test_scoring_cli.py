@@ -183,3 +183,32 @@ def test_cli_predict_saves_probabilities_beside_the_labels(tiny_data, tmp_path, 
     assert main(["predict", "--run", str(run), "--data", str(tiny_data), "--volume", "2", "--out",
                  str(tmp_path / "plain.nii.gz"), "--device", "cpu", "--quiet"]) == 0
     assert not (tmp_path / "plain_probabilities.nii.gz").exists()
+
+
+def test_cli_predict_and_evaluate_average_several_runs(tiny_data, tiny_cache, tmp_path, capsys):
+    a = _constant_run(tmp_path / "a", [10.0, -10.0, -10.0])  # NCR everywhere in the crop
+    b = _constant_run(tmp_path / "b", [-10.0, 10.0, -10.0])  # ED everywhere in the crop
+    out = tmp_path / "seg.nii.gz"
+    assert main(["predict", "--run", str(a), "--run", str(b), "--data", str(tiny_data), "--volume", "2",
+                 "--out", str(out), "--device", "cpu", "--save-probabilities", "--quiet"]) == 0
+    values = nib.load(str(tmp_path / "seg_probabilities.nii.gz")).get_fdata()
+    tumour = np.asarray(nib.load(str(out)).dataobj) > 0
+    np.testing.assert_allclose(values[tumour], np.broadcast_to([0.5, 0.5, 0.0], (int(tumour.sum()), 3)), atol=1e-3)
+    argv = ["--data", str(tiny_data), "--cache", str(tiny_cache), "--device", "cpu", "--quiet"]
+    assert main(["evaluate", "--run", str(a), "--run", str(b), *argv]) == 0
+    assert (a / "metrics_test_ensemble2.csv").is_file() and not (a / "metrics_test.csv").exists()
+    ensemble = pd.read_csv(a / "metrics_test_ensemble2.csv")
+    single = evaluate(a, tiny_data, tiny_cache, out=tmp_path / "single.csv", device="cpu", progress=False)
+    assert ensemble["volume"].tolist() == single["volume"].tolist()
+    other = tmp_path / "other"
+    config = get_config("ci", patch_size=(16, 16, 16))
+    torch.manual_seed(0)
+    model = model_from_config(config)
+    other.mkdir()
+    config.save(other / "config.json")
+    atomic_torch_save({"model": model.state_dict(), "epoch": 1, "config": config.to_dict()},
+                      other / "checkpoints" / "best_model.pth")
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(a), "--run", str(other), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"run {other}: patch_size" in err

@@ -58,7 +58,9 @@ def _add_evaluate(sub: Any) -> None:
     """Register ``tumorlib evaluate``."""
     p = sub.add_parser("evaluate", help="score a trained run on whole volumes of a split, or label files "
                                         "against references (Dice, HD95, lesion-wise BraTS 2023)")
-    p.add_argument("--run", default=None, help="run folder (config.json, checkpoints/best_model.pth)")
+    p.add_argument("--run", default=None, action="append",
+                   help="run folder (config.json, checkpoints/best_model.pth); repeat it to average several runs' "
+                        "probabilities (same channel order, patch size, classes)")
     p.add_argument("--pred", default=None, metavar="DIR",
                    help="instead of --run: a folder of BraTS label files X.nii.gz (0/1/2/4) to score")
     p.add_argument("--ref", default=None, metavar="DIR",
@@ -78,7 +80,9 @@ def _add_evaluate(sub: Any) -> None:
 def _add_predict(sub: Any) -> None:
     """Register ``tumorlib predict``."""
     p = sub.add_parser("predict", help="write a BraTS label NIfTI (0/1/2/4) for one volume or NIfTI case")
-    p.add_argument("--run", required=True, help="run folder (config.json, checkpoints/best_model.pth)")
+    p.add_argument("--run", required=True, action="append",
+                   help="run folder (config.json, checkpoints/best_model.pth); repeat it to average several runs' "
+                        "probabilities (same channel order, patch size, classes)")
     p.add_argument("--data", default=None, help="Kaggle-format data folder (with --volume)")
     p.add_argument("--volume", type=int, default=None, help="volume id in --data")
     p.add_argument("--nifti", default=None, metavar="CASE_DIR",

@@ -28,7 +28,7 @@ from tumorlib.core.config import Config
 from tumorlib.core.device import resolve_device
 from tumorlib.evaluation.lesions import LESION_COLUMNS, lesion_scores
 from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
-from tumorlib.inference.predictor import load_run, make_predictor, predict_volume
+from tumorlib.inference.predictor import load_runs, make_predictor, predict_volume
 
 __all__ = [
     "EVAL_COLUMNS",
@@ -269,7 +269,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         cache_dir: the ``.npy`` cache; None: the workspace's. Built when missing.
         split: ``test`` (default), ``val``, ``train`` or ``all``.
         tta: average over the 8 flips.
-        out: CSV path; None: ``RUN/metrics_<split>.csv``. The summary is written beside it
+        out: CSV path; None: ``RUN/metrics_<split>.csv`` (``metrics_<split>_ensemble<N>.csv`` for N
+            runs). The summary is written beside it
             (``summary_path``).
         device: None: CUDA when available, else CPU.
         amp: bf16 autocast on CUDA.
@@ -289,7 +290,9 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     from tumorlib.inference.postprocess import run_et_min_voxels
 
     dev = resolve_device(device)
-    model, config = load_run(run_dir, dev)
+    model, config = load_runs(run_dir, dev)
+    runs = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
+    run_dir = runs[0]  # splits, post-processing and the default output: the first run's
     cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
     index = load_cache_index(cache)
     check_cache_order(cache, index, config.kaggle_channel_order)
@@ -307,7 +310,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
                          progress=progress, desc=f"evaluate {split}", et_min_voxels=et_min)
     frame = pd.DataFrame([{**r, "et_min_voxels": et_min} for r in rows], columns=list(EVAL_COLUMNS))
-    out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
+    name = f"metrics_{split}.csv" if len(runs) == 1 else f"metrics_{split}_ensemble{len(runs)}.csv"
+    out_path = Path(out) if out is not None else Path(run_dir) / name
     out_path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_path, index=False)
     summary = summarize(frame)

@@ -12,7 +12,7 @@ import torch
 from tumorlib.core.brats import check_order, decode_probabilities
 from tumorlib.core.device import resolve_device
 from tumorlib.inference.postprocess import remove_small_et, run_et_min_voxels
-from tumorlib.inference.predictor import load_run, predict_volume
+from tumorlib.inference.predictor import load_runs, predict_volume
 from tumorlib.core.folders import check_not_input
 from tumorlib.core.safety import atomic_path
 
@@ -70,7 +70,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     so it overlays the official ``*_seg.nii.gz``; NIfTI input keeps its own header (``nifti_header``).
 
     Args:
-        run_dir: the run folder.
+        run_dir: the run folder, or several (``load_runs``; the first run's post-processing).
         out: the output file, ``*.nii.gz`` or ``*.nii``.
         data_dir: a Kaggle-format folder (with ``volume_id``).
         volume_id: the volume to predict from ``data_dir``.
@@ -82,9 +82,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         progress: tqdm bar over the windows.
         stored_order: the channel order of the ``data_dir`` files, when the caller knows it (e.g. from
             ``tumorlib inspect-modalities``); None: the run's ``kaggle_channel_order``.
-        save_probabilities: also write the per-voxel class probabilities (sigmoids of ncr, ed, et,
-            before decoding) to ``probabilities_path(out)``, same grid and header, (H, W, D, 3) 16-bit
-            (``tumorlib.io.nifti_write.save_probabilities_nifti``).
+        save_probabilities: also write the ncr, ed, et probabilities to ``probabilities_path(out)``
+            (``tumorlib.io.nifti_write.save_probabilities_nifti``: same grid and header, (H, W, D, 3)).
 
     Returns:
         The path written: uint8 labels {0, 1, 2, 4}, array shape (H, W, D) (slice index last, as
@@ -109,7 +108,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     if (nifti_case is None) == (data_dir is None or volume_id is None):
         raise ValueError("give either nifti_case, or data_dir and volume_id")
     dev = resolve_device(device)
-    model, config = load_run(run_dir, dev)
+    model, config = load_runs(run_dir, dev)
+    run_dir = run_dir if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)[0]
     if stored_order is not None and check_order(stored_order) != config.kaggle_channel_order:
         have, want = ",".join(check_order(stored_order)), ",".join(config.kaggle_channel_order)
         raise ValueError(f"{data_dir or nifti_case}: channel order {have}, the run {run_dir} was trained with "

@@ -10,7 +10,7 @@ notebooks' bootstrap (``ensure_run``: the preset's run, trained first when missi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,10 @@ from tumorlib.core.device import resolve_device
 from tumorlib.nn.precision import amp_dtype, autocast
 from tumorlib.inference.sliding_window import sliding_window_inference
 
-__all__ = ["load_run", "make_predictor", "predict_cached_volume", "predict_volume"]
+__all__ = [
+    "ENSEMBLE_FIELDS",
+    "RunEnsemble",
+    "load_runs","load_run", "make_predictor", "predict_cached_volume", "predict_volume"]
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = "cpu") -> tuple[torch.nn.Module, Config]:
     """The trained model of a run folder, in eval mode, and the run's config.
@@ -48,6 +51,48 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = "cp
     config = load_config(config_path)
     return load_model(run / "checkpoints" / BEST_NAME, resolve_device(device), config=config,
                       config_path=config_path)
+
+
+class RunEnsemble(torch.nn.Module):
+    """Several runs' models whose probabilities ``predict_volume`` averages (``load_runs``)."""
+
+    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+
+#: Config fields the runs of an ensemble must share (the input they read and the outputs they give).
+ENSEMBLE_FIELDS = ("kaggle_channel_order", "in_channels", "num_classes", "patch_size", "cache_hw", "cache_margin")
+
+
+def load_runs(run_dirs: str | os.PathLike | Sequence[str | os.PathLike],
+              device: str | torch.device | None = "cpu") -> tuple[torch.nn.Module, Config]:
+    """One run (``load_run``) or an ensemble of several whose probabilities are averaged.
+
+    Args:
+        run_dirs: a run folder or a list of them.
+        device: as for ``load_run``.
+
+    Returns:
+        ``(model, config)``: for several runs a ``RunEnsemble`` and the first run's config (sliding
+        window, threshold).
+
+    Raises:
+        ValueError: a run whose ``ENSEMBLE_FIELDS`` differ from the first run's (names it and the field).
+        FileNotFoundError: see ``load_run``.
+    """
+    dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
+    if len(dirs) == 1:
+        return load_run(dirs[0], device)
+    loaded = [load_run(d, device) for d in dirs]
+    first = loaded[0][1]
+    for run, (_, config) in zip(dirs[1:], loaded[1:]):
+        for name in ENSEMBLE_FIELDS:
+            if getattr(config, name) != getattr(first, name):
+                raise ValueError(f"run {run}: {name} {getattr(config, name)!r} differs from "
+                                 f"{getattr(first, name)!r} of run {dirs[0]}; an ensemble needs runs that share "
+                                 f"{', '.join(ENSEMBLE_FIELDS)}")
+    return RunEnsemble([model for model, _ in loaded]).eval(), first
 
 
 def make_predictor(model: torch.nn.Module, amp: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -82,7 +127,8 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, con
         progress: tqdm bar over the windows.
 
     Returns:
-        (K, D, H, W) float32 probabilities on ``device`` (logits are blended, then the sigmoid).
+        (K, D, H, W) float32 probabilities on ``device`` (logits are blended, then the sigmoid; for an
+        ensemble of runs from ``load_runs``, the mean of the members' probabilities).
 
     Raises:
         ValueError: the image does not have ``config.in_channels`` channels.
@@ -90,6 +136,10 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, con
     if image.shape[0] != config.in_channels:
         raise ValueError(f"image has {image.shape[0]} channels, the model expects {config.in_channels} "
                          f"(shape {tuple(image.shape)})")
+    members = getattr(model, "members", None)  # an ensemble of runs (load_runs): the mean probability
+    if members is not None:
+        probs = [predict_volume(m, image, config, device, tta=tta, amp=amp, progress=progress) for m in members]
+        return torch.stack(probs).mean(dim=0)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     if isinstance(image, torch.Tensor):
         x = image.to(dev, torch.float32)[None]
