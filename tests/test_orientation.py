@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tumorlib.io.nifti import BRATS2020_AFFINE
+from tumorlib.io.nifti_write import BRATS2020_AFFINE
 from tumorlib.viz.orientation import display_transform, kaggle_affine, tumorlib_affine
 
 SHAPE = (5, 6, 7)  # (D, H, W): three different sides, so a wrong transpose cannot pass
