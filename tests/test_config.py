@@ -98,12 +98,13 @@ def test_every_config_field_is_classified_for_resume():
     from tumorlib.core.config import resume_fields, runtime_fields
 
     runtime = {"cache_workers", "ram_cache_bytes", "num_workers", "time_limit_h", "compile", "cudnn_benchmark", "data_placement",
-               "pin_memory", "sw_overlap", "sw_batch_size", "sw_blend", "threshold"}
+               "pin_memory", "sw_overlap", "sw_batch_size", "sw_blend", "threshold", "et_min_voxels"}
     training = {"preset", "seed", "synth_volumes", "synth_shape", "synth_seed", "cache_hw", "cache_margin",
                 "patch_size", "tumor_prob", "tumor_sampling", "augment", "intensity_aug", "in_channels", "num_classes", "features", "epochs",
                 "warmup_epochs", "batch_size", "accumulation_steps", "lr", "min_lr_ratio", "weight_decay",
                 "samples_per_epoch", "val_samples", "val_volume_every", "class_weights", "focal_gamma", "dice_weight", "grad_clip",
-                "amp", "amp_dtype", "val_fraction", "test_fraction", "split_seed", "kaggle_channel_order"}
+                "amp", "amp_dtype", "val_fraction", "test_fraction", "split_seed", "fold", "folds",
+                "kaggle_channel_order"}
     assert runtime_fields() == runtime
     assert resume_fields() == training
     assert {f.name for f in dataclasses.fields(Config)} == runtime | training
@@ -125,6 +126,12 @@ def test_gpu_speed_fields_default_to_auto_and_check_their_values():
 BAD_VALUES = [
     ("threshold", 2.0, r"threshold must lie in \(0, 1\), got 2.0"),
     ("threshold", 0.0, r"threshold must lie in \(0, 1\)"),
+    ("et_min_voxels", -1, r"et_min_voxels must be >= 0, got -1"),
+    ("et_min_voxels", 2.5, r"et_min_voxels must be a finite integer"),
+    ("folds", 1, r"fold and folds: need folds >= 2"),
+    ("folds", -2, r"folds must be >= 0, got -2"),
+    ("fold", -1, r"fold must be >= 0, got -1"),
+    ("fold", 1, r"fold and folds: need folds >= 2 and 0 <= fold < folds"),
     ("sw_blend", "foo", r"sw_blend must be one of gaussian, constant, got 'foo'"),
     ("sw_overlap", 1.0, r"sw_overlap must lie in \[0, 1\)"),
     ("sw_batch_size", 0, r"sw_batch_size must be >= 1, got 0"),

@@ -11,8 +11,9 @@ import argparse
 import sys
 from typing import Any
 
-from tumorlib.app.commands_cpu import add_cpu_bench_args, add_engine_arg, register_cpu_commands, run_cpu_bench
+from tumorlib.app.commands_cpu import add_cpu_bench_args, register_cpu_commands, run_cpu_bench
 from tumorlib.app.arguments import add_config_args, config_from_args, int_at_least
+from tumorlib.app.scoring_commands import register_evaluate, register_predict, register_tune_postprocessing
 from tumorlib.core.config import get_config
 
 __all__ = ["register_commands"]
@@ -149,37 +150,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from tumorlib.evaluation.evaluate import evaluate
-
-    evaluate(args.run, args.data, args.cache, split=args.split, tta=args.tta, out=args.out, device=args.device,
-             amp=args.amp, progress=not args.quiet, engine=args.engine)
-    return 0
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from tumorlib.inference.predict import predict
-
-    if args.nifti is not None and (args.data is not None or args.volume is not None):
-        raise ValueError("give --nifti CASE_DIR or --data DIR --volume ID, not both")
-    if args.nifti is None and (args.data is None or args.volume is None):
-        raise ValueError("give --data DIR and --volume ID, or --nifti CASE_DIR")
-    import warnings
-
-    with warnings.catch_warnings(record=True) as seen:  # each warning as one line, even under --quiet
-        warnings.simplefilter("always")
-        path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
-                       tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
-                       stored_order=args.kaggle_channel_order, engine=args.engine)
-    for w in seen:
-        if issubclass(w.category, UserWarning):
-            print(f"tumorlib predict: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # as before: the filters decide
-    print(f"wrote {path}")
-    return 0
-
-
 def _cmd_inspect_modalities(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -307,40 +277,6 @@ def _add_train(sub: Any) -> None:
     add_config_args(p)
     p.set_defaults(func=_cmd_train)
 
-def _add_evaluate(sub: Any) -> None:
-    """Register ``tumorlib evaluate``."""
-    p = sub.add_parser("evaluate", help="score a trained run on whole volumes of a split (Dice, HD95)")
-    p.add_argument("--run", required=True, help="run folder (config.json, checkpoints/best_model.pth)")
-    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
-    p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips")
-    p.add_argument("--out", default=None, help="metrics CSV (default RUN/metrics_<split>.csv); summary beside it")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
-    add_engine_arg(p)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_evaluate)
-
-def _add_predict(sub: Any) -> None:
-    """Register ``tumorlib predict``."""
-    p = sub.add_parser("predict", help="write a BraTS label NIfTI (0/1/2/4) for one volume or NIfTI case")
-    p.add_argument("--run", required=True, help="run folder (config.json, checkpoints/best_model.pth)")
-    p.add_argument("--data", default=None, help="Kaggle-format data folder (with --volume)")
-    p.add_argument("--volume", type=int, default=None, help="volume id in --data")
-    p.add_argument("--nifti", default=None, metavar="CASE_DIR",
-                   help="official BraTS case folder (*_t1/_t1ce/_t2/_flair.nii.gz) instead of --data/--volume")
-    p.add_argument("--out", required=True, help="output file, *.nii.gz")
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
-    add_engine_arg(p)
-    p.add_argument("--kaggle_channel_order", default=None, metavar="ORDER",
-                   help="channel order of the --data files (e.g. flair,t1,t1ce,t2); refused when it differs "
-                        "from the run's (default: the run's)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_predict)
-
 def _add_baseline(sub: Any) -> None:
     """Register ``tumorlib baseline``."""
     p = sub.add_parser("baseline", help="intensity-only per-voxel classifier: fit on the train split, score the test split")
@@ -364,7 +300,8 @@ def register_commands(sub: Any) -> None:
     _add_cache(sub)
     _add_bench(sub)
     _add_train(sub)
-    _add_evaluate(sub)
-    _add_predict(sub)
+    register_evaluate(sub)
+    register_predict(sub)
+    register_tune_postprocessing(sub)
     register_cpu_commands(sub)
     _add_baseline(sub)

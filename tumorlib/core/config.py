@@ -118,11 +118,16 @@ class Config:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_seed: int = 42
+    # cross-validation: fold K of an N-fold split of the non-test volumes (folds None or 0: the split above)
+    fold: int = 0
+    folds: int | None = None
     # inference
     sw_overlap: float = field(default=0.5, metadata=_RUNTIME)
     sw_batch_size: int = field(default=4, metadata=_RUNTIME)
     sw_blend: str = field(default="gaussian", metadata=_RUNTIME)
     threshold: float = field(default=0.5, metadata=_RUNTIME)
+    # post-processing: a predicted ET of fewer voxels becomes necrosis (0: off; tune-postprocessing picks it)
+    et_min_voxels: int = field(default=0, metadata=_RUNTIME)
 
     def __post_init__(self) -> None:
         for name in ("synth_shape", "patch_size", "features", "class_weights"):
@@ -137,6 +142,9 @@ class Config:
         if len(self.class_weights) != self.num_classes:
             raise ValueError(f"class_weights has {len(self.class_weights)} entries for "
                              f"num_classes={self.num_classes}")
+        if self.folds == 1 or (self.folds and self.fold >= self.folds) or (not self.folds and self.fold):
+            raise ValueError(f"config fields fold and folds: need folds >= 2 and 0 <= fold < folds (or folds "
+                             f"unset and fold 0), got fold={self.fold}, folds={self.folds}")
         if list(self.features) != sorted(set(self.features)):
             raise ValueError(f"features must increase strictly (one width per U-Net level), got {self.features}")
         if self.val_fraction + self.test_fraction >= 1.0:

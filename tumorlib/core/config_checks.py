@@ -46,6 +46,8 @@ RULES: dict[str, tuple[Any, float, float, bool, bool]] = {
     "val_fraction": (float, 0, 1, False, True), "test_fraction": (float, 0, 1, False, True),
     "split_seed": (int, 0, _INF, False, False), "sw_overlap": (float, 0, 1, False, True),
     "sw_batch_size": (int, 1, _INF, False, False), "threshold": (float, 0, 1, True, True),
+    "et_min_voxels": (int, 0, _INF, False, False),
+    "fold": (int, 0, _INF, False, False), "folds": ((int, None), 0, _INF, False, False),
 }
 CHOICES = {
     "sw_blend": ("gaussian", "constant"),

@@ -18,7 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     from tumorlib.core.config import Config
 
-__all__ = ["SPLIT_NAMES", "load_splits", "run_splits", "split_ids", "split_volumes"]
+__all__ = ["SPLIT_NAMES", "fold_split", "load_splits", "run_splits", "split_ids", "split_volumes"]
 
 #: The keys of ``splits.json``.
 SPLIT_NAMES = ("train", "val", "test")
@@ -69,14 +69,48 @@ def split_volumes(
 
 def split_ids(config: Config, volume_ids: Sequence[int]) -> dict[str, list[int]]:
     """The config's train / val / test split of ``volume_ids`` (``val_fraction``, ``test_fraction``,
-    ``split_seed``): ``{"train": [...], "val": [...], "test": [...]}``."""
+    ``split_seed``): ``{"train": [...], "val": [...], "test": [...]}``. With ``folds`` set (>= 2), the
+    test set is the same and the other volumes are split by ``fold_split`` (val = fold ``fold``)."""
     try:
         train, val, test = split_volumes(sorted(int(v) for v in volume_ids), config.val_fraction,
                                          config.test_fraction, config.split_seed)
     except ValueError as err:  # name the config fields, not the function's arguments
         raise ValueError(f"val_fraction {config.val_fraction}, test_fraction {config.test_fraction}: "
                          f"{str(err).removeprefix('split_volumes: ')}") from None
+    folds = getattr(config, "folds", None)
+    if folds:
+        train, val = fold_split(train + val, folds, config.fold, config.split_seed)
     return {"train": train, "val": val, "test": test}
+
+
+def fold_split(ids: Iterable[int], folds: int, fold: int, seed: int = 42) -> tuple[list[int], list[int]]:
+    """Fold ``fold`` of a ``folds``-fold split: validation = that fold, training = the other folds.
+
+    The ids are permuted by ``seed`` (independently of their order) and cut into ``folds`` parts whose
+    sizes differ by at most one (``numpy.array_split``); the folds are disjoint and cover the ids.
+
+    Args:
+        ids: the non-test volume ids, unique.
+        folds: number of folds, >= 2.
+        fold: the validation fold, 0 <= fold < folds.
+        seed: seed of the permutation.
+
+    Returns:
+        ``(train, val)``: two sorted lists of ids.
+
+    Raises:
+        ValueError: a bad ``folds``/``fold``, or fewer ids than folds.
+    """
+    ordered = sorted(int(i) for i in ids)
+    if int(folds) < 2 or not 0 <= int(fold) < int(folds):
+        raise ValueError(f"fold_split: need folds >= 2 and 0 <= fold < folds, got fold={fold}, folds={folds}")
+    if len(ordered) < folds:
+        raise ValueError(f"fold_split: {len(ordered)} non-test volume(s) cannot make {folds} folds")
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    parts = np.array_split(np.array([ordered[k] for k in order]), int(folds))
+    val = sorted(int(v) for v in parts[int(fold)])
+    train = sorted(int(v) for i, part in enumerate(parts) if i != int(fold) for v in part)
+    return train, val
 
 
 def run_splits(config: Config, cache_dir: str | os.PathLike) -> dict[str, list[int]]:

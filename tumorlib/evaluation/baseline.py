@@ -7,7 +7,8 @@ a time and no spatial context. Its test-split Dice is the floor that a segmentat
 beat: on data where it scores high, Dice says nothing about the method.
 
 The table has the columns of ``tumorlib.evaluation.evaluate`` (``EVAL_COLUMNS``), scored by the same
-``brats_scores`` on the cache's grid, so ``evaluate`` and ``baseline`` tables sit side by side.
+``volume_scores`` (legacy and lesion-wise metrics) on the cache's grid, so ``evaluate`` and ``baseline``
+tables sit side by side.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pandas as pd
 from tumorlib.core.brats import channels_to_classes
 from tumorlib.core.config import Config
 from tumorlib.evaluation.evaluate import EVAL_COLUMNS, summarize, summary_path
-from tumorlib.evaluation.metrics import brats_scores
+from tumorlib.evaluation.scoring import volume_scores
 
 __all__ = ["IntensityBaseline", "baseline", "fit_baseline"]
 
@@ -152,7 +153,8 @@ def baseline(config: Config, data_dir: str | os.PathLike | None = None, cache_di
         pred = model.predict(np.asarray(image))
         seconds = time.perf_counter() - start
         spacing = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
-        rows.append({"volume": vid, **brats_scores(pred, np.asarray(mask), spacing), "seconds": seconds})
+        rows.append({"volume": vid, **volume_scores(pred, np.asarray(mask), spacing), "et_min_voxels": 0,
+                     "seconds": seconds})
     frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
     out_path = Path(out) if out is not None else workspace(config).out_dir / "baseline_test.csv"
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,17 +3,17 @@
 ``evaluate(run_dir, data_dir, cache_dir, split="test")`` predicts every volume of a split with the
 sliding window (``tumorlib.inference.sliding_window``), decodes the sigmoid outputs into labels by the one rule
 ``tumorlib.core.brats.decode_to_channels`` (the labels ``predict`` writes) and scores them with
-``tumorlib.evaluation.metrics.brats_scores``; it writes one CSV row per volume (``EVAL_COLUMNS``) and a summary
+``tumorlib.evaluation.scoring`` (the legacy ``tumorlib.evaluation.metrics.brats_scores`` and the BraTS 2023
+lesion-wise ``tumorlib.evaluation.lesions.lesion_scores``); it writes one CSV row per volume (``EVAL_COLUMNS``) and a summary
 (mean, median, std of each column) beside it. Loading a run lives in ``tumorlib.inference.predictor``, NIfTI label
 files in ``tumorlib.inference.predict``, the box plot in ``tumorlib.viz``; the whole-volume validator of
-training (``volume_dice``) in ``tumorlib.evaluation.validation``.
+training in ``tumorlib.evaluation.validation`` (``scoring.volume_dice``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 from pathlib import Path
@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tumorlib.core.brats import CLASS_KEYS, REGION_KEYS, decode_to_channels
+from tumorlib.core.brats import CLASS_KEYS, REGION_KEYS
 from tumorlib.core.config import Config
 from tumorlib.core.device import resolve_device
-from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
-from tumorlib.inference.engines import Engine
-from tumorlib.inference.predictor import (inference_engine, inference_precision, load_run, make_predictor,
-                                          predict_volume, run_checkpoint)
+from tumorlib.evaluation.lesions import LESION_COLUMNS
+from tumorlib.evaluation.metrics import METRIC_COLUMNS
+from tumorlib.evaluation.scoring import score_volumes
+from tumorlib.inference.predictor import (engine_record, inference_engine, inference_precision, load_runs,
+                                          make_predictor, run_checkpoint)
 
 __all__ = [
     "EVAL_COLUMNS",
@@ -38,14 +39,13 @@ __all__ = [
     "metric_table",
     "patch_predictions",
     "run_split",
-    "score_volumes",
     "summarize",
     "summary_path",
-    "volume_dice",
 ]
 
-#: Columns of the per-volume metrics CSV.
-EVAL_COLUMNS = ("volume", *METRIC_COLUMNS, "seconds")
+#: Columns of the per-volume metrics CSV: the legacy BraTS 2020 metrics, then the BraTS 2023 lesion-wise ones.
+#: ``et_min_voxels``: the small-ET rule applied (``tumorlib.inference.postprocess``; 0: off).
+EVAL_COLUMNS = ("volume", *METRIC_COLUMNS, *LESION_COLUMNS, "et_min_voxels", "seconds")
 #: Split names ``evaluate`` accepts.
 SPLITS = ("train", "val", "test", "all")
 
@@ -68,7 +68,7 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
     Raises:
         ValueError: an unknown split name, or split volumes missing from the cache.
     """
-    from tumorlib.data.splits import load_splits, split_ids
+    from tumorlib.data.splits import split_ids
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -77,7 +77,7 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
         return ids
     path = Path(run_dir) / "splits.json"
     if path.is_file():
-        chosen = load_splits(path)[split]
+        chosen = sorted(int(v) for v in json.loads(path.read_text())[split])
         missing = sorted(set(chosen) - set(ids))
         if missing:
             raise ValueError(f"{path}: {split} volumes {missing} are not in the cache; was the run trained "
@@ -102,101 +102,13 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean, median and std of each metric column.
 
     Args:
-        frame: the per-volume table from ``evaluate`` (``EVAL_COLUMNS``).
+        frame: the per-volume table from ``evaluate`` (``EVAL_COLUMNS``) or the per-case table of
+            ``tumorlib.evaluation.label_files`` (its ``case`` column is dropped like ``volume``).
 
     Returns:
-        Rows ``mean``, ``median``, ``std``; columns the metrics and ``seconds``.
+        Rows ``mean``, ``median``, ``std``; columns the metrics (and ``seconds``).
     """
-    return frame.drop(columns=["volume"]).agg(["mean", "median", "std"])
-
-
-def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike,
-                  volume_ids: Sequence[int], device: torch.device, tta: bool = False, amp: bool = True,
-                  index: dict[str, Any] | None = None, progress: bool = False,
-                  desc: str = "score", engine: str | Engine = "torch") -> list[dict[str, float]]:
-    """Predict whole cached volumes and score the decoded labels: the one scoring path of ``evaluate``
-    and of whole-volume model selection during training.
-
-    Each volume is predicted with the sliding window (``predict_volume``), decoded by
-    ``tumorlib.core.brats.decode_to_channels`` at ``config.threshold`` (the labels ``predict`` writes) and
-    scored with ``brats_scores``. Dice and HD95 are computed in the cache's frame: the crop holds every
-    tumour voxel, so they equal the full-volume values. A cache resampled in-plane (``cache_hw`` below
-    the native size) is scored at the source resolution instead (the probabilities are mapped back
-    with ``uncrop``, then decoded).
-
-    Args:
-        model: the network, on ``device``, in eval mode.
-        config: the run's config (sliding window, ``threshold``).
-        cache_dir: the cache.
-        volume_ids: the volumes to score.
-        device: where the windows run.
-        tta: average over the 8 flips.
-        amp: autocast on CUDA.
-        index: the cache index (read when None).
-        progress: tqdm bar over the volumes.
-        desc: the bar's label.
-        engine: ``"torch"``, ``"openvino"``, ``"auto"`` or an ``Engine`` (built once for all volumes).
-
-    Returns:
-        One dict per volume: ``volume``, the ``METRIC_COLUMNS`` and ``seconds`` (sliding window, sigmoid
-        and decoding, without the metrics).
-
-    Raises:
-        CacheError: a resampled cache whose source cannot be reopened.
-    """
-    from tumorlib.core.progress import tqdm
-
-    from tumorlib.data.cache import CacheError, load_cache_index, load_cached_volume, open_source, uncrop
-
-    index = index if index is not None else load_cache_index(cache_dir)
-    try:
-        source = open_source(index)
-    except CacheError:
-        source = None  # a cache from a custom reader: 1 mm voxels, scored in the cache frame only
-    engine = inference_engine(model, config, engine, device, amp)
-    rows = []
-    for vid in tqdm(list(volume_ids), desc=desc, unit="vol", disable=not progress):
-        entry = index["volumes"][str(vid)]
-        image, mask = load_cached_volume(cache_dir, vid, index=index)
-        start = time.perf_counter()
-        prob = predict_volume(model, image, config, device, tta=tta, amp=amp, engine=engine)
-        resampled = not all(abs(z - 1.0) < 1e-9 for z in entry["zoom"])
-        if resampled:
-            if source is None:
-                open_source(index)  # raises CacheError naming the reader
-            pred = decode_to_channels(uncrop(prob.cpu().numpy(), entry, fill=0.0), config.threshold)
-        else:
-            pred = decode_to_channels(prob, config.threshold)
-        seconds = time.perf_counter() - start
-        spacing = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
-        target = source.read(vid)[1] if resampled else np.asarray(mask)
-        rows.append({"volume": int(vid), **brats_scores(pred, target, spacing), "seconds": seconds})
-    return rows
-
-
-def volume_dice(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_ids: Sequence[int],
-                device: torch.device, amp: bool = True) -> float:
-    """The model-selection score on whole volumes: the mean over volumes of the mean of the WT, TC and
-    ET Dice of the decoded labels, computed by ``score_volumes`` exactly as ``evaluate`` computes them.
-
-    Args:
-        model: the network (put in eval mode for the call, its mode restored after).
-        config: the run's config.
-        cache_dir: the cache.
-        volume_ids: the validation volumes.
-        device: where the windows run.
-        amp: autocast on CUDA.
-
-    Returns:
-        The score in [0, 1].
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        rows = score_volumes(model, config, cache_dir, volume_ids, device, amp=amp)
-    finally:
-        model.train(was_training)
-    return float(np.mean([np.mean([r["dice_wt"], r["dice_tc"], r["dice_et"]]) for r in rows]))
+    return frame.drop(columns=[c for c in ("volume", "case") if c in frame]).agg(["mean", "median", "std"])
 
 
 def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
@@ -210,8 +122,9 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     with the sliding window (the config's ``patch_size``, ``sw_overlap``, ``sw_blend``,
     ``sw_batch_size``), passed through the sigmoid and decoded into labels by the one rule
     (``tumorlib.core.brats.decode_to_channels``: tumour where the union probability passes
-    ``config.threshold``, then the most probable class), so the scores are those of the labels
-    ``predict`` writes (``score_volumes``).
+    ``config.threshold``, then the most probable class) and the run's small-ET rule is applied
+    (``run_et_min_voxels``: ``RUN/postprocessing.json`` or the config), so the scores are those of the
+    labels ``predict`` writes (``score_volumes``).
 
     Args:
         run_dir: the run folder.
@@ -220,7 +133,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         cache_dir: the ``.npy`` cache; None: the workspace's. Built when missing.
         split: ``test`` (default), ``val``, ``train`` or ``all``.
         tta: average over the 8 flips.
-        out: CSV path; None: ``RUN/metrics_<split>.csv``. The summary is written beside it
+        out: CSV path; None: ``RUN/metrics_<split>.csv`` (``metrics_<split>_ensemble<N>.csv`` for N
+            runs). The summary is written beside it
             (``summary_path``).
         device: None: CUDA when available, else CPU.
         amp: autocast at the run's ``amp_dtype`` (``inference_precision``); False: float32.
@@ -239,27 +153,31 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     """
     from tumorlib.data.cache import check_cache_order, load_cache_index
     from tumorlib.data.resolve import resolve_cache
-
     from tumorlib.core.outputs import check_output_file, reserve_space
+    from tumorlib.inference.postprocess import run_et_min_voxels
 
-    out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
+    runs = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
+    run_dir = runs[0]  # splits, post-processing and the default output: the first run's
+    name = f"metrics_{split}.csv" if len(runs) == 1 else f"metrics_{split}_ensemble{len(runs)}.csv"
+    out_path = Path(out) if out is not None else Path(run_dir) / name
     for path in (out_path, summary_path(out_path)):  # before any work: never replace another command's file
         check_output_file(path)
     if out_path.parent.is_dir():
         reserve_space(out_path)  # a full disk is found now, not after the volumes are scored
     dev = resolve_device(device)
-    model, config = load_run(run_dir, dev)
+    model, config = load_runs(runs, dev)
     cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
     index = load_cache_index(cache)
     check_cache_order(cache, index, config.kaggle_channel_order)
     ids = _volumes_to_score(run_dir, config, cache, index, split, volume_ids)
+    et_min = run_et_min_voxels(run_dir, config)
     runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
     rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
-                         progress=progress, desc=f"evaluate {split}", engine=runner)
-    frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
+                         progress=progress, desc=f"evaluate {split}", et_min_voxels=et_min, engine=runner)
+    frame = pd.DataFrame([{**r, "et_min_voxels": et_min} for r in rows], columns=list(EVAL_COLUMNS))
     summary = summarize(frame)
-    record = {"engine": runner.name, "precision": runner.precision, "reason": runner.reason, "asked": engine,
-              "device": str(dev), "tta": bool(tta), "split": split, "volumes": len(frame)}
+    record = {**engine_record(runner), "asked": engine, "device": str(dev), "tta": bool(tta), "split": split,
+              "volumes": len(frame), "runs": [str(r) for r in runs]}
     _write_results(out_path, frame, summary, record)
     if progress:
         from tumorlib.core.sources import display_path

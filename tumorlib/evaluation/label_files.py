@@ -31,6 +31,7 @@ __all__ = [
     "LABEL_FILE_COLUMNS",
     "NIFTI_SUFFIXES",
     "case_name",
+    "evaluate_label_files",
     "match_label_files",
     "read_label_file",
     "score_label_file_pair",
@@ -181,3 +182,52 @@ def score_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -
     for case, pred_path, ref_path in match_label_files(pred_dir, ref_dir):
         rows.append({"case": case, **score_label_file_pair(pred_path, ref_path)})
     return pd.DataFrame(rows, columns=list(LABEL_FILE_COLUMNS))
+
+
+def evaluate_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, out: str | os.PathLike,
+                         progress: bool = True) -> pd.DataFrame:
+    """Score a folder of label files (``score_label_files``) and write the CSV and its summary.
+
+    The output is refused before anything is read when it could destroy data: it must be a ``.csv``
+    file outside both folders (a CSV in the prediction folder would be read as a stray file next time)
+    and, like its summary (``tumorlib.evaluation.evaluate.summary_path``), not one of the label files.
+    Both files are written atomically.
+
+    Args:
+        pred_dir: folder of predicted BraTS label files.
+        ref_dir: folder of references (``X.nii.gz`` or ``X_seg.nii.gz``).
+        out: the per-case CSV; the summary (mean, median, std) goes beside it.
+        progress: print where the CSV went and the summary.
+
+    Returns:
+        The per-case table (``LABEL_FILE_COLUMNS``).
+
+    Raises:
+        ValueError: one line naming the file (see the module text, or the refused ``--out``).
+    """
+    from tumorlib.core.folders import check_not_input
+    from tumorlib.core.safety import atomic_write
+    from tumorlib.evaluation.evaluate import summarize, summary_path
+
+    out_path, pred, ref = Path(out), _folder(pred_dir, "prediction"), _folder(ref_dir, "reference")
+    if out_path.suffix.lower() != ".csv":
+        raise ValueError(f"--out {out_path}: the metrics file must end in .csv")
+    for folder in (pred, ref):
+        if out_path.absolute().resolve().is_relative_to(folder.resolve()):
+            raise ValueError(f"--out {out_path} is inside the input folder {folder}; write the CSV elsewhere")
+    pairs = match_label_files(pred, ref)
+    inputs = [p for _, pred_path, ref_path in pairs for p in (pred_path, ref_path)]
+    for path in (out_path, summary_path(out_path)):
+        check_not_input(path, inputs)
+    rows = [{"case": case, **score_label_file_pair(p, r)} for case, p, r in pairs]
+    frame = pd.DataFrame(rows, columns=list(LABEL_FILE_COLUMNS))
+    summary = summarize(frame)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_path, frame.to_csv(index=False))
+    atomic_write(summary_path(out_path), summary.to_csv(index_label="statistic"))
+    if progress:
+        from tumorlib.core.sources import display_path
+
+        print(f"{len(frame)} cases ({display_path(pred)} against {display_path(ref)}) -> {display_path(out_path)}")
+        print(summary.round(4).to_string())
+    return frame

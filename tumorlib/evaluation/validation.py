@@ -2,7 +2,7 @@
 
 ``VolumeValidator(config, cache_dir, volume_ids)`` is called as ``validator(model, epoch) -> float``: the
 mean over the validation volumes of the mean WT, TC and ET Dice of the decoded labels
-(``tumorlib.evaluation.evaluate.volume_dice``, computed exactly as ``evaluate`` computes its scores).
+(``tumorlib.evaluation.scoring.volume_dice``, computed exactly as ``evaluate`` computes its scores).
 ``tumorlib.app.workflows.train`` hands it to ``tumorlib.training.loop.train``.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from tumorlib.core.config import Config
-from tumorlib.evaluation.evaluate import volume_dice
+from tumorlib.evaluation.scoring import volume_dice
 from tumorlib.training.settings import pick_amp_dtype
 
 __all__ = ["VolumeValidator"]

@@ -15,6 +15,7 @@ down-sampled volumes use the same physical size. Pure numpy.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from tumorlib.data.anatomy import BRATS_SHAPE
 
 __all__ = [
     "ET_GRID_AT_FULL_SIZE",
+    "POSTPROCESSING_FILE",
+    "run_et_min_voxels",
+    "write_postprocessing",
     "et_threshold_grid",
     "remove_small_et",
     "scaled_min_voxels",
@@ -31,6 +35,9 @@ __all__ = [
 
 #: The thresholds tried at full size (155 x 240 x 240): 0 (off) to 750 voxels by 10.
 ET_GRID_AT_FULL_SIZE: tuple[int, ...] = tuple(range(0, 751, 10))
+
+#: The file in a run folder where ``tumorlib tune-postprocessing`` records its choice.
+POSTPROCESSING_FILE = "postprocessing.json"
 
 _ET = BRATS_LABELS[CLASS_KEYS.index("et")]
 _NCR = BRATS_LABELS[CLASS_KEYS.index("ncr")]
@@ -146,3 +153,49 @@ def tune_et_min_voxels(pred_label_maps: Sequence[np.ndarray], ref_label_maps: Se
     best_mean = max(row["mean_dice_et"] for row in table)
     best = min(row["et_min_voxels"] for row in table if row["mean_dice_et"] >= best_mean - 1e-12)
     return best, table
+
+
+def run_et_min_voxels(run_dir: Any, config: Any) -> int:
+    """The ET threshold a run applies: ``RUN/postprocessing.json`` when tuned, else ``config.et_min_voxels``.
+
+    Args:
+        run_dir: the run folder.
+        config: the run's config (its ``et_min_voxels``, 0 when the field is absent).
+
+    Returns:
+        The voxel count (0: off).
+
+    Raises:
+        ValueError: an unreadable ``postprocessing.json`` or a bad value in it (names the file).
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / POSTPROCESSING_FILE
+    if not path.is_file():
+        return _check_threshold(getattr(config, "et_min_voxels", 0), "et_min_voxels")
+    try:
+        value = json.loads(path.read_text())["et_min_voxels"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a post-processing record with et_min_voxels ({err})") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{path}: et_min_voxels must be a whole number >= 0, got {value!r}")
+    return _check_threshold(value, f"{path}: et_min_voxels")
+
+
+def write_postprocessing(run_dir: Any, record: dict[str, Any]) -> Any:
+    """Write ``RUN/postprocessing.json`` atomically (``record`` must hold ``et_min_voxels``).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: ``record`` has no valid ``et_min_voxels``.
+    """
+    import json
+    from pathlib import Path
+
+    from tumorlib.core.safety import atomic_write
+
+    _check_threshold(record.get("et_min_voxels", -1), "et_min_voxels")
+    return atomic_write(Path(run_dir) / POSTPROCESSING_FILE, json.dumps(record, indent=2) + "\n")

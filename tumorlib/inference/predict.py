@@ -11,11 +11,19 @@ import torch
 
 from tumorlib.core.brats import check_order, decode_probabilities
 from tumorlib.core.device import resolve_device
-from tumorlib.inference.predictor import inference_engine, load_run, predict_volume, run_checkpoint
+from tumorlib.inference.postprocess import remove_small_et, run_et_min_voxels
+from tumorlib.inference.predictor import inference_engine, load_runs, predict_volume, run_checkpoint
 from tumorlib.core.folders import check_not_input
 from tumorlib.core.safety import atomic_path
 
-__all__ = ["predict"]
+__all__ = ["predict", "probabilities_path"]
+
+
+def probabilities_path(out: str | os.PathLike) -> Path:
+    """Where ``predict --save-probabilities`` writes: ``X.nii.gz`` -> ``X_probabilities.nii.gz``."""
+    out = Path(out)
+    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else out.suffix
+    return out.with_name(out.name[: len(out.name) - len(suffix)] + "_probabilities" + suffix)
 
 
 def _input_files(data_dir: str | os.PathLike | None, volume_id: int | None,
@@ -44,7 +52,7 @@ def _warn_if_swapped(case: str | os.PathLike, image: np.ndarray) -> None:
         seen = ", ".join(f"the {name} file looks like {(got or 't1/t1ce').upper()}"
                          for name, got in zip(CANONICAL_ORDER, looks) if got != name and (got or name[:2] != "t1"))
         warnings.warn(f"{case}: the modality files look swapped by their contrasts ({seen}); check the file "
-                      "names, the prediction assumes them", stacklevel=3)
+                      "names, the prediction assumes them", stacklevel=4)
 
 
 def _check_stored_order(stored_order: Sequence[str] | None, config: object, run_dir: object, source: object) -> None:
@@ -56,23 +64,55 @@ def _check_stored_order(stored_order: Sequence[str] | None, config: object, run_
                          "(or convert the files)")
 
 
+def _write_outputs(out: Path, labels: np.ndarray, prob: np.ndarray | None, header: object) -> Path:
+    """The label file and, when ``prob`` is given, the probabilities beside it, each atomically."""
+    from tumorlib.io.nifti_write import save_probabilities_nifti, save_segmentation_nifti
+
+    with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
+        save_segmentation_nifti(labels, tmp, header=header)
+    if prob is not None:
+        with atomic_path(probabilities_path(out)) as tmp:
+            save_probabilities_nifti(prob, tmp, header=header)
+    return out
+
+
+def _read_input(data_dir: str | os.PathLike | None, volume_id: int | None, nifti_case: str | os.PathLike | None,
+                order: Sequence[str]) -> tuple[np.ndarray, str]:
+    """The (4, D, H, W) image of a NIfTI case (warned when its contrasts contradict its file names) or of a
+    Kaggle volume read in ``order``, and its name for messages."""
+    if nifti_case is not None:
+        from tumorlib.io.nifti import load_nifti_case
+
+        image, _mask, _affine = load_nifti_case(nifti_case)  # stacked in the canonical order
+        _warn_if_swapped(nifti_case, image)
+        return image, str(nifti_case)
+    from tumorlib.data import load_volume
+
+    image, _mask = load_volume(data_dir, int(volume_id), stored_order=order)
+    return image, f"volume {volume_id} of {data_dir}"
+
+
 def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             volume_id: int | None = None, nifti_case: str | os.PathLike | None = None, tta: bool = False,
             device: str | torch.device | None = None, amp: bool = True,
-            progress: bool = False, stored_order: Sequence[str] | None = None, engine: str = "torch") -> Path:
+            progress: bool = False, stored_order: Sequence[str] | None = None, engine: str = "torch",
+            save_probabilities: bool = False) -> Path:
     """Segment one raw volume and write BraTS labels as NIfTI.
 
     The input is prepared exactly as the cache prepares it (``prepare_volume``: optional in-plane
     zoom to ``cache_hw``, crop to the brain plus ``cache_margin``, per-channel z-score), predicted by
     sliding window, mapped back to the full input size (``uncrop``, probabilities outside the crop
     are 0) and decoded by the one rule (``tumorlib.core.brats.decode_probabilities``: tumour where the
-    union probability passes ``config.threshold``, then the most probable class), the labels
-    ``evaluate`` scores. Kaggle HDF5 input is read with the run's ``kaggle_channel_order`` and written
-    on the BraTS2020 grid with the BraTS2020 header (``save_kaggle_segmentation``), so it overlays
-    the official ``*_seg.nii.gz``; NIfTI input keeps its own header (``nifti_header``).
+    union probability passes ``config.threshold``, then the most probable class), then the run's small-ET
+    rule is applied (``run_et_min_voxels``: ``RUN/postprocessing.json`` or the config's ``et_min_voxels``),
+    the labels ``evaluate`` scores. Kaggle HDF5 input is read with the run's ``kaggle_channel_order`` and
+    written on the BraTS2020 grid with the BraTS2020 header (``brats2020_header``, as
+    ``save_kaggle_segmentation``), so it overlays the official ``*_seg.nii.gz``; NIfTI input keeps its own
+    header (``nifti_header``).
 
     Args:
-        run_dir: the run folder.
+        run_dir: the run folder, or several (``load_runs``: their mean probability; the first run's
+            post-processing).
         out: the output file, ``*.nii.gz`` or ``*.nii``.
         data_dir: a Kaggle-format folder (with ``volume_id``).
         volume_id: the volume to predict from ``data_dir``.
@@ -85,6 +125,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         stored_order: the channel order of the ``data_dir`` files, when the caller knows it (e.g. from
             ``tumorlib inspect-modalities``); None: the run's ``kaggle_channel_order``.
         engine: ``"torch"``, ``"openvino"`` or ``"auto"`` (OpenVINO on the CPU when installed).
+        save_probabilities: also write the ncr, ed, et probabilities to ``probabilities_path(out)``
+            (``tumorlib.io.nifti_write.save_probabilities_nifti``: same grid and header, (H, W, D, 3)).
 
     Returns:
         The path written: uint8 labels {0, 1, 2, 4}, array shape (H, W, D) (slice index last, as
@@ -99,26 +141,21 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         FileNotFoundError: a missing run, folder or modality file (names it).
         OutputIsInputError: ``out`` is one of the input files (a modality, the case's ``_seg``, a slice).
     """
-    from tumorlib.data import load_volume
     from tumorlib.data.cache import prepare_volume, uncrop
-    from tumorlib.io.nifti import load_nifti_case, nifti_header
-    from tumorlib.io.nifti_write import save_kaggle_segmentation, save_segmentation_nifti
+    from tumorlib.io.nifti import nifti_header
+    from tumorlib.io.nifti_write import brats2020_header
     out = Path(out)
     if not out.name.endswith((".nii.gz", ".nii")):
         raise ValueError(f"output {out} must end in .nii.gz or .nii")
     if (nifti_case is None) == (data_dir is None or volume_id is None):
         raise ValueError("give either nifti_case, or data_dir and volume_id")
     dev = resolve_device(device)
-    model, config = load_run(run_dir, dev)
+    model, config = load_runs(run_dir, dev)
+    run_dir = run_dir if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)[0]
     _check_stored_order(stored_order, config, run_dir, data_dir or nifti_case)
-    if nifti_case is not None:
-        image, _mask, _affine = load_nifti_case(nifti_case)  # stacked in the canonical order
-        name = str(nifti_case)
-        _warn_if_swapped(nifti_case, image)
-    else:
-        image, _mask = load_volume(data_dir, int(volume_id), stored_order=config.kaggle_channel_order)
-        name = f"volume {volume_id} of {data_dir}"
-    check_not_input(out, _input_files(data_dir, volume_id, nifti_case))  # before any work: never replace an input
+    image, name = _read_input(data_dir, volume_id, nifti_case, config.kaggle_channel_order)
+    for path in (out, probabilities_path(out)) if save_probabilities else (out,):
+        check_not_input(path, _input_files(data_dir, volume_id, nifti_case))  # before any work: never an input
     if image.shape[0] != config.in_channels:
         raise ValueError(f"{name}: {image.shape[0]} channels, the run's model expects {config.in_channels}")
     image_c, _, entry = prepare_volume(image, None, cache_hw=config.cache_hw, margin=config.cache_margin,
@@ -126,10 +163,6 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
     prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress, engine=runner)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
-    labels = decode_probabilities(full, config.threshold)
-    with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
-        if nifti_case is not None:
-            save_segmentation_nifti(labels, tmp, header=nifti_header(nifti_case))
-        else:
-            save_kaggle_segmentation(labels, tmp)
-    return out
+    labels = remove_small_et(decode_probabilities(full, config.threshold), run_et_min_voxels(run_dir, config))
+    header = nifti_header(nifti_case) if nifti_case is not None else brats2020_header()
+    return _write_outputs(out, labels, full if save_probabilities else None, header)

@@ -10,7 +10,7 @@ notebooks' bootstrap (``ensure_run``: the preset's run, trained first when missi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,8 @@ from tumorlib.core.device import resolve_device
 from tumorlib.inference.engines import Engine, make_engine
 from tumorlib.inference.sliding_window import sliding_window_inference
 
-__all__ = ["inference_engine", "inference_precision", "load_run", "make_predictor", "predict_cached_volume",
-           "predict_volume", "run_checkpoint"]
+__all__ = ["ENSEMBLE_FIELDS", "RunEnsemble", "engine_record", "inference_engine", "inference_precision", "load_run",
+           "load_runs", "make_predictor", "predict_cached_volume", "predict_volume", "run_checkpoint"]
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = "cpu") -> tuple[torch.nn.Module, Config]:
     """The trained model of a run folder, in eval mode, and the run's config.
@@ -85,6 +85,50 @@ def inference_precision(config: Config | None, amp: bool = True, device: str | t
     return asked
 
 
+class RunEnsemble(torch.nn.Module):
+    """Several runs' models whose probabilities ``predict_volume`` averages (``load_runs``)."""
+
+    def __init__(self, members: Sequence[torch.nn.Module], checkpoints: Sequence[Path | None] = ()) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        #: each member's checkpoint (where an OpenVINO conversion of it is kept)
+        self.checkpoints = list(checkpoints) or [None] * len(members)
+
+
+#: Config fields the runs of an ensemble must share (the input they read and the outputs they give).
+ENSEMBLE_FIELDS = ("kaggle_channel_order", "in_channels", "num_classes", "patch_size", "cache_hw", "cache_margin")
+
+
+def load_runs(run_dirs: str | os.PathLike | Sequence[str | os.PathLike],
+              device: str | torch.device | None = "cpu") -> tuple[torch.nn.Module, Config]:
+    """One run (``load_run``) or an ensemble of several whose probabilities are averaged.
+
+    Args:
+        run_dirs: a run folder or a list of them.
+        device: as for ``load_run``.
+
+    Returns:
+        ``(model, config)``: for several runs a ``RunEnsemble`` and the first run's config (sliding
+        window, threshold).
+
+    Raises:
+        ValueError: a run whose ``ENSEMBLE_FIELDS`` differ from the first run's (names it and the field).
+        FileNotFoundError: see ``load_run``.
+    """
+    dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
+    if len(dirs) == 1:
+        return load_run(dirs[0], device)
+    loaded = [load_run(d, device) for d in dirs]
+    first = loaded[0][1]
+    for run, (_, config) in zip(dirs[1:], loaded[1:]):
+        for name in ENSEMBLE_FIELDS:
+            if getattr(config, name) != getattr(first, name):
+                raise ValueError(f"run {run}: {name} {getattr(config, name)!r} differs from "
+                                 f"{getattr(first, name)!r} of run {dirs[0]}; an ensemble needs runs that share "
+                                 f"{', '.join(ENSEMBLE_FIELDS)}")
+    return RunEnsemble([model for model, _ in loaded], [run_checkpoint(d) for d in dirs]).eval(), first
+
+
 def make_predictor(model: torch.nn.Module, amp: bool = True,
                    precision: str = "auto") -> Callable[[torch.Tensor], torch.Tensor]:
     """Wrap a model for ``sliding_window_inference``: the torch engine on the model's device.
@@ -117,14 +161,26 @@ def inference_engine(model: torch.nn.Module, config: Config, engine: str | Engin
         checkpoint: the checkpoint ``model`` came from (OpenVINO caches its conversion beside it).
 
     Returns:
-        The ``Engine``; ``engine.name`` and ``engine.precision`` say what runs.
+        The ``Engine``; ``engine.name`` and ``engine.precision`` say what runs. For a ``RunEnsemble``, a tuple
+        of engines, one per member (each converted beside its own checkpoint).
     """
-    if isinstance(engine, Engine):
+    if isinstance(engine, (Engine, tuple)):
         return engine
+    members = getattr(model, "members", None)
+    if members is not None:
+        return tuple(inference_engine(m, config, engine, device, amp, precision, c)
+                     for m, c in zip(members, model.checkpoints))
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     precision = precision if precision is not None else inference_precision(config, amp, dev)
     return make_engine(model, engine, dev, precision, config.patch_size, config.sw_batch_size,
                        checkpoint=checkpoint)
+
+
+def engine_record(engine: Engine | tuple[Engine, ...]) -> dict[str, str]:
+    """What ran, for the records beside a command's outputs: ``engine``, ``precision``, ``reason`` (an
+    ensemble's members share the engine and precision asked; the first member's is recorded)."""
+    first = engine[0] if isinstance(engine, tuple) else engine
+    return {"engine": first.name, "precision": first.precision, "reason": first.reason}
 
 
 def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, config: Config,
@@ -144,7 +200,8 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, con
             (``inference_engine``); the sliding window and flip TTA stay around it.
 
     Returns:
-        (K, D, H, W) float32 probabilities on ``device`` (logits are blended, then the sigmoid).
+        (K, D, H, W) float32 probabilities on ``device`` (logits are blended, then the sigmoid; for an
+        ensemble of runs from ``load_runs``, the mean of the members' probabilities).
 
     Raises:
         ValueError: the image does not have ``config.in_channels`` channels.
@@ -152,6 +209,11 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, con
     if image.shape[0] != config.in_channels:
         raise ValueError(f"image has {image.shape[0]} channels, the model expects {config.in_channels} "
                          f"(shape {tuple(image.shape)})")
+    members = getattr(model, "members", None)  # an ensemble of runs (load_runs): the mean probability
+    if members is not None:
+        engines = inference_engine(model, config, engine, device, amp)
+        probs = [predict_volume(m, image, config, device, tta, amp, progress, e) for m, e in zip(members, engines)]
+        return torch.stack(probs).mean(dim=0)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     if isinstance(image, torch.Tensor):
         x = image.to(dev, torch.float32)[None]

@@ -1,0 +1,214 @@
+"""Lesion-wise columns in evaluate, ``tumorlib evaluate --pred/--ref`` and ET post-processing, via the CLI.
+
+Runs are freshly initialised ci networks whose 1x1x1 head gives constant logits (as in test_evaluate), so
+every voxel of the cache's crop gets the same class and the expected outputs are known in advance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tumorlib.app.cli import main
+from tumorlib.core.brats import channels_to_labels
+from tumorlib.core.config import get_config
+from tumorlib.data.cache import load_cache_index, load_cached_volume
+from tumorlib.evaluation.evaluate import EVAL_COLUMNS, evaluate, summary_path
+from tumorlib.evaluation.label_files import LABEL_FILE_COLUMNS, score_label_files
+from tumorlib.evaluation.lesions import LESION_COLUMNS, lesion_scores
+from tumorlib.inference.postprocess import POSTPROCESSING_FILE, et_threshold_grid, write_postprocessing
+from tumorlib.inference.predict import predict
+from tumorlib.nn.checkpoint import atomic_torch_save
+from tumorlib.nn.unet import model_from_config
+
+
+def _constant_run(folder, bias):
+    config = get_config("ci")
+    torch.manual_seed(0)
+    model = model_from_config(config)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save(folder / "config.json")
+    atomic_torch_save({"model": model.state_dict(), "epoch": 1, "config": config.to_dict()},
+                      folder / "checkpoints" / "best_model.pth")
+    return folder
+
+
+def _labels_file(path, labels):
+    nib.save(nib.Nifti1Image(np.asarray(labels, np.uint8), np.eye(4)), str(path))
+    return path
+
+
+def _label_folders(tmp_path):
+    rng = np.random.default_rng(0)
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir()
+    ref.mkdir()
+    for case in ("a", "b"):
+        truth = np.zeros((20, 20, 20), np.uint8)
+        truth[4:12, 4:12, 4:12] = 2
+        truth[6:10, 6:10, 6:10] = 4
+        guess = truth.copy()
+        guess[rng.integers(0, 20, 30), rng.integers(0, 20, 30), rng.integers(0, 20, 30)] = 1
+        _labels_file(ref / f"{case}_seg.nii.gz", truth)
+        _labels_file(pred / f"{case}.nii.gz", guess)
+    return pred, ref
+
+
+def test_evaluate_has_lesion_columns_of_the_decoded_labels(tiny_data, tiny_cache, tmp_path):
+    run = _constant_run(tmp_path / "run", [10.0, 10.0, 10.0])  # ET over the whole crop
+    frame = evaluate(run, tiny_data, tiny_cache, split="all", out=tmp_path / "m.csv", device="cpu", progress=False)
+    assert tuple(frame.columns) == EVAL_COLUMNS and set(LESION_COLUMNS) <= set(frame.columns)
+    assert (frame["et_min_voxels"] == 0).all()
+    summary = pd.read_csv(summary_path(tmp_path / "m.csv"), index_col=0)
+    assert set(LESION_COLUMNS) <= set(summary.columns)
+    for _, row in frame.iterrows():
+        _, mask = load_cached_volume(tiny_cache, int(row["volume"]))
+        ref = channels_to_labels(np.asarray(mask))
+        expected = lesion_scores(np.full(ref.shape, 4, np.uint8), ref)
+        for name in LESION_COLUMNS:
+            assert row[name] == pytest.approx(expected[name], abs=1e-9), name
+
+
+def test_cli_evaluate_scores_label_files(tmp_path, capsys):
+    pred, ref = _label_folders(tmp_path)
+    out = tmp_path / "scores" / "m.csv"
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(out), "--quiet"]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == list(LABEL_FILE_COLUMNS) and table["case"].tolist() == ["a", "b"]
+    expected = score_label_files(pred, ref)
+    np.testing.assert_allclose(table.drop(columns="case").to_numpy(float),
+                               expected.drop(columns="case").to_numpy(float))
+    assert summary_path(out).is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--run", "R", "--pred", "P", "--ref", "Q", "--out", "x.csv"], "not both"),
+    (["--pred", "P", "--out", "x.csv"], "--pred DIR --ref DIR --out CSV"),
+    (["--pred", "P", "--ref", "Q"], "--pred DIR --ref DIR --out CSV"),
+])
+def test_cli_evaluate_modes_are_exclusive(argv, message, capsys):
+    assert main(["evaluate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_cli_evaluate_refuses_outputs_that_destroy_inputs(tmp_path, capsys):
+    pred, ref = _label_folders(tmp_path)
+    before = {p: p.read_bytes() for p in [*pred.iterdir(), *ref.iterdir()]}
+    for out, message in ((pred / "m.csv", "inside the input folder"), (ref / "m.csv", "inside the input folder"),
+                         (ref / "a_seg.nii.gz", "must end in .csv"), (tmp_path / "config.json", "must end in .csv")):
+        assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert {p: p.read_bytes() for p in [*pred.iterdir(), *ref.iterdir()]} == before
+    link = tmp_path / "link.csv"
+    link.symlink_to(pred / "a.nii.gz")  # resolves into the prediction folder
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(link)]) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    hard = tmp_path / "hard.csv"
+    os.link(ref / "b_seg.nii.gz", hard)  # the same file under another name, outside both folders
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(hard)]) == 2
+    assert "is an input file" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in [*pred.iterdir(), *ref.iterdir()]} == before
+
+
+def test_et_min_voxels_config_field_is_checked():
+    assert get_config("ci").et_min_voxels == 0 and get_config("demo").et_min_voxels == 0
+    with pytest.raises(ValueError, match="et_min_voxels"):
+        get_config("ci", et_min_voxels=-1)
+
+
+def test_cli_tune_postprocessing_writes_the_run_and_evaluate_predict_apply_it(tiny_data, tiny_cache, tmp_path,
+                                                                             capsys):
+    run = _constant_run(tmp_path / "run", [-10.0, -10.0, 10.0])  # ET over the whole crop: a large ET
+    config_before = (run / "config.json").read_text()
+    argv = ["--run", str(run), "--data", str(tiny_data), "--cache", str(tiny_cache), "--device", "cpu"]
+    assert main(["tune-postprocessing", *argv]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((run / POSTPROCESSING_FILE).read_text())
+    shape = load_cache_index(tiny_cache)["volumes"]["1"]["source_shape"]
+    assert [row["et_min_voxels"] for row in record["table"]] == list(et_threshold_grid(shape))
+    assert record["et_min_voxels"] == 0  # the large ET is never relabelled: every threshold ties, the smallest wins
+    assert f"et_min_voxels {record['et_min_voxels']}" in out and "test ET Dice" in out
+    assert record["test_dice_et_with"] == pytest.approx(record["test_dice_et_without"])
+    assert (run / "config.json").read_text() == config_before
+    plain = evaluate(run, tiny_data, tiny_cache, split="all", out=tmp_path / "a.csv", device="cpu", progress=False)
+    write_postprocessing(run, {**record, "et_min_voxels": 10**9})  # every predicted ET is "small"
+    relabelled = evaluate(run, tiny_data, tiny_cache, split="all", out=tmp_path / "b.csv", device="cpu",
+                          progress=False)
+    assert (plain["et_min_voxels"] == 0).all() and (relabelled["et_min_voxels"] == 10**9).all()
+    for vid, dice_et in zip(relabelled["volume"], relabelled["dice_et"]):
+        _, mask = load_cached_volume(tiny_cache, int(vid))
+        assert dice_et == (1.0 if not np.asarray(mask)[2].any() else 0.0)
+    np.testing.assert_allclose(relabelled["dice_wt"], plain["dice_wt"])
+    labels = np.asarray(nib.load(str(predict(run, tmp_path / "s.nii.gz", data_dir=tiny_data, volume_id=1,
+                                             device="cpu"))).dataobj)
+    assert 4 not in np.unique(labels) and 1 in np.unique(labels)
+
+
+def test_a_bad_postprocessing_record_is_named(tiny_data, tiny_cache, tmp_path, capsys):
+    run = _constant_run(tmp_path / "run", [-10.0, -10.0, 10.0])
+    (run / POSTPROCESSING_FILE).write_text('{"et_min_voxels": -3}')
+    assert main(["evaluate", "--run", str(run), "--data", str(tiny_data), "--cache", str(tiny_cache),
+                 "--device", "cpu", "--quiet", "--out", str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err
+    assert POSTPROCESSING_FILE in err and "et_min_voxels" in err
+
+
+def test_cli_predict_saves_probabilities_beside_the_labels(tiny_data, tmp_path, capsys):
+    run = _constant_run(tmp_path / "run", [-10.0, 0.0, 10.0])  # sigmoids 0, 0.5, 1 inside the crop
+    out = tmp_path / "out" / "case.nii.gz"
+    assert main(["predict", "--run", str(run), "--data", str(tiny_data), "--volume", "2", "--out", str(out),
+                 "--device", "cpu", "--save-probabilities", "--quiet"]) == 0
+    prob_path = tmp_path / "out" / "case_probabilities.nii.gz"
+    assert str(prob_path) in capsys.readouterr().out
+    labels, probs = nib.load(str(out)), nib.load(str(prob_path))
+    assert probs.shape == (*labels.shape, 3) and probs.get_data_dtype() == np.uint16
+    np.testing.assert_allclose(probs.affine, labels.affine)
+    assert int(probs.header["qform_code"]) == int(labels.header["qform_code"])
+    values = probs.get_fdata()
+    tumour = np.asarray(labels.dataobj) > 0
+    assert tumour.any() and (np.asarray(labels.dataobj)[tumour] == 4).all()
+    np.testing.assert_allclose(values[tumour], np.broadcast_to([0.0, 0.5, 1.0], (int(tumour.sum()), 3)), atol=1e-3)
+    assert (values[~tumour] == 0).all()
+    assert main(["predict", "--run", str(run), "--data", str(tiny_data), "--volume", "2", "--out",
+                 str(tmp_path / "plain.nii.gz"), "--device", "cpu", "--quiet"]) == 0
+    assert not (tmp_path / "plain_probabilities.nii.gz").exists()
+
+
+def test_cli_predict_and_evaluate_average_several_runs(tiny_data, tiny_cache, tmp_path, capsys):
+    a = _constant_run(tmp_path / "a", [10.0, -10.0, -10.0])  # NCR everywhere in the crop
+    b = _constant_run(tmp_path / "b", [-10.0, 10.0, -10.0])  # ED everywhere in the crop
+    out = tmp_path / "seg.nii.gz"
+    assert main(["predict", "--run", str(a), "--run", str(b), "--data", str(tiny_data), "--volume", "2",
+                 "--out", str(out), "--device", "cpu", "--save-probabilities", "--quiet"]) == 0
+    values = nib.load(str(tmp_path / "seg_probabilities.nii.gz")).get_fdata()
+    tumour = np.asarray(nib.load(str(out)).dataobj) > 0
+    np.testing.assert_allclose(values[tumour], np.broadcast_to([0.5, 0.5, 0.0], (int(tumour.sum()), 3)), atol=1e-3)
+    argv = ["--data", str(tiny_data), "--cache", str(tiny_cache), "--device", "cpu", "--quiet"]
+    assert main(["evaluate", "--run", str(a), "--run", str(b), *argv]) == 0
+    assert (a / "metrics_test_ensemble2.csv").is_file() and not (a / "metrics_test.csv").exists()
+    ensemble = pd.read_csv(a / "metrics_test_ensemble2.csv")
+    single = evaluate(a, tiny_data, tiny_cache, out=tmp_path / "single.csv", device="cpu", progress=False)
+    assert ensemble["volume"].tolist() == single["volume"].tolist()
+    other = tmp_path / "other"
+    config = get_config("ci", patch_size=(16, 16, 16))
+    torch.manual_seed(0)
+    model = model_from_config(config)
+    other.mkdir()
+    config.save(other / "config.json")
+    atomic_torch_save({"model": model.state_dict(), "epoch": 1, "config": config.to_dict()},
+                      other / "checkpoints" / "best_model.pth")
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(a), "--run", str(other), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"run {other}: patch_size" in err

@@ -1,0 +1,143 @@
+"""The ``tumorlib`` subcommands that score and apply trained runs: evaluate, predict, tune-postprocessing.
+
+``tumorlib.app.commands`` registers them (``register_evaluate``, ``register_predict``,
+``register_tune_postprocessing``) in its ``--help`` order; each has one ``_add_<name>`` and ``_cmd_<name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from tumorlib.app.commands_cpu import add_engine_arg
+
+__all__ = ["register_evaluate", "register_predict", "register_tune_postprocessing"]
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.run is not None and (args.pred is not None or args.ref is not None):
+        raise ValueError("give --run RUN or --pred DIR --ref DIR, not both")
+    if args.run is None:
+        if args.pred is None or args.ref is None or args.out is None:
+            raise ValueError("give --run RUN, or --pred DIR --ref DIR --out CSV")
+        from tumorlib.evaluation.label_files import evaluate_label_files
+
+        evaluate_label_files(args.pred, args.ref, args.out, progress=not args.quiet)
+        return 0
+    from tumorlib.evaluation.evaluate import evaluate
+
+    evaluate(args.run, args.data, args.cache, split=args.split, tta=args.tta, out=args.out, device=args.device,
+             amp=args.amp, progress=not args.quiet, engine=args.engine)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tumorlib.inference.predict import predict
+
+    if args.nifti is not None and (args.data is not None or args.volume is not None):
+        raise ValueError("give --nifti CASE_DIR or --data DIR --volume ID, not both")
+    if args.nifti is None and (args.data is None or args.volume is None):
+        raise ValueError("give --data DIR and --volume ID, or --nifti CASE_DIR")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:  # each warning as one line, even under --quiet
+        warnings.simplefilter("always")
+        path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
+                       tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
+                       stored_order=args.kaggle_channel_order, engine=args.engine,
+                       save_probabilities=args.save_probabilities)
+    for w in seen:
+        if issubclass(w.category, UserWarning):
+            print(f"tumorlib predict: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # as before: the filters decide
+    print(f"wrote {path}")
+    if args.save_probabilities:
+        from tumorlib.inference.predict import probabilities_path
+
+        print(f"wrote {probabilities_path(path)}")
+    return 0
+
+
+def _cmd_tune_postprocessing(args: argparse.Namespace) -> int:
+    from tumorlib.evaluation.tuning import tune_postprocessing
+
+    tune_postprocessing(args.run, args.data, args.cache, device=args.device, amp=args.amp, progress=not args.quiet)
+    return 0
+
+
+def _add_evaluate(sub: Any) -> None:
+    """Register ``tumorlib evaluate``."""
+    p = sub.add_parser("evaluate", help="score a trained run on whole volumes of a split, or label files "
+                                        "against references (Dice, HD95, lesion-wise BraTS 2023)")
+    p.add_argument("--run", default=None, action="append",
+                   help="run folder (config.json, checkpoints/best_model.pth); repeat it to average several runs' "
+                        "probabilities (same channel order, patch size, classes)")
+    p.add_argument("--pred", default=None, metavar="DIR",
+                   help="instead of --run: a folder of BraTS label files X.nii.gz (0/1/2/4) to score")
+    p.add_argument("--ref", default=None, metavar="DIR",
+                   help="with --pred: the reference folder (X.nii.gz or X_seg.nii.gz)")
+    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
+    p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips")
+    p.add_argument("--out", default=None, help="metrics CSV (default RUN/metrics_<split>.csv; required with "
+                                               "--pred); summary beside it")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
+    add_engine_arg(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_predict(sub: Any) -> None:
+    """Register ``tumorlib predict``."""
+    p = sub.add_parser("predict", help="write a BraTS label NIfTI (0/1/2/4) for one volume or NIfTI case")
+    p.add_argument("--run", required=True, action="append",
+                   help="run folder (config.json, checkpoints/best_model.pth); repeat it to average several runs' "
+                        "probabilities (same channel order, patch size, classes)")
+    p.add_argument("--data", default=None, help="Kaggle-format data folder (with --volume)")
+    p.add_argument("--volume", type=int, default=None, help="volume id in --data")
+    p.add_argument("--nifti", default=None, metavar="CASE_DIR",
+                   help="official BraTS case folder (*_t1/_t1ce/_t2/_flair.nii.gz) instead of --data/--volume")
+    p.add_argument("--out", required=True, help="output file, *.nii.gz")
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
+    add_engine_arg(p)
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write OUT_probabilities.nii.gz: the ncr, ed, et probabilities, (H, W, D, 3) 16-bit")
+    p.add_argument("--kaggle_channel_order", default=None, metavar="ORDER",
+                   help="channel order of the --data files (e.g. flair,t1,t1ce,t2); refused when it differs "
+                        "from the run's (default: the run's)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _add_tune_postprocessing(sub: Any) -> None:
+    """Register ``tumorlib tune-postprocessing``."""
+    p = sub.add_parser("tune-postprocessing",
+                       help="pick et_min_voxels on the run's validation split; evaluate and predict apply it")
+    p.add_argument("--run", required=True, help="run folder; the choice goes to RUN/postprocessing.json")
+    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
+    p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_tune_postprocessing)
+
+
+def register_evaluate(sub: Any) -> None:
+    """Add ``tumorlib evaluate`` to ``sub`` (the parser's subparsers action)."""
+    _add_evaluate(sub)
+
+
+def register_predict(sub: Any) -> None:
+    """Add ``tumorlib predict`` to ``sub``."""
+    _add_predict(sub)
+
+
+def register_tune_postprocessing(sub: Any) -> None:
+    """Add ``tumorlib tune-postprocessing`` to ``sub``."""
+    _add_tune_postprocessing(sub)

@@ -1,0 +1,170 @@
+"""Scoring one predicted volume: the one path from a cached volume to its scores.
+
+``score_volumes`` predicts whole cached volumes (``tumorlib.inference.predictor.predict_volume``), decodes them by
+``tumorlib.core.brats.decode_to_channels`` at the run's threshold, applies the small-ET rule when asked
+(``predicted_channels``) and scores them with ``volume_scores`` (the legacy BraTS 2020 metrics and the BraTS 2023
+lesion-wise ones). ``evaluate`` writes these rows, training selects its model by ``volume_dice`` (the same scores),
+and ``tune-postprocessing`` reads ``predicted_channels`` before the rule.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from tumorlib.core.brats import channels_to_labels, decode_to_channels
+from tumorlib.core.config import Config
+from tumorlib.evaluation.lesions import LESION_COLUMNS, lesion_scores
+from tumorlib.evaluation.metrics import brats_scores
+from tumorlib.inference.engines import Engine
+from tumorlib.inference.predictor import inference_engine, predict_volume
+
+__all__ = ["predicted_channels", "score_volumes", "volume_dice", "volume_scores"]
+
+
+def volume_scores(pred: Any, target: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                  lesions: bool = True) -> dict[str, float]:
+    """The scores of one volume: the legacy ``METRIC_COLUMNS`` and the lesion-wise ``LESION_COLUMNS``.
+
+    Args:
+        pred: (3, D, H, W) binary class channels (ncr, ed, et) of the prediction.
+        target: (3, D, H, W) binary class channels of the ground truth.
+        spacing: voxel size (mm) along the three axes.
+        lesions: also compute the BraTS 2023 lesion-wise Dice and HD95 (``tumorlib.evaluation.lesions``).
+
+    Returns:
+        ``{column: value}``; the lesion-wise columns only when ``lesions``.
+    """
+    scores = brats_scores(pred, target, spacing)
+    if lesions:
+        found = lesion_scores(channels_to_labels(pred), channels_to_labels(target), spacing)
+        scores.update({name: found[name] for name in LESION_COLUMNS})
+    return scores
+
+
+def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike,
+                  volume_ids: Sequence[int], device: torch.device, tta: bool = False, amp: bool = True,
+                  index: dict[str, Any] | None = None, progress: bool = False,
+                  desc: str = "score", lesions: bool = True, et_min_voxels: int = 0,
+                  engine: str | Engine = "torch") -> list[dict[str, float]]:
+    """Predict whole cached volumes and score the decoded labels: the one scoring path of ``evaluate``
+    and of whole-volume model selection during training.
+
+    Each volume is predicted with the sliding window (``predict_volume``), decoded by
+    ``tumorlib.core.brats.decode_to_channels`` at ``config.threshold`` (the labels ``predict`` writes) and
+    scored with ``volume_scores`` (legacy and lesion-wise metrics). Dice and HD95 are computed in the cache's frame: the crop holds every
+    tumour voxel, so they equal the full-volume values. A cache resampled in-plane (``cache_hw`` below
+    the native size) is scored at the source resolution instead (the probabilities are mapped back
+    with ``uncrop``, then decoded).
+
+    Args:
+        model: the network, on ``device``, in eval mode.
+        config: the run's config (sliding window, ``threshold``).
+        cache_dir: the cache.
+        volume_ids: the volumes to score.
+        device: where the windows run.
+        tta: average over the 8 flips.
+        amp: autocast on CUDA.
+        index: the cache index (read when None).
+        progress: tqdm bar over the volumes.
+        desc: the bar's label.
+        lesions: add the lesion-wise ``LESION_COLUMNS`` (off for model selection, which reads the Dice only).
+        et_min_voxels: relabel a predicted ET of fewer voxels as necrosis after decoding (0: off).
+        engine: ``"torch"``, ``"openvino"``, ``"auto"`` or an ``Engine`` (built once for all volumes).
+
+    Returns:
+        One dict per volume: ``volume``, the ``METRIC_COLUMNS``, the ``LESION_COLUMNS`` and ``seconds``
+        (reading, sliding window, sigmoid and decoding, without the metrics).
+
+    Raises:
+        CacheError: a resampled cache whose source cannot be reopened.
+    """
+    from tumorlib.core.progress import tqdm
+
+    from tumorlib.data.cache import load_cache_index
+
+    index = index if index is not None else load_cache_index(cache_dir)
+    engine = inference_engine(model, config, engine, device, amp)
+    rows = []
+    for vid in tqdm(list(volume_ids), desc=desc, unit="vol", disable=not progress):
+        start = time.perf_counter()
+        pred, target, spacing = predicted_channels(model, config, cache_dir, vid, device, index, tta=tta,
+                                                   amp=amp, et_min_voxels=et_min_voxels, engine=engine)
+        seconds = time.perf_counter() - start
+        rows.append({"volume": int(vid), **volume_scores(pred, target, spacing, lesions=lesions),
+                     "seconds": seconds})
+    return rows
+
+
+def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_id: int,
+                       device: torch.device, index: dict[str, Any], tta: bool = False, amp: bool = True,
+                       et_min_voxels: int = 0,
+                       engine: str | Engine = "torch") -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """One cached volume predicted and decoded as ``evaluate`` scores it, with its ground truth.
+
+    Args:
+        model, config, cache_dir, device, tta, amp, engine: as for ``score_volumes``.
+        volume_id: the volume.
+        index: the cache index.
+        et_min_voxels: ``tumorlib.inference.postprocess.remove_small_et`` after decoding (0: off).
+
+    Returns:
+        ``(pred, target, spacing)``: (3, D, H, W) class channels of the prediction and of the ground
+        truth (the cache's frame, or the source's for a resampled cache) and the voxel size.
+
+    Raises:
+        CacheError: a resampled cache whose source cannot be reopened.
+    """
+    from tumorlib.core.brats import labels_to_channels
+    from tumorlib.data.cache import CacheError, load_cached_volume, open_source, uncrop
+    from tumorlib.inference.postprocess import remove_small_et
+
+    entry = index["volumes"][str(volume_id)]
+    try:
+        source = open_source(index)
+    except CacheError:
+        source = None  # a cache from a custom reader: 1 mm voxels, scored in the cache frame only
+    image, mask = load_cached_volume(cache_dir, volume_id, index=index)
+    prob = predict_volume(model, image, config, device, tta=tta, amp=amp, engine=engine)
+    resampled = not all(abs(z - 1.0) < 1e-9 for z in entry["zoom"])
+    if resampled:
+        if source is None:
+            open_source(index)  # raises CacheError naming the reader
+        pred = decode_to_channels(uncrop(prob.cpu().numpy(), entry, fill=0.0), config.threshold)
+    else:
+        pred = decode_to_channels(prob, config.threshold)
+    if et_min_voxels:
+        pred = labels_to_channels(remove_small_et(channels_to_labels(pred), et_min_voxels))
+    spacing = tuple(source.spacing(volume_id)) if source is not None else (1.0, 1.0, 1.0)
+    target = source.read(volume_id)[1] if resampled else np.asarray(mask)
+    return pred, target, spacing
+
+
+def volume_dice(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_ids: Sequence[int],
+                device: torch.device, amp: bool = True) -> float:
+    """The model-selection score on whole volumes: the mean over volumes of the mean of the WT, TC and
+    ET Dice of the decoded labels, computed by ``score_volumes`` exactly as ``evaluate`` computes them.
+
+    Args:
+        model: the network (put in eval mode for the call, its mode restored after).
+        config: the run's config.
+        cache_dir: the cache.
+        volume_ids: the validation volumes.
+        device: where the windows run.
+        amp: autocast on CUDA.
+
+    Returns:
+        The score in [0, 1].
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        rows = score_volumes(model, config, cache_dir, volume_ids, device, amp=amp, lesions=False)
+    finally:
+        model.train(was_training)
+    return float(np.mean([np.mean([r["dice_wt"], r["dice_tc"], r["dice_et"]]) for r in rows]))
