@@ -302,3 +302,50 @@ def test_evaluate_and_predict_refuse_another_channel_order(ci_run, ci_cache, tmp
     index = load_cache_index(ci_cache)
     assert index["channel_order"] == ["t1", "t1ce", "t2", "flair"]
     assert index["stored_order"] == ["flair", "t1", "t1ce", "t2"]
+
+
+@pytest.mark.parametrize("source", ["kaggle", "nifti"])
+def test_predict_uncertainty_maps_beside_the_labels(tiny_data, tmp_path, source):
+    """``predict --uncertainty``: entropy and variance NIfTI with the label file's header and full grid,
+    equal to the flip members' maps inside the crop and 0 outside it."""
+    from tumorlib.data.cache import uncrop
+    from tumorlib.inference.predict import uncertainty_paths
+    from tumorlib.inference.uncertainty import flip_members, uncertainty_maps, volume_predictor
+
+    run = _make_run(tmp_path / "run")  # random weights: members that disagree
+    image, mask = load_volume(tiny_data, 2)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine[:3, 3] = [10.0, 20.0, -5.0]
+    if source == "nifti":
+        case = save_nifti_case(tmp_path / "BraTS20_Training_002", image, mask, affine)
+        kwargs, args = {"nifti_case": case}, ["--nifti", str(case)]
+    else:
+        kwargs, args = {"data_dir": tiny_data, "volume_id": 2}, ["--data", str(tiny_data), "--volume", "2"]
+    out = tmp_path / "out" / "case_pred.nii.gz"
+    assert main(["predict", "--run", str(run), *args, "--out", str(out), "--device", "cpu", "--quiet",
+                 "--uncertainty"]) == 0
+    paths = uncertainty_paths(out)
+    assert paths == {"entropy": tmp_path / "out" / "case_pred_entropy.nii.gz",
+                     "variance": tmp_path / "out" / "case_pred_variance.nii.gz"}
+    labels = nib.load(str(out))
+    model, cfg = load_run(run, "cpu")
+    image_c, _, entry = prepare_volume(image, None, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
+                                       dtype=np.float16)
+    expected = uncertainty_maps(flip_members(volume_predictor(model, cfg, "cpu"), image_c))
+    for name, path in paths.items():
+        img = nib.load(str(path))
+        assert img.shape == labels.shape and img.get_data_dtype() == np.float32
+        np.testing.assert_allclose(img.affine, labels.affine)
+        np.testing.assert_allclose(img.get_qform(), labels.get_qform())
+        np.testing.assert_allclose(img.get_sform(), labels.get_sform())
+        data = np.transpose(np.asarray(img.dataobj), (2, 0, 1))
+        np.testing.assert_allclose(data, uncrop(expected[name], entry, fill=0.0), atol=1e-6)
+        inside = tuple(slice(a, b) for a, b in entry["crop_box"])
+        outside = np.ones(data.shape, bool)
+        outside[inside] = False
+        assert (data[outside] == 0).all() and data[inside].max() > 0
+    np.testing.assert_allclose(labels.affine, affine if source == "nifti" else BRATS2020_AFFINE)
+    assert nib.load(str(paths["entropy"])).get_fdata().max() <= 1.0 + 1e-6
+    plain = predict(run, tmp_path / "plain.nii.gz", device="cpu", **kwargs)  # without: labels only, equal
+    np.testing.assert_array_equal(np.asarray(nib.load(str(plain)).dataobj), np.asarray(labels.dataobj))
+    assert not any(uncertainty_paths(plain)[k].exists() for k in ("entropy", "variance"))

@@ -176,8 +176,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("give --data DIR and --volume ID, or --nifti CASE_DIR")
     path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
                    tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
-                   stored_order=args.kaggle_channel_order)
+                   stored_order=args.kaggle_channel_order, uncertainty=args.uncertainty)
     print(f"wrote {path}")
+    if args.uncertainty:
+        from tumorlib.inference.predict import uncertainty_paths
+
+        for written in uncertainty_paths(path).values():
+            print(f"wrote {written}")
     return 0
 
 
@@ -324,6 +329,8 @@ def _add_predict(sub: Any) -> None:
                    help="official BraTS case folder (*_t1/_t1ce/_t2/_flair.nii.gz) instead of --data/--volume")
     p.add_argument("--out", required=True, help="output file, *.nii.gz")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write OUT_entropy.nii.gz and OUT_variance.nii.gz (8 flip members) beside the labels")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
     p.add_argument("--kaggle_channel_order", default=None, metavar="ORDER",

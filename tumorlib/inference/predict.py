@@ -15,7 +15,10 @@ from tumorlib.inference.predictor import load_run, predict_volume
 from tumorlib.core.folders import check_not_input
 from tumorlib.core.safety import atomic_path
 
-__all__ = ["predict"]
+__all__ = ["UNCERTAINTY_MAPS", "predict", "uncertainty_paths"]
+
+#: The uncertainty maps ``predict(uncertainty=True)`` writes, in order (``uncertainty_maps`` keys).
+UNCERTAINTY_MAPS = ("entropy", "variance")
 
 
 def _input_files(data_dir: str | os.PathLike | None, volume_id: int | None,
@@ -32,10 +35,37 @@ def _input_files(data_dir: str | os.PathLike | None, volume_id: int | None,
     return list(find_slices(data_dir).get(int(volume_id), {}).values())
 
 
+def uncertainty_paths(out: str | os.PathLike) -> dict[str, Path]:
+    """Where ``predict(uncertainty=True)`` writes its maps, beside the labels ``out``.
+
+    ``case_pred.nii.gz`` -> ``case_pred_entropy.nii.gz`` and ``case_pred_variance.nii.gz``.
+
+    Args:
+        out: the label file, ``*.nii.gz`` or ``*.nii``.
+
+    Returns:
+        ``{"entropy": path, "variance": path}``.
+    """
+    out = Path(out)
+    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii"
+    stem = out.name[: -len(suffix)]
+    return {name: out.with_name(f"{stem}_{name}{suffix}") for name in UNCERTAINTY_MAPS}
+
+
+def _uncertainty_maps(model: torch.nn.Module, config: object, image_c: np.ndarray, entry: dict, dev: torch.device,
+                      amp: bool) -> dict[str, np.ndarray]:
+    """Entropy and tumour-probability variance of the 8 flip members, uncropped to the full grid (0 outside)."""
+    from tumorlib.data.cache import uncrop
+    from tumorlib.inference.uncertainty import flip_members, uncertainty_maps, volume_predictor
+
+    maps = uncertainty_maps(flip_members(volume_predictor(model, config, dev, amp), image_c))
+    return {name: uncrop(maps[name], entry, fill=0.0) for name in UNCERTAINTY_MAPS}
+
+
 def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             volume_id: int | None = None, nifti_case: str | os.PathLike | None = None, tta: bool = False,
             device: str | torch.device | None = None, amp: bool = True,
-            progress: bool = False, stored_order: Sequence[str] | None = None) -> Path:
+            progress: bool = False, stored_order: Sequence[str] | None = None, uncertainty: bool = False) -> Path:
     """Segment one raw volume and write BraTS labels as NIfTI.
 
     The input is prepared exactly as the cache prepares it (``prepare_volume``: optional in-plane
@@ -60,6 +90,10 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         progress: tqdm bar over the windows.
         stored_order: the channel order of the ``data_dir`` files, when the caller knows it (e.g. from
             ``tumorlib inspect-modalities``); None: the run's ``kaggle_channel_order``.
+        uncertainty: also write the normalised predictive entropy and the variance of the tumour
+            probability over the 8 flip members (``tumorlib.inference.uncertainty``) as float32 NIfTI
+            beside the labels (``uncertainty_paths``), with the label file's header and grid (0 outside
+            the crop). Costs 8 more sliding-window passes.
 
     Returns:
         The path written: uint8 labels {0, 1, 2, 4}, array shape (H, W, D) (slice index last, as
@@ -77,7 +111,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     from tumorlib.data import load_volume
     from tumorlib.data.cache import prepare_volume, uncrop
     from tumorlib.io.nifti import load_nifti_case, nifti_header
-    from tumorlib.io.nifti_write import save_kaggle_segmentation, save_segmentation_nifti
+    from tumorlib.io.nifti_write import (brats2020_header, save_kaggle_segmentation, save_map_nifti,
+                                         save_segmentation_nifti)
     out = Path(out)
     if not out.name.endswith((".nii.gz", ".nii")):
         raise ValueError(f"output {out} must end in .nii.gz or .nii")
@@ -96,17 +131,23 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     else:
         image, _mask = load_volume(data_dir, int(volume_id), stored_order=config.kaggle_channel_order)
         name = f"volume {volume_id} of {data_dir}"
-    check_not_input(out, _input_files(data_dir, volume_id, nifti_case))  # before any work: never replace an input
+    maps_out = uncertainty_paths(out) if uncertainty else {}
+    for target in (out, *maps_out.values()):  # before any work: never replace an input
+        check_not_input(target, _input_files(data_dir, volume_id, nifti_case))
     if image.shape[0] != config.in_channels:
         raise ValueError(f"{name}: {image.shape[0]} channels, the run's model expects {config.in_channels}")
     image_c, _, entry = prepare_volume(image, None, cache_hw=config.cache_hw, margin=config.cache_margin,
                                        dtype=np.float16)  # the cache's dtype: the labels evaluate scores
     prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress)
-    full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
-    labels = decode_probabilities(full, config.threshold)
+    labels = decode_probabilities(uncrop(prob.cpu().numpy(), entry, fill=0.0), config.threshold)
+    header = nifti_header(nifti_case) if nifti_case is not None else brats2020_header()
     with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
         if nifti_case is not None:
-            save_segmentation_nifti(labels, tmp, header=nifti_header(nifti_case))
+            save_segmentation_nifti(labels, tmp, header=header)
         else:
             save_kaggle_segmentation(labels, tmp)
+    if uncertainty:
+        for key, volume in _uncertainty_maps(model, config, image_c, entry, dev, amp).items():
+            with atomic_path(maps_out[key]) as tmp:
+                save_map_nifti(volume, tmp, header=header)
     return out
