@@ -52,14 +52,29 @@ def uncertainty_paths(out: str | os.PathLike) -> dict[str, Path]:
     return {name: out.with_name(f"{stem}_{name}{suffix}") for name in UNCERTAINTY_MAPS}
 
 
-def _uncertainty_maps(model: torch.nn.Module, config: object, image_c: np.ndarray, entry: dict, dev: torch.device,
-                      amp: bool) -> dict[str, np.ndarray]:
-    """Entropy and tumour-probability variance of the 8 flip members, uncropped to the full grid (0 outside)."""
+def _write_uncertainty(paths: dict[str, Path], header: object, model: torch.nn.Module, config: object,
+                       image_c: np.ndarray, entry: dict, dev: torch.device, amp: bool) -> None:
+    """Entropy and tumour-probability variance of the 8 flip members, uncropped to the full grid (0 outside
+    the crop) and written with the label file's header."""
     from tumorlib.data.cache import uncrop
     from tumorlib.inference.uncertainty import flip_members, uncertainty_maps, volume_predictor
+    from tumorlib.io.nifti_write import save_map_nifti
 
     maps = uncertainty_maps(flip_members(volume_predictor(model, config, dev, amp), image_c))
-    return {name: uncrop(maps[name], entry, fill=0.0) for name in UNCERTAINTY_MAPS}
+    for name in UNCERTAINTY_MAPS:
+        with atomic_path(paths[name]) as tmp:
+            save_map_nifti(uncrop(maps[name], entry, fill=0.0), tmp, header=header)
+
+
+def _write(out: Path, labels: np.ndarray, header: object, kaggle: bool) -> None:
+    """The label file, atomically: a failure or a kill leaves an earlier file at ``out`` whole."""
+    from tumorlib.io.nifti_write import save_kaggle_segmentation, save_segmentation_nifti
+
+    with atomic_path(out) as tmp:
+        if kaggle:
+            save_kaggle_segmentation(labels, tmp)
+        else:
+            save_segmentation_nifti(labels, tmp, header=header)
 
 
 def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
@@ -90,10 +105,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         progress: tqdm bar over the windows.
         stored_order: the channel order of the ``data_dir`` files, when the caller knows it (e.g. from
             ``tumorlib inspect-modalities``); None: the run's ``kaggle_channel_order``.
-        uncertainty: also write the normalised predictive entropy and the variance of the tumour
-            probability over the 8 flip members (``tumorlib.inference.uncertainty``) as float32 NIfTI
-            beside the labels (``uncertainty_paths``), with the label file's header and grid (0 outside
-            the crop). Costs 8 more sliding-window passes.
+        uncertainty: also write the flip members' entropy and tumour-probability variance (float32 NIfTI,
+            the labels' header and grid, 0 outside the crop) at ``uncertainty_paths(out)``; 8 more passes.
 
     Returns:
         The path written: uint8 labels {0, 1, 2, 4}, array shape (H, W, D) (slice index last, as
@@ -111,8 +124,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     from tumorlib.data import load_volume
     from tumorlib.data.cache import prepare_volume, uncrop
     from tumorlib.io.nifti import load_nifti_case, nifti_header
-    from tumorlib.io.nifti_write import (brats2020_header, save_kaggle_segmentation, save_map_nifti,
-                                         save_segmentation_nifti)
+    from tumorlib.io.nifti_write import brats2020_header
     out = Path(out)
     if not out.name.endswith((".nii.gz", ".nii")):
         raise ValueError(f"output {out} must end in .nii.gz or .nii")
@@ -126,10 +138,9 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
                          f"kaggle_channel_order {want}; train again with --kaggle_channel_order {have} "
                          "(or convert the files)")
     if nifti_case is not None:
-        image, _mask, _affine = load_nifti_case(nifti_case)  # stacked in the canonical order
-        name = str(nifti_case)
+        image, name = load_nifti_case(nifti_case)[0], str(nifti_case)  # stacked in the canonical order
     else:
-        image, _mask = load_volume(data_dir, int(volume_id), stored_order=config.kaggle_channel_order)
+        image = load_volume(data_dir, int(volume_id), stored_order=config.kaggle_channel_order)[0]
         name = f"volume {volume_id} of {data_dir}"
     maps_out = uncertainty_paths(out) if uncertainty else {}
     for target in (out, *maps_out.values()):  # before any work: never replace an input
@@ -141,13 +152,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress)
     labels = decode_probabilities(uncrop(prob.cpu().numpy(), entry, fill=0.0), config.threshold)
     header = nifti_header(nifti_case) if nifti_case is not None else brats2020_header()
-    with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
-        if nifti_case is not None:
-            save_segmentation_nifti(labels, tmp, header=header)
-        else:
-            save_kaggle_segmentation(labels, tmp)
+    _write(out, labels, header, kaggle=nifti_case is None)
     if uncertainty:
-        for key, volume in _uncertainty_maps(model, config, image_c, entry, dev, amp).items():
-            with atomic_path(maps_out[key]) as tmp:
-                save_map_nifti(volume, tmp, header=header)
+        _write_uncertainty(maps_out, header, model, config, image_c, entry, dev, amp)
     return out
