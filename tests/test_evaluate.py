@@ -349,3 +349,38 @@ def test_predict_uncertainty_maps_beside_the_labels(tiny_data, tmp_path, source)
     plain = predict(run, tmp_path / "plain.nii.gz", device="cpu", **kwargs)  # without: labels only, equal
     np.testing.assert_array_equal(np.asarray(nib.load(str(plain)).dataobj), np.asarray(labels.dataobj))
     assert not any(uncertainty_paths(plain)[k].exists() for k in ("entropy", "variance"))
+
+
+def test_evaluate_uncertainty_columns(tiny_data, tiny_cache, tmp_path, capsys):
+    """``evaluate --uncertainty``: entropy and ECE columns computed by hand for constant logits; without the
+    flag the CSV keeps ``EVAL_COLUMNS`` only."""
+    import math
+
+    from tumorlib.evaluation.confidence import UNCERTAINTY_COLUMNS
+
+    run = _make_run(tmp_path / "run", bias=[-10.0, -10.0, 10.0], splits={"train": [], "val": [], "test": [1, 2]})
+    out = tmp_path / "u.csv"
+    assert main(["evaluate", "--run", str(run), "--cache", str(tiny_cache), "--out", str(out), "--device", "cpu",
+                 "--uncertainty"]) == 0
+    assert "ece_wt" in capsys.readouterr().out  # the printed summary
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == [*EVAL_COLUMNS, *UNCERTAINTY_COLUMNS]
+    lo, hi = 1 / (1 + math.exp(10.0)), 1 / (1 + math.exp(-10.0))
+    p = np.array([lo, lo, hi])
+    t = 1 - np.prod(1 - p)  # every voxel, every member: the same distribution
+    q = np.array([1 - t, *(t * p / p.sum())])
+    h = -(q * np.log(q)).sum() / math.log(4)
+    regions = {"wt": t, "tc": 1 - (1 - lo) * (1 - hi), "et": hi}
+    index = load_cache_index(tiny_cache)
+    for _, row in frame.iterrows():
+        assert row["mean_entropy_tumour"] == pytest.approx(h, rel=1e-3)
+        assert row["uncertain_fraction"] == 0.0  # entropy far below 0.5 everywhere
+        _, mask = load_cached_volume(tiny_cache, int(row["volume"]), index=index)
+        gt = brats_regions(np.asarray(mask))
+        for i, r in enumerate(("wt", "tc", "et")):  # one bin: |fraction positive - probability|
+            assert row[f"ece_{r}"] == pytest.approx(abs(gt[i].mean() - regions[r]), abs=1e-5)
+    summary = pd.read_csv(summary_path(out), index_col="statistic")
+    assert summary.loc["mean", "ece_wt"] == pytest.approx(frame["ece_wt"].mean())
+    plain = evaluate(run, cache_dir=tiny_cache, device="cpu", progress=False, out=tmp_path / "p.csv")
+    assert list(plain.columns) == list(EVAL_COLUMNS)
+    pd.testing.assert_frame_equal(plain.drop(columns="seconds"), frame[list(EVAL_COLUMNS)].drop(columns="seconds"))

@@ -163,7 +163,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tumorlib.evaluation.evaluate import evaluate
 
     evaluate(args.run, args.data, args.cache, split=args.split, tta=args.tta, out=args.out, device=args.device,
-             amp=args.amp, progress=not args.quiet)
+             amp=args.amp, progress=not args.quiet, uncertainty=args.uncertainty)
     return 0
 
 
@@ -314,6 +314,8 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
     p.add_argument("--out", default=None, help="metrics CSV (default RUN/metrics_<split>.csv); summary beside it")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="add mean_entropy_tumour, uncertain_fraction (8 flip members) and ece_wt/tc/et (15 bins)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
     p.add_argument("--quiet", action="store_true")

@@ -25,6 +25,7 @@ import torch
 from tumorlib.core.brats import CLASS_KEYS, REGION_KEYS, decode_to_channels
 from tumorlib.core.config import Config
 from tumorlib.core.device import resolve_device
+from tumorlib.evaluation.confidence import UNCERTAINTY_COLUMNS, confidence_scores
 from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
 from tumorlib.inference.predictor import load_run, make_predictor, predict_volume
 
@@ -104,7 +105,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
 def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike,
                   volume_ids: Sequence[int], device: torch.device, tta: bool = False, amp: bool = True,
                   index: dict[str, Any] | None = None, progress: bool = False,
-                  desc: str = "score") -> list[dict[str, float]]:
+                  desc: str = "score", uncertainty: bool = False) -> list[dict[str, float]]:
     """Predict whole cached volumes and score the decoded labels: the one scoring path of ``evaluate``
     and of whole-volume model selection during training.
 
@@ -126,10 +127,11 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         index: the cache index (read when None).
         progress: tqdm bar over the volumes.
         desc: the bar's label.
+        uncertainty: add ``tumorlib.evaluation.confidence.UNCERTAINTY_COLUMNS`` (8 more passes a volume).
 
     Returns:
-        One dict per volume: ``volume``, the ``METRIC_COLUMNS`` and ``seconds`` (sliding window, sigmoid
-        and decoding, without the metrics).
+        One dict per volume: ``volume``, the ``METRIC_COLUMNS``, ``seconds`` (sliding window, sigmoid
+        and decoding, without the metrics) and with ``uncertainty`` the uncertainty columns.
 
     Raises:
         CacheError: a resampled cache whose source cannot be reopened.
@@ -160,6 +162,9 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         spacing = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
         target = source.read(vid)[1] if resampled else np.asarray(mask)
         rows.append({"volume": int(vid), **brats_scores(pred, target, spacing), "seconds": seconds})
+        if uncertainty:
+            rows[-1].update(confidence_scores(model, config, image, prob, decode_to_channels(prob, config.threshold),
+                                              np.asarray(mask), device, amp))
     return rows
 
 
@@ -192,7 +197,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
              cache_dir: str | os.PathLike | None = None, split: str = "test", tta: bool = False,
              out: str | os.PathLike | None = None, device: str | torch.device | None = None,
              amp: bool = True, progress: bool = True,
-             volume_ids: Sequence[int] | None = None) -> pd.DataFrame:
+             volume_ids: Sequence[int] | None = None, uncertainty: bool = False) -> pd.DataFrame:
     """Score a trained run on whole volumes of one split.
 
     Each volume of the split is read from the cache (normalised, cropped to the brain), predicted
@@ -215,10 +220,13 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         amp: bf16 autocast on CUDA.
         progress: tqdm bar over the volumes and a printed summary.
         volume_ids: score these volumes instead of the split's.
+        uncertainty: add the columns ``mean_entropy_tumour``, ``uncertain_fraction`` and the ECE per
+            region ``ece_wt``, ``ece_tc``, ``ece_et`` (``tumorlib.evaluation.confidence``; 8 flip passes
+            more per volume); their mean, median and std join the summary.
 
     Returns:
-        One row per volume, columns ``EVAL_COLUMNS``; ``seconds`` is the inference time (sliding
-        window, sigmoid, decoding) without the metrics.
+        One row per volume, columns ``EVAL_COLUMNS`` (then ``UNCERTAINTY_COLUMNS`` with ``uncertainty``);
+        ``seconds`` is the inference time (sliding window, sigmoid, decoding) without the metrics.
 
     Raises:
         FileNotFoundError, ValueError: see ``load_run``; unknown split; volumes not in the cache.
@@ -243,8 +251,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     if not ids:
         raise ValueError(f"the {split} split of {run_dir} is empty")
     rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
-                         progress=progress, desc=f"evaluate {split}")
-    frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
+                         progress=progress, desc=f"evaluate {split}", uncertainty=uncertainty)
+    frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS) + (list(UNCERTAINTY_COLUMNS) if uncertainty else []))
     out_path = Path(out) if out is not None else Path(run_dir) / f"metrics_{split}.csv"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_path, index=False)
