@@ -12,7 +12,7 @@ Geometry. ``display_transform`` takes the NIfTI affine of the stored (H, W, D) a
 axis runs to; the flips and the transpose of each plane follow from that, not from a rule about the
 pack. Kaggle HDF5 volumes have no header; they are the BraTS2020 cases resliced into slices, and
 ``kaggle_affine`` gives the geometry tumorlib writes for Kaggle predictions
-(``tumorlib.io.nifti.BRATS2020_AFFINE``: the (H, W, D) axes run to the patient's left, posterior,
+(``tumorlib.io.nifti_write.BRATS2020_AFFINE``: the (H, W, D) axes run to the patient's left, posterior,
 superior).
 
 Tolerance. The display cuts along the array axes and names each edge by the nearest anatomical
@@ -59,9 +59,9 @@ def kaggle_affine() -> np.ndarray:
     """The NIfTI affine of a Kaggle-pack volume: BraTS2020's, as tumorlib writes Kaggle predictions.
 
     Returns:
-        (4, 4) float64 copy of ``tumorlib.io.nifti.BRATS2020_AFFINE``.
+        (4, 4) float64 copy of ``tumorlib.io.nifti_write.BRATS2020_AFFINE``.
     """
-    from tumorlib.io.nifti import BRATS2020_AFFINE
+    from tumorlib.io.nifti_write import BRATS2020_AFFINE
 
     return np.array(BRATS2020_AFFINE, dtype=np.float64)
 
