@@ -384,3 +384,66 @@ def test_evaluate_uncertainty_columns(tiny_data, tiny_cache, tmp_path, capsys):
     plain = evaluate(run, cache_dir=tiny_cache, device="cpu", progress=False, out=tmp_path / "p.csv")
     assert list(plain.columns) == list(EVAL_COLUMNS)
     pd.testing.assert_frame_equal(plain.drop(columns="seconds"), frame[list(EVAL_COLUMNS)].drop(columns="seconds"))
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.parametrize("bias, flags, ids", [([-10.0, -10.0, 10.0], {"touches_border"}, [7, 8]),
+                                              ([-10.0, -10.0, -10.0], {"empty_tumour", "empty_et"}, [8])])
+def test_report_flags_of_known_predictions(ci_cache, tmp_path, bias, flags, ids):
+    """Enhancing tumour in every voxel: the whole crop, on its border, far above the training volumes;
+    nothing predicted: empty tumour and ET. One PNG per volume, one CSV row each."""
+    from tumorlib.app.report import case_report
+    from tumorlib.evaluation.qc import QC_COLUMNS, region_volumes_ml, volume_range
+
+    index = load_cache_index(ci_cache)
+    train = [1, 2, 3, 4, 5]
+    run = _make_run(tmp_path / "run", bias=bias, splits={"train": train, "val": [6], "test": [7, 8]})
+    rows, pngs, csv_path = case_report(run, ids, cache_dir=ci_cache, device="cpu")
+    assert pngs == [run / "reports" / f"volume_{v}.png" for v in ids]
+    assert csv_path == run / "reports" / "qc.csv"
+    for png in pngs:
+        width, height = _png_size(png)
+        assert width > 500 and height > 300
+    table = pd.read_csv(csv_path)
+    assert list(table.columns) == list(QC_COLUMNS) and table["case"].tolist() == ids
+    wt = [region_volumes_ml(np.asarray(load_cached_volume(ci_cache, v, index=index)[1]), (1, 1, 1))["wt"]
+          for v in train]
+    low, high = volume_range(wt)
+    for row in rows:
+        expected = set(flags)
+        if not low <= row["volume_wt_ml"] <= high:
+            expected.add("volume_outlier")
+        assert set(filter(None, row["flags"].split(";"))) == expected
+        assert row["et_postprocessing"] == "none" and not row["flag_uncertain"]
+        shape = load_cache_index(ci_cache)["volumes"][str(row["case"])]["shape"]
+        if "touches_border" in flags:
+            assert row["volume_et_ml"] == pytest.approx(np.prod(shape) / 1000.0) and row["lesions_et"] == 1
+            assert row["flag_volume_outlier"]  # the whole crop is far above every training tumour
+        else:
+            assert row["volume_wt_ml"] == 0.0 and row["lesions_wt"] == 0
+    assert table["flags"].fillna("").tolist() == [r["flags"] for r in rows]
+
+
+def test_cli_report_on_a_trained_run(ci_run, ci_cache, tmp_path, capsys):
+    from tumorlib.evaluation.qc import FLAG_NAMES, QC_COLUMNS
+
+    run, _ = ci_run
+    out = tmp_path / "page.png"
+    assert main(["report", "--run", str(run), "--cache", str(ci_cache), "--volume", "1", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    _png_size(out)
+    table = pd.read_csv(tmp_path / "qc.csv")
+    assert list(table.columns) == list(QC_COLUMNS) and len(table) == 1
+    row = table.iloc[0]
+    raised = [f for f in FLAG_NAMES if row[f"flag_{f}"]]
+    assert (row["flags"] if isinstance(row["flags"], str) else "") == ";".join(raised)
+    assert 0.0 <= row["uncertain_fraction"] <= 1.0
+    assert main(["report", "--run", str(run), "--cache", str(ci_cache), "--volume", "1", "2", "--out",
+                 str(out)]) == 2
+    assert "one PNG" in capsys.readouterr().err

@@ -186,6 +186,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tumorlib.app.report import case_report
+
+    case_report(args.run, args.volume, out=args.out, csv=args.csv, data_dir=args.data, cache_dir=args.cache,
+                device=args.device, amp=args.amp, progress=not args.quiet)
+    return 0
+
+
 def _cmd_inspect_modalities(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -341,6 +349,20 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_predict)
 
+def _add_report(sub: Any) -> None:
+    """Register ``tumorlib report``."""
+    p = sub.add_parser("report", help="one-page QC report (PNG) and QC CSV rows of predicted volumes")
+    p.add_argument("--run", required=True, help="run folder (config.json, checkpoints/best_model.pth)")
+    p.add_argument("--volume", type=int, nargs="+", required=True, metavar="ID", help="cached volume id(s)")
+    p.add_argument("--out", default=None, help="the PNG of one volume (default RUN/reports/volume_<id>.png)")
+    p.add_argument("--csv", default=None, help="QC CSV, one row per volume (default qc.csv beside the PNG)")
+    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
+    p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_report)
+
 def _add_baseline(sub: Any) -> None:
     """Register ``tumorlib baseline``."""
     p = sub.add_parser("baseline", help="intensity-only per-voxel classifier: fit on the train split, score the test split")
@@ -366,4 +388,5 @@ def register_commands(sub: Any) -> None:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_report(sub)
     _add_baseline(sub)
