@@ -124,6 +124,45 @@ fig.savefig(ws.fig_dir / "05_metrics_boxplot.png", dpi=100)
 fig
 
 # %% [markdown]
+# ## How sure the model is: calibration and uncertainty
+# `evaluate(..., uncertainty=True)` (command line `tumorlib evaluate --uncertainty`) adds per volume the
+# mean predictive entropy inside the predicted tumour and the fraction of uncertain voxels (normalised
+# entropy above 0.5), both from the 8 flip members, and the expected calibration error of each region
+# (15 equal-width bins, every voxel of the brain crop). The reliability diagram pools the voxels of all
+# test volumes: a well-calibrated model's dots lie on the diagonal. A model that is unsure where it is
+# wrong shows falling Dice with rising entropy.
+
+# %% tags=["nbval-ignore-output"]
+from tumorlib.core.brats import REGION_KEYS
+from tumorlib.evaluation.calibration import CalibrationMetric
+from tumorlib.viz.confidence import dice_uncertainty_correlation, plot_dice_vs_uncertainty, plot_reliability
+
+unsure = evaluate.evaluate(run.run_dir, cache_dir=cache_dir, split=SPLIT, device=DEVICE, progress=False,
+                           uncertainty=True, out=run.run_dir / f"metrics_{SPLIT}_uncertainty.csv")
+calibration = CalibrationMetric()
+for vid in test_ids:
+    _, gt_v, prob_v, _ = predictor.predict_cached_volume(model, run_config, cache_dir, vid, device=DEVICE)
+    calibration.update(prob_v, gt_v)
+pooled = calibration.aggregate("pooled")
+print("ECE per region, mean over volumes:", {k: round(v, 4) for k, v in calibration.aggregate().items()})
+print("ECE per region, pooled voxels:    ", {k: round(v, 4) for k, v in pooled.items()})
+print("Pearson r of Dice and mean entropy in the tumour:",
+      {r: round(dice_uncertainty_correlation(unsure, r), 3) for r in REGION_KEYS})
+unsure[["volume", "dice_wt", "dice_tc", "dice_et", "mean_entropy_tumour", "uncertain_fraction",
+        "ece_wt", "ece_tc", "ece_et"]].round(3)
+
+# %% tags=["nbval-ignore-output"]
+fig = plot_reliability({r: calibration.reliability(r) for r in REGION_KEYS},
+                       title=f"{PRESET}: reliability over the {len(test_ids)} {SPLIT} volume(s)")
+fig.savefig(ws.fig_dir / "05_reliability.png", dpi=100)
+fig
+
+# %% tags=["nbval-ignore-output"]
+fig = plot_dice_vs_uncertainty(unsure, title=f"{PRESET}: Dice against mean entropy in the predicted tumour")
+fig.savefig(ws.fig_dir / "05_dice_vs_uncertainty.png", dpi=100)
+fig
+
+# %% [markdown]
 # ## The reference design's figure: patches
 # One patch per test volume, centred on its tumour and predicted in a single forward pass, as the
 # training notebook of the reference design showed it: image, ground truth, prediction (Dice per class of the

@@ -121,6 +121,23 @@ error_viewer = viz.ThreePlaneViewer(image, gt=gt, pred=pred, modality=MODALITY, 
 error_viewer
 
 # %% [markdown]
+# ## Interactive viewer: where the model is unsure
+# The **uncertainty** overlay paints the normalised predictive entropy of the 8 flip members
+# (`tumorlib.inference.uncertainty`: each mirroring of the volume predicted and mirrored back) as a heat
+# map, grey where the model is sure, red to yellow where the mirrorings disagree or sit near 0.5. The
+# readout gives the entropy under the crosshair. Compare it with the errors above: a useful model is
+# unsure where it is wrong, mostly on the tumour's border.
+
+# %% tags=["nbval-ignore-output"]
+from tumorlib.inference.uncertainty import flip_members, uncertainty_maps, volume_predictor
+
+maps = uncertainty_maps(flip_members(volume_predictor(model, run_config, DEVICE), image))
+uncertainty_viewer = viz.ThreePlaneViewer(image, gt=gt, pred=pred, modality=MODALITY, overlay="uncertainty",
+                                          opacity=0.8, uncertainty=maps["entropy"],
+                                          title=f"volume {volume_id}: uncertainty (entropy of the flip members)")
+uncertainty_viewer
+
+# %% [markdown]
 # ## How fast is a slider step?
 # The redraw time per slider step on a full-size 155×240×240 volume (compose three panels, encode them
 # as PNG, update the widgets), measured in the kernel; the browser's round trip comes on top. The aim is

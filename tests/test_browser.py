@@ -125,6 +125,32 @@ def _cell_errors(page) -> list[str]:
     )
 
 
+def _move_through_uncertainty_overlay(page, console: list[str]) -> None:
+    """The viewer whose overlay dropdown shows "uncertainty": its axial slider moves and its panel redraws,
+    and the readout gives the entropy under the crosshair."""
+    viewers = page.locator(".tumorlib-viewer")
+    found = [i for i in range(viewers.count())
+             if "uncertainty" in viewers.nth(i).locator("select").nth(1).evaluate(
+                 "el => el.options[el.selectedIndex] ? el.options[el.selectedIndex].text : ''")]
+    assert found, "no viewer shows the uncertainty overlay"
+    viewer = viewers.nth(found[0])
+    viewer.scroll_into_view_if_needed()
+    assert viewer.locator(".widget-html", has_text="entropy 0").count() == 1  # the heat-scale legend
+    slider, panel = viewer.locator(".widget-slider").first, viewer.locator(".tumorlib-panel img").first
+    readout = slider.locator(".widget-readout")
+    before, shot = int(readout.text_content().strip()), panel.screenshot()
+    handle = slider.locator(".noUi-handle")
+    handle.focus()
+    for _ in range(3):
+        handle.press("ArrowLeft")
+    assert int(readout.text_content().strip()) != before, "uncertainty viewer's axial slider did not move"
+    deadline = time.monotonic() + 15
+    while panel.screenshot() == shot:
+        assert time.monotonic() < deadline, f"uncertainty panel not redrawn; console errors: {console[:5]}"
+        time.sleep(0.25)
+    assert "entropy = " in (viewer.locator(".widget-html").last.text_content() or "")
+
+
 def test_viewer_sliders_redraw_in_jupyterlab(chromium, lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -181,6 +207,8 @@ def test_viewer_sliders_redraw_in_jupyterlab(chromium, lab, tmp_path):
                     time.sleep(0.25)
                 readout_text = viewer.locator(".widget-html").last.text_content() or ""
                 assert str(value_after) in readout_text, f"position readout {readout_text!r} lacks {value_after}"
+
+            _move_through_uncertainty_overlay(page, console)
 
             viewer.scroll_into_view_if_needed()
             time.sleep(0.3)

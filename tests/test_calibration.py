@@ -113,3 +113,25 @@ def test_metric_reset_mask_and_errors():
         CalibrationMetric(bins=0)
     with pytest.raises(KeyError, match="region"):
         metric.reliability("wt")
+
+
+def test_reliability_and_dice_uncertainty_figures():
+    import pandas as pd
+
+    from tumorlib.evaluation.calibration import CalibrationMetric
+    from tumorlib.viz.confidence import dice_uncertainty_correlation, plot_dice_vs_uncertainty, plot_reliability
+
+    rng = np.random.default_rng(0)
+    metric = CalibrationMetric()
+    prob = rng.random((3, 6, 8, 8)).astype(np.float32)
+    metric.update(prob, (rng.random((3, 6, 8, 8)) < prob).astype(np.uint8))
+    fig = plot_reliability({r: metric.reliability(r) for r in ("wt", "tc", "et")})
+    assert len(fig.axes) == 2 and "ECE" in fig.axes[0].get_legend().get_texts()[1].get_text()
+    frame = pd.DataFrame({"volume": [1, 2, 3, 4], "dice_wt": [0.9, 0.8, 0.5, 0.2], "dice_tc": [0.5] * 4,
+                          "dice_et": [0.1, 0.2, 0.5, np.nan], "mean_entropy_tumour": [0.1, 0.2, 0.5, 0.9]})
+    assert dice_uncertainty_correlation(frame, "wt") == pytest.approx(np.corrcoef([0.1, 0.2, 0.5, 0.9],
+                                                                                   [0.9, 0.8, 0.5, 0.2])[0, 1])
+    assert np.isnan(dice_uncertainty_correlation(frame, "tc"))  # constant Dice
+    assert dice_uncertainty_correlation(frame, "et") == pytest.approx(1.0)  # NaN row dropped, 3 left
+    fig = plot_dice_vs_uncertainty(frame)
+    assert "r = -" in fig.axes[0].get_legend().get_texts()[0].get_text()

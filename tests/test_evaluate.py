@@ -302,3 +302,148 @@ def test_evaluate_and_predict_refuse_another_channel_order(ci_run, ci_cache, tmp
     index = load_cache_index(ci_cache)
     assert index["channel_order"] == ["t1", "t1ce", "t2", "flair"]
     assert index["stored_order"] == ["flair", "t1", "t1ce", "t2"]
+
+
+@pytest.mark.parametrize("source", ["kaggle", "nifti"])
+def test_predict_uncertainty_maps_beside_the_labels(tiny_data, tmp_path, source):
+    """``predict --uncertainty``: entropy and variance NIfTI with the label file's header and full grid,
+    equal to the flip members' maps inside the crop and 0 outside it."""
+    from tumorlib.data.cache import uncrop
+    from tumorlib.inference.predict import uncertainty_paths
+    from tumorlib.inference.uncertainty import flip_members, uncertainty_maps, volume_predictor
+
+    run = _make_run(tmp_path / "run")  # random weights: members that disagree
+    image, mask = load_volume(tiny_data, 2)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine[:3, 3] = [10.0, 20.0, -5.0]
+    if source == "nifti":
+        case = save_nifti_case(tmp_path / "BraTS20_Training_002", image, mask, affine)
+        kwargs, args = {"nifti_case": case}, ["--nifti", str(case)]
+    else:
+        kwargs, args = {"data_dir": tiny_data, "volume_id": 2}, ["--data", str(tiny_data), "--volume", "2"]
+    out = tmp_path / "out" / "case_pred.nii.gz"
+    assert main(["predict", "--run", str(run), *args, "--out", str(out), "--device", "cpu", "--quiet",
+                 "--uncertainty"]) == 0
+    paths = uncertainty_paths(out)
+    assert paths == {"entropy": tmp_path / "out" / "case_pred_entropy.nii.gz",
+                     "variance": tmp_path / "out" / "case_pred_variance.nii.gz"}
+    labels = nib.load(str(out))
+    model, cfg = load_run(run, "cpu")
+    image_c, _, entry = prepare_volume(image, None, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
+                                       dtype=np.float16)
+    expected = uncertainty_maps(flip_members(volume_predictor(model, cfg, "cpu"), image_c))
+    for name, path in paths.items():
+        img = nib.load(str(path))
+        assert img.shape == labels.shape and img.get_data_dtype() == np.float32
+        np.testing.assert_allclose(img.affine, labels.affine)
+        np.testing.assert_allclose(img.get_qform(), labels.get_qform())
+        np.testing.assert_allclose(img.get_sform(), labels.get_sform())
+        data = np.transpose(np.asarray(img.dataobj), (2, 0, 1))
+        np.testing.assert_allclose(data, uncrop(expected[name], entry, fill=0.0), atol=1e-5)  # float noise of the windows (seen 3e-6)
+        inside = tuple(slice(a, b) for a, b in entry["crop_box"])
+        outside = np.ones(data.shape, bool)
+        outside[inside] = False
+        assert (data[outside] == 0).all() and data[inside].max() > 0
+    np.testing.assert_allclose(labels.affine, affine if source == "nifti" else BRATS2020_AFFINE)
+    assert nib.load(str(paths["entropy"])).get_fdata().max() <= 1.0 + 1e-6
+    plain = predict(run, tmp_path / "plain.nii.gz", device="cpu", **kwargs)  # without: labels only, equal
+    np.testing.assert_array_equal(np.asarray(nib.load(str(plain)).dataobj), np.asarray(labels.dataobj))
+    assert not any(uncertainty_paths(plain)[k].exists() for k in ("entropy", "variance"))
+
+
+def test_evaluate_uncertainty_columns(tiny_data, tiny_cache, tmp_path, capsys):
+    """``evaluate --uncertainty``: entropy and ECE columns computed by hand for constant logits; without the
+    flag the CSV keeps ``EVAL_COLUMNS`` only."""
+    import math
+
+    from tumorlib.evaluation.confidence import UNCERTAINTY_COLUMNS
+
+    run = _make_run(tmp_path / "run", bias=[-10.0, -10.0, 10.0], splits={"train": [], "val": [], "test": [1, 2]})
+    out = tmp_path / "u.csv"
+    assert main(["evaluate", "--run", str(run), "--cache", str(tiny_cache), "--out", str(out), "--device", "cpu",
+                 "--uncertainty"]) == 0
+    assert "ece_wt" in capsys.readouterr().out  # the printed summary
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == [*EVAL_COLUMNS, *UNCERTAINTY_COLUMNS]
+    lo, hi = 1 / (1 + math.exp(10.0)), 1 / (1 + math.exp(-10.0))
+    p = np.array([lo, lo, hi])
+    t = 1 - np.prod(1 - p)  # every voxel, every member: the same distribution
+    q = np.array([1 - t, *(t * p / p.sum())])
+    h = -(q * np.log(q)).sum() / math.log(4)
+    regions = {"wt": t, "tc": 1 - (1 - lo) * (1 - hi), "et": hi}
+    index = load_cache_index(tiny_cache)
+    for _, row in frame.iterrows():
+        assert row["mean_entropy_tumour"] == pytest.approx(h, rel=1e-3)
+        assert row["uncertain_fraction"] == 0.0  # entropy far below 0.5 everywhere
+        _, mask = load_cached_volume(tiny_cache, int(row["volume"]), index=index)
+        gt = brats_regions(np.asarray(mask))
+        for i, r in enumerate(("wt", "tc", "et")):  # one bin: |fraction positive - probability|
+            assert row[f"ece_{r}"] == pytest.approx(abs(gt[i].mean() - regions[r]), abs=1e-5)
+    summary = pd.read_csv(summary_path(out), index_col="statistic")
+    assert summary.loc["mean", "ece_wt"] == pytest.approx(frame["ece_wt"].mean())
+    plain = evaluate(run, cache_dir=tiny_cache, device="cpu", progress=False, out=tmp_path / "p.csv")
+    assert list(plain.columns) == list(EVAL_COLUMNS)
+    pd.testing.assert_frame_equal(plain.drop(columns="seconds"), frame[list(EVAL_COLUMNS)].drop(columns="seconds"))
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.parametrize("bias, flags, ids", [([-10.0, -10.0, 10.0], {"touches_border"}, [7, 8]),
+                                              ([-10.0, -10.0, -10.0], {"empty_tumour", "empty_et"}, [8])])
+def test_report_flags_of_known_predictions(ci_cache, tmp_path, bias, flags, ids):
+    """Enhancing tumour in every voxel: the whole crop, on its border, far above the training volumes;
+    nothing predicted: empty tumour and ET. One PNG per volume, one CSV row each."""
+    from tumorlib.app.report import case_report
+    from tumorlib.evaluation.qc import QC_COLUMNS, region_volumes_ml, volume_range
+
+    index = load_cache_index(ci_cache)
+    train = [1, 2, 3, 4, 5]
+    run = _make_run(tmp_path / "run", bias=bias, splits={"train": train, "val": [6], "test": [7, 8]})
+    rows, pngs, csv_path = case_report(run, ids, cache_dir=ci_cache, device="cpu")
+    assert pngs == [run / "reports" / f"volume_{v}.png" for v in ids]
+    assert csv_path == run / "reports" / "qc.csv"
+    for png in pngs:
+        width, height = _png_size(png)
+        assert width > 500 and height > 300
+    table = pd.read_csv(csv_path)
+    assert list(table.columns) == list(QC_COLUMNS) and table["case"].tolist() == ids
+    wt = [region_volumes_ml(np.asarray(load_cached_volume(ci_cache, v, index=index)[1]), (1, 1, 1))["wt"]
+          for v in train]
+    low, high = volume_range(wt)
+    for row in rows:
+        expected = set(flags)
+        if not low <= row["volume_wt_ml"] <= high:
+            expected.add("volume_outlier")
+        assert set(filter(None, row["flags"].split(";"))) == expected
+        assert row["et_postprocessing"] == "none" and not row["flag_uncertain"]
+        shape = load_cache_index(ci_cache)["volumes"][str(row["case"])]["shape"]
+        if "touches_border" in flags:
+            assert row["volume_et_ml"] == pytest.approx(np.prod(shape) / 1000.0) and row["lesions_et"] == 1
+            assert row["flag_volume_outlier"]  # the whole crop is far above every training tumour
+        else:
+            assert row["volume_wt_ml"] == 0.0 and row["lesions_wt"] == 0
+    assert table["flags"].fillna("").tolist() == [r["flags"] for r in rows]
+
+
+def test_cli_report_on_a_trained_run(ci_run, ci_cache, tmp_path, capsys):
+    from tumorlib.evaluation.qc import FLAG_NAMES, QC_COLUMNS
+
+    run, _ = ci_run
+    out = tmp_path / "page.png"
+    assert main(["report", "--run", str(run), "--cache", str(ci_cache), "--volume", "1", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    _png_size(out)
+    table = pd.read_csv(tmp_path / "qc.csv")
+    assert list(table.columns) == list(QC_COLUMNS) and len(table) == 1
+    row = table.iloc[0]
+    raised = [f for f in FLAG_NAMES if row[f"flag_{f}"]]
+    assert (row["flags"] if isinstance(row["flags"], str) else "") == ";".join(raised)
+    assert 0.0 <= row["uncertain_fraction"] <= 1.0
+    assert main(["report", "--run", str(run), "--cache", str(ci_cache), "--volume", "1", "2", "--out",
+                 str(out)]) == 2
+    assert "one PNG" in capsys.readouterr().err

@@ -100,3 +100,11 @@ def test_refuses_bad_geometry():
         transform.plane(np.zeros((5, 6, 8)), "axial", 0)
     with pytest.raises(IndexError, match="axial index 9"):
         transform.plane(np.zeros(SHAPE), "axial", 9)
+
+
+def test_kaggle_affine_is_the_brats2020_geometry():
+    from tumorlib.io.nifti_write import BRATS2020_AFFINE
+    from tumorlib.viz.orientation import display_transform, kaggle_affine
+
+    np.testing.assert_array_equal(kaggle_affine(), BRATS2020_AFFINE)
+    assert display_transform(kaggle_affine(), (155, 240, 240)).axcodes == ("S", "L", "P")

@@ -189,3 +189,40 @@ def test_benchmark_viewer_moves_every_slider_on_a_phantom():
     assert set(result) >= {"axial_ms", "coronal_ms", "sagittal_ms", "mean_ms", "max_ms", "first_render_ms"}
     assert result["steps"] == 9
     assert 0 < result["mean_ms"] <= result["max_ms"]
+
+def test_uncertainty_overlay_is_a_heat_map_beside_the_others():
+    """The ``uncertainty`` overlay is offered only with a map; certain voxels stay grey, uncertain ones are
+    drawn hot (red > blue), the readout gives the voxel's entropy and the legend the heat scale."""
+    from tumorlib.viz.viewer import ThreePlaneViewer
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, 12, 20, 24)).astype(np.float32) + 5
+    gt = np.zeros((12, 20, 24), np.uint8)
+    gt[4:8, 8:12, 8:14] = 2
+    heat = np.zeros((12, 20, 24), np.float32)
+    heat[6, 2:6, 2:6] = 0.6
+    plain = ThreePlaneViewer(image, gt=gt, pred=gt)
+    assert "uncertainty" not in [v for _, v in plain.overlay_dropdown.options]
+    with pytest.raises(ValueError, match="uncertainty"):
+        ThreePlaneViewer(image, gt=gt, overlay="uncertainty")
+    with pytest.raises(ValueError, match="does not match"):
+        ThreePlaneViewer(image, uncertainty=heat[:-1])
+    viewer = ThreePlaneViewer(image, gt=gt, pred=gt, uncertainty=heat, overlay="uncertainty", opacity=1.0,
+                              position=(6, 10, 11))
+    viewer.crosshair_checkbox.value = False
+    assert [v for _, v in viewer.overlay_dropdown.options][-1] == "uncertainty"
+    axial = viewer.rendered["axial"].astype(int)
+    hot, cold = axial[3, 3], axial[15, 20]
+    assert hot[0] > hot[2] + 50 and cold[0] == cold[1] == cold[2]  # grey where certain
+    assert "entropy 0" in viewer.legend.value
+    viewer.set_position(6, 3, 3)
+    assert "entropy = 0.600" in viewer.readout.value
+    viewer.sliders["axial"].value = 5  # a slice without uncertainty: grey only
+    assert (viewer.rendered["axial"][..., 0] == viewer.rendered["axial"][..., 2]).all()
+    viewer.overlay_dropdown.value = "errors"  # the other overlays still work beside it
+    assert viewer.rendered["axial"].shape == axial.shape
+
+
+def test_benchmark_viewer_with_the_uncertainty_overlay():
+    result = benchmark_viewer((24, 48, 40), steps=2, overlay="uncertainty", quiet=True)
+    assert result["steps"] == 6 and result["mean_ms"] > 0

@@ -13,7 +13,8 @@ from typing import Any
 
 from tumorlib.app.commands_cpu import add_cpu_bench_args, register_cpu_commands, run_cpu_bench
 from tumorlib.app.arguments import add_config_args, config_from_args, int_at_least
-from tumorlib.app.scoring_commands import register_evaluate, register_predict, register_tune_postprocessing
+from tumorlib.app.scoring_commands import (register_evaluate, register_predict, register_report,
+                                           register_tune_postprocessing)
 from tumorlib.core.config import get_config
 
 __all__ = ["register_commands"]
@@ -302,6 +303,7 @@ def register_commands(sub: Any) -> None:
     _add_train(sub)
     register_evaluate(sub)
     register_predict(sub)
+    register_report(sub)
     register_tune_postprocessing(sub)
     register_cpu_commands(sub)
     _add_baseline(sub)

@@ -1,7 +1,8 @@
-"""The ``tumorlib`` subcommands that score and apply trained runs: evaluate, predict, tune-postprocessing.
+"""The ``tumorlib`` subcommands that score and apply trained runs: evaluate, predict, tune-postprocessing, report.
 
 ``tumorlib.app.commands`` registers them (``register_evaluate``, ``register_predict``,
-``register_tune_postprocessing``) in its ``--help`` order; each has one ``_add_<name>`` and ``_cmd_<name>``.
+``register_tune_postprocessing``, ``register_report``) in its ``--help`` order; each has one ``_add_<name>``
+and ``_cmd_<name>``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from tumorlib.app.commands_cpu import add_engine_arg
 
-__all__ = ["register_evaluate", "register_predict", "register_tune_postprocessing"]
+__all__ = ["register_evaluate", "register_predict", "register_report", "register_tune_postprocessing"]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -28,7 +29,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tumorlib.evaluation.evaluate import evaluate
 
     evaluate(args.run, args.data, args.cache, split=args.split, tta=args.tta, out=args.out, device=args.device,
-             amp=args.amp, progress=not args.quiet, engine=args.engine)
+             amp=args.amp, progress=not args.quiet, engine=args.engine, uncertainty=args.uncertainty)
     return 0
 
 
@@ -46,7 +47,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
                        tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
                        stored_order=args.kaggle_channel_order, engine=args.engine,
-                       save_probabilities=args.save_probabilities)
+                       save_probabilities=args.save_probabilities, uncertainty=args.uncertainty)
     for w in seen:
         if issubclass(w.category, UserWarning):
             print(f"tumorlib predict: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
@@ -57,6 +58,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from tumorlib.inference.predict import probabilities_path
 
         print(f"wrote {probabilities_path(path)}")
+    if args.uncertainty:
+        from tumorlib.inference.predict import uncertainty_paths
+
+        for written in uncertainty_paths(path).values():
+            print(f"wrote {written}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tumorlib.app.report import case_report
+
+    case_report(args.run, args.volume, out=args.out, csv=args.csv, data_dir=args.data, cache_dir=args.cache,
+                device=args.device, amp=args.amp, progress=not args.quiet)
     return 0
 
 
@@ -84,6 +98,8 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
     p.add_argument("--out", default=None, help="metrics CSV (default RUN/metrics_<split>.csv; required with "
                                                "--pred); summary beside it")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="add mean_entropy_tumour, uncertain_fraction (8 flip members) and ece_wt/tc/et (15 bins)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
     add_engine_arg(p)
@@ -108,6 +124,8 @@ def _add_predict(sub: Any) -> None:
     add_engine_arg(p)
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write OUT_probabilities.nii.gz: the ncr, ed, et probabilities, (H, W, D, 3) 16-bit")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write OUT_entropy.nii.gz and OUT_variance.nii.gz (8 flip members) beside the labels")
     p.add_argument("--kaggle_channel_order", default=None, metavar="ORDER",
                    help="channel order of the --data files (e.g. flair,t1,t1ce,t2); refused when it differs "
                         "from the run's (default: the run's)")
@@ -126,6 +144,26 @@ def _add_tune_postprocessing(sub: Any) -> None:
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_tune_postprocessing)
+
+
+def _add_report(sub: Any) -> None:
+    """Register ``tumorlib report``."""
+    p = sub.add_parser("report", help="one-page QC report (PNG) and QC CSV rows of predicted volumes")
+    p.add_argument("--run", required=True, help="run folder (config.json, checkpoints/best_model.pth)")
+    p.add_argument("--volume", type=int, nargs="+", required=True, metavar="ID", help="cached volume id(s)")
+    p.add_argument("--out", default=None, help="the PNG of one volume (default RUN/reports/volume_<id>.png)")
+    p.add_argument("--csv", default=None, help="QC CSV, one row per volume (default qc.csv beside the PNG)")
+    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
+    p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_report)
+
+
+def register_report(sub: Any) -> None:
+    """Add ``tumorlib report`` to ``sub``."""
+    _add_report(sub)
 
 
 def register_evaluate(sub: Any) -> None:

@@ -25,6 +25,16 @@ def _benchmark_volume(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarra
     return image, mask, np.roll(mask, 3, axis=-1)
 
 
+def _benchmark_uncertainty(shape: Sequence[int], gt: Any | None) -> np.ndarray:
+    """A smooth [0, 1] map, highest on the tumour's border (where a model is least sure)."""
+    from scipy import ndimage
+
+    tumour = np.zeros(tuple(shape), np.float32) if gt is None else (np.asarray(gt) != 0).reshape(
+        (-1, *shape)).any(axis=0).astype(np.float32)
+    smooth = ndimage.gaussian_filter(tumour, 2.0)
+    return np.clip(4.0 * smooth * (1.0 - smooth), 0.0, 1.0).astype(np.float32)
+
+
 def benchmark_viewer(
     shape: Sequence[int] = (155, 240, 240),
     steps: int = 20,
@@ -34,6 +44,7 @@ def benchmark_viewer(
     pred: Any | None = None,
     seed: int = 0,
     quiet: bool = False,
+    uncertainty: Any | None = None,
 ) -> dict[str, float]:
     """Time one slider step of ``ThreePlaneViewer`` (compose 3 panels + PNG encode + widget update).
 
@@ -49,6 +60,8 @@ def benchmark_viewer(
         pred: optional prediction for ``image``.
         seed: seed of the generated volume.
         quiet: do not print the result.
+        uncertainty: optional ``(D, H, W)`` map in [0, 1] for ``overlay="uncertainty"``; None there: a
+            smooth map around the ground-truth tumour's border (``_benchmark_uncertainty``).
 
     Returns:
         ``{"axial_ms", "coronal_ms", "sagittal_ms"}`` median milliseconds per step, ``"mean_ms"`` over all
@@ -58,8 +71,10 @@ def benchmark_viewer(
         image, gt, pred = _benchmark_volume(tuple(int(s) for s in shape), seed)  # type: ignore[arg-type]
     if overlay in ("both", "errors") and (gt is None or pred is None):
         overlay = "ground truth" if gt is not None else "none"
+    if overlay == "uncertainty" and uncertainty is None:
+        uncertainty = _benchmark_uncertainty(np.asarray(image).shape[1:], gt)
     start = time.perf_counter()
-    viewer = ThreePlaneViewer(image, gt=gt, pred=pred, overlay=overlay)
+    viewer = ThreePlaneViewer(image, gt=gt, pred=pred, overlay=overlay, uncertainty=uncertainty)
     first = (time.perf_counter() - start) * 1000.0
     result: dict[str, float] = {"first_render_ms": first}
     all_ms: list[float] = []

@@ -25,6 +25,7 @@ import torch
 from tumorlib.core.brats import CLASS_KEYS, REGION_KEYS
 from tumorlib.core.config import Config
 from tumorlib.core.device import resolve_device
+from tumorlib.evaluation.confidence import UNCERTAINTY_COLUMNS
 from tumorlib.evaluation.lesions import LESION_COLUMNS
 from tumorlib.evaluation.metrics import METRIC_COLUMNS
 from tumorlib.evaluation.scoring import score_volumes
@@ -115,7 +116,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
              cache_dir: str | os.PathLike | None = None, split: str = "test", tta: bool = False,
              out: str | os.PathLike | None = None, device: str | torch.device | None = None,
              amp: bool = True, progress: bool = True,
-             volume_ids: Sequence[int] | None = None, engine: str = "torch") -> pd.DataFrame:
+             volume_ids: Sequence[int] | None = None, engine: str = "torch",
+             uncertainty: bool = False) -> pd.DataFrame:
     """Score a trained run on whole volumes of one split.
 
     Each volume of the split is read from the cache (normalised, cropped to the brain), predicted
@@ -134,17 +136,20 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         split: ``test`` (default), ``val``, ``train`` or ``all``.
         tta: average over the 8 flips.
         out: CSV path; None: ``RUN/metrics_<split>.csv`` (``metrics_<split>_ensemble<N>.csv`` for N
-            runs). The summary is written beside it
-            (``summary_path``).
+            runs). The summary is written beside it (``summary_path``).
         device: None: CUDA when available, else CPU.
         amp: autocast at the run's ``amp_dtype`` (``inference_precision``); False: float32.
         progress: tqdm bar over the volumes and a printed summary.
         volume_ids: score these volumes instead of the split's.
         engine: ``"torch"``, ``"openvino"`` or ``"auto"`` (OpenVINO on the CPU when installed); the engine
             and precision used go to ``inference_path(out)`` (JSON) beside the CSV.
+        uncertainty: add the columns ``mean_entropy_tumour``, ``uncertain_fraction`` and the ECE per
+            region ``ece_wt``, ``ece_tc``, ``ece_et`` (``tumorlib.evaluation.confidence``; 8 flip passes
+            more per volume); their mean, median and std join the summary.
 
     Returns:
-        One row per volume, columns ``EVAL_COLUMNS``; ``seconds`` is the inference time (sliding
+        One row per volume, columns ``EVAL_COLUMNS`` (then ``UNCERTAINTY_COLUMNS`` with ``uncertainty``);
+        ``seconds`` is the inference time (sliding
         window, sigmoid, decoding) without the metrics.
 
     Raises:
@@ -173,8 +178,10 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     et_min = run_et_min_voxels(run_dir, config)
     runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
     rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
-                         progress=progress, desc=f"evaluate {split}", et_min_voxels=et_min, engine=runner)
-    frame = pd.DataFrame([{**r, "et_min_voxels": et_min} for r in rows], columns=list(EVAL_COLUMNS))
+                         progress=progress, desc=f"evaluate {split}", et_min_voxels=et_min, engine=runner,
+                         uncertainty=uncertainty)
+    columns = list(EVAL_COLUMNS) + (list(UNCERTAINTY_COLUMNS) if uncertainty else [])
+    frame = pd.DataFrame([{**r, "et_min_voxels": et_min} for r in rows], columns=columns)
     summary = summarize(frame)
     record = {**engine_record(runner), "asked": engine, "device": str(dev), "tta": bool(tta), "split": split,
               "volumes": len(frame), "runs": [str(r) for r in runs]}

@@ -12,19 +12,37 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from tumorlib.core.brats import channels_to_labels, decode_to_channels
 from tumorlib.core.config import Config
+from tumorlib.evaluation.confidence import confidence_scores
 from tumorlib.evaluation.lesions import LESION_COLUMNS, lesion_scores
 from tumorlib.evaluation.metrics import brats_scores
 from tumorlib.inference.engines import Engine
 from tumorlib.inference.predictor import inference_engine, predict_volume
 
-__all__ = ["predicted_channels", "score_volumes", "volume_dice", "volume_scores"]
+__all__ = ["Predicted", "predicted_channels", "score_volumes", "volume_dice", "volume_scores"]
+
+
+class Predicted(NamedTuple):
+    """One cached volume as ``evaluate`` scores it (``predicted_channels``)."""
+
+    #: (3, D, H, W) class channels of the decoded (and post-processed) prediction, in the scoring frame
+    pred: np.ndarray
+    #: (3, D, H, W) ground-truth class channels in the scoring frame (the cache's, or the source's when resampled)
+    target: np.ndarray
+    #: voxel size (mm) of the scoring frame
+    spacing: tuple[float, ...]
+    #: (C, D, H, W) normalised image in the cache's frame
+    image: np.ndarray
+    #: (3, D, H, W) sigmoid probabilities in the cache's frame
+    prob: torch.Tensor
+    #: (3, D, H, W) ground-truth class channels in the cache's frame
+    mask: np.ndarray
 
 
 def volume_scores(pred: Any, target: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0),
@@ -51,7 +69,7 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
                   volume_ids: Sequence[int], device: torch.device, tta: bool = False, amp: bool = True,
                   index: dict[str, Any] | None = None, progress: bool = False,
                   desc: str = "score", lesions: bool = True, et_min_voxels: int = 0,
-                  engine: str | Engine = "torch") -> list[dict[str, float]]:
+                  engine: str | Engine = "torch", uncertainty: bool = False) -> list[dict[str, float]]:
     """Predict whole cached volumes and score the decoded labels: the one scoring path of ``evaluate``
     and of whole-volume model selection during training.
 
@@ -76,10 +94,13 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         lesions: add the lesion-wise ``LESION_COLUMNS`` (off for model selection, which reads the Dice only).
         et_min_voxels: relabel a predicted ET of fewer voxels as necrosis after decoding (0: off).
         engine: ``"torch"``, ``"openvino"``, ``"auto"`` or an ``Engine`` (built once for all volumes).
+        uncertainty: add ``tumorlib.evaluation.confidence.UNCERTAINTY_COLUMNS`` (8 more passes a volume,
+            per run of an ensemble; in the cache's frame).
 
     Returns:
         One dict per volume: ``volume``, the ``METRIC_COLUMNS``, the ``LESION_COLUMNS`` and ``seconds``
-        (reading, sliding window, sigmoid and decoding, without the metrics).
+        (reading, sliding window, sigmoid and decoding, without the metrics), with ``uncertainty`` the
+        uncertainty columns.
 
     Raises:
         CacheError: a resampled cache whose source cannot be reopened.
@@ -93,18 +114,22 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
     rows = []
     for vid in tqdm(list(volume_ids), desc=desc, unit="vol", disable=not progress):
         start = time.perf_counter()
-        pred, target, spacing = predicted_channels(model, config, cache_dir, vid, device, index, tta=tta,
-                                                   amp=amp, et_min_voxels=et_min_voxels, engine=engine)
+        done = predicted_channels(model, config, cache_dir, vid, device, index, tta=tta, amp=amp,
+                                  et_min_voxels=et_min_voxels, engine=engine)
         seconds = time.perf_counter() - start
-        rows.append({"volume": int(vid), **volume_scores(pred, target, spacing, lesions=lesions),
+        rows.append({"volume": int(vid), **volume_scores(done.pred, done.target, done.spacing, lesions=lesions),
                      "seconds": seconds})
+        if uncertainty:
+            scored = done.pred if done.pred.shape == done.mask.shape else decode_to_channels(done.prob, config.threshold)
+            rows[-1].update(confidence_scores(model, config, done.image, done.prob, scored, done.mask, device, amp,
+                                              engine=engine))
     return rows
 
 
 def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_id: int,
                        device: torch.device, index: dict[str, Any], tta: bool = False, amp: bool = True,
                        et_min_voxels: int = 0,
-                       engine: str | Engine = "torch") -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+                       engine: str | Engine = "torch") -> Predicted:
     """One cached volume predicted and decoded as ``evaluate`` scores it, with its ground truth.
 
     Args:
@@ -114,8 +139,9 @@ def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | 
         et_min_voxels: ``tumorlib.inference.postprocess.remove_small_et`` after decoding (0: off).
 
     Returns:
-        ``(pred, target, spacing)``: (3, D, H, W) class channels of the prediction and of the ground
-        truth (the cache's frame, or the source's for a resampled cache) and the voxel size.
+        ``Predicted(pred, target, spacing, image, prob, mask)``: the class channels of the prediction and of
+        the ground truth (the cache's frame, or the source's for a resampled cache), the voxel size, and the
+        cache-frame image, probabilities and ground truth.
 
     Raises:
         CacheError: a resampled cache whose source cannot be reopened.
@@ -142,7 +168,7 @@ def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | 
         pred = labels_to_channels(remove_small_et(channels_to_labels(pred), et_min_voxels))
     spacing = tuple(source.spacing(volume_id)) if source is not None else (1.0, 1.0, 1.0)
     target = source.read(volume_id)[1] if resampled else np.asarray(mask)
-    return pred, target, spacing
+    return Predicted(pred, target, spacing, np.asarray(image), prob, np.asarray(mask))
 
 
 def volume_dice(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_ids: Sequence[int],

@@ -36,7 +36,7 @@ def _label_maps(model: torch.nn.Module, config: Any, cache: Any, ids: list[int],
                 index: dict[str, Any], amp: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
     preds, refs = [], []
     for vid in ids:
-        pred, target, _ = predicted_channels(model, config, cache, vid, device, index, amp=amp)
+        pred, target = predicted_channels(model, config, cache, vid, device, index, amp=amp)[:2]
         preds.append(channels_to_labels(pred))
         refs.append(channels_to_labels(target))
     return preds, refs

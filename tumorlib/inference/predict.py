@@ -16,7 +16,10 @@ from tumorlib.inference.predictor import inference_engine, load_runs, predict_vo
 from tumorlib.core.folders import check_not_input
 from tumorlib.core.safety import atomic_path
 
-__all__ = ["predict", "probabilities_path"]
+__all__ = ["UNCERTAINTY_MAPS", "predict", "probabilities_path", "uncertainty_paths"]
+
+#: The uncertainty maps ``predict(uncertainty=True)`` writes, in order (``uncertainty_maps`` keys).
+UNCERTAINTY_MAPS = ("entropy", "variance")
 
 
 def probabilities_path(out: str | os.PathLike) -> Path:
@@ -24,6 +27,37 @@ def probabilities_path(out: str | os.PathLike) -> Path:
     out = Path(out)
     suffix = ".nii.gz" if out.name.endswith(".nii.gz") else out.suffix
     return out.with_name(out.name[: len(out.name) - len(suffix)] + "_probabilities" + suffix)
+
+
+def uncertainty_paths(out: str | os.PathLike) -> dict[str, Path]:
+    """Where ``predict(uncertainty=True)`` writes its maps, beside the labels ``out``.
+
+    ``case_pred.nii.gz`` -> ``case_pred_entropy.nii.gz`` and ``case_pred_variance.nii.gz``.
+
+    Args:
+        out: the label file, ``*.nii.gz`` or ``*.nii``.
+
+    Returns:
+        ``{"entropy": path, "variance": path}``.
+    """
+    out = Path(out)
+    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii"
+    stem = out.name[: -len(suffix)]
+    return {name: out.with_name(f"{stem}_{name}{suffix}") for name in UNCERTAINTY_MAPS}
+
+
+def _write_uncertainty(paths: dict[str, Path], header: object, model: torch.nn.Module, config: object,
+                       image_c: np.ndarray, entry: dict, dev: torch.device, amp: bool, engine: object) -> None:
+    """Entropy and tumour-probability variance of the 8 flip members (of each run of an ensemble), uncropped
+    to the full grid (0 outside the crop) and written with the label file's header."""
+    from tumorlib.data.cache import uncrop
+    from tumorlib.inference.uncertainty import model_members, uncertainty_maps
+    from tumorlib.io.nifti_write import save_map_nifti
+
+    maps = uncertainty_maps(model_members(model, config, image_c, dev, amp, engine))
+    for name in UNCERTAINTY_MAPS:
+        with atomic_path(paths[name]) as tmp:
+            save_map_nifti(uncrop(maps[name], entry, fill=0.0), tmp, header=header)
 
 
 def _input_files(data_dir: str | os.PathLike | None, volume_id: int | None,
@@ -96,7 +130,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
             volume_id: int | None = None, nifti_case: str | os.PathLike | None = None, tta: bool = False,
             device: str | torch.device | None = None, amp: bool = True,
             progress: bool = False, stored_order: Sequence[str] | None = None, engine: str = "torch",
-            save_probabilities: bool = False) -> Path:
+            save_probabilities: bool = False, uncertainty: bool = False) -> Path:
     """Segment one raw volume and write BraTS labels as NIfTI.
 
     The input is prepared exactly as the cache prepares it (``prepare_volume``: optional in-plane
@@ -116,8 +150,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         out: the output file, ``*.nii.gz`` or ``*.nii``.
         data_dir: a Kaggle-format folder (with ``volume_id``).
         volume_id: the volume to predict from ``data_dir``.
-        nifti_case: an official BraTS case folder (``*_t1/_t1ce/_t2/_flair.nii.gz``), instead of
-            ``data_dir``/``volume_id``.
+        nifti_case: an official BraTS case folder (``*_t1/_t1ce/_t2/_flair.nii.gz``), instead of ``data_dir``.
         tta: average over the 8 flips.
         device: None: CUDA when available, else CPU.
         amp: autocast at the run's ``amp_dtype`` (``inference_precision``); False: float32.
@@ -127,16 +160,17 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         engine: ``"torch"``, ``"openvino"`` or ``"auto"`` (OpenVINO on the CPU when installed).
         save_probabilities: also write the ncr, ed, et probabilities to ``probabilities_path(out)``
             (``tumorlib.io.nifti_write.save_probabilities_nifti``: same grid and header, (H, W, D, 3)).
+        uncertainty: also write the flip members' entropy and tumour-probability variance (float32 NIfTI,
+            the labels' header and grid, 0 outside the crop) at ``uncertainty_paths(out)``; 8 more passes
+            (per run of an ensemble).
 
     Returns:
-        The path written: uint8 labels {0, 1, 2, 4}, array shape (H, W, D) (slice index last, as
-        BraTS files), with the case's header for NIfTI input and the BraTS2020 header
-        (``BRATS2020_AFFINE`` as qform and sform) for Kaggle input.
+        The path written: uint8 labels {0, 1, 2, 4}, array shape (H, W, D) (slice index last, as BraTS
+        files), with the case's header (NIfTI input) or the BraTS2020 header (Kaggle input).
 
     Raises:
-        ValueError: neither or both inputs given, an output name that is not NIfTI, a volume with
-            the wrong number of channels, a ``stored_order`` other than the run's, or a run whose
-            config and weights disagree.
+        ValueError: neither or both inputs given, an output name that is not NIfTI, a volume with the wrong
+            number of channels, a ``stored_order`` other than the run's, or a run whose config and weights disagree.
         KeyError: ``volume_id`` not in ``data_dir``.
         FileNotFoundError: a missing run, folder or modality file (names it).
         OutputIsInputError: ``out`` is one of the input files (a modality, the case's ``_seg``, a slice).
@@ -144,6 +178,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     from tumorlib.data.cache import prepare_volume, uncrop
     from tumorlib.io.nifti import nifti_header
     from tumorlib.io.nifti_write import brats2020_header
+
     out = Path(out)
     if not out.name.endswith((".nii.gz", ".nii")):
         raise ValueError(f"output {out} must end in .nii.gz or .nii")
@@ -154,7 +189,9 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     run_dir = run_dir if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)[0]
     _check_stored_order(stored_order, config, run_dir, data_dir or nifti_case)
     image, name = _read_input(data_dir, volume_id, nifti_case, config.kaggle_channel_order)
-    for path in (out, probabilities_path(out)) if save_probabilities else (out,):
+    sidecars = [*([probabilities_path(out)] if save_probabilities else []),
+                *(uncertainty_paths(out).values() if uncertainty else [])]
+    for path in (out, *sidecars):
         check_not_input(path, _input_files(data_dir, volume_id, nifti_case))  # before any work: never an input
     if image.shape[0] != config.in_channels:
         raise ValueError(f"{name}: {image.shape[0]} channels, the run's model expects {config.in_channels}")
@@ -165,4 +202,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
     labels = remove_small_et(decode_probabilities(full, config.threshold), run_et_min_voxels(run_dir, config))
     header = nifti_header(nifti_case) if nifti_case is not None else brats2020_header()
-    return _write_outputs(out, labels, full if save_probabilities else None, header)
+    _write_outputs(out, labels, full if save_probabilities else None, header)
+    if uncertainty:
+        _write_uncertainty(uncertainty_paths(out), header, model, config, image_c, entry, dev, amp, runner)
+    return out

@@ -50,6 +50,7 @@ __all__ = [
     "ensemble_members",
     "entropy",
     "flip_members",
+    "model_members",
     "uncertainty_maps",
     "uncertainty_summary",
     "volume_predictor",
@@ -205,24 +206,52 @@ def ensemble_members(predictors: Iterable[Callable[[torch.Tensor], torch.Tensor]
 
 
 def volume_predictor(model: torch.nn.Module, config: Any, device: str | torch.device | None = None,
-                     amp: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+                     amp: bool = True, engine: Any = "torch") -> Callable[[torch.Tensor], torch.Tensor]:
     """A whole-volume predictor for ``flip_members``: sliding window without TTA, then the sigmoid.
 
     Args:
         model: the trained network.
         config: the run's config (sliding-window settings; see ``predict_volume``).
         device: where the windows run; None: the model's device.
-        amp: autocast on CUDA.
+        amp: autocast at the run's ``amp_dtype``; False: float32.
+        engine: ``"torch"``, ``"openvino"``, ``"auto"`` or an ``Engine`` (see ``predict_volume``).
 
     Returns:
         ``predict(image) -> (3, D, H, W)`` float32 probabilities for a (C, D, H, W) tensor.
     """
-    from tumorlib.inference.predictor import predict_volume
+    from tumorlib.inference.predictor import inference_engine, predict_volume
+
+    runner = inference_engine(model, config, engine, device, amp)  # built once for the 8 members
 
     def predict(image: torch.Tensor) -> torch.Tensor:
-        return predict_volume(model, image, config, device=device, tta=False, amp=amp)
+        return predict_volume(model, image, config, device=device, tta=False, amp=amp, engine=runner)
 
     return predict
+
+
+def model_members(model: torch.nn.Module, config: Any, image: Any, device: str | torch.device | None = None,
+                  amp: bool = True, engine: Any = "torch") -> Iterator[np.ndarray]:
+    """The members of a run (its 8 flip members) or of an ensemble of runs (``load_runs``: 8 per run).
+
+    Args:
+        model: a trained network or a ``RunEnsemble``.
+        config: the (first) run's config.
+        image: (C, D, H, W) normalised image.
+        device, amp, engine: see ``volume_predictor``; for an ensemble, ``engine`` may be the tuple of the
+            members' engines (``inference_engine``).
+
+    Yields:
+        (3, D, H, W) float32 numpy maps.
+    """
+    from tumorlib.inference.predictor import inference_engine
+
+    members = getattr(model, "members", None)
+    if members is None:
+        yield from flip_members(volume_predictor(model, config, device, amp, engine), image)
+        return
+    engines = inference_engine(model, config, engine, device, amp)
+    yield from ensemble_members([volume_predictor(m, config, device, amp, e) for m, e in zip(members, engines)],
+                                image)
 
 
 def uncertainty_summary(entropy_map: Any, labels: Any,

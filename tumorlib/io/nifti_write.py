@@ -31,6 +31,7 @@ __all__ = [
     "PROBABILITY_SCALE",
     "brats2020_header",
     "save_kaggle_segmentation",
+    "save_map_nifti",
     "save_nifti_case",
     "save_probabilities_nifti",
     "save_segmentation_nifti",
@@ -164,6 +165,38 @@ def save_kaggle_segmentation(labels: np.ndarray, path: str | os.PathLike) -> Pat
         ValueError: see ``save_segmentation_nifti``.
     """
     return save_segmentation_nifti(labels, path, header=brats2020_header())
+
+
+def save_map_nifti(volume: np.ndarray, path: str | os.PathLike,
+                   header: nib.Nifti1Header | None = None) -> Path:
+    """Write a float map (probability, entropy, variance) as a float32 NIfTI with a label file's geometry.
+
+    Args:
+        volume: (D, H, W) values (tumorlib layout), written as float32 (H, W, D).
+        path: output file, usually ``*.nii.gz`` (parent folders are created).
+        header: qform and sform (with codes) to copy, e.g. ``nifti_header(case)`` or
+            ``brats2020_header()``; None: 1 mm identity as the sform.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: ``volume`` is not 3-D.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"a map must be (D, H, W), got shape {volume.shape} for {path}")
+    affine = header.get_best_affine() if header is not None else np.eye(4)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(_to_nifti(volume.astype(np.float32)), affine)
+    img.set_data_dtype(np.float32)
+    img.header.set_xyzt_units("mm")
+    if header is not None:
+        img.set_qform(*header.get_qform(coded=True))
+        img.set_sform(*header.get_sform(coded=True))
+    nib.save(img, str(path))
+    return path
 
 
 def save_nifti_case(case_dir: str | os.PathLike, image: np.ndarray, mask: np.ndarray | None = None,

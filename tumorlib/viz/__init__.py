@@ -7,6 +7,8 @@
   histograms, the cache crop).
 - ``tumorlib.viz.views``: axial, coronal and sagittal panels through one point.
 - ``tumorlib.viz.results``: predictions, training curves, metric boxes.
+- ``tumorlib.viz.confidence``: reliability diagram, Dice against mean uncertainty.
+- ``tumorlib.viz.report``: the one-page QC report of a case.
 - ``tumorlib.viz.viewer``: ``ThreePlaneViewer`` (ipywidgets); imported on first use so that
   ``import tumorlib.viz`` stays light (no ipywidgets) for training scripts. Its speed benchmark is
   ``tumorlib.benchmarks.viewer``.
@@ -37,6 +39,7 @@ from tumorlib.viz.figures import (
 )
 from tumorlib.viz.render import center_of_mass, render_plane
 from tumorlib.viz.results import plot_metric_boxes, plot_predictions, plot_training_curves
+from tumorlib.viz.confidence import plot_dice_vs_uncertainty, plot_reliability
 from tumorlib.viz.views import plot_three_views
 
 __all__ = [
@@ -54,6 +57,8 @@ __all__ = [
     "error_legend_handles",
     "error_map",
     "plot_cache_crop",
+    "plot_dice_vs_uncertainty",
+    "plot_reliability",
     "plot_class_fractions",
     "plot_intensity_histograms",
     "plot_metric_boxes",

@@ -24,6 +24,7 @@ from tumorlib.core.brats import CLASS_NAMES, MODALITIES, channels_to_classes, de
 from tumorlib.core.colors import CLASS_COLORS, rgb01
 
 __all__ = [
+    "overlay_legend_html",
     "CLASS_COLORS",
     "ERROR_COLORS",
     "ERROR_NAMES",
@@ -203,3 +204,31 @@ def add_class_legend(target: Any, errors: bool = False, loc: str | None = None, 
             loc = "outside lower center" if target.get_layout_engine() is not None else "lower center"
         return target.legend(handles=handles, loc=loc, **kwargs)
     return target.legend(handles=handles, loc=loc or "best", **kwargs)
+
+
+def _swatch(rgb: Sequence[int], label: str, style: str = "") -> str:
+    return (f'<span class="tumorlib-swatch" style="background: rgb({rgb[0]},{rgb[1]},{rgb[2]});{style}"></span>'
+            f"{label}")
+
+
+def overlay_legend_html(overlay: str) -> str:
+    """The HTML legend of a viewer overlay: class colours, error colours or the uncertainty heat scale.
+
+    Args:
+        overlay: ``none``, ``ground truth``, ``prediction``, ``both``, ``errors`` or ``uncertainty``.
+
+    Returns:
+        HTML (empty for ``none``).
+    """
+    if overlay == "none":
+        return ""
+    if overlay == "errors":
+        return "".join(_swatch(c, n) for n, c in zip(ERROR_NAMES, ERROR_COLORS))
+    if overlay == "uncertainty":
+        scale = ('<span class="tumorlib-swatch" style="width: 6em; background: linear-gradient(to right, '
+                 'rgb(89,0,0), rgb(255,0,0), rgb(255,255,0), rgb(255,255,255));"></span>')
+        return f"entropy 0 {scale} 1 (normalised; grey: certain)"
+    legend = "".join(_swatch(c, n) for n, c in zip(CLASS_NAMES, CLASS_COLORS))
+    if overlay == "both":
+        legend += " &nbsp; (solid outline: ground truth, dotted outline: prediction)"
+    return legend

@@ -20,6 +20,8 @@ import numpy as np
 from tumorlib.viz.colors import CLASS_COLORS, ERROR_COLORS, to_numpy
 
 __all__ = [
+    "HEAT_LUT",
+    "heat_blend",
     "PLANES",
     "blend",
     "brain_mask",
@@ -41,6 +43,40 @@ PLANES: tuple[tuple[str, int], ...] = (("axial", 0), ("coronal", 1), ("sagittal"
 
 _CLASS_LUT = np.array(((0, 0, 0),) + CLASS_COLORS, dtype=np.float32)
 _ERROR_LUT = np.array(((0, 0, 0),) + ERROR_COLORS, dtype=np.float32)
+
+
+def _heat_lut(n: int = 256) -> np.ndarray:
+    """A black-body heat scale (dark red -> red -> yellow -> white), (n, 3) float32 in 0..255."""
+    t = np.linspace(0.0, 1.0, n, dtype=np.float32)
+    return np.stack([np.clip(0.35 + 1.95 * t, 0, 1), np.clip(2.0 * t - 0.6, 0, 1),
+                     np.clip(3.0 * t - 2.0, 0, 1)], axis=1) * 255.0
+
+
+#: Colours of the uncertainty overlay: index ``round(value * 255)`` of a value in [0, 1].
+HEAT_LUT = _heat_lut()
+
+
+def heat_blend(rgb: np.ndarray, values2d: np.ndarray, opacity: float, floor: float = 0.05) -> np.ndarray:
+    """Blend a [0, 1] map (e.g. normalised entropy) over an RGB image as a heat map, in place.
+
+    Each pixel is mixed with ``HEAT_LUT`` at ``opacity * value``, so certain voxels stay grey; values at
+    or below ``floor`` are left alone.
+
+    Args:
+        rgb: ``(h, w, 3)`` float32 in 0..255, modified in place.
+        values2d: ``(h, w)`` values in [0, 1] (clipped).
+        opacity: largest opacity 0..1 (reached at value 1).
+        floor: values up to this are not drawn.
+
+    Returns:
+        ``rgb``.
+    """
+    v = np.clip(np.asarray(values2d, dtype=np.float32), 0.0, 1.0)
+    on = v > floor
+    if opacity > 0 and on.any():
+        a = (opacity * v[on])[:, None]
+        rgb[on] = (1.0 - a) * rgb[on] + a * HEAT_LUT[np.rint(v[on] * 255).astype(np.intp)]
+    return rgb
 
 
 def brain_mask(image: Any) -> np.ndarray:
@@ -220,6 +256,7 @@ def render_plane(
     crosshair: tuple[int | None, int | None] | None = None,
     crosshair_color: tuple[int, int, int] = (255, 255, 255),
     crosshair_alpha: float = 0.5,
+    heat: np.ndarray | None = None,
 ) -> np.ndarray:
     """Compose one displayed plane: grey image, overlay, crosshair lines.
 
@@ -230,11 +267,13 @@ def render_plane(
         overlay: ``"none"``; ``"ground truth"`` or ``"prediction"`` (classes filled at ``opacity``);
             ``"both"`` (ground-truth outlines solid, prediction outlines dotted, in the class colours);
             ``"errors"`` (false positives, false negatives and wrong-class voxels filled in the error
-            colours, see ``tumorlib.viz.colors.error_map``).
+            colours, see ``tumorlib.viz.colors.error_map``); ``"uncertainty"`` (``heat`` as a heat map,
+            ``heat_blend``).
         opacity: overlay opacity 0..1 (outlines are drawn at ``max(opacity, 0.8)``, so they stay visible).
         crosshair: ``(row, col)`` of the horizontal and vertical lines, either may be None; None for none.
         crosshair_color: RGB of the lines.
         crosshair_alpha: opacity of the lines.
+        heat: ``(h, w)`` values in [0, 1] (normalised entropy) for the ``"uncertainty"`` overlay, or None.
 
     Returns:
         ``(h, w, 3)`` uint8 RGB.
@@ -265,8 +304,13 @@ def render_plane(
         if gt is None or pred is None:
             raise ValueError("overlay 'errors' needs a ground truth and a prediction")
         blend(rgb, error_map(gt, pred), opacity, _ERROR_LUT)
+    elif overlay == "uncertainty":
+        if heat is None:
+            raise ValueError("overlay 'uncertainty' needs an uncertainty map, none was given")
+        heat_blend(rgb, heat, opacity)
     else:
-        raise ValueError(f"unknown overlay {overlay!r}; expected none, ground truth, prediction, both or errors")
+        raise ValueError(f"unknown overlay {overlay!r}; expected none, ground truth, prediction, both, errors "
+                         "or uncertainty")
     out = np.clip(rgb, 0, 255, out=rgb).astype(np.uint8)
     if crosshair is not None:
         draw_crosshair(out, crosshair[0], crosshair[1], crosshair_color, crosshair_alpha)

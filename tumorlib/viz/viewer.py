@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tumorlib.core.brats import CLASS_NAMES, MODALITIES
-from tumorlib.viz.colors import CLASS_COLORS, ERROR_COLORS, ERROR_NAMES, check_image, to_label_map
+from tumorlib.viz.colors import check_image, overlay_legend_html, to_label_map, to_numpy
 from tumorlib.viz.render import (
     PLANES,
     brain_mask,
@@ -41,18 +41,17 @@ OVERLAYS: tuple[tuple[str, str], ...] = (
     ("prediction", "prediction"),
     ("both (outlines)", "both"),
     ("errors (FP / FN)", "errors"),
+    ("uncertainty (entropy)", "uncertainty"),
 )
+#: The masks each overlay needs (viewer attributes).
+_NEEDS = {"none": (), "ground truth": ("gt",), "prediction": ("pred",), "both": ("gt", "pred"),
+          "errors": ("gt", "pred"), "uncertainty": ("uncertainty",)}
 
 _VIEWER_CSS = """<style>
 .tumorlib-viewer .tumorlib-panel img { image-rendering: pixelated; background: #000; }
 .tumorlib-viewer .tumorlib-swatch { display: inline-block; width: 0.9em; height: 0.9em;
   margin: 0 0.3em 0 0.9em; vertical-align: middle; border: 1px solid #555; }
 </style>"""
-
-
-def _swatch(rgb: Sequence[int], label: str, style: str = "") -> str:
-    return (f'<span class="tumorlib-swatch" style="background: rgb({rgb[0]},{rgb[1]},{rgb[2]});{style}"></span>'
-            f"{label}")
 
 
 class ThreePlaneViewer:
@@ -71,13 +70,15 @@ class ThreePlaneViewer:
             ``tumorlib.core.brats.decode_classes`` at 0.5), or None.
         spacing: voxel size along (D, H, W) in mm; anisotropic spacing is shown to scale.
         modality: modality shown first (name or channel index).
-        overlay: first overlay, one of ``none``, ``ground truth``, ``prediction``, ``both``, ``errors``;
-            default ``prediction`` when given, else ``ground truth`` when given, else ``none``.
+        overlay: first overlay, one of ``none``, ``ground truth``, ``prediction``, ``both``, ``errors``,
+            ``uncertainty``; default ``prediction`` when given, else ``ground truth`` when given, else ``none``.
         opacity: first overlay opacity 0..1.
         position: first ``(z, y, x)``; default the centre of mass of the ground-truth tumour, else of the
             predicted tumour, else of the brain.
         size: displayed size in CSS pixels of the largest panel side.
         title: text shown above the panels, or None.
+        uncertainty: ``(D, H, W)`` map in [0, 1] (normalised predictive entropy,
+            ``tumorlib.inference.uncertainty.uncertainty_maps``) for the ``uncertainty`` overlay, or None.
 
     Attributes:
         sliders: ``{"axial": z, "coronal": y, "sagittal": x}`` ``IntSlider`` widgets.
@@ -103,6 +104,7 @@ class ThreePlaneViewer:
         position: Sequence[int] | None = None,
         size: int = 320,
         title: str | None = None,
+        uncertainty: Any | None = None,
     ) -> None:
         import ipywidgets as widgets
 
@@ -111,7 +113,8 @@ class ThreePlaneViewer:
         self.shape: tuple[int, int, int] = tuple(int(s) for s in img.shape[1:])  # type: ignore[assignment]
         self.gt = None if gt is None else to_label_map(gt, spatial_ndim=3)
         self.pred = None if pred is None else to_label_map(pred, spatial_ndim=3)
-        for name, lab in (("gt", self.gt), ("pred", self.pred)):
+        self.uncertainty = None if uncertainty is None else np.asarray(to_numpy(uncertainty), dtype=np.float32)
+        for name, lab in (("gt", self.gt), ("pred", self.pred), ("uncertainty", self.uncertainty)):
             if lab is not None and lab.shape != self.shape:
                 raise ValueError(f"{name} of spatial shape {lab.shape} does not match image {self.shape}")
         if len(spacing) != 3 or any(not float(s) > 0 for s in spacing):
@@ -150,7 +153,7 @@ class ThreePlaneViewer:
             if overlay not in known:
                 raise ValueError(f"unknown overlay {overlay!r}; expected one of {', '.join(known)}")
             raise ValueError(f"overlay {overlay!r} needs masks that were not given (gt={self.gt is not None}, "
-                             f"pred={self.pred is not None})")
+                             f"pred={self.pred is not None}, uncertainty={self.uncertainty is not None})")
         return overlay
 
     def _build_controls(self, widgets: Any, pos: tuple[int, ...], modality: str | int, overlay: str,
@@ -244,15 +247,7 @@ class ThreePlaneViewer:
     # ------------------------------------------------------------------------------------------- state
 
     def _overlay_available(self, overlay: str) -> bool:
-        if overlay == "none":
-            return True
-        if overlay == "ground truth":
-            return self.gt is not None
-        if overlay == "prediction":
-            return self.pred is not None
-        if overlay in ("both", "errors"):
-            return self.gt is not None and self.pred is not None
-        return False
+        return overlay in _NEEDS and all(getattr(self, name) is not None for name in _NEEDS[overlay])
 
     def default_position(self) -> tuple[int, int, int]:
         """Centre of mass of the ground-truth tumour, else of the predicted tumour, else of the brain.
@@ -326,7 +321,8 @@ class ThreePlaneViewer:
             gray = plane_slice(self.gray_volume(self.modality), plane, index)
             gt = None if self.gt is None else plane_slice(self.gt, plane, index)
             pred = None if self.pred is None else plane_slice(self.pred, plane, index)
-            rgb = render_plane(gray, gt, pred, overlay=overlay, opacity=opacity)
+            heat = None if self.uncertainty is None else plane_slice(self.uncertainty, plane, index)
+            rgb = render_plane(gray, gt, pred, overlay=overlay, opacity=opacity, heat=heat)
             rows, cols = self._index[plane]
             if rows is not None:
                 rgb = rgb[rows]
@@ -371,17 +367,10 @@ class ThreePlaneViewer:
             if lab is not None:
                 k = int(lab[z, y, x])
                 parts.append(f"{name}: {'background' if k == 0 else CLASS_NAMES[k - 1]}")
+        if self.uncertainty is not None:
+            parts.append(f"entropy = {float(self.uncertainty[z, y, x]):.3f}")
         self.readout.value = "<code>" + " &nbsp;|&nbsp; ".join(parts) + "</code>"
-        overlay = self.overlay_dropdown.value
-        if overlay == "none":
-            legend = ""
-        elif overlay == "errors":
-            legend = "".join(_swatch(c, n) for n, c in zip(ERROR_NAMES, ERROR_COLORS))
-        else:
-            legend = "".join(_swatch(c, n) for n, c in zip(CLASS_NAMES, CLASS_COLORS))
-            if overlay == "both":
-                legend += " &nbsp; (solid outline: ground truth, dotted outline: prediction)"
-        self.legend.value = f"<div style='font-size: 90%'>{legend}</div>"
+        self.legend.value = f"<div style='font-size: 90%'>{overlay_legend_html(self.overlay_dropdown.value)}</div>"
 
     # ------------------------------------------------------------------------------------------- display
 

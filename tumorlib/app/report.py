@@ -1,0 +1,172 @@
+"""``tumorlib report``: a one-page QC report (PNG) and a QC CSV row per predicted case of a run.
+
+For each volume of the run's cache: the sliding-window prediction (labels by the one decoding rule, as
+``evaluate`` scores them), the 8 flip members' entropy (``tumorlib.inference.uncertainty``), the QC row
+(``tumorlib.evaluation.qc.qc_row``: volumes in mL from the source's voxel size, lesion counts, flags;
+the outlier range from the ground-truth volumes of the run's train split) and the page
+(``tumorlib.viz.report.plot_case_report``, displayed from the data's geometry: the BraTS2020 affine for
+Kaggle HDF5, the case's affine for NIfTI). Everything is computed in the cache's frame, the brain crop
+plus margin, so ``flag_touches_border`` means a predicted tumour voxel on a face of that crop. No ET
+post-processing exists today: ``et_postprocessing`` is ``"none"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tumorlib.core.brats import REGION_KEYS, decode_probabilities
+from tumorlib.core.device import resolve_device
+from tumorlib.evaluation.evaluate import run_split
+from tumorlib.evaluation.qc import qc_row, region_volumes_ml, write_qc_csv
+from tumorlib.inference.postprocess import remove_small_et, run_et_min_voxels
+from tumorlib.inference.predictor import load_run, predict_volume
+from tumorlib.inference.uncertainty import model_members, uncertainty_maps
+from tumorlib.viz.orientation import display_transform, kaggle_affine
+
+__all__ = ["cache_affine", "case_report", "report_paths"]
+
+
+def report_paths(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str | os.PathLike | None = None,
+                 csv: str | os.PathLike | None = None) -> tuple[list[Path], Path]:
+    """Where ``case_report`` writes: one PNG per volume and one CSV.
+
+    Args:
+        run_dir: the run folder.
+        volume_ids: the volumes.
+        out: the PNG of a single volume; None: ``RUN/reports/volume_<id>.png`` each.
+        csv: the CSV; None: ``qc.csv`` beside the (first) PNG.
+
+    Returns:
+        ``(pngs, csv)``.
+
+    Raises:
+        ValueError: ``out`` with more than one volume, or not a ``.png``.
+    """
+    ids = [int(v) for v in volume_ids]
+    if out is not None:
+        if len(ids) != 1:
+            raise ValueError(f"--out {out} names one PNG; give one --volume, not {len(ids)}")
+        if Path(out).suffix.lower() != ".png":
+            raise ValueError(f"--out {out} must end in .png")
+        pngs = [Path(out)]
+    else:
+        pngs = [Path(run_dir) / "reports" / f"volume_{v}.png" for v in ids]
+    return pngs, Path(csv) if csv is not None else pngs[0].with_name("qc.csv")
+
+
+def cache_affine(index: dict[str, Any], volume_id: int) -> np.ndarray:
+    """The NIfTI affine of a cached volume's source, its voxel sizes divided by the cache's zoom.
+
+    Kaggle HDF5: ``kaggle_affine()`` (BraTS2020); NIfTI: the case's FLAIR header; a custom reader: a 1 mm
+    RAS identity (no geometry is recorded).
+    """
+    reader = index.get("reader")
+    if reader == "nifti":
+        import nibabel as nib
+
+        from tumorlib.io.nifti import find_nifti_file, list_nifti_cases
+
+        case = list_nifti_cases(index["source"])[int(volume_id)]
+        affine = np.array(nib.load(str(find_nifti_file(case, "flair"))).affine, dtype=np.float64)
+    else:
+        affine = kaggle_affine() if reader == "kaggle" else np.eye(4)
+    zoom = index["volumes"][str(volume_id)].get("zoom", [1.0, 1.0, 1.0])
+    for nifti_axis, tumorlib_axis in enumerate((1, 2, 0)):  # NIfTI (H, W, D) against tumorlib (D, H, W)
+        affine[:3, nifti_axis] /= float(zoom[tumorlib_axis])
+    return affine
+
+
+def _train_volumes(run_dir: Path, config: Any, cache: Path, index: dict[str, Any],
+                   spacing: Any) -> dict[str, list[float]]:
+    from tumorlib.data.cache import load_cached_volume
+
+    ids = run_split(run_dir, config, [int(k) for k in index["volumes"]], "train")
+    volumes: dict[str, list[float]] = {r: [] for r in REGION_KEYS}
+    for vid in ids:
+        mask = np.asarray(load_cached_volume(cache, vid, index=index)[1])
+        for r, v in region_volumes_ml(mask, spacing(vid)).items():
+            volumes[r].append(v)
+    return volumes
+
+
+def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str | os.PathLike | None = None,
+                csv: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+                cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                amp: bool = True, progress: bool = False) -> tuple[list[dict[str, Any]], list[Path], Path]:
+    """Write the QC report page of each volume and the CSV of their QC rows.
+
+    Args:
+        run_dir: a trained run folder.
+        volume_ids: cached volumes to report.
+        out: the PNG (one volume only); None: ``RUN/reports/volume_<id>.png``.
+        csv: the QC CSV; None: ``qc.csv`` beside the first PNG.
+        data_dir: Kaggle-format data the cache is built from when missing; None: the workspace's.
+        cache_dir: the cache; None: the workspace's.
+        device: None: CUDA when available, else CPU.
+        amp: autocast on CUDA.
+        progress: print each file written.
+
+    Returns:
+        ``(rows, pngs, csv)``: the ``qc_row`` of each volume and the paths written.
+
+    Raises:
+        ValueError: a volume not in the cache, ``out`` with several volumes; see ``load_run``.
+        CacheError: a cache read in another channel order than the run's.
+    """
+    from tumorlib.data.cache import CacheError, check_cache_order, load_cache_index, load_cached_volume, open_source
+    from tumorlib.data.resolve import resolve_cache
+    from tumorlib.viz.report import plot_case_report
+
+    pngs, csv_path = report_paths(run_dir, volume_ids, out, csv)
+    dev = resolve_device(device)
+    model, config = load_run(run_dir, dev)
+    cache = Path(resolve_cache(config, data_dir, cache_dir, progress=progress))
+    index = load_cache_index(cache)
+    check_cache_order(cache, index, config.kaggle_channel_order)
+    missing = sorted(set(int(v) for v in volume_ids) - {int(k) for k in index["volumes"]})
+    if missing:
+        raise ValueError(f"volumes {missing} are not in the cache {cache}")
+    try:
+        source = open_source(index)
+    except CacheError:
+        source = None
+
+    def spacing(vid: int) -> tuple[float, ...]:
+        base = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
+        return tuple(s / z for s, z in zip(base, index["volumes"][str(vid)].get("zoom", [1.0] * 3)))
+
+    train = _train_volumes(Path(run_dir), config, cache, index, spacing)
+    et_min = run_et_min_voxels(run_dir, config)  # what evaluate and predict apply
+    applied = f"ET below {et_min} voxels relabelled as necrosis" if et_min else "none"
+    rows = []
+    for vid, png in zip((int(v) for v in volume_ids), pngs):
+        image = load_cached_volume(cache, vid, index=index)[0]
+        prob = predict_volume(model, image, config, dev, amp=amp)
+        labels = remove_small_et(decode_probabilities(prob, config.threshold), et_min)
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32))
+        entropy = uncertainty_maps(model_members(model, config, x, dev, amp))["entropy"]
+        row = qc_row(labels, spacing(vid), uncertainty=entropy, train_volumes_ml=train, case=vid,
+                     et_postprocessing=applied)
+        transform = display_transform(cache_affine(index, vid), labels.shape)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        _save(plot_case_report(image, labels, entropy, row, transform, title=f"volume {vid}: {Path(run_dir).name}"),
+              png)
+        rows.append(row)
+        if progress:
+            print(f"wrote {png} (flags: {row['flags'] or 'none'})")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    write_qc_csv(rows, csv_path)
+    return rows, pngs, csv_path
+
+
+def _save(fig: Any, path: Path) -> None:
+    from tumorlib.core.safety import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
