@@ -69,7 +69,7 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
     Raises:
         ValueError: an unknown split name, or split volumes missing from the cache.
     """
-    from tumorlib.data.splits import split_ids
+    from tumorlib.data.splits import load_splits, split_ids
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -78,7 +78,7 @@ def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[i
         return ids
     path = Path(run_dir) / "splits.json"
     if path.is_file():
-        chosen = sorted(int(v) for v in json.loads(path.read_text())[split])
+        chosen = load_splits(path)[split]
         missing = sorted(set(chosen) - set(ids))
         if missing:
             raise ValueError(f"{path}: {split} volumes {missing} are not in the cache; was the run trained "

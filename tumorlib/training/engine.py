@@ -83,9 +83,19 @@ def forward_backward(net: nn.Module, criterion: nn.Module, image: torch.Tensor, 
     return loss.detach()
 
 
+#: Consecutive optimizer steps with non-finite gradients that are skipped before the run stops (without a
+#: ``GradScaler``: float32 and bf16; under fp16 the scaler skips overflowing steps itself).
+MAX_SKIPPED_STEPS = 3
+
+
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler | None, grad_clip: float) -> float:
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None, grad_clip: float) -> float | None:
     """Clip the gradient norm (after unscaling), step the optimizer and the scheduler, zero the gradients.
+
+    Without a ``GradScaler`` (float32, bf16) a step whose gradients are not finite is skipped, as the scaler
+    skips an fp16 overflow: the weights stay as they were (a single NaN gradient would otherwise turn every
+    weight into NaN through the clipping) and the schedule waits for the next step. Seen on a CPU with native bf16: about
+    one demo run in three produced one such step within its first epoch.
 
     Args:
         model: the unwrapped model whose parameters are clipped.
@@ -95,15 +105,22 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: t
         grad_clip: max gradient norm; 0 or less: no clipping.
 
     Returns:
-        The learning rate this step used.
+        The learning rate this step used, or None when the step was skipped (non-finite gradients).
     """
+    norm = None
     if grad_clip and grad_clip > 0:
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    elif not scaler.is_enabled():
+        norm = nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # the norm only
     lr = optimizer.param_groups[0]["lr"]
-    scaler.step(optimizer)
-    scaler.update()
+    skip = not scaler.is_enabled() and norm is not None and not bool(torch.isfinite(norm))
+    if not skip:
+        scaler.step(optimizer)
+        scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    if skip:
+        return None
     if scheduler is not None:
         scheduler.step()
     return lr
@@ -217,6 +234,8 @@ class Trainer:
             self._eager = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.net: nn.Module = self._compile(self._eager) if settings.compile else self._eager
         self.compile_error: str | None = None
+        self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients (``optimizer_step``)
+        self.consecutive_skips = 0
         self._tried = False
 
     @property
@@ -273,7 +292,18 @@ class Trainer:
         if not torch.isfinite(check).all():
             self.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError("non-finite training loss")
+        asked = self.optimizer.param_groups[0]["lr"]
         lr = optimizer_step(self.model, self.optimizer, self.scaler, self.scheduler, self.config.grad_clip)
+        if lr is None:
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips > MAX_SKIPPED_STEPS:
+                raise FloatingPointError(f"non-finite gradients in {self.consecutive_skips} consecutive optimizer steps")
+            warnings.warn(f"optimizer step skipped: non-finite gradients ({self.dtype or 'float32'}); "
+                          f"{self.skipped_steps} skipped so far, the weights are unchanged", RuntimeWarning, stacklevel=2)
+            lr = asked
+        else:
+            self.consecutive_skips = 0
         return StepResult((total / max(n, 1)).float(), total, n, lr, loss)
 
     def train_step(self, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> StepResult:
