@@ -299,7 +299,7 @@ class Trainer:
             self.consecutive_skips += 1
             if self.consecutive_skips > MAX_SKIPPED_STEPS:
                 raise FloatingPointError(f"non-finite gradients in {self.consecutive_skips} consecutive optimizer steps")
-            warnings.warn(f"optimizer step skipped: non-finite gradients ({self.dtype or 'float32'}); "
+            warnings.warn(f"optimizer step skipped: non-finite gradients ({str(self.dtype or 'float32').removeprefix('torch.')}); "
                           f"{self.skipped_steps} skipped so far, the weights are unchanged", RuntimeWarning, stacklevel=2)
             lr = asked
         else:
