@@ -33,7 +33,9 @@
 # less context). Then the sigmoid, and **one decoding rule** turns the three outputs into labels, here, in
 # `predict`, in the training-time validation and in the viewer (`tumorlib.core.brats.decode_probabilities`): tumour
 # where the union probability `1 − (1 − p_ncr)(1 − p_ed)(1 − p_et)` passes the threshold (0.5), then the
-# most probable class there. Every score below is that of the labels `predict` writes. `tumorlib.evaluation.metrics` and
+# most probable class there (a run trained with `--targets regions` outputs WT, TC, ET instead, decoded as ET,
+# TC minus ET, WT minus TC: `tumorlib.core.regions.decode_outputs` picks the run's rule). Every score below is
+# that of the labels `predict` writes. `tumorlib.evaluation.metrics` and
 # `tumorlib.inference.sliding_window` compute exactly what MONAI computes (the tests compare them).
 
 # %%
@@ -139,7 +141,7 @@ from tumorlib.viz.confidence import dice_uncertainty_correlation, plot_dice_vs_u
 
 unsure = evaluate.evaluate(run.run_dir, cache_dir=cache_dir, split=SPLIT, device=DEVICE, progress=False,
                            uncertainty=True, out=run.run_dir / f"metrics_{SPLIT}_uncertainty.csv")
-calibration = CalibrationMetric()
+calibration = CalibrationMetric(targets=run_config.targets)  # what the outputs are: classes or regions
 for vid in test_ids:
     _, gt_v, prob_v, _ = predictor.predict_cached_volume(model, run_config, cache_dir, vid, device=DEVICE)
     calibration.update(prob_v, gt_v)
@@ -170,7 +172,7 @@ fig
 
 # %% tags=["nbval-ignore-output"]
 patches = evaluate.patch_predictions(model, run_config, cache_dir, test_ids[:4])
-fig = viz.plot_predictions(patches["images"], patches["gts"], patches["probs"], titles=patches["titles"],
+fig = viz.plot_predictions(patches["images"], patches["gts"], patches["preds"], titles=patches["titles"],
                            title="Test patches: ground truth vs prediction")
 fig.savefig(ws.fig_dir / "05_patch_predictions.png", dpi=100)
 fig

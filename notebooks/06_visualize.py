@@ -131,7 +131,8 @@ error_viewer
 # %% tags=["nbval-ignore-output"]
 from tumorlib.inference.uncertainty import flip_members, uncertainty_maps, volume_predictor
 
-maps = uncertainty_maps(flip_members(volume_predictor(model, run_config, DEVICE), image))
+maps = uncertainty_maps(flip_members(volume_predictor(model, run_config, DEVICE), image),
+                        targets=run_config.targets)  # the four-way distribution of classes or regions
 uncertainty_viewer = viz.ThreePlaneViewer(image, gt=gt, pred=pred, modality=MODALITY, overlay="uncertainty",
                                           opacity=0.8, uncertainty=maps["entropy"],
                                           title=f"volume {volume_id}: uncertainty (entropy of the flip members)")

@@ -104,7 +104,7 @@ def test_every_config_field_is_classified_for_resume():
                 "warmup_epochs", "batch_size", "accumulation_steps", "lr", "min_lr_ratio", "weight_decay",
                 "samples_per_epoch", "val_samples", "val_volume_every", "class_weights", "focal_gamma", "dice_weight", "grad_clip",
                 "amp", "amp_dtype", "val_fraction", "test_fraction", "split_seed", "fold", "folds",
-                "kaggle_channel_order"}
+                "kaggle_channel_order", "targets"}
     assert runtime_fields() == runtime
     assert resume_fields() == training
     assert {f.name for f in dataclasses.fields(Config)} == runtime | training
@@ -176,6 +176,7 @@ BAD_VALUES = [
     ("augment", "yes", r"augment must be true or false, got 'yes'"),
     ("intensity_aug", 1, r"intensity_aug must be true or false, got 1"),
     ("tumor_sampling", "tumour", r"tumor_sampling must be one of class, voxel, got 'tumour'"),
+    ("targets", "labels", r"targets must be one of classes, regions, got 'labels'"),
     ("val_volume_every", -1, r"val_volume_every must be >= 0, got -1"),
     ("amp", 1, r"amp must be true or false, got 1"),
     ("time_limit_h", -1.0, r"time_limit_h must be >= 0, got -1.0"),

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tumorlib.core.brats import REGION_KEYS, decode_probabilities
+from tumorlib.core.brats import REGION_KEYS
+from tumorlib.core.regions import decode_outputs
 from tumorlib.core.device import resolve_device
 from tumorlib.evaluation.evaluate import run_split
 from tumorlib.evaluation.qc import qc_row, region_volumes_ml, write_qc_csv
@@ -148,9 +149,9 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
     for vid, png in zip((int(v) for v in volume_ids), pngs):
         image = load_cached_volume(cache, vid, index=index)[0]
         prob = predict_volume(model, image, config, dev, amp=amp)
-        labels = remove_small_et(decode_probabilities(prob, config.threshold), et_min)
+        labels = remove_small_et(decode_outputs(prob, config, config.threshold), et_min)
         x = torch.from_numpy(np.asarray(image, dtype=np.float32))
-        entropy = uncertainty_maps(model_members(model, config, x, dev, amp))["entropy"]
+        entropy = uncertainty_maps(model_members(model, config, x, dev, amp), targets=config)["entropy"]
         row = qc_row(labels, spacing(vid), uncertainty=entropy, train_volumes_ml=train, case=vid,
                      et_postprocessing=applied)
         transform = display_transform(cache_affine(index, vid), labels.shape)

@@ -101,7 +101,8 @@ class Config:
     samples_per_epoch: int | None = None  # None: one patch per training volume
     val_samples: int | None = None  # None: two patches per validation volume
     val_volume_every: int = 5  # model selection on whole validation volumes every N epochs (and the last); 0: off
-    class_weights: tuple[float, float, float] = (1.5, 1.0, 2.0)
+    targets: str = "classes"  # the 3 sigmoid outputs: classes ncr, ed, et | regions wt, tc, et (core.regions)
+    class_weights: tuple[float, float, float] = (1.5, 1.0, 2.0)  # loss weight of each output, in order
     focal_gamma: float = 2.0
     dice_weight: float = 0.5
     grad_clip: float = 1.0

@@ -10,6 +10,8 @@ import math
 import numbers
 from typing import Any
 
+from tumorlib.core.regions import TARGETS
+
 __all__ = ["AUTO_VALUES", "CHOICES", "RULES", "TUMOR_SAMPLING", "check_fields", "check_number"]
 
 #: Ways to choose the centre of a tumour-centred training patch (``tumorlib.data.dataset``).
@@ -52,6 +54,7 @@ RULES: dict[str, tuple[Any, float, float, bool, bool]] = {
 CHOICES = {
     "sw_blend": ("gaussian", "constant"),
     "tumor_sampling": TUMOR_SAMPLING,
+    "targets": TARGETS,
     "compile": ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     **AUTO_VALUES,
 }

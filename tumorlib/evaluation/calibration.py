@@ -3,6 +3,9 @@
 Region probabilities. The BraTS regions are unions of classes (``tumorlib.core.brats.REGION_CLASSES``),
 and the probability of a union is the noisy-OR the decoder uses for the tumour:
 ``p_region = 1 - prod_{c in region} (1 - p_c)``. WT is therefore ``tumour_probability``; ET is ``p_et``.
+A run trained on regions (``targets = "regions"``) outputs the WT, TC, ET probabilities themselves, so they
+are scored as they are (``targets`` of ``region_probabilities``, ``expected_calibration_error`` and
+``CalibrationMetric``).
 
 Binning, as MONAI's ``calibration_binning`` (``monai.metrics.CalibrationErrorMetric``, ``right=False``):
 ``bins`` equal-width bins with float32 edges ``linspace(0, 1 + eps32, bins + 1)``; a probability ``p``
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from tumorlib.core.brats import CLASS_KEYS, REGION_CLASSES, REGION_KEYS, channels_to_regions
+from tumorlib.core.regions import targets_of
 
 __all__ = [
     "DEFAULT_BINS",
@@ -49,11 +53,13 @@ def _numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def region_probabilities(prob: Any) -> np.ndarray:
+def region_probabilities(prob: Any, targets: Any = "classes") -> np.ndarray:
     """WT, TC and ET probabilities from the three sigmoid outputs (noisy-OR over each region's classes).
 
     Args:
         prob: (3, D, H, W) sigmoid probabilities (ncr, ed, et), numpy or torch.
+        targets: ``"classes"`` (or a run's config with those): the noisy-OR; ``"regions"``: ``prob`` is
+            already WT, TC, ET and is returned as float32 clipped to [0, 1].
 
     Returns:
         (3, D, H, W) float32, channels WT, TC, ET.
@@ -64,6 +70,8 @@ def region_probabilities(prob: Any) -> np.ndarray:
     p = np.clip(_numpy(prob).astype(np.float32, copy=False), 0.0, 1.0)
     if p.ndim < 2 or p.shape[0] != len(CLASS_KEYS):
         raise ValueError(f"prob must be (3, D, H, W) (ncr, ed, et), got shape {p.shape}")
+    if targets_of(targets) == "regions":
+        return p
     out = []
     for region in REGION_KEYS:
         idx = [CLASS_KEYS.index(c) for c in REGION_CLASSES[region]]
@@ -124,7 +132,7 @@ def calibration_error(counts: np.ndarray, sum_prob: np.ndarray, sum_target: np.n
 
 
 def expected_calibration_error(prob: Any, target: Any, bins: int = DEFAULT_BINS, mask: Any = None,
-                               regions: bool = True) -> dict[str, float]:
+                               regions: bool = True, targets: Any = "classes") -> dict[str, float]:
     """Expected calibration error per region (WT, TC, ET) of one case.
 
     Args:
@@ -135,6 +143,7 @@ def expected_calibration_error(prob: Any, target: Any, bins: int = DEFAULT_BINS,
         bins: equal-width bins (default 15).
         mask: (D, H, W) bool, the voxels to score; None: all.
         regions: score the regions WT, TC, ET; False: the channels as given.
+        targets: what ``prob`` is (``region_probabilities``): class or region probabilities.
 
     Returns:
         ``{"wt": ..., "tc": ..., "et": ...}`` (with ``regions=False``: ``{"0": ..., "1": ...}``) ECE per
@@ -143,16 +152,17 @@ def expected_calibration_error(prob: Any, target: Any, bins: int = DEFAULT_BINS,
     Raises:
         ValueError: shapes that differ, or not 3 channels when ``regions`` is set.
     """
-    return {k: calibration_error(*stats) for k, stats in _case_statistics(prob, target, bins, mask, regions).items()}
+    stats = _case_statistics(prob, target, bins, mask, regions, targets)
+    return {k: calibration_error(*arrays) for k, arrays in stats.items()}
 
 
-def _case_statistics(prob: Any, target: Any, bins: int, mask: Any,
-                     regions: bool) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _case_statistics(prob: Any, target: Any, bins: int, mask: Any, regions: bool,
+                     targets: Any = "classes") -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     p, y = _numpy(prob), _numpy(target)
     if p.shape != y.shape:
         raise ValueError(f"prob of shape {p.shape} and target of shape {y.shape} differ")
     if regions:
-        p, y = region_probabilities(p), channels_to_regions(y)
+        p, y = region_probabilities(p, targets), channels_to_regions(y)
         names = REGION_KEYS
     else:
         names = tuple(str(c) for c in range(p.shape[0]))
@@ -190,6 +200,8 @@ class CalibrationMetric:
     Args:
         bins: equal-width bins (default 15).
         regions: score WT, TC, ET from class probabilities and class channels; False: channels as given.
+        targets: what the probabilities are (``"classes"``, ``"regions"`` or a run's config; see
+            ``region_probabilities``).
 
     Example::
 
@@ -200,10 +212,11 @@ class CalibrationMetric:
         metric.aggregate("pooled")          # the ECE of all voxels together
     """
 
-    def __init__(self, bins: int = DEFAULT_BINS, regions: bool = True) -> None:
+    def __init__(self, bins: int = DEFAULT_BINS, regions: bool = True, targets: Any = "classes") -> None:
         _edges(bins)
         self.bins = int(bins)
         self.regions = regions
+        self.targets = targets_of(targets)
         self.reset()
 
     def reset(self) -> None:
@@ -222,7 +235,7 @@ class CalibrationMetric:
         Returns:
             The case's ECE per region.
         """
-        stats = _case_statistics(prob, target, self.bins, mask, self.regions)
+        stats = _case_statistics(prob, target, self.bins, mask, self.regions, self.targets)
         for name, arrays in stats.items():
             pooled = self._pooled.setdefault(name, [np.zeros(self.bins) for _ in range(3)])
             for total, part in zip(pooled, arrays):

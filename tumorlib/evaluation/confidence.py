@@ -4,10 +4,11 @@
 --uncertainty``):
 
 - ``mean_entropy_tumour`` and ``uncertain_fraction``: ``tumorlib.inference.uncertainty.uncertainty_summary``
-  of the normalised predictive entropy of the 8 flip members (``flip_members``), inside the labels
+  of the normalised predictive entropy of the 8 flip members (``flip_members``; the four-way distribution of
+  the run's ``targets``), inside the labels
   ``evaluate`` scores (voxels with entropy above ``DEFAULT_UNCERTAIN_THRESHOLD`` are uncertain);
 - ``ece_wt``, ``ece_tc``, ``ece_et``: the expected calibration error of the region probabilities of the
-  prediction ``evaluate`` decodes, 15 equal-width bins (``tumorlib.evaluation.calibration``), over every
+  prediction ``evaluate`` decodes (the outputs themselves for a run trained on regions), 15 equal-width bins (``tumorlib.evaluation.calibration``), over every
   voxel of the cache's crop (the brain box plus the margin).
 
 Everything is computed in the cache's frame (for a cache resampled in-plane: at the cache's resolution,
@@ -61,11 +62,11 @@ def confidence_scores(model: torch.nn.Module, config: Any, image: Any, prob: Any
         ValueError: shapes that differ.
     """
     x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.asarray(image, dtype=np.float32))
-    maps = uncertainty_maps(model_members(model, config, x.float(), device, amp, engine))
+    maps = uncertainty_maps(model_members(model, config, x.float(), device, amp, engine), targets=config)
     labels = np.asarray(pred.cpu() if isinstance(pred, torch.Tensor) else pred)
     tumour = labels.any(axis=0) if labels.ndim == 4 else labels != 0
     summary = uncertainty_summary(maps["entropy"], tumour, threshold)
-    ece = expected_calibration_error(prob, np.asarray(target), bins=bins)
+    ece = expected_calibration_error(prob, np.asarray(target), bins=bins, targets=config)
     return {"mean_entropy_tumour": float(summary["mean_entropy_tumour"]),
             "uncertain_fraction": float(summary["uncertain_fraction"]),
             **{f"ece_{r}": float(ece[r]) for r in REGION_KEYS}}

@@ -1,8 +1,8 @@
 """Scoring one predicted volume: the one path from a cached volume to its scores.
 
 ``score_volumes`` predicts whole cached volumes (``tumorlib.inference.predictor.predict_volume``), decodes them by
-``tumorlib.core.brats.decode_to_channels`` at the run's threshold, applies the small-ET rule when asked
-(``predicted_channels``) and scores them with ``volume_scores`` (the legacy BraTS 2020 metrics and the BraTS 2023
+``tumorlib.core.regions.decode_outputs_to_channels`` (the run's ``targets``) at its threshold, applies the small-ET
+rule when asked (``predicted_channels``) and scores them with ``volume_scores`` (the legacy BraTS 2020 metrics and the BraTS 2023
 lesion-wise ones). ``evaluate`` writes these rows, training selects its model by ``volume_dice`` (the same scores),
 and ``tune-postprocessing`` reads ``predicted_channels`` before the rule.
 """
@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from tumorlib.core.brats import channels_to_labels, decode_to_channels
+from tumorlib.core.brats import channels_to_labels
+from tumorlib.core.regions import decode_outputs_to_channels
 from tumorlib.core.config import Config
 from tumorlib.evaluation.confidence import confidence_scores
 from tumorlib.evaluation.lesions import LESION_COLUMNS, lesion_scores
@@ -74,7 +75,8 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
     and of whole-volume model selection during training.
 
     Each volume is predicted with the sliding window (``predict_volume``), decoded by
-    ``tumorlib.core.brats.decode_to_channels`` at ``config.threshold`` (the labels ``predict`` writes) and
+    ``tumorlib.core.regions.decode_outputs_to_channels`` (the run's ``targets``) at ``config.threshold`` (the
+    labels ``predict`` writes) and
     scored with ``volume_scores`` (legacy and lesion-wise metrics). Dice and HD95 are computed in the cache's frame: the crop holds every
     tumour voxel, so they equal the full-volume values. A cache resampled in-plane (``cache_hw`` below
     the native size) is scored at the source resolution instead (the probabilities are mapped back
@@ -120,7 +122,8 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         rows.append({"volume": int(vid), **volume_scores(done.pred, done.target, done.spacing, lesions=lesions),
                      "seconds": seconds})
         if uncertainty:
-            scored = done.pred if done.pred.shape == done.mask.shape else decode_to_channels(done.prob, config.threshold)
+            scored = (done.pred if done.pred.shape == done.mask.shape
+                      else decode_outputs_to_channels(done.prob, config, config.threshold))
             rows[-1].update(confidence_scores(model, config, done.image, done.prob, scored, done.mask, device, amp,
                                               engine=engine))
     return rows
@@ -161,9 +164,10 @@ def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | 
     if resampled:
         if source is None:
             open_source(index)  # raises CacheError naming the reader
-        pred = decode_to_channels(uncrop(prob.cpu().numpy(), entry, fill=0.0), config.threshold)
+        pred = decode_outputs_to_channels(uncrop(prob.cpu().numpy(), entry, fill=0.0), config,
+                                          config.threshold)
     else:
-        pred = decode_to_channels(prob, config.threshold)
+        pred = decode_outputs_to_channels(prob, config, config.threshold)
     if et_min_voxels:
         pred = labels_to_channels(remove_small_et(channels_to_labels(pred), et_min_voxels))
     spacing = tuple(source.spacing(volume_id)) if source is not None else (1.0, 1.0, 1.0)

@@ -9,8 +9,10 @@
   ``tumorlib.core.brats.CANONICAL_ORDER`` (T1, T1ce, T2, FLAIR), each channel z-scored over the brain voxels
   (nonzero in any channel) with 0 outside the brain (``tumorlib.data.cache.normalize_volume``); a whole
   volume is predicted window by window (the run's sliding-window settings are listed);
-- output: ``(1, 3, D, H, W)`` logits of necrosis/NET, edema, enhancing: a sigmoid per channel, then the
-  decoding rule of ``tumorlib.core.brats.decode_probabilities`` gives BraTS labels 0, 1, 2, 4;
+- output: ``(1, 3, D, H, W)`` logits, a sigmoid per channel: with the run's ``targets`` ``classes`` of
+  necrosis/NET, edema, enhancing (the decoding rule of ``tumorlib.core.brats.decode_probabilities`` gives
+  BraTS labels 0, 1, 2, 4), with ``regions`` of WT, TC, ET (``tumorlib.core.regions.decode_regions``);
+  ``output.targets`` and ``output.channels`` say which;
 - the tumorlib version and the checkpoint's fingerprint (size, mtime, blake2b).
 
 Every file is written atomically. An output folder that is an input of the export (the run folder, its
@@ -29,7 +31,8 @@ from typing import Any
 import torch
 
 from tumorlib.core.brats import (BRATS_LABELS, CANONICAL_ORDER, CLASS_KEYS, CLASS_NAMES, CLASS_PRECEDENCE,
-                                 MODALITY_NAMES, REGION_CLASSES)
+                                 MODALITY_NAMES, REGION_CLASSES, REGION_KEYS, REGION_NAMES)
+from tumorlib.core.regions import targets_of
 from tumorlib.core.integrity import file_record, record_problem
 from tumorlib.core.safety import OutputIsInputError, atomic_path, atomic_write
 
@@ -88,6 +91,28 @@ def _check_out_dir(out: Path, run: Path, inputs: list[Path], names: tuple[str, .
                               "tumorlib's own export files are replaced)")
 
 
+def _output_contract(config: Any, patch: list[int]) -> dict[str, Any]:
+    """What the 3 output channels are and how they become labels, by the run's ``targets``."""
+    targets = targets_of(config)
+    labels = dict(zip(CLASS_KEYS, BRATS_LABELS))
+    if targets == "classes":
+        channels, names = list(CLASS_KEYS), list(CLASS_NAMES)
+        decoding = {"threshold": config.threshold, "labels": labels,
+                    "rule": "tumour where 1 - prod_c(1 - p_c) > threshold; there the most probable class, "
+                            f"exact ties in the order {', '.join(CLASS_PRECEDENCE)}; background 0",
+                    "reference": "tumorlib.core.brats.decode_probabilities"}
+    else:
+        channels, names = list(REGION_KEYS), list(REGION_NAMES)
+        decoding = {"threshold": config.threshold, "labels": labels,
+                    "rule": "each region where p > threshold; et = ET, ncr = TC minus ET, ed = WT minus TC "
+                            "(an inner region outside its outer one keeps the inner label); background 0",
+                    "reference": "tumorlib.core.regions.decode_regions"}
+    return {"name": "logits", "dtype": "float32", "shape": [1, int(config.num_classes), *patch],
+            "targets": targets, "channels": channels, "channel_names": names,
+            "activation": "sigmoid per channel (independent outputs, not a softmax)",
+            "decoding": decoding, "regions": {k: list(v) for k, v in REGION_CLASSES.items()}}
+
+
 def _contract(fmt: str, config: Any, ckpt_path: Path, ckpt: dict[str, Any], files: dict[str, Any]) -> dict:
     from tumorlib import __version__
 
@@ -109,16 +134,7 @@ def _contract(fmt: str, config: Any, ckpt_path: Path, ckpt: dict[str, Any], file
                              "overlap": config.sw_overlap, "blend": config.sw_blend, "gaussian_sigma_scale": 0.125,
                              "reference": "tumorlib.inference.sliding_window.sliding_window_inference"},
         },
-        "output": {
-            "name": "logits", "dtype": "float32", "shape": [1, int(config.num_classes), *patch],
-            "channels": list(CLASS_KEYS), "channel_names": list(CLASS_NAMES),
-            "activation": "sigmoid per channel (independent classes, not a softmax)",
-            "decoding": {"threshold": config.threshold, "labels": dict(zip(CLASS_KEYS, BRATS_LABELS)),
-                         "rule": "tumour where 1 - prod_c(1 - p_c) > threshold; there the most probable class, "
-                                 f"exact ties in the order {', '.join(CLASS_PRECEDENCE)}; background 0",
-                         "reference": "tumorlib.core.brats.decode_probabilities"},
-            "regions": {k: list(v) for k, v in REGION_CLASSES.items()},
-        },
+        "output": _output_contract(config, patch),
         "model": {"in_channels": config.in_channels, "num_classes": config.num_classes,
                   "features": list(config.features), "preset": getattr(config, "preset", None)},
         "checkpoint": {"file": ckpt_path.name, "record": file_record(ckpt_path, checksum=True),

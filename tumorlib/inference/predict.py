@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tumorlib.core.brats import check_order, decode_probabilities
+from tumorlib.core.brats import check_order
+from tumorlib.core.regions import decode_outputs, output_keys, targets_of
 from tumorlib.core.device import resolve_device
 from tumorlib.inference.postprocess import remove_small_et, run_et_min_voxels
 from tumorlib.inference.predictor import inference_engine, load_runs, predict_volume, run_checkpoint
 from tumorlib.core.folders import check_not_input
 from tumorlib.core.safety import atomic_path
 
-__all__ = ["UNCERTAINTY_MAPS", "predict", "probabilities_path", "uncertainty_paths"]
+__all__ = ["UNCERTAINTY_MAPS", "predict", "probabilities_description", "probabilities_path", "uncertainty_paths"]
 
 #: The uncertainty maps ``predict(uncertainty=True)`` writes, in order (``uncertainty_maps`` keys).
 UNCERTAINTY_MAPS = ("entropy", "variance")
@@ -54,7 +55,7 @@ def _write_uncertainty(paths: dict[str, Path], header: object, model: torch.nn.M
     from tumorlib.inference.uncertainty import model_members, uncertainty_maps
     from tumorlib.io.nifti_write import save_map_nifti
 
-    maps = uncertainty_maps(model_members(model, config, image_c, dev, amp, engine))
+    maps = uncertainty_maps(model_members(model, config, image_c, dev, amp, engine), targets=config)
     for name in UNCERTAINTY_MAPS:
         with atomic_path(paths[name]) as tmp:
             save_map_nifti(uncrop(maps[name], entry, fill=0.0), tmp, header=header)
@@ -98,7 +99,14 @@ def _check_stored_order(stored_order: Sequence[str] | None, config: object, run_
                          "(or convert the files)")
 
 
-def _write_outputs(out: Path, labels: np.ndarray, prob: np.ndarray | None, header: object) -> Path:
+def probabilities_description(config: object) -> str:
+    """The ``descrip`` of a probabilities file: which outputs its 3 volumes are, e.g.
+    ``tumorlib sigmoid outputs ncr,ed,et (targets=classes)``."""
+    return f"tumorlib sigmoid outputs {','.join(output_keys(config))} (targets={targets_of(config)})"
+
+
+def _write_outputs(out: Path, labels: np.ndarray, prob: np.ndarray | None, header: object,
+                   description: str | None = None) -> Path:
     """The label file and, when ``prob`` is given, the probabilities beside it, each atomically."""
     from tumorlib.io.nifti_write import save_probabilities_nifti, save_segmentation_nifti
 
@@ -106,7 +114,7 @@ def _write_outputs(out: Path, labels: np.ndarray, prob: np.ndarray | None, heade
         save_segmentation_nifti(labels, tmp, header=header)
     if prob is not None:
         with atomic_path(probabilities_path(out)) as tmp:
-            save_probabilities_nifti(prob, tmp, header=header)
+            save_probabilities_nifti(prob, tmp, header=header, description=description)
     return out
 
 
@@ -136,8 +144,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     The input is prepared exactly as the cache prepares it (``prepare_volume``: optional in-plane
     zoom to ``cache_hw``, crop to the brain plus ``cache_margin``, per-channel z-score), predicted by
     sliding window, mapped back to the full input size (``uncrop``, probabilities outside the crop
-    are 0) and decoded by the one rule (``tumorlib.core.brats.decode_probabilities``: tumour where the
-    union probability passes ``config.threshold``, then the most probable class), then the run's small-ET
+    are 0) and decoded by the run's rule (``tumorlib.core.regions.decode_outputs``, its ``targets``, at
+    ``config.threshold``), then the run's small-ET
     rule is applied (``run_et_min_voxels``: ``RUN/postprocessing.json`` or the config's ``et_min_voxels``),
     the labels ``evaluate`` scores. Kaggle HDF5 input is read with the run's ``kaggle_channel_order`` and
     written on the BraTS2020 grid with the BraTS2020 header (``brats2020_header``, as
@@ -158,8 +166,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         stored_order: the channel order of the ``data_dir`` files, when the caller knows it (e.g. from
             ``tumorlib inspect-modalities``); None: the run's ``kaggle_channel_order``.
         engine: ``"torch"``, ``"openvino"`` or ``"auto"`` (OpenVINO on the CPU when installed).
-        save_probabilities: also write the ncr, ed, et probabilities to ``probabilities_path(out)``
-            (``tumorlib.io.nifti_write.save_probabilities_nifti``: same grid and header, (H, W, D, 3)).
+        save_probabilities: also write the network's 3 sigmoid outputs (ncr, ed, et; wt, tc, et for
+            ``targets`` regions: the ``descrip``) to ``probabilities_path(out)`` (same grid and header).
         uncertainty: also write the flip members' entropy and tumour-probability variance (float32 NIfTI,
             the labels' header and grid, 0 outside the crop) at ``uncertainty_paths(out)``; 8 more passes
             (per run of an ensemble).
@@ -200,9 +208,9 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
     prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress, engine=runner)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
-    labels = remove_small_et(decode_probabilities(full, config.threshold), run_et_min_voxels(run_dir, config))
+    labels = remove_small_et(decode_outputs(full, config, config.threshold), run_et_min_voxels(run_dir, config))
     header = nifti_header(nifti_case) if nifti_case is not None else brats2020_header()
-    _write_outputs(out, labels, full if save_probabilities else None, header)
+    _write_outputs(out, labels, full if save_probabilities else None, header, probabilities_description(config))
     if uncertainty:
         _write_uncertainty(uncertainty_paths(out), header, model, config, image_c, entry, dev, amp, runner)
     return out

@@ -96,7 +96,8 @@ class RunEnsemble(torch.nn.Module):
 
 
 #: Config fields the runs of an ensemble must share (the input they read and the outputs they give).
-ENSEMBLE_FIELDS = ("kaggle_channel_order", "in_channels", "num_classes", "patch_size", "cache_hw", "cache_margin")
+ENSEMBLE_FIELDS = ("kaggle_channel_order", "in_channels", "num_classes", "targets", "patch_size", "cache_hw",
+                   "cache_margin")
 
 
 def load_runs(run_dirs: str | os.PathLike | Sequence[str | os.PathLike],
@@ -244,15 +245,15 @@ def predict_cached_volume(model: torch.nn.Module, config: Config, cache_dir: str
     Returns:
         ``(image, gt, prob, pred)``: image (4, D, H, W) float32, gt (3, D, H, W) uint8, prob (3, D, H, W)
         float32 tensor of sigmoid probabilities, pred (3, D, H, W) uint8 disjoint class channels of the
-        decoded labels (``tumorlib.core.brats.decode_to_channels`` at ``config.threshold``: what ``predict``
-        writes and ``evaluate`` scores).
+        decoded labels (``tumorlib.core.regions.decode_outputs_to_channels`` with the run's ``targets`` at
+        ``config.threshold``: what ``predict`` writes and ``evaluate`` scores).
     """
-    from tumorlib.core.brats import decode_to_channels
+    from tumorlib.core.regions import decode_outputs_to_channels
     from tumorlib.data.cache import load_cached_volume
 
     image, gt = load_cached_volume(cache_dir, volume_id)
     image = np.array(image, dtype=np.float32)  # copies out of the read-only memory map
     gt = np.array(gt)
     prob = predict_volume(model, image, config, device=device, tta=tta, engine=engine)
-    pred = decode_to_channels(prob, config.threshold)
+    pred = decode_outputs_to_channels(prob, config, config.threshold)
     return image, gt, prob, pred

@@ -15,6 +15,17 @@ is defined on the four-way distribution ``q = (background, ncr, ed, et)`` built 
 so the tumour/background split is exactly the one ``decode_probabilities`` thresholds, and the most
 probable tumour class is the one it picks. Where every ``p_c`` is 0, ``q = (1, 0, 0, 0)``.
 
+For a run trained on regions (``targets = "regions"``: the members are WT, TC, ET probabilities) the
+distribution follows the nesting ``tumorlib.core.regions.decode_regions`` decodes, each region inside the
+one before it:
+
+    q_bg  = 1 - p_wt
+    q_ed  = p_wt (1 - p_tc)
+    q_ncr = p_wt p_tc (1 - p_et)
+    q_et  = p_wt p_tc p_et
+
+so the tumour probability ``1 - q_bg`` is ``p_wt`` and each class is the chance of going that far in.
+
 The maps (``uncertainty_maps``), over M members with distributions ``q_m`` and tumour probabilities
 ``t_m = 1 - q_bg,m``:
 
@@ -42,6 +53,7 @@ import numpy as np
 import torch
 
 from tumorlib.core.brats import CLASS_KEYS, tumour_probability
+from tumorlib.core.regions import targets_of
 from tumorlib.inference.sliding_window import mirrored_predictions
 
 __all__ = [
@@ -71,24 +83,33 @@ def _as_prob(member: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
     return np.clip(p, 0.0, 1.0)
 
 
-def categorical_distribution(prob: Any) -> np.ndarray:
+def categorical_distribution(prob: Any, targets: Any = "classes") -> np.ndarray:
     """The four-way distribution (background, ncr, ed, et) of three sigmoid outputs (see the module text).
 
     Args:
-        prob: (3, D, H, W) sigmoid probabilities (ncr, ed, et), numpy or torch.
+        prob: (3, D, H, W) sigmoid probabilities, numpy or torch: ncr, ed, et, or wt, tc, et for regions.
+        targets: what the outputs are: ``"classes"``, ``"regions"`` or a run's config.
 
     Returns:
         (4, D, H, W) float32, summing to 1 over the first axis.
 
     Raises:
-        ValueError: ``prob`` is not (3, D, H, W).
+        ValueError: ``prob`` is not (3, D, H, W), or unknown targets.
     """
-    return _categorical(_as_prob(prob))
+    return _categorical(_as_prob(prob), targets_of(targets))
 
 
-def _categorical(p: np.ndarray) -> np.ndarray:
+def _categorical(p: np.ndarray, targets: str = "classes") -> np.ndarray:
     """``categorical_distribution`` of a checked, clipped float32 (3, ...) array, filled in place."""
     q = np.zeros((len(CLASS_KEYS) + 1, *p.shape[1:]), np.float32)
+    if targets == "regions":
+        wt, tc, et = p
+        np.subtract(1.0, wt, out=q[0])
+        np.multiply(wt, 1.0 - tc, out=q[2])
+        core = wt * tc
+        np.multiply(core, 1.0 - et, out=q[1])
+        np.multiply(core, et, out=q[3])
+        return q
     tumour = tumour_probability(p)
     np.subtract(1.0, tumour, out=q[0])
     total = p.sum(axis=0)
@@ -115,13 +136,16 @@ def entropy(q: np.ndarray, normalise: bool = True) -> np.ndarray:
     return np.maximum(h, 0.0).astype(np.float32)
 
 
-def uncertainty_maps(members: Iterable[Any], normalise: bool = True) -> dict[str, np.ndarray]:
+def uncertainty_maps(members: Iterable[Any], normalise: bool = True,
+                     targets: Any = "classes") -> dict[str, np.ndarray]:
     """Mean probability, predictive entropy, mutual information and tumour-probability variance.
 
     Args:
         members: one or more (3, D, H, W) sigmoid probability maps (ncr, ed, et), numpy or torch (a list
             or a generator: each is read once), e.g. ``flip_members(...)`` or several runs' predictions.
         normalise: entropies divided by ``ln 4`` (in [0, 1]); False: nats.
+        targets: what the members' outputs are (``"classes"``, ``"regions"`` or the run's config): how
+            their four-way distribution is built (see the module text).
 
     Returns:
         ``{"mean": (3, D, H, W), "entropy": (D, H, W), "mutual_information": (D, H, W),
@@ -130,6 +154,7 @@ def uncertainty_maps(members: Iterable[Any], normalise: bool = True) -> dict[str
     Raises:
         ValueError: no member, a member that is not (3, D, H, W), or members of different shapes.
     """
+    targets = targets_of(targets)
     count, shape = 0, None
     sum_p = sum_q = sum_h = t_mean = t_m2 = None
     for member in members:
@@ -139,12 +164,12 @@ def uncertainty_maps(members: Iterable[Any], normalise: bool = True) -> dict[str
             sum_p = np.zeros(shape, np.float32)  # float32 sums: exact enough for hundreds of members
             sum_q = np.zeros((len(CLASS_KEYS) + 1, *shape[1:]), np.float32)
             sum_h, t_mean, t_m2 = (np.zeros(shape[1:], np.float32) for _ in range(3))
-        q = _categorical(p)
+        q = _categorical(p, targets)
         count += 1
         sum_p += p
         sum_q += q
         sum_h += entropy(q, normalise)
-        t = 1.0 - q[0]  # the tumour probability, as core.brats.tumour_probability
+        t = 1.0 - q[0]  # the tumour probability: core.brats.tumour_probability, or p_wt for regions
         delta = t - t_mean  # Welford: stable for many members
         t_mean += delta / count
         t_m2 += delta * (t - t_mean)

@@ -98,7 +98,7 @@ def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
 
 
 def save_probabilities_nifti(prob: np.ndarray, path: str | os.PathLike,
-                             header: nib.Nifti1Header | None = None) -> Path:
+                             header: nib.Nifti1Header | None = None, description: str | None = None) -> Path:
     """Write per-voxel class probabilities as a 16-bit 4-D NIfTI on the grid of the labels.
 
     NIfTI-1 has no float16 data type (nibabel refuses one), so the 16 bits per value are stored as
@@ -107,10 +107,11 @@ def save_probabilities_nifti(prob: np.ndarray, path: str | os.PathLike,
     size per value of float32 and finer than float16 near 1.
 
     Args:
-        prob: (3, D, H, W) probabilities in [0, 1], channels ncr, ed, et (tumorlib layout).
+        prob: (3, D, H, W) probabilities in [0, 1], in the network's output order (tumorlib layout).
         path: output file, usually ``*.nii.gz`` (parent folders are created).
         header: the header the labels were written with (its qform and sform are copied with their
             codes); None: a 1 mm identity sform.
+        description: the header's ``descrip`` (what the 3 volumes are; at most 80 characters), or None.
 
     Returns:
         The path written: (H, W, D, 3), the spatial axes as in the label file and the classes along
@@ -129,6 +130,10 @@ def save_probabilities_nifti(prob: np.ndarray, path: str | os.PathLike,
                           header.get_best_affine() if header is not None else np.eye(4))
     img.header.set_slope_inter(1.0 / PROBABILITY_SCALE, 0.0)
     img.header.set_xyzt_units("mm")
+    if description is not None:
+        if len(description.encode()) > 80:
+            raise ValueError(f"a NIfTI description holds 80 bytes, got {description!r}")
+        img.header["descrip"] = description.encode()
     if header is not None:
         qform, qcode = header.get_qform(coded=True)
         sform, scode = header.get_sform(coded=True)

@@ -8,6 +8,11 @@ works per channel on logits of shape (B, C, D, H, W) against binary targets of t
   necrotic regions.
 - Focal BCE (gamma 2) gives a dense per-voxel gradient and down-weights the many easy background voxels.
 - The seed trains on ``0.5 * Dice + 0.5 * focal`` (``Config.dice_weight``).
+
+The batches carry the cached class channels (ncr, ed, et). With ``Config.targets == "regions"`` the loss
+compares the outputs with the regions WT, TC, ET of those channels instead
+(``tumorlib.core.regions.loss_targets``, on the batch's device); ``class_weights`` weight the three output
+channels in order either way.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tumorlib.core.config import Config
+from tumorlib.core.regions import loss_targets, targets_of
 
 __all__ = [
     "DiceFocalLoss",
@@ -163,14 +169,17 @@ class DiceFocalLoss(nn.Module):
         gamma: focal exponent.
         dice_weight: share of the Dice term in [0, 1].
         smooth: Dice smoothing.
+        targets: ``classes`` (the target is the class channels as given) or ``regions`` (the class channels
+            given are turned into WT, TC, ET first: ``tumorlib.core.regions.loss_targets``).
 
     Raises:
-        ValueError: ``dice_weight`` outside [0, 1].
+        ValueError: ``dice_weight`` outside [0, 1], or unknown ``targets``.
     """
 
     def __init__(self, class_weights: Sequence[float] = (1.5, 1.0, 2.0), gamma: float = 2.0,
-                 dice_weight: float = 0.5, smooth: float = 1.0) -> None:
+                 dice_weight: float = 0.5, smooth: float = 1.0, targets: str = "classes") -> None:
         super().__init__()
+        self.targets = targets_of(targets)
         if not 0.0 <= dice_weight <= 1.0:
             raise ValueError(f"dice_weight must lie in [0, 1], got {dice_weight}")
         self.dice = WeightedDiceLoss(class_weights, smooth)
@@ -178,10 +187,11 @@ class DiceFocalLoss(nn.Module):
         self.dice_weight = dice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """logits, target: (B, C, D, H, W) -> scalar loss."""
+        """logits, target: (B, C, D, H, W) (target: class channels) -> scalar loss."""
+        target = loss_targets(target, self.targets)
         return self.dice_weight * self.dice(logits, target) + (1.0 - self.dice_weight) * self.focal(logits, target)
 
 
 def loss_from_config(config: Config) -> DiceFocalLoss:
-    """The training loss a config describes (``class_weights``, ``focal_gamma``, ``dice_weight``)."""
-    return DiceFocalLoss(config.class_weights, config.focal_gamma, config.dice_weight)
+    """The training loss a config describes (``class_weights``, ``focal_gamma``, ``dice_weight``, ``targets``)."""
+    return DiceFocalLoss(config.class_weights, config.focal_gamma, config.dice_weight, targets=config.targets)

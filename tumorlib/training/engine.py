@@ -24,7 +24,8 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 from torch import nn
 
-from tumorlib.core.brats import CLASS_KEYS, decode_batch
+from tumorlib.core.brats import CLASS_KEYS
+from tumorlib.core.regions import decode_outputs_batch
 from tumorlib.core.config import Config
 from tumorlib.training.distributed import DistInfo, all_reduce_sum
 from tumorlib.nn.precision import autocast
@@ -134,13 +135,14 @@ def _dice_from_counts(inter: torch.Tensor, psum: torch.Tensor, gsum: torch.Tenso
 @torch.no_grad()
 def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], criterion: nn.Module,
              device: torch.device, dtype: torch.dtype | None = None, threshold: float = 0.5,
-             info: DistInfo | None = None) -> dict[str, float]:
+             info: DistInfo | None = None, targets: str = "classes") -> dict[str, float]:
     """Loss and Dice on validation patches, pooled over all patches (and ranks).
 
     Dice per class is ``2 |P & G| / (|P| + |G|)`` with ``P`` the decoded labels
-    (``tumorlib.core.brats.decode_batch``: the rule ``predict`` and ``evaluate`` use), counted over every
-    validation voxel at once (1.0 when both are empty); whole tumour (WT) is the union of the three
-    channels.
+    (``tumorlib.core.regions.decode_outputs_batch`` with the run's ``targets``: the rule ``predict`` and
+    ``evaluate`` use), counted over every validation voxel at once (1.0 when both are empty); whole tumour
+    (WT) is the union of the three channels. The Dice are those of the decoded classes whatever the
+    network's outputs are, so the history's columns mean the same for ``classes`` and ``regions`` runs.
 
     Args:
         model: the network (switched to eval mode and back to train mode afterwards).
@@ -150,6 +152,7 @@ def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
         dtype: autocast dtype or None.
         threshold: the decoding threshold (``config.threshold``).
         info: DDP ranks to pool over; None: this process only.
+        targets: what the outputs are (``Config.targets``): how they are decoded.
 
     Returns:
         ``{"val_loss", "val_dice_mean", "val_dice_ncr", "val_dice_ed", "val_dice_et", "val_dice_wt"}``.
@@ -167,7 +170,7 @@ def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
         logits = logits.float()
         sums[0] += criterion(logits, mask).double() * image.shape[0]
         sums[1] += image.shape[0]
-        pred = decode_batch(torch.sigmoid(logits), threshold).float()
+        pred = decode_outputs_batch(torch.sigmoid(logits), targets, threshold).float()
         pred = torch.cat([pred, pred.amax(1, keepdim=True)], 1)
         gt = torch.cat([mask, mask.amax(1, keepdim=True)], 1)
         dims = (0, 2, 3, 4)
@@ -335,7 +338,7 @@ class Trainer:
     def validation_step(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         """``validate`` with this trainer's net, loss, autocast and ``config.threshold``."""
         return validate(self.net, loader, self.criterion, self.device, self.dtype, self.config.threshold,
-                        self.info)
+                        self.info, self.config.targets)
 
     def state_dict(self) -> dict[str, Any]:
         """``model``, ``optimizer``, ``scheduler`` and ``scaler`` states (for ``last.pth``)."""
