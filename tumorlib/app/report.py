@@ -28,9 +28,10 @@ from tumorlib.evaluation.qc import qc_row, region_volumes_ml, write_qc_csv
 from tumorlib.inference.postprocess import remove_small_et, run_et_min_voxels
 from tumorlib.inference.predictor import load_run, predict_volume
 from tumorlib.inference.uncertainty import model_members, uncertainty_maps
-from tumorlib.viz.orientation import display_transform, kaggle_affine
+from tumorlib.data.cache.geometry import cache_affine
+from tumorlib.viz.orientation import display_transform
 
-__all__ = ["cache_affine", "case_report", "report_paths"]
+__all__ = ["case_report", "report_paths"]
 
 
 def report_paths(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str | os.PathLike | None = None,
@@ -59,28 +60,6 @@ def report_paths(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str
     else:
         pngs = [Path(run_dir) / "reports" / f"volume_{v}.png" for v in ids]
     return pngs, Path(csv) if csv is not None else pngs[0].with_name("qc.csv")
-
-
-def cache_affine(index: dict[str, Any], volume_id: int) -> np.ndarray:
-    """The NIfTI affine of a cached volume's source, its voxel sizes divided by the cache's zoom.
-
-    Kaggle HDF5: ``kaggle_affine()`` (BraTS2020); NIfTI: the case's FLAIR header; a custom reader: a 1 mm
-    RAS identity (no geometry is recorded).
-    """
-    reader = index.get("reader")
-    if reader == "nifti":
-        import nibabel as nib
-
-        from tumorlib.io.nifti import find_nifti_file, list_nifti_cases
-
-        case = list_nifti_cases(index["source"])[int(volume_id)]
-        affine = np.array(nib.load(str(find_nifti_file(case, "flair"))).affine, dtype=np.float64)
-    else:
-        affine = kaggle_affine() if reader == "kaggle" else np.eye(4)
-    zoom = index["volumes"][str(volume_id)].get("zoom", [1.0, 1.0, 1.0])
-    for nifti_axis, tumorlib_axis in enumerate((1, 2, 0)):  # NIfTI (H, W, D) against tumorlib (D, H, W)
-        affine[:3, nifti_axis] /= float(zoom[tumorlib_axis])
-    return affine
 
 
 def _train_volumes(run_dir: Path, config: Any, cache: Path, index: dict[str, Any],

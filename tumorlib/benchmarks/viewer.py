@@ -1,11 +1,13 @@
 """How fast ``ThreePlaneViewer`` redraws: one slider step on a phantom or a given volume.
 
 The phantom comes from ``tumorlib.data.synthetic`` (the embedded dataset's generator), the viewer
-from ``tumorlib.viz.viewer``.
+from ``tumorlib.viz.viewer``. Run it as ``python -m tumorlib.benchmarks.viewer`` (``--help``: shape, steps,
+overlay, and ``--affine kaggle`` for the radiological display of the BraTS2020 geometry).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Any, Sequence
 
@@ -45,6 +47,7 @@ def benchmark_viewer(
     seed: int = 0,
     quiet: bool = False,
     uncertainty: Any | None = None,
+    affine: Any | None = None,
 ) -> dict[str, float]:
     """Time one slider step of ``ThreePlaneViewer`` (compose 3 panels + PNG encode + widget update).
 
@@ -62,6 +65,7 @@ def benchmark_viewer(
         quiet: do not print the result.
         uncertainty: optional ``(D, H, W)`` map in [0, 1] for ``overlay="uncertainty"``; None there: a
             smooth map around the ground-truth tumour's border (``_benchmark_uncertainty``).
+        affine: the viewer's ``affine`` (radiological display); None: the planes as stored.
 
     Returns:
         ``{"axial_ms", "coronal_ms", "sagittal_ms"}`` median milliseconds per step, ``"mean_ms"`` over all
@@ -74,7 +78,7 @@ def benchmark_viewer(
     if overlay == "uncertainty" and uncertainty is None:
         uncertainty = _benchmark_uncertainty(np.asarray(image).shape[1:], gt)
     start = time.perf_counter()
-    viewer = ThreePlaneViewer(image, gt=gt, pred=pred, overlay=overlay, uncertainty=uncertainty)
+    viewer = ThreePlaneViewer(image, gt=gt, pred=pred, overlay=overlay, uncertainty=uncertainty, affine=affine)
     first = (time.perf_counter() - start) * 1000.0
     result: dict[str, float] = {"first_render_ms": first}
     all_ms: list[float] = []
@@ -92,7 +96,31 @@ def benchmark_viewer(
     result["steps"] = float(len(all_ms))
     if not quiet:
         shp = viewer.shape
-        print(f"ThreePlaneViewer redraw on {shp[0]}x{shp[1]}x{shp[2]} ({overlay}): "
+        shown = "" if affine is None else ", radiological"
+        print(f"ThreePlaneViewer redraw on {shp[0]}x{shp[1]}x{shp[2]} ({overlay}{shown}): "
               + ", ".join(f"{p} {result[f'{p}_ms']:.1f} ms" for p, _ in PLANES)
               + f"; mean {result['mean_ms']:.1f} ms, max {result['max_ms']:.1f} ms per step")
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tumorlib.benchmarks.viewer``: print the redraw time per slider step."""
+    from tumorlib.viz.orientation import kaggle_affine
+    from tumorlib.viz.viewer import OVERLAYS
+
+    parser = argparse.ArgumentParser(prog="python -m tumorlib.benchmarks.viewer",
+                                     description="Time one slider step of ThreePlaneViewer on a phantom.")
+    parser.add_argument("--shape", type=int, nargs=3, default=(155, 240, 240), metavar=("D", "H", "W"),
+                        help="phantom size (default 155 240 240)")
+    parser.add_argument("--steps", type=int, default=20, help="steps per slider (default 20)")
+    parser.add_argument("--overlay", default="both", choices=[v for _, v in OVERLAYS], help="default both")
+    parser.add_argument("--affine", default="none", choices=("none", "kaggle"),
+                        help="kaggle: radiological display of the BraTS2020 geometry; none: as stored (default)")
+    args = parser.parse_args(argv)
+    benchmark_viewer(tuple(args.shape), steps=args.steps, overlay=args.overlay,
+                     affine=kaggle_affine() if args.affine == "kaggle" else None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

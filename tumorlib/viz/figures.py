@@ -17,6 +17,7 @@ import numpy as np
 from tumorlib.core.brats import CLASS_NAMES, MODALITIES
 from tumorlib.viz.colors import CLASS_COLORS, add_class_legend, check_image, rgb01, to_label_map
 from tumorlib.viz.notebook_figure import new_figure
+from tumorlib.viz.orientation import direction_labels, volume_transform
 from tumorlib.viz.render import brain_mask, intensity_window, render_plane, to_uint8
 
 __all__ = [
@@ -111,6 +112,7 @@ def plot_sample_slice(
     title: str | None = None,
     overlay_modality: str | int = "flair",
     opacity: float = 0.5,
+    affine: Any | None = None,
 ) -> Any:
     """Four modalities, the three class masks and an overlay at one axial slice.
 
@@ -121,29 +123,38 @@ def plot_sample_slice(
         title: figure title; default ``"axial slice z"``.
         overlay_modality: modality under the overlay panel.
         opacity: overlay opacity 0..1.
+        affine: (4, 4) NIfTI affine of the volume's (H, W, D) array (``tumorlib.viz.orientation.kaggle_affine``
+            for a Kaggle volume): the slice in radiological display (anterior up, the patient's left on the
+            right) with the direction of each edge written on every panel; ``slice_index`` then counts along
+            the axis the axial plane cuts. None: ``volume[:, z]`` as stored, no labels.
 
     Returns:
         ``matplotlib.figure.Figure`` with 2 x 4 panels: T1, T1ce, T2, FLAIR; necrosis, edema, enhancing,
         overlay; class legend underneath.
 
     Raises:
-        ValueError: for mismatched shapes or a slice index outside the volume.
+        ValueError: for mismatched shapes, a slice index outside the volume, or an affine with no display
+            orientation.
     """
     img = check_image(image)
     labels = to_label_map(mask, spatial_ndim=3)
     if labels.shape != img.shape[1:]:
         raise ValueError(f"mask {labels.shape} and image {img.shape[1:]} differ in spatial shape")
-    z = tumor_slice(labels, img) if slice_index is None else int(slice_index)
-    if not 0 <= z < img.shape[1]:
-        raise ValueError(f"slice_index {z} outside 0..{img.shape[1] - 1}")
+    transform = volume_transform(affine, labels.shape)
+    cut = transform.axis("axial")
+    z = (tumor_slice(np.moveaxis(labels, cut, 0), np.moveaxis(img, cut + 1, 1)) if slice_index is None
+         else int(slice_index))
+    if not 0 <= z < labels.shape[cut]:
+        raise ValueError(f"slice_index {z} outside 0..{labels.shape[cut] - 1}")
     fig = new_figure((12.0, 6.6))
     axes = fig.subplots(2, 4)
-    brain = brain_mask(img[:, z])
-    grays = [to_uint8(img[c, z], intensity_window(img[c]), brain) for c in range(len(MODALITIES))]
+    plane = transform.plane(img, "axial", z)
+    brain = brain_mask(plane)
+    grays = [to_uint8(plane[c], intensity_window(img[c]), brain) for c in range(len(MODALITIES))]
     for c, name in enumerate(MODALITIES):
         axes[0, c].imshow(grays[c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         axes[0, c].set_title(name)
-    lab = labels[z]
+    lab = transform.plane(labels, "axial", z)
     for i, name in enumerate(CLASS_NAMES):
         rgb = np.zeros(lab.shape + (3,), dtype=np.uint8)
         rgb[lab == i + 1] = CLASS_COLORS[i]
@@ -155,6 +166,8 @@ def plot_sample_slice(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+        if affine is not None:
+            direction_labels(ax, transform, "axial")
     fig.suptitle(title if title is not None else f"axial slice {z}")
     add_class_legend(fig)
     return fig

@@ -21,7 +21,12 @@ axes are more than ``MAX_OBLIQUE_DEG`` (5 degrees) from the nearest anatomical a
 obliquity``), or whose 3x3 part is singular, is refused with a ValueError that names it.
 
 Index. ``DisplayTransform.plane(volume, plane, index)`` takes the array index along the tumorlib axis
-the plane cuts (``axis(plane)``), so the same index addresses the data and the picture.
+the plane cuts (``axis(plane)``), so the same index addresses the data and the picture; ``point`` maps a
+voxel to its (row, column) in a plane and ``voxel`` a (row, column) back to the voxel (clicks).
+
+No geometry. ``array_transform(shape)`` is the display tumorlib used before it read the geometry (axial
+``volume[z]`` as stored, coronal and sagittal with the last slice at the top): figures and the viewer
+fall back to it, without direction labels, when they are given no affine.
 """
 
 from __future__ import annotations
@@ -37,9 +42,12 @@ __all__ = [
     "DISPLAY_PLANES",
     "MAX_OBLIQUE_DEG",
     "DisplayTransform",
+    "array_transform",
+    "direction_labels",
     "display_transform",
     "kaggle_affine",
     "tumorlib_affine",
+    "volume_transform",
 ]
 
 #: Largest angle, in degrees, between an array axis and its nearest anatomical axis that is displayed.
@@ -170,6 +178,29 @@ class DisplayTransform:
             out.append(self.shape[axis] - 1 - i if self.ornt[axis, 1] > 0 else i)
         return out[0], out[1]
 
+    def voxel(self, plane: str, index: int, row: int, col: int) -> tuple[int, int, int]:
+        """The voxel (d, h, w) shown at (row, column) of a displayed plane cut at ``index`` (clicks).
+
+        Raises:
+            ValueError: an unknown plane. IndexError: a row, column or index outside the plane.
+        """
+        _, row_world, col_world = _spec(plane)
+        out = [0, 0, 0]
+        out[self.axis(plane)] = int(index)
+        for world, value in ((row_world, row), (col_world, col)):
+            axis = self._axis_of_world(world)
+            if not 0 <= int(value) < self.shape[axis]:
+                raise IndexError(f"{plane} pixel {(row, col)} outside the plane {self.plane_shape(plane)}")
+            out[axis] = self.shape[axis] - 1 - int(value) if self.ornt[axis, 1] > 0 else int(value)
+        if not 0 <= out[self.axis(plane)] < self.shape[self.axis(plane)]:
+            raise IndexError(f"{plane} index {index} outside 0..{self.shape[self.axis(plane)] - 1}")
+        return out[0], out[1], out[2]
+
+    def plane_axes(self, plane: str) -> tuple[int, int]:
+        """The tumorlib axes (0 D, 1 H, 2 W) along a displayed plane's rows and columns."""
+        _, row_world, col_world = _spec(plane)
+        return self._axis_of_world(row_world), self._axis_of_world(col_world)
+
     def plane_shape(self, plane: str) -> tuple[int, int]:
         """(rows, columns) of a displayed plane."""
         _, row_world, col_world = _spec(plane)
@@ -179,6 +210,44 @@ class DisplayTransform:
         """Height / width of one displayed pixel (for ``imshow(aspect=...)``)."""
         _, row_world, col_world = _spec(plane)
         return self.spacing[self._axis_of_world(row_world)] / self.spacing[self._axis_of_world(col_world)]
+
+
+def array_transform(shape: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> DisplayTransform:
+    """The display of volumes without geometry: axial ``volume[z]`` as stored (rows h, columns w),
+    coronal ``volume[::-1, y]`` and sagittal ``volume[::-1, :, x]`` (the last slice at the top).
+
+    It is the radiological display of (D, H, W) running towards (S, P, L); figures and the viewer use it
+    when no affine is given and then write no direction labels (nothing says the guess is right).
+
+    Args:
+        shape: (D, H, W).
+        spacing: voxel size along (D, H, W) in mm.
+
+    Returns:
+        The ``DisplayTransform``.
+
+    Raises:
+        ValueError: a shape that is not 3 positive sides or a spacing that is not 3 positive numbers.
+    """
+    sizes = [float(s) for s in spacing]
+    if len(sizes) != 3 or any(not s > 0 for s in sizes):
+        raise ValueError(f"spacing {tuple(spacing)} must be three positive numbers (D, H, W)")
+    # NIfTI (H, W, D) columns: H towards P, W towards L, D towards S
+    affine = np.array([[0.0, -sizes[2], 0.0, 0.0], [-sizes[1], 0.0, 0.0, 0.0], [0.0, 0.0, sizes[0], 0.0],
+                       [0.0, 0.0, 0.0, 1.0]])
+    return display_transform(affine, shape)
+
+
+def direction_labels(ax: Any, transform: DisplayTransform, plane: str, color: str = "white",
+                     fontsize: float = 7) -> None:
+    """Write the anatomical direction of each edge (``DisplayTransform.labels``) on a matplotlib axes
+    showing a displayed plane (e.g. "A" at the top, "R" on the left of an axial plane)."""
+    labels = transform.labels(plane)
+    spots = {"top": (0.5, 0.97, "center", "top"), "bottom": (0.5, 0.03, "center", "bottom"),
+             "left": (0.03, 0.5, "left", "center"), "right": (0.97, 0.5, "right", "center")}
+    for edge, (x, y, ha, va) in spots.items():
+        ax.text(x, y, labels[edge], transform=ax.transAxes, ha=ha, va=va, color=color, fontsize=fontsize,
+                fontweight="bold")
 
 
 def _spec(plane: str) -> tuple[int, int, int]:
@@ -222,3 +291,28 @@ def display_transform(affine: Any, shape: Sequence[int],
     if np.isnan(ornt).any() or sorted(ornt[:, 0].astype(int)) != [0, 1, 2]:
         raise ValueError(f"affine {np.asarray(affine).tolist()}: its axes do not map to R, A and S one each")
     return DisplayTransform(shape, ornt.astype(int), tuple(float(s) for s in sizes))
+
+
+def volume_transform(affine: Any | None, shape: Sequence[int], spacing: Sequence[float] | None = None) -> DisplayTransform:
+    """The display transform of a figure or viewer: from ``affine`` (radiological), or ``array_transform``.
+
+    Args:
+        affine: (4, 4) NIfTI affine of the volume's (H, W, D) array, or None.
+        shape: (D, H, W).
+        spacing: voxel size along (D, H, W) for the aspect ratio; None: the affine's, or 1 mm.
+
+    Returns:
+        The ``DisplayTransform`` (spacing replaced by ``spacing`` when given).
+
+    Raises:
+        ValueError: bad spacing, or an affine ``display_transform`` refuses.
+    """
+    if spacing is not None and (len(spacing) != 3 or any(not float(s) > 0 for s in spacing)):
+        raise ValueError(f"spacing {tuple(spacing)} must be three positive numbers (D, H, W)")
+    if affine is None:
+        return array_transform(tuple(shape), (1.0, 1.0, 1.0) if spacing is None else spacing)
+    transform = display_transform(affine, tuple(shape))
+    if spacing is None:
+        return transform
+    return DisplayTransform(transform.shape, transform.ornt, tuple(float(s) for s in spacing))
+

@@ -20,23 +20,12 @@ from tumorlib.core.brats import REGION_KEYS
 from tumorlib.viz.colors import to_label_map, to_numpy
 from tumorlib.viz.figures import modality_index
 from tumorlib.viz.notebook_figure import new_figure
-from tumorlib.viz.orientation import DISPLAY_PLANES, DisplayTransform
+from tumorlib.viz.orientation import DISPLAY_PLANES, DisplayTransform, direction_labels
 from tumorlib.viz.render import blend, brain_mask, center_of_mass, intensity_window, to_uint8
 
 __all__ = ["direction_labels", "plot_case_report", "report_text"]
 
 _LUT = np.array([[0, 0, 0], [1.0, 0.2, 0.2], [0.2, 0.9, 0.2], [1.0, 0.9, 0.1]], np.float32)
-
-
-def direction_labels(ax: Any, transform: DisplayTransform, plane: str, color: str = "white",
-                     fontsize: float = 7) -> None:
-    """Write the anatomical direction of each edge (``DisplayTransform.labels``) on a displayed plane."""
-    labels = transform.labels(plane)
-    spots = {"top": (0.5, 0.97, "center", "top"), "bottom": (0.5, 0.03, "center", "bottom"),
-             "left": (0.03, 0.5, "left", "center"), "right": (0.97, 0.5, "right", "center")}
-    for edge, (x, y, ha, va) in spots.items():
-        ax.text(x, y, labels[edge], transform=ax.transAxes, ha=ha, va=va, color=color, fontsize=fontsize,
-                fontweight="bold")
 
 
 def _fmt(value: Any) -> str:

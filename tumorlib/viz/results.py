@@ -13,6 +13,7 @@ from tumorlib.core.brats import CLASS_KEYS, CLASS_NAMES, MODALITIES
 from tumorlib.viz.colors import add_class_legend, check_image, to_label_map
 from tumorlib.viz.figures import modality_index, tumor_slice
 from tumorlib.viz.notebook_figure import new_figure
+from tumorlib.viz.orientation import direction_labels, volume_transform
 from tumorlib.viz.render import brain_mask, intensity_window, render_plane, to_uint8
 
 __all__ = ["plot_metric_boxes", "plot_predictions", "plot_training_curves"]
@@ -22,6 +23,33 @@ def _dice(pred: np.ndarray, target: np.ndarray) -> float:
     inter = np.count_nonzero(pred & target)
     total = np.count_nonzero(pred) + np.count_nonzero(target)
     return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def _patch_panels(i: int, im: np.ndarray, g: np.ndarray, p: np.ndarray, slice_index: Any, m: int,
+                  opacity: float, affine: Any | None) -> tuple[Any, list[tuple[np.ndarray, str]]]:
+    """The transform and the four (RGB, title) panels of patch ``i`` (see ``plot_predictions``)."""
+    transform = volume_transform(affine, g.shape)
+    cut = transform.axis("axial")
+    if slice_index is None:
+        z = tumor_slice(np.moveaxis(g if g.any() else p, cut, 0), np.moveaxis(im, cut + 1, 1))
+    elif isinstance(slice_index, (int, np.integer)):
+        z = int(slice_index)
+    else:
+        z = int(slice_index[i])
+    if not 0 <= z < g.shape[cut]:
+        raise ValueError(f"patch {i}: slice {z} outside 0..{g.shape[cut] - 1}")
+    plane = transform.plane(im, "axial", z)
+    gz, pz = transform.plane(g, "axial", z), transform.plane(p, "axial", z)
+    gray = to_uint8(plane[m], intensity_window(im[m]), brain_mask(plane))
+    dices = [_dice(p == k + 1, g == k + 1) for k in range(len(CLASS_NAMES))]
+    panels = [
+        (render_plane(gray), f"{MODALITIES[m]} (z={z})"),
+        (render_plane(gray, gz, None, "ground truth", opacity), "ground truth"),
+        (render_plane(gray, None, pz, "prediction", opacity),
+         "prediction, Dice " + "/".join(f"{d:.2f}" for d in dices)),
+        (render_plane(gray, gz, pz, "errors", max(opacity, 0.7)), "errors"),
+    ]
+    return transform, panels
 
 
 def plot_predictions(
@@ -34,6 +62,7 @@ def plot_predictions(
     opacity: float = 0.5,
     titles: Sequence[str] | None = None,
     title: str | None = "Ground truth vs prediction",
+    affine: Any | None = None,
 ) -> Any:
     """The reference design's prediction figure: per patch, the image, ground truth, prediction and errors at one slice.
 
@@ -50,6 +79,9 @@ def plot_predictions(
         opacity: overlay opacity 0..1.
         titles: row label per patch (e.g. ``"volume 12"``).
         title: figure title, or None.
+        affine: (4, 4) NIfTI affine of the volume the patches were cut from (only its axes matter): each
+            slice in radiological display with the edge directions written on it, ``slice_index`` counting
+            along the axis the axial plane cuts; None: ``patch[:, z]`` as stored, no labels.
 
     Returns:
         ``matplotlib.figure.Figure`` with one row per patch and columns image, ground truth, prediction
@@ -73,29 +105,15 @@ def plot_predictions(
         im, g, p = ims[i], gl[i], pl[i]
         if g.shape != im.shape[1:] or p.shape != im.shape[1:]:
             raise ValueError(f"patch {i}: image {im.shape[1:]}, ground truth {g.shape}, prediction {p.shape} differ")
-        if slice_index is None:
-            z = tumor_slice(g if g.any() else p, im)
-        elif isinstance(slice_index, (int, np.integer)):
-            z = int(slice_index)
-        else:
-            z = int(slice_index[i])
-        if not 0 <= z < im.shape[1]:
-            raise ValueError(f"patch {i}: slice {z} outside 0..{im.shape[1] - 1}")
-        gray = to_uint8(im[m, z], intensity_window(im[m]), brain_mask(im[:, z]))
-        dices = [_dice(p == k + 1, g == k + 1) for k in range(len(CLASS_NAMES))]
-        panels = [
-            (render_plane(gray), f"{MODALITIES[m]} (z={z})"),
-            (render_plane(gray, g[z], None, "ground truth", opacity), "ground truth"),
-            (render_plane(gray, None, p[z], "prediction", opacity),
-             "prediction, Dice " + "/".join(f"{d:.2f}" for d in dices)),
-            (render_plane(gray, g[z], p[z], "errors", max(opacity, 0.7)), "errors"),
-        ]
+        transform, panels = _patch_panels(i, im, g, p, slice_index, m, opacity, affine)
         for c, (rgb, name) in enumerate(panels):
             ax = axes[i, c]
             ax.imshow(rgb, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(name, fontsize=9)
+            if affine is not None:
+                direction_labels(ax, transform, "axial")
         if titles is not None and i < len(titles):
             axes[i, 0].set_ylabel(titles[i])
     if title:

@@ -8,6 +8,14 @@ nothing is rebuilt, so a slider step costs a few milliseconds (``tumorlib.benchm
 
 Anisotropic voxels are shown with their true proportions: each plane is resampled (nearest neighbour)
 to square pixels of the smallest spacing before encoding, so the PNG itself has the right aspect ratio.
+
+Orientation. Given the volume's ``affine`` (``tumorlib.data.cache.cache_affine`` for a cached volume,
+``tumorlib.viz.orientation.kaggle_affine()`` for a raw Kaggle one), every plane is shown in radiological
+display (``tumorlib.viz.orientation``: axial anterior up and the patient's left on the right, coronal and
+sagittal superior up) with the direction of each edge written beside the panel; each slider moves along
+the array axis its plane cuts, and the crosshair and ``voxel_at``/``click`` map display pixels to voxels
+through the same transform (views of the arrays, no copy per redraw). Without an affine the planes are
+shown as stored (``array_transform``) and no directions are written.
 """
 
 from __future__ import annotations
@@ -19,14 +27,13 @@ import numpy as np
 
 from tumorlib.core.brats import CLASS_NAMES, MODALITIES
 from tumorlib.viz.colors import check_image, overlay_legend_html, to_label_map, to_numpy
+from tumorlib.viz.panels import panel_geometry
 from tumorlib.viz.render import (
     PLANES,
     brain_mask,
     center_of_mass,
     draw_crosshair,
     intensity_window,
-    nearest_index,
-    plane_slice,
     png_bytes,
     render_plane,
     to_uint8,
@@ -49,6 +56,7 @@ _NEEDS = {"none": (), "ground truth": ("gt",), "prediction": ("pred",), "both": 
 
 _VIEWER_CSS = """<style>
 .tumorlib-viewer .tumorlib-panel img { image-rendering: pixelated; background: #000; }
+.tumorlib-viewer .tumorlib-edge { font-size: 80%; font-weight: bold; color: #777; padding: 0 3px; }
 .tumorlib-viewer .tumorlib-swatch { display: inline-block; width: 0.9em; height: 0.9em;
   margin: 0 0.3em 0 0.9em; vertical-align: middle; border: 1px solid #555; }
 </style>"""
@@ -68,7 +76,8 @@ class ThreePlaneViewer:
             label map 0..3 (BraTS 4 accepted), or None.
         pred: prediction in the same forms (probabilities are decoded by
             ``tumorlib.core.brats.decode_classes`` at 0.5), or None.
-        spacing: voxel size along (D, H, W) in mm; anisotropic spacing is shown to scale.
+        spacing: voxel size along (D, H, W) in mm; anisotropic spacing is shown to scale. None: the
+            affine's voxel sizes, or 1 mm without an affine.
         modality: modality shown first (name or channel index).
         overlay: first overlay, one of ``none``, ``ground truth``, ``prediction``, ``both``, ``errors``,
             ``uncertainty``; default ``prediction`` when given, else ``ground truth`` when given, else ``none``.
@@ -79,9 +88,14 @@ class ThreePlaneViewer:
         title: text shown above the panels, or None.
         uncertainty: ``(D, H, W)`` map in [0, 1] (normalised predictive entropy,
             ``tumorlib.inference.uncertainty.uncertainty_maps``) for the ``uncertainty`` overlay, or None.
+        affine: (4, 4) NIfTI affine of the volume's (H, W, D) array (see the module text): radiological
+            display with direction labels; None: the planes as stored, no labels.
 
     Attributes:
-        sliders: ``{"axial": z, "coronal": y, "sagittal": x}`` ``IntSlider`` widgets.
+        sliders: ``{"axial", "coronal", "sagittal"}`` ``IntSlider`` widgets, each along the array axis its
+            plane cuts (``transform.axis(plane)``; without an affine axial z, coronal y, sagittal x).
+        transform: the ``DisplayTransform`` of every panel; ``panels``: its ``PanelGeometry``.
+        edge_labels: ``{plane: {edge: HTML}}``, the direction labels (empty without an affine).
         modality_dropdown, overlay_dropdown, opacity_slider, crosshair_checkbox: the other controls.
         images: ``{plane: ipywidgets.Image}`` panels; ``rendered``: ``{plane: (h, w, 3) uint8}``.
         widget: the ``ipywidgets.VBox`` holding everything (CSS class ``tumorlib-viewer``).
@@ -89,7 +103,7 @@ class ThreePlaneViewer:
 
     Raises:
         ValueError: for an image that is not (4, D, H, W), masks of another spatial shape, bad spacing,
-            or an overlay whose masks are missing.
+            an overlay whose masks are missing, or an affine with no display orientation.
     """
 
     def __init__(
@@ -97,7 +111,7 @@ class ThreePlaneViewer:
         image: Any,
         gt: Any | None = None,
         pred: Any | None = None,
-        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        spacing: Sequence[float] | None = None,
         modality: str | int = "flair",
         overlay: str | None = None,
         opacity: float = 0.5,
@@ -105,6 +119,7 @@ class ThreePlaneViewer:
         size: int = 320,
         title: str | None = None,
         uncertainty: Any | None = None,
+        affine: Any | None = None,
     ) -> None:
         import ipywidgets as widgets
 
@@ -117,9 +132,9 @@ class ThreePlaneViewer:
         for name, lab in (("gt", self.gt), ("pred", self.pred), ("uncertainty", self.uncertainty)):
             if lab is not None and lab.shape != self.shape:
                 raise ValueError(f"{name} of spatial shape {lab.shape} does not match image {self.shape}")
-        if len(spacing) != 3 or any(not float(s) > 0 for s in spacing):
-            raise ValueError(f"spacing {tuple(spacing)} must be three positive numbers (D, H, W)")
-        self.spacing = tuple(float(s) for s in spacing)
+        self.panels = panel_geometry(affine, self.shape, spacing, size)
+        self.transform, self.spacing = self.panels.transform, self.panels.spacing
+        self.labelled = affine is not None
         self._windows = [intensity_window(img[c]) for c in range(len(MODALITIES))]
         self._gray: dict[int, np.ndarray] = {}
         self._brain: np.ndarray | None = None
@@ -127,7 +142,6 @@ class ThreePlaneViewer:
         self.rendered: dict[str, np.ndarray] = {}
         self.redraw_count = 0
         self.last_redraw_ms = 0.0
-        self._setup_geometry(size)
         overlay = self._checked_overlay(overlay)
         if position is None:
             position = self.default_position()
@@ -161,16 +175,13 @@ class ThreePlaneViewer:
         """The three sliders, the modality and overlay dropdowns, the opacity slider and the checkbox."""
         from tumorlib.viz.figures import modality_index
 
-        D, H, W = self.shape
         slider_layout = widgets.Layout(width="95%")
-        self.sliders: dict[str, Any] = {
-            "axial": widgets.IntSlider(value=pos[0], min=0, max=D - 1, description="axial z", layout=slider_layout,
-                                       continuous_update=True),
-            "coronal": widgets.IntSlider(value=pos[1], min=0, max=H - 1, description="coronal y",
-                                         layout=slider_layout, continuous_update=True),
-            "sagittal": widgets.IntSlider(value=pos[2], min=0, max=W - 1, description="sagittal x",
-                                          layout=slider_layout, continuous_update=True),
-        }
+        self.sliders: dict[str, Any] = {}
+        for plane, _ in PLANES:
+            axis = self.transform.axis(plane)
+            self.sliders[plane] = widgets.IntSlider(value=pos[axis], min=0, max=self.shape[axis] - 1,
+                                                    description=f"{plane} {'zyx'[axis]}", layout=slider_layout,
+                                                    continuous_update=True)
         options = [(label, value) for label, value in OVERLAYS if self._overlay_available(value)]
         self.modality_dropdown = widgets.Dropdown(options=list(MODALITIES),
                                                   value=MODALITIES[modality_index(modality)],
@@ -186,14 +197,23 @@ class ThreePlaneViewer:
     def _build_layout(self, widgets: Any, title: str | None) -> None:
         """The three image panels, legend and readout, and the ``VBox`` holding them with the controls."""
         self.images: dict[str, Any] = {}
+        self.edge_labels: dict[str, dict[str, Any]] = {}
         panels = []
         for plane, _ in PLANES:
-            h, w = self._display_shape[plane]
-            img_w = widgets.Image(format="png", width=str(int(round(w * self._zoom))),
-                                  height=str(int(round(h * self._zoom))))
+            h, w = self.panels.shape[plane]
+            img_w = widgets.Image(format="png", width=str(int(round(w * self.panels.zoom))),
+                                  height=str(int(round(h * self.panels.zoom))))
             self.images[plane] = img_w
             caption = widgets.HTML(f"<b>{plane}</b>")
-            box = widgets.VBox([caption, img_w], layout=widgets.Layout(margin="0 6px 0 0", align_items="center"))
+            children = [caption, img_w]
+            if self.labelled:
+                edges = {edge: widgets.HTML(f"<span class='tumorlib-edge' title='patient direction'>{text}</span>")
+                         for edge, text in self.transform.labels(plane).items()}
+                self.edge_labels[plane] = edges
+                middle = widgets.HBox([edges["left"], img_w, edges["right"]],
+                                      layout=widgets.Layout(align_items="center"))
+                children = [caption, edges["top"], middle, edges["bottom"]]
+            box = widgets.VBox(children, layout=widgets.Layout(margin="0 6px 0 0", align_items="center"))
             box.add_class("tumorlib-panel")
             panels.append(box)
         self.readout = widgets.HTML()
@@ -209,40 +229,30 @@ class ThreePlaneViewer:
 
     # ------------------------------------------------------------------------------------------- geometry
 
-    def _setup_geometry(self, size: int) -> None:
-        D, H, W = self.shape
-        sz, sy, sx = self.spacing
-        base = min(self.spacing)
-        dims = {"axial": ((H, sy), (W, sx)), "coronal": ((D, sz), (W, sx)), "sagittal": ((D, sz), (H, sy))}
-        self._index: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
-        self._display_shape: dict[str, tuple[int, int]] = {}
-        for plane, ((nr, sr), (nc, sc)) in dims.items():
-            out_r = max(1, int(round(nr * sr / base)))
-            out_c = max(1, int(round(nc * sc / base)))
-            self._index[plane] = (None if out_r == nr else nearest_index(nr, out_r),
-                                  None if out_c == nc else nearest_index(nc, out_c))
-            self._display_shape[plane] = (out_r, out_c)
-        largest = max(max(s) for s in self._display_shape.values())
-        self._zoom = float(size) / largest
+    def voxel_at(self, plane: str, row: int, col: int) -> tuple[int, int, int]:
+        """The voxel ``(z, y, x)`` under a pixel of a displayed panel (``rendered[plane][row, col]``).
 
-    def _display_line(self, plane: str, axis: int, i: int) -> int:
-        """Row (axis 0) or column (axis 1) in the displayed panel of source pixel ``i``."""
-        idx = self._index[plane][axis]
-        if idx is None:
-            return i
-        hits = np.nonzero(idx == i)[0]
-        return int(hits[len(hits) // 2]) if hits.size else int(np.searchsorted(idx, i))
+        Args:
+            plane: the panel.
+            row, col: pixel in the panel as displayed (after the aspect resampling).
 
-    def _crosshair(self, plane: str) -> tuple[int, int]:
-        z, y, x = self.position
-        D = self.shape[0]
-        if plane == "axial":
-            row, col = y, x
-        elif plane == "coronal":
-            row, col = D - 1 - z, x
-        else:
-            row, col = D - 1 - z, y
-        return self._display_line(plane, 0, row), self._display_line(plane, 1, col)
+        Returns:
+            ``(z, y, x)`` array indices; the plane's own axis is its slider's value.
+
+        Raises:
+            IndexError: a pixel outside the panel.
+        """
+        return self.panels.voxel(plane, self.sliders[plane].value, row, col)
+
+    def click(self, plane: str, row: int, col: int) -> tuple[int, int, int]:
+        """Move the crosshair to the voxel under a pixel of a panel, as a click there does (one redraw).
+
+        Returns:
+            the new position ``(z, y, x)``.
+        """
+        voxel = self.voxel_at(plane, row, col)
+        self.set_position(*voxel)
+        return voxel
 
     # ------------------------------------------------------------------------------------------- state
 
@@ -262,20 +272,23 @@ class ThreePlaneViewer:
 
     @property
     def position(self) -> tuple[int, int, int]:
-        """Current ``(z, y, x)``: the axial, coronal and sagittal slider values."""
-        return (self.sliders["axial"].value, self.sliders["coronal"].value, self.sliders["sagittal"].value)
+        """Current ``(z, y, x)`` array indices, each the value of the slider whose plane cuts that axis."""
+        out = [0, 0, 0]
+        for plane, slider in self.sliders.items():
+            out[self.transform.axis(plane)] = slider.value
+        return out[0], out[1], out[2]
 
     def set_position(self, z: int, y: int, x: int) -> None:
         """Move all three sliders at once and redraw once.
 
         Args:
-            z: axial slice, y: coronal slice, x: sagittal slice (clipped to the volume by the sliders).
+            z, y, x: the voxel's array indices (clipped to the volume by the sliders).
         """
+        voxel = (int(z), int(y), int(x))
         self._hold = True
         try:
-            self.sliders["axial"].value = int(z)
-            self.sliders["coronal"].value = int(y)
-            self.sliders["sagittal"].value = int(x)
+            for plane, slider in self.sliders.items():
+                slider.value = voxel[self.transform.axis(plane)]
         finally:
             self._hold = False
         self.redraw()
@@ -311,27 +324,22 @@ class ThreePlaneViewer:
         Returns:
             ``(h, w, 3)`` uint8 RGB at display resolution (square pixels of the smallest spacing).
         """
-        axis = dict(PLANES)[plane]
-        index = self.position[axis]
+        index = self.sliders[plane].value
+        cut = self.transform.plane
         overlay = self.overlay_dropdown.value
         opacity = float(self.opacity_slider.value)
         key = (index, self.modality, overlay, opacity)
         cached = self._base.get(plane)
         if cached is None or cached[0] != key:
-            gray = plane_slice(self.gray_volume(self.modality), plane, index)
-            gt = None if self.gt is None else plane_slice(self.gt, plane, index)
-            pred = None if self.pred is None else plane_slice(self.pred, plane, index)
-            heat = None if self.uncertainty is None else plane_slice(self.uncertainty, plane, index)
+            gray = cut(self.gray_volume(self.modality), plane, index)  # views: flips and transposes only
+            gt = None if self.gt is None else cut(self.gt, plane, index)
+            pred = None if self.pred is None else cut(self.pred, plane, index)
+            heat = None if self.uncertainty is None else cut(self.uncertainty, plane, index)
             rgb = render_plane(gray, gt, pred, overlay=overlay, opacity=opacity, heat=heat)
-            rows, cols = self._index[plane]
-            if rows is not None:
-                rgb = rgb[rows]
-            if cols is not None:
-                rgb = rgb[:, cols]
-            self._base[plane] = (key, np.ascontiguousarray(rgb))
+            self._base[plane] = (key, np.ascontiguousarray(self.panels.resample(plane, rgb)))
         out = self._base[plane][1].copy()
         if self.crosshair_checkbox.value:
-            row, col = self._crosshair(plane)
+            row, col = self.panels.pixel(plane, self.position)
             draw_crosshair(out, row, col, color=(255, 255, 255), alpha=0.45)
         return out
 
@@ -383,3 +391,4 @@ class ThreePlaneViewer:
     def __repr__(self) -> str:
         return (f"ThreePlaneViewer(shape={self.shape}, spacing={self.spacing}, position={self.position}, "
                 f"modality={self.modality_dropdown.value!r}, overlay={self.overlay_dropdown.value!r})")
+

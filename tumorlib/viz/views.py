@@ -1,7 +1,8 @@
 """Axial, coronal and sagittal panels through one point (notebooks 04, 05 and 06), as one static figure.
 
 The interactive counterpart is ``tumorlib.viz.viewer.ThreePlaneViewer``; both draw with
-``tumorlib.viz.render`` and the colours of ``tumorlib.viz.colors``.
+``tumorlib.viz.render`` and the colours of ``tumorlib.viz.colors``, and both orient the planes from the
+volume's ``affine`` when given (radiological display with direction labels, ``tumorlib.viz.orientation``).
 """
 
 from __future__ import annotations
@@ -14,16 +15,8 @@ from tumorlib.core.brats import MODALITIES
 from tumorlib.viz.colors import add_class_legend, check_image, to_label_map
 from tumorlib.viz.figures import modality_index
 from tumorlib.viz.notebook_figure import new_figure
-from tumorlib.viz.render import (
-    PLANES,
-    brain_mask,
-    center_of_mass,
-    intensity_window,
-    plane_aspect,
-    plane_slice,
-    render_plane,
-    to_uint8,
-)
+from tumorlib.viz.orientation import DISPLAY_PLANES, direction_labels, volume_transform
+from tumorlib.viz.render import brain_mask, center_of_mass, intensity_window, render_plane, to_uint8
 
 __all__ = ["plot_three_views"]
 
@@ -37,7 +30,7 @@ def _default_position(img: np.ndarray, gt: np.ndarray | None, pred: np.ndarray |
 
 
 def _checked_inputs(image: Any, gt: Any | None, pred: Any | None, position: Sequence[int] | None,
-                    spacing: Sequence[float], errors: bool) -> tuple[np.ndarray, Any, Any, tuple[int, ...]]:
+                    errors: bool) -> tuple[np.ndarray, Any, Any, tuple[int, ...]]:
     """The image, both label maps (or None) and the position, checked as ``plot_three_views`` documents."""
     img = check_image(image)
     shape = img.shape[1:]
@@ -51,8 +44,6 @@ def _checked_inputs(image: Any, gt: Any | None, pred: Any | None, position: Sequ
     pos = _default_position(img, gt_l, pred_l) if position is None else tuple(int(p) for p in position)
     if len(pos) != 3 or any(not 0 <= p < s for p, s in zip(pos, shape)):
         raise ValueError(f"position {tuple(pos)} outside the volume of shape {shape}")
-    if len(spacing) != 3 or any(float(s) <= 0 for s in spacing):
-        raise ValueError(f"spacing {tuple(spacing)} must be three positive numbers (D, H, W)")
     return img, gt_l, pred_l, pos
 
 
@@ -74,11 +65,12 @@ def plot_three_views(
     pred: Any | None = None,
     position: Sequence[int] | None = None,
     modality: str | int = "flair",
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    spacing: Sequence[float] | None = None,
     opacity: float = 0.5,
     errors: bool = False,
     crosshair: bool = True,
     title: str | None = None,
+    affine: Any | None = None,
 ) -> Any:
     """Axial, coronal and sagittal panels through one point, with ground truth and/or prediction overlays.
 
@@ -90,49 +82,53 @@ def plot_three_views(
         position: ``(z, y, x)`` voxel the three planes pass through; default: the centre of mass of the
             ground-truth tumour, else of the predicted tumour, else of the brain.
         modality: the grey image (name or channel index).
-        spacing: voxel size along (D, H, W), for the aspect ratio of each panel.
+        spacing: voxel size along (D, H, W), for the aspect ratio of each panel; None: the affine's voxel
+            sizes, or 1 mm without an affine.
         opacity: overlay opacity 0..1.
         errors: add a row of errors (false positive, false negative, wrong class); needs ``gt`` and ``pred``.
         crosshair: draw lines where the other two planes cut each panel.
         title: figure title; default names the modality and position.
+        affine: (4, 4) NIfTI affine of the volume's (H, W, D) array (``tumorlib.data.cache.cache_affine``):
+            each plane in radiological display with the direction of each edge written on it; None: the
+            planes as stored (axial ``volume[z]``, coronal and sagittal with the last slice on top), no labels.
 
     Returns:
         ``matplotlib.figure.Figure``: one row per overlay (ground truth, prediction, errors; a single
         image-only row when neither mask is given), columns axial, coronal, sagittal.
 
     Raises:
-        ValueError: for mismatched shapes, a position outside the volume, or ``errors`` without both masks.
+        ValueError: for mismatched shapes, a position outside the volume, ``errors`` without both masks,
+            bad spacing, or an affine with no display orientation.
     """
-    img, gt_l, pred_l, pos = _checked_inputs(image, gt, pred, position, spacing, errors)
+    img, gt_l, pred_l, pos = _checked_inputs(image, gt, pred, position, errors)
+    transform = volume_transform(affine, img.shape[1:], spacing)
     m = modality_index(modality)
     gray_vol = to_uint8(img[m], intensity_window(img[m]), brain_mask(img))
     rows = _rows(gt_l, pred_l, errors, MODALITIES[m])
-    z, y, x = pos
-    D, H, W = img.shape[1:]
-    sz, sy, sx = (float(s) for s in spacing)
-    # panel (row, col) of each crosshair: the lines mark the other two planes in display orientation
-    cuts = {
-        "axial": (z, (y, x)),
-        "coronal": (y, (D - 1 - z, x)),
-        "sagittal": (x, (D - 1 - z, y)),
-    }
-    widths = [W * sx, W * sx, H * sy]
-    heights = [max(H * sy, D * sz)] * len(rows)
+    sp, shape = transform.spacing, transform.shape
+    extents = {p: tuple(shape[a] * sp[a] for a in transform.plane_axes(p)) for p in DISPLAY_PLANES}
+    widths = [extents[p][1] for p in DISPLAY_PLANES]
+    heights = [max(extents[p][0] for p in DISPLAY_PLANES)] * len(rows)
     fig = new_figure((3.6 * sum(widths) / max(widths), 3.6 * len(rows) * 1.05 + 0.6))
     axes = fig.subplots(len(rows), 3, squeeze=False, gridspec_kw={"width_ratios": widths, "height_ratios": heights})
     for r, (row_name, overlay) in enumerate(rows):
-        for c, (plane, _) in enumerate(PLANES):
-            index, cross = cuts[plane]
-            gray = plane_slice(gray_vol, plane, index)
-            g = None if gt_l is None else plane_slice(gt_l, plane, index)
-            p = None if pred_l is None else plane_slice(pred_l, plane, index)
-            rgb = render_plane(gray, g, p, overlay=overlay, opacity=opacity, crosshair=cross if crosshair else None)
+        for c, plane in enumerate(DISPLAY_PLANES):
+            axis = transform.axis(plane)
+            index = pos[axis]
+            # the crosshair marks the other two planes, where the position lies in this one
+            cross = transform.point(plane, pos) if crosshair else None
+            gray = transform.plane(gray_vol, plane, index)
+            g = None if gt_l is None else transform.plane(gt_l, plane, index)
+            p = None if pred_l is None else transform.plane(pred_l, plane, index)
+            rgb = render_plane(gray, g, p, overlay=overlay, opacity=opacity, crosshair=cross)
             ax = axes[r, c]
-            ax.imshow(rgb, aspect=plane_aspect(plane, spacing), interpolation="nearest")
+            ax.imshow(rgb, aspect=transform.aspect(plane), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
+            if affine is not None:
+                direction_labels(ax, transform, plane)
             if r == 0:
-                ax.set_title(f"{plane} ({'zyx'[c]}={index})")
+                ax.set_title(f"{plane} ({'zyx'[axis]}={index})")
             if c == 0:
                 ax.set_ylabel(row_name)
     fig.suptitle(title if title is not None else f"{MODALITIES[m]} at (z, y, x) = {pos}")

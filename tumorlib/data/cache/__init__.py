@@ -15,14 +15,16 @@ and std, per-class voxel counts and a sample of tumour-voxel coordinates for tum
 One module per job: ``normalise`` (brain mask, the volume scan, z-score), ``preprocess`` (resampling,
 crop, the index entry), ``layout`` (file names, index JSON, build settings), ``store`` (the index, its
 checks, reading back), ``build`` (the streamed, parallel, resumable build), ``readers`` (reopening the
-source a cache was built from), ``fingerprints`` (Kaggle fingerprints) and ``nifti`` (NIfTI fingerprints
-and the NIfTI build; imported on its own, as it needs nibabel). The one get-or-build of a run's cache is
+source a cache was built from), ``fingerprints`` (Kaggle fingerprints), ``geometry`` (a cached volume's
+affine, for the display) and ``nifti`` (NIfTI fingerprints and the NIfTI build; imported on its own, as
+it needs nibabel). The one get-or-build of a run's cache is
 ``tumorlib.data.resolve.resolve_cache``.
 """
 
 from __future__ import annotations
 
 from .fingerprints import kaggle_fingerprint
+from .geometry import cache_affine
 from .build import Fingerprint, Reader, build_cache, build_cache_from_reader
 from .normalise import brain_mask, normalize_volume
 from .preprocess import CACHE_VERSION, TUMOR_SAMPLE, prepare_volume, source_to_cache, uncrop
@@ -51,6 +53,7 @@ __all__ = [
     "brain_mask",
     "build_cache",
     "build_cache_from_reader",
+    "cache_affine",
     "check_cache_order",
     "cache_summary",
     "cached_volume_ids",
