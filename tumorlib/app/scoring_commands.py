@@ -133,16 +133,21 @@ def _add_predict(sub: Any) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
-def _add_tune_postprocessing(sub: Any) -> None:
-    """Register ``tumorlib tune-postprocessing``."""
-    p = sub.add_parser("tune-postprocessing",
-                       help="pick et_min_voxels on the run's validation split; evaluate and predict apply it")
-    p.add_argument("--run", required=True, help="run folder; the choice goes to RUN/postprocessing.json")
+def _add_run_inputs(p: argparse.ArgumentParser) -> None:
+    """The options a command that predicts cached volumes of a run shares: data, cache, device, precision, quiet."""
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
     p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
     p.add_argument("--quiet", action="store_true")
+
+
+def _add_tune_postprocessing(sub: Any) -> None:
+    """Register ``tumorlib tune-postprocessing``."""
+    p = sub.add_parser("tune-postprocessing",
+                       help="pick et_min_voxels on the run's validation split; evaluate and predict apply it")
+    p.add_argument("--run", required=True, help="run folder; the choice goes to RUN/postprocessing.json")
+    _add_run_inputs(p)
     p.set_defaults(func=_cmd_tune_postprocessing)
 
 
@@ -153,11 +158,7 @@ def _add_report(sub: Any) -> None:
     p.add_argument("--volume", type=int, nargs="+", required=True, metavar="ID", help="cached volume id(s)")
     p.add_argument("--out", default=None, help="the PNG of one volume (default RUN/reports/volume_<id>.png)")
     p.add_argument("--csv", default=None, help="QC CSV, one row per volume (default qc.csv beside the PNG)")
-    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
-    p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
-    p.add_argument("--quiet", action="store_true")
+    _add_run_inputs(p)
     p.set_defaults(func=_cmd_report)
 
 

@@ -55,6 +55,16 @@ def _to_nifti(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(array, (1, 2, 0)))
 
 
+def _copy_geometry(img: nib.Nifti1Image, header: nib.Nifti1Header | None) -> nib.Nifti1Image:
+    """Give ``img`` the qform and sform of ``header`` with their codes (None: leave it as it is)."""
+    if header is not None:
+        qform, qcode = header.get_qform(coded=True)
+        sform, scode = header.get_sform(coded=True)
+        img.set_qform(qform, code=int(qcode))
+        img.set_sform(sform, code=int(scode))
+    return img
+
+
 def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
                             affine: np.ndarray | None = None, header: nib.Nifti1Header | None = None) -> Path:
     """Write a BraTS label volume as NIfTI.
@@ -88,12 +98,7 @@ def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
     img = nib.Nifti1Image(_to_nifti(labels.astype(np.uint8)), affine)
     img.set_data_dtype(np.uint8)
     img.header.set_xyzt_units("mm")
-    if header is not None:
-        qform, qcode = header.get_qform(coded=True)
-        sform, scode = header.get_sform(coded=True)
-        img.set_qform(qform, code=int(qcode))
-        img.set_sform(sform, code=int(scode))
-    nib.save(img, str(path))
+    nib.save(_copy_geometry(img, header), str(path))
     return path
 
 
@@ -134,12 +139,7 @@ def save_probabilities_nifti(prob: np.ndarray, path: str | os.PathLike,
         if len(description.encode()) > 80:
             raise ValueError(f"a NIfTI description holds 80 bytes, got {description!r}")
         img.header["descrip"] = description.encode()
-    if header is not None:
-        qform, qcode = header.get_qform(coded=True)
-        sform, scode = header.get_sform(coded=True)
-        img.set_qform(qform, code=int(qcode))
-        img.set_sform(sform, code=int(scode))
-    nib.save(img, str(path))
+    nib.save(_copy_geometry(img, header), str(path))
     return path
 
 
@@ -197,10 +197,7 @@ def save_map_nifti(volume: np.ndarray, path: str | os.PathLike,
     img = nib.Nifti1Image(_to_nifti(volume.astype(np.float32)), affine)
     img.set_data_dtype(np.float32)
     img.header.set_xyzt_units("mm")
-    if header is not None:
-        img.set_qform(*header.get_qform(coded=True))
-        img.set_sform(*header.get_sform(coded=True))
-    nib.save(img, str(path))
+    nib.save(_copy_geometry(img, header), str(path))
     return path
 
 
@@ -237,10 +234,7 @@ def save_nifti_case(case_dir: str | os.PathLike, image: np.ndarray, mask: np.nda
     case.mkdir(parents=True, exist_ok=True)
     for c, modality in enumerate(CANONICAL_ORDER):
         img = nib.Nifti1Image(_to_nifti(np.asarray(image[c], np.float32)), affine)
-        if header is not None:
-            img.set_qform(*header.get_qform(coded=True))
-            img.set_sform(*header.get_sform(coded=True))
-        nib.save(img, str(case / f"{prefix}_{modality}.nii.gz"))
+        nib.save(_copy_geometry(img, header), str(case / f"{prefix}_{modality}.nii.gz"))
     if mask is not None:
         labels = channels_to_labels(mask)
         save_segmentation_nifti(labels, case / f"{prefix}_seg.nii.gz", affine, header=header)
