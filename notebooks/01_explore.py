@@ -127,9 +127,13 @@ fig
 # %% [markdown]
 # ## One slice, four modalities, three masks
 # The axial slice with the most tumour, each modality with its own intensity window, the three
-# class masks and their overlay on FLAIR.
+# class masks and their overlay on FLAIR, in radiological display from the Kaggle pack's geometry
+# (BraTS2020: the slices' rows run to the patient's left, their columns to the back): anterior at the
+# top, the patient's left on the image's right.
 
 # %%
-fig = viz.plot_sample_slice(image, mask, title=f"volume {sample_id}")
+from tumorlib.viz.orientation import kaggle_affine
+
+fig = viz.plot_sample_slice(image, mask, title=f"volume {sample_id}", affine=kaggle_affine())
 fig.savefig(ws.fig_dir / "sample_slice.png", bbox_inches="tight")
 fig

@@ -172,7 +172,9 @@ fig
 
 # %% tags=["nbval-ignore-output"]
 patches = evaluate.patch_predictions(model, run_config, cache_dir, test_ids[:4])
+cache_index = data.load_cache_index(cache_dir)  # the volumes' geometry: radiological display
 fig = viz.plot_predictions(patches["images"], patches["gts"], patches["preds"], titles=patches["titles"],
+                           affine=data.cache_affine(cache_index, test_ids[0]),
                            title="Test patches: ground truth vs prediction")
 fig.savefig(ws.fig_dir / "05_patch_predictions.png", dpi=100)
 fig
@@ -196,6 +198,7 @@ print(f"full-volume inference on {DEVICE}: {seconds:.2f} s ({torch.get_num_threa
 
 # %% tags=["nbval-ignore-output"]
 fig = viz.plot_three_views(image, gt=gt, pred=pred, errors=True,
+                           affine=data.cache_affine(data.load_cache_index(cache_dir), volume_id),
                            title=f"volume {volume_id}: FLAIR, ground truth, prediction and errors")
 fig.savefig(ws.fig_dir / "05_full_volume.png", dpi=100)
 fig

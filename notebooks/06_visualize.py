@@ -32,12 +32,17 @@
 #
 # The same class colours are used in every tumorlib figure: necrosis vermillion, edema green,
 # enhancing yellow (the Okabe–Ito palette, readable with common colour-vision deficiencies).
+#
+# Every plane is shown in **radiological display**, worked out from the volume's geometry (the BraTS2020
+# header for Kaggle HDF5 data, the case's own header for NIfTI): axial slices with anterior at the top and
+# the patient's left on the image's *right* (as if looking up from the feet), coronal and sagittal slices
+# with superior at the top. The letters at the panel edges name the directions (R/L, A/P, S/I).
 
 # %%
 import matplotlib
 
 import tumorlib
-from tumorlib import viz
+from tumorlib import data, viz
 from tumorlib.app.notebook import notebook_setup, volume_scores
 from tumorlib.benchmarks.viewer import benchmark_viewer
 from tumorlib.core.device import resolve_device
@@ -80,6 +85,7 @@ print(f"test volumes: {test_ids}; showing volume {volume_id}")
 
 # %% tags=["nbval-ignore-output"]
 image, gt, prob, pred = predictor.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE)
+affine = data.cache_affine(data.load_cache_index(cache_dir), volume_id)  # its geometry: which way is left
 print(f"image {image.shape} {image.dtype}, ground truth {gt.shape} {gt.dtype}")
 volume_scores(pred, gt)
 
@@ -90,7 +96,7 @@ volume_scores(pred, gt)
 # tumour; cyan: tumour missed; white: tumour found but given the wrong class).
 
 # %%
-fig = viz.plot_three_views(image, gt=gt, pred=pred, modality=MODALITY, errors=True,
+fig = viz.plot_three_views(image, gt=gt, pred=pred, modality=MODALITY, errors=True, affine=affine,
                            title=f"volume {volume_id}: {MODALITY}, ground truth, prediction and errors")
 fig.savefig(ws.fig_dir / "3views_segmentation.png", dpi=100)
 fig
@@ -105,7 +111,7 @@ fig
 # JupyterLab extension beyond ipywidgets is needed.
 
 # %% tags=["nbval-ignore-output"]
-viewer = viz.ThreePlaneViewer(image, gt=gt, pred=pred, modality=MODALITY, overlay="prediction",
+viewer = viz.ThreePlaneViewer(image, gt=gt, pred=pred, modality=MODALITY, overlay="prediction", affine=affine,
                               title=f"volume {volume_id}: prediction")
 viewer
 
@@ -116,7 +122,7 @@ viewer
 # boundary a few voxels off, common and cheap) or form whole blobs (a missed or invented lesion).
 
 # %% tags=["nbval-ignore-output"]
-error_viewer = viz.ThreePlaneViewer(image, gt=gt, pred=pred, modality=MODALITY, overlay="errors",
+error_viewer = viz.ThreePlaneViewer(image, gt=gt, pred=pred, modality=MODALITY, overlay="errors", affine=affine,
                                     opacity=0.8, title=f"volume {volume_id}: errors against the ground truth")
 error_viewer
 
@@ -134,7 +140,7 @@ from tumorlib.inference.uncertainty import flip_members, uncertainty_maps, volum
 maps = uncertainty_maps(flip_members(volume_predictor(model, run_config, DEVICE), image),
                         targets=run_config.targets)  # the four-way distribution of classes or regions
 uncertainty_viewer = viz.ThreePlaneViewer(image, gt=gt, pred=pred, modality=MODALITY, overlay="uncertainty",
-                                          opacity=0.8, uncertainty=maps["entropy"],
+                                          opacity=0.8, uncertainty=maps["entropy"], affine=affine,
                                           title=f"volume {volume_id}: uncertainty (entropy of the flip members)")
 uncertainty_viewer
 
