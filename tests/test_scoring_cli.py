@@ -212,3 +212,43 @@ def test_cli_predict_and_evaluate_average_several_runs(tiny_data, tiny_cache, tm
     assert main(["evaluate", "--run", str(a), "--run", str(other), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"run {other}: patch_size" in err
+
+
+def test_evaluate_pred_skips_the_maps_predict_writes_beside_a_label_file(tmp_path):
+    pred, ref = _label_folders(tmp_path)
+    for suffix in ("_probabilities", "_entropy", "_variance"):  # predict --save-probabilities / --uncertainty
+        _labels_file(pred / f"a{suffix}.nii.gz", np.zeros((20, 20, 20), np.uint8))
+    frame = score_label_files(pred, ref)
+    assert sorted(frame["case"]) == ["a", "b"]
+
+
+def test_evaluate_pred_never_writes_over_a_run_file(tmp_path, capsys):
+    pred, ref = _label_folders(tmp_path)
+    run = _constant_run(tmp_path / "run", [0.0, 0.0, 0.0])
+    history = run / "history.csv"
+    history.write_text("epoch,lr\n1,0.001\n")
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(history), "--quiet"]) == 2
+    assert history.read_text() == "epoch,lr\n1,0.001\n"
+    assert "history.csv" in capsys.readouterr().err
+
+
+def test_an_ensemble_of_runs_with_other_test_splits_is_refused(tmp_path):
+    from tumorlib.inference.predictor import load_runs
+
+    a = _constant_run(tmp_path / "a", [0.0, 0.0, 0.0])
+    b = _constant_run(tmp_path / "b", [0.0, 0.0, 0.0])
+    config = json.loads((b / "config.json").read_text())
+    config["split_seed"] = int(config["split_seed"]) + 1
+    (b / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"run {b}: split_seed"):
+        load_runs([a, b])
+
+
+def test_report_never_writes_over_a_run_file(tmp_path, capsys):
+    run = _constant_run(tmp_path / "run", [0.0, 0.0, 0.0])
+    history = run / "history.csv"
+    history.write_text("epoch,lr\n1,0.001\n")
+    assert main(["report", "--run", str(run), "--volume", "1", "--csv", str(history), "--quiet"]) == 2
+    assert history.read_text() == "epoch,lr\n1,0.001\n"
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--csv" in err and "history.csv" in err

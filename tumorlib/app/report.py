@@ -103,7 +103,11 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
     from tumorlib.data.resolve import resolve_cache
     from tumorlib.viz.report import plot_case_report
 
+    from tumorlib.core.outputs import check_output_file
+
     pngs, csv_path = report_paths(run_dir, volume_ids, out, csv)
+    for path, option in [*((p, "--out") for p in pngs), (csv_path, "--csv")]:
+        check_output_file(path, option=option)  # never a run's own files (history.csv, training_curves.png)
     dev = resolve_device(device)
     model, config = load_run(run_dir, dev)
     cache = Path(resolve_cache(config, data_dir, cache_dir, progress=progress))

@@ -72,6 +72,14 @@ def _reference(ref_dir: Path, case: str) -> Path:
     return found[0]
 
 
+def _is_sidecar(folder: Path, case: str) -> bool:
+    """``X_probabilities``, ``X_entropy``, ``X_variance`` beside a label file ``X`` (what ``predict`` writes)."""
+    from tumorlib.inference.predict import SIDECAR_SUFFIXES
+
+    return any(case.endswith(sfx) and any((folder / f"{case[: -len(sfx)]}{ext}").is_file() for ext in (".nii.gz", ".nii"))
+               for sfx in SIDECAR_SUFFIXES)
+
+
 def match_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
     """Pair each prediction file with its reference by file name.
 
@@ -94,6 +102,8 @@ def match_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -
         case = case_name(path)
         if case is None or not path.is_file():
             raise ValueError(f"{path}: not a NIfTI label file (expected *.nii.gz or *.nii)")
+        if _is_sidecar(pred_dir, case):
+            continue  # predict's probabilities or uncertainty map beside the label file X
         pairs.append((case, path, _reference(ref_dir, case)))
     if not pairs:
         raise ValueError(f"{pred_dir}: no prediction files (*.nii.gz) to score")
@@ -217,8 +227,11 @@ def evaluate_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike
             raise ValueError(f"--out {out_path} is inside the input folder {folder}; write the CSV elsewhere")
     pairs = match_label_files(pred, ref)
     inputs = [p for _, pred_path, ref_path in pairs for p in (pred_path, ref_path)]
+    from tumorlib.core.outputs import check_output_file
+
     for path in (out_path, summary_path(out_path)):
         check_not_input(path, inputs)
+        check_output_file(path)  # never another command's file (a run's history.csv, ...)
     rows = [{"case": case, **score_label_file_pair(p, r)} for case, p, r in pairs]
     frame = pd.DataFrame(rows, columns=list(LABEL_FILE_COLUMNS))
     summary = summarize(frame)

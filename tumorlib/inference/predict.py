@@ -21,6 +21,8 @@ __all__ = ["UNCERTAINTY_MAPS", "predict", "probabilities_description", "probabil
 
 #: The uncertainty maps ``predict(uncertainty=True)`` writes, in order (``uncertainty_maps`` keys).
 UNCERTAINTY_MAPS = ("entropy", "variance")
+#: What ``predict`` appends to a label file's name for the maps it writes beside it (``X_entropy.nii.gz``...).
+SIDECAR_SUFFIXES = ("_probabilities", *(f"_{name}" for name in UNCERTAINTY_MAPS))
 
 
 def probabilities_path(out: str | os.PathLike) -> Path:

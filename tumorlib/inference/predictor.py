@@ -97,7 +97,7 @@ class RunEnsemble(torch.nn.Module):
 
 #: Config fields the runs of an ensemble must share (the input they read and the outputs they give).
 ENSEMBLE_FIELDS = ("kaggle_channel_order", "in_channels", "num_classes", "targets", "patch_size", "cache_hw",
-                   "cache_margin")
+                   "cache_margin", "split_seed", "val_fraction", "test_fraction")  # the last three: the same test set
 
 
 def load_runs(run_dirs: str | os.PathLike | Sequence[str | os.PathLike],
@@ -165,9 +165,12 @@ def inference_engine(model: torch.nn.Module, config: Config, engine: str | Engin
         The ``Engine``; ``engine.name`` and ``engine.precision`` say what runs. For a ``RunEnsemble``, a tuple
         of engines, one per member (each converted beside its own checkpoint).
     """
-    if isinstance(engine, (Engine, tuple)):
-        return engine
     members = getattr(model, "members", None)
+    if isinstance(engine, (Engine, tuple)):
+        if members is not None and not (isinstance(engine, tuple) and len(engine) == len(members)):
+            raise ValueError(f"an ensemble of {len(members)} runs needs one engine per run (a tuple from "
+                             f"inference_engine), got {engine!r}")
+        return engine
     if members is not None:
         return tuple(inference_engine(m, config, engine, device, amp, precision, c)
                      for m, c in zip(members, model.checkpoints))
