@@ -205,8 +205,11 @@ def test_viewer_sliders_redraw_in_jupyterlab(chromium, lab, tmp_path):
                         f"{plane} panel not redrawn after its slider moved {value_before} -> {value_after}; "
                         f"console errors: {console[:5]}")
                     time.sleep(0.25)
-                readout_text = viewer.locator(".widget-html").last.text_content() or ""
-                assert str(value_after) in readout_text, f"position readout {readout_text!r} lacks {value_after}"
+                # the readout is its own widget message, which may arrive after the panel's image
+                deadline = time.monotonic() + 15
+                while str(value_after) not in (readout_text := viewer.locator(".widget-html").last.text_content() or ""):
+                    assert time.monotonic() < deadline, f"position readout {readout_text!r} lacks {value_after}"
+                    time.sleep(0.25)
 
             _move_through_uncertainty_overlay(page, console)
 
