@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 import torch
 
-from tumorlib.nn.checkpoint import atomic_torch_save
 from tumorlib.app.cli import main
 from tumorlib.core.config import get_config
 from tumorlib.data import load_volume
@@ -34,25 +33,7 @@ from tumorlib.inference.predictor import load_run
 from tumorlib.viz import plot_metric_boxes
 from tumorlib.core.brats import channels_to_regions as brats_regions
 from tumorlib.evaluation.metrics import hd95
-from tumorlib.nn.unet import model_from_config
-
-
-def _make_run(folder, bias=None, config=None, splits=None):
-    """A run folder: config.json, checkpoints/best_model.pth and optionally splits.json."""
-    config = config or get_config("ci")
-    torch.manual_seed(0)
-    model = model_from_config(config)
-    if bias is not None:
-        with torch.no_grad():
-            model.head.weight.zero_()
-            model.head.bias.copy_(torch.tensor(bias, dtype=torch.float32))
-    folder.mkdir(parents=True, exist_ok=True)
-    config.save(folder / "config.json")
-    atomic_torch_save({"model": model.state_dict(), "epoch": 1, "config": config.to_dict()},
-                      folder / "checkpoints" / "best_model.pth")
-    if splits is not None:
-        (folder / "splits.json").write_text(json.dumps(splits))
-    return folder
+from constant_runs import make_run as _make_run
 
 
 def test_evaluate_all_tumour_prediction(tiny_data, tiny_cache, tmp_path):

@@ -28,23 +28,7 @@ from tumorlib.core.regions import (
     loss_targets,
     output_keys,
 )
-from tumorlib.nn.checkpoint import atomic_torch_save
-from tumorlib.nn.unet import model_from_config
-
-
-def _make_run(folder, bias, **overrides):
-    """A run folder (config.json, checkpoints/best_model.pth) whose head gives the constant logits ``bias``."""
-    config = get_config("ci", **overrides)
-    torch.manual_seed(0)
-    model = model_from_config(config)
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.tensor(bias, dtype=torch.float32))
-    folder.mkdir(parents=True, exist_ok=True)
-    config.save(folder / "config.json")
-    atomic_torch_save({"model": model.state_dict(), "epoch": 1, "config": config.to_dict()},
-                      folder / "checkpoints" / "best_model.pth")
-    return folder
+from constant_runs import make_run as _make_run
 
 
 def _region_map():

@@ -1,0 +1,31 @@
+"""A run folder for tests: config.json, checkpoints/best_model.pth and optionally splits.json, with a model
+whose head can give constant logits (so its predictions are known)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tumorlib.core.config import get_config
+from tumorlib.nn.checkpoint import atomic_torch_save
+from tumorlib.nn.unet import model_from_config
+
+
+def make_run(folder, bias=None, config=None, splits=None, **overrides):
+    """The run folder ``folder``: ``config`` (default the ci preset with ``overrides``), seed-0 weights, and
+    with ``bias`` the head zeroed so every voxel gets the logits ``bias``; ``splits`` -> splits.json."""
+    config = config or get_config("ci", **overrides)
+    torch.manual_seed(0)
+    model = model_from_config(config)
+    if bias is not None:
+        with torch.no_grad():
+            model.head.weight.zero_()
+            model.head.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save(folder / "config.json")
+    atomic_torch_save({"model": model.state_dict(), "epoch": 1, "config": config.to_dict()},
+                      folder / "checkpoints" / "best_model.pth")
+    if splits is not None:
+        (folder / "splits.json").write_text(json.dumps(splits))
+    return folder
