@@ -65,6 +65,18 @@ def _copy_geometry(img: nib.Nifti1Image, header: nib.Nifti1Header | None) -> nib
     return img
 
 
+def _save_volume(volume: np.ndarray, dtype: type, path: str | os.PathLike, affine: np.ndarray,
+                 header: nib.Nifti1Header | None) -> Path:
+    """Write a (D, H, W) volume as ``dtype`` in NIfTI (H, W, D) order, units mm, ``header``'s geometry."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(_to_nifti(volume.astype(dtype)), affine)
+    img.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm")
+    nib.save(_copy_geometry(img, header), str(path))
+    return path
+
+
 def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
                             affine: np.ndarray | None = None, header: nib.Nifti1Header | None = None) -> Path:
     """Write a BraTS label volume as NIfTI.
@@ -93,13 +105,7 @@ def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(_to_nifti(labels.astype(np.uint8)), affine)
-    img.set_data_dtype(np.uint8)
-    img.header.set_xyzt_units("mm")
-    nib.save(_copy_geometry(img, header), str(path))
-    return path
+    return _save_volume(labels, np.uint8, path, affine, header)
 
 
 def save_probabilities_nifti(prob: np.ndarray, path: str | os.PathLike,
@@ -192,13 +198,7 @@ def save_map_nifti(volume: np.ndarray, path: str | os.PathLike,
     if volume.ndim != 3:
         raise ValueError(f"a map must be (D, H, W), got shape {volume.shape} for {path}")
     affine = header.get_best_affine() if header is not None else np.eye(4)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(_to_nifti(volume.astype(np.float32)), affine)
-    img.set_data_dtype(np.float32)
-    img.header.set_xyzt_units("mm")
-    nib.save(_copy_geometry(img, header), str(path))
-    return path
+    return _save_volume(volume, np.float32, path, affine, header)
 
 
 def save_nifti_case(case_dir: str | os.PathLike, image: np.ndarray, mask: np.ndarray | None = None,
