@@ -1,16 +1,21 @@
-"""The small-ET rule (nnU-Net), threshold scaling and tuning, on hand-computed cases."""
+"""Post-processing: the per-region component rule, the total-ET rule, run records and the tuner, on
+hand-computed cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import json
+
+from tumorlib.core.config import get_config
+from tumorlib.evaluation.tuning import LabelCase, choose_postprocessing, rule_scores
 from tumorlib.inference.postprocess import (
-    ET_GRID_AT_FULL_SIZE,
-    et_threshold_grid,
+    POSTPROCESSING_FILE,
+    PostProcessing,
     remove_small_et,
-    scaled_min_voxels,
-    tune_et_min_voxels,
+    run_postprocessing,
+    write_postprocessing,
 )
 
 
@@ -52,49 +57,121 @@ def test_bad_threshold():
         remove_small_et(_case(1), 2.5)
 
 
-def test_scaling_by_voxel_count():
-    assert scaled_min_voxels(200, (155, 240, 240)) == 200
-    assert scaled_min_voxels(200, (78, 120, 120)) == round(200 * 78 * 120 * 120 / (155 * 240 * 240))  # 25
-    assert scaled_min_voxels(0, (10, 10, 10)) == 0
-    with pytest.raises(ValueError, match="shape"):
-        scaled_min_voxels(10, (10, 10))
-    with pytest.raises(ValueError):
-        scaled_min_voxels(-1, (10, 10, 10))
+def _tumour(shape=(20, 20, 20)):
+    """An 8x8x8 tumour: an edema shell two voxels thick around a necrosis core with an enhancing face."""
+    lab = np.zeros(shape, np.uint8)
+    lab[1:9, 1:9, 1:9] = 2
+    lab[3:7, 3:7, 3:7] = 1
+    lab[3:7, 3:7, 3] = 4
+    return lab
 
 
-def test_grid():
-    assert et_threshold_grid() == ET_GRID_AT_FULL_SIZE == tuple(range(0, 751, 10))
-    small = et_threshold_grid((78, 120, 120))
-    assert small[0] == 0 and small[-1] == scaled_min_voxels(750, (78, 120, 120)) == 94
-    assert list(small) == sorted(set(small))
+def test_small_wt_component_becomes_background():
+    lab = _tumour()
+    lab[15:17, 15:17, 15:17] = 2  # an 8-voxel edema blob far away
+    rule = PostProcessing(min_mm3=(10, 0, 0))
+    done = rule.apply_with_removed(lab)
+    assert (done.labels[15:17, 15:17, 15:17] == 0).all()
+    assert (done.labels[:10, :10, :10] == lab[:10, :10, :10]).all()  # the tumour stays
+    assert done.components == {"wt": 1, "tc": 0, "et": 0} and done.removed["wt"].sum() == 8
+    assert (lab[15:17, 15:17, 15:17] == 2).all()  # the input is not changed
+    assert (PostProcessing(min_mm3=(8, 0, 0)).apply(lab) == lab).all()  # 8 mm3 is not below 8 mm3
 
 
-def test_tune_picks_the_best_mean_et_dice():
-    preds = [_case(20), _case(3), _case(12)]  # a right 20-voxel ET; a 3-voxel and a 12-voxel false ET
-    refs = [_case(20), _case(0), _case(0)]
-    best, table = tune_et_min_voxels(preds, refs, [0, 4, 9, 13, 25])
-    assert [row["et_min_voxels"] for row in table] == [0, 4, 9, 13, 25]
-    means = [row["mean_dice_et"] for row in table]
-    # 0: only case 1 right; 4 and 9: the 3-voxel ET removed; 13: both false ones; 25: the true one too
-    assert means == pytest.approx([1 / 3, 2 / 3, 2 / 3, 1.0, 2 / 3])
-    assert [row["cases_relabelled"] for row in table] == [0, 1, 1, 2, 3]
-    assert best == 13
+def test_sizes_are_mm3_from_the_voxel_size():
+    lab = _tumour()
+    lab[15:17, 15:17, 15:17] = 2  # 8 voxels: 8 mm3 at 1 mm, 64 mm3 at 2 mm
+    rule = PostProcessing(min_mm3=(20, 0, 0))
+    assert (rule.apply(lab, (1.0, 1.0, 1.0))[15:17, 15:17, 15:17] == 0).all()
+    assert (rule.apply(lab, (2.0, 2.0, 2.0))[15:17, 15:17, 15:17] == 2).all()
+    with pytest.raises(ValueError, match="spacing"):
+        rule.apply(lab, (1.0, 0.0, 1.0))
 
 
-def test_tune_ties_go_to_the_smallest_threshold():
-    preds, refs = [_case(8)], [_case(8)]
-    best, table = tune_et_min_voxels(preds, refs, [30, 0, 5])
-    assert best == 0 and [r["mean_dice_et"] for r in table] == [0.0, 1.0, 1.0]
-    best, _ = tune_et_min_voxels([_case(0)], [_case(0)], [10, 20, 0])
-    assert best == 0  # every threshold scores 1: the smallest wins
+def test_small_tc_becomes_edema_and_small_et_becomes_necrosis():
+    lab = _tumour()
+    lab[1, 8, 8] = 1  # a one-voxel necrosis piece in the edema shell: its own TC component
+    lab[5, 5, 6] = 4  # a one-voxel ET inside the necrosis: its own ET component
+    tc = PostProcessing(min_mm3=(0, 2, 0)).apply(lab)
+    assert tc[1, 8, 8] == 2 and tc[5, 5, 5] == 1 and tc[5, 5, 6] == 4
+    et = PostProcessing(min_mm3=(0, 0, 2)).apply(lab)
+    assert et[5, 5, 6] == 1 and (et[3:7, 3:7, 3] == 4).all()
+    assert ((et > 0) == (lab > 0)).all()  # ET and TC rules never change the whole tumour
 
 
-def test_tune_errors():
-    with pytest.raises(ValueError, match="no cases"):
-        tune_et_min_voxels([], [], [0])
-    with pytest.raises(ValueError, match="references"):
-        tune_et_min_voxels([_case(1)], [], [0])
-    with pytest.raises(ValueError, match="case 0"):
-        tune_et_min_voxels([_case(1)], [_case(1, shape=(9, 10, 10))], [0])
-    with pytest.raises(ValueError, match="grid"):
-        tune_et_min_voxels([_case(1)], [_case(1)], [])
+def test_keep_largest_and_26_connectivity():
+    lab = _tumour()
+    lab[15:19, 15:19, 15:19] = 2  # a second, smaller tumour (64 voxels against 512)
+    lab[9, 9, 9] = 2  # touches the first tumour's corner only: 26-connected to it
+    out = PostProcessing(keep_largest=(True, False, False)).apply(lab)
+    assert (out[15:19, 15:19, 15:19] == 0).all() and out[9, 9, 9] == 2
+    assert (PostProcessing().apply(lab) == lab).all() and not PostProcessing().active
+
+
+def test_total_et_rule_is_part_of_the_rule():
+    lab = _case(5)
+    rule = PostProcessing(et_min_voxels=6)
+    done = rule.apply_with_removed(lab)
+    assert (done.labels == remove_small_et(lab, 6)).all() and done.components["et"] == 1
+    assert "5" not in rule.describe() and "6 voxels" in rule.describe()
+
+
+def test_rule_json_round_trip_and_bad_values():
+    rule = PostProcessing(min_mm3=(200, 50.5, 0), keep_largest=(True, False, False), et_min_voxels=3)
+    assert PostProcessing.from_dict(json.loads(json.dumps(rule.to_dict()))) == rule
+    assert PostProcessing.from_dict({"et_min_voxels": 7}) == PostProcessing(et_min_voxels=7)
+    with pytest.raises(ValueError, match="min_mm3"):
+        PostProcessing.from_dict({"min_mm3": {"wt": 1, "tc": 2}})
+    with pytest.raises(ValueError, match="keep_largest.wt"):
+        PostProcessing.from_dict({"keep_largest": {"wt": 1, "tc": False, "et": False}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        PostProcessing.from_dict({"min_voxels": 3})
+    with pytest.raises(ValueError, match="min_mm3"):
+        PostProcessing(min_mm3=(-1, 0, 0))
+    with pytest.raises(ValueError, match="et_min_voxels"):
+        PostProcessing(et_min_voxels=2.5)
+
+
+def test_run_rule_from_the_record_the_old_record_or_the_config(tmp_path):
+    config = get_config("ci", et_min_voxels=4)
+    assert run_postprocessing(tmp_path, config) == PostProcessing(et_min_voxels=4)
+    (tmp_path / POSTPROCESSING_FILE).write_text('{"et_min_voxels": 30, "split": "val", "table": []}')
+    assert run_postprocessing(tmp_path, config) == PostProcessing(et_min_voxels=30)  # a record of before
+    rule = PostProcessing(min_mm3=(100, 0, 0))
+    write_postprocessing(tmp_path, {"rule": rule.to_dict()})
+    assert run_postprocessing(tmp_path, config) == rule
+    (tmp_path / POSTPROCESSING_FILE).write_text('{"rule": {"min_mm3": {"wt": -5, "tc": 0, "et": 0}}}')
+    with pytest.raises(ValueError, match=POSTPROCESSING_FILE):
+        run_postprocessing(tmp_path, config)
+    (tmp_path / POSTPROCESSING_FILE).write_text('[1, 2]')
+    with pytest.raises(ValueError, match="not a post-processing record"):
+        run_postprocessing(tmp_path, config)
+
+
+def test_tuner_removes_false_lesions_and_keeps_the_tumour():
+    ref = _tumour()
+    preds = []
+    for far in ((14, 14, 14), (15, 2, 15), (2, 15, 14)):
+        pred = _tumour()
+        pred[far[0]:far[0] + 2, far[1]:far[1] + 2, far[2]:far[2] + 2] = 2  # an 8-voxel false edema blob
+        preds.append(pred)
+    cases = [LabelCase(p, ref) for p in preds]
+    raw = rule_scores(PostProcessing(), cases)
+    assert raw["lesion_dice_wt"] == pytest.approx(0.5)  # one true lesion, one false positive each
+    rule, candidates = choose_postprocessing(cases, grid=(0, 5, 10, 50, 1000))
+    assert rule.min_mm3[0] == 10 and not rule.keep_largest[0]  # the first size that removes the blobs
+    assert rule_scores(rule, cases)["lesion_dice_wt"] == pytest.approx(1.0)
+    refused = [c for c in candidates if c["stage"] == "wt" and c["min_mm3"] == 1000]
+    assert refused and not any(c["admissible"] for c in refused)  # removes the tumour: legacy Dice falls
+    assert len(candidates) == 3 * 2 * 5 and {"stage", "min_mm3", "keep_largest", "mean_lesion_dice"} <= set(candidates[0])
+
+
+def test_tuner_stays_off_when_nothing_helps_and_refuses_no_cases():
+    cases = [LabelCase(_tumour(), _tumour())]
+    rule, _ = choose_postprocessing(cases, grid=(0, 10, 100))
+    assert rule == PostProcessing() and not rule.active
+    assert choose_postprocessing(cases, PostProcessing(et_min_voxels=3), grid=(0,))[0].et_min_voxels == 3
+    with pytest.raises(ValueError, match="no validation cases"):
+        choose_postprocessing([])
+    with pytest.raises(ValueError, match="3-D"):
+        LabelCase(np.zeros((2, 2)), np.zeros((2, 2)))

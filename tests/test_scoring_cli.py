@@ -22,7 +22,8 @@ from tumorlib.data.cache import load_cache_index, load_cached_volume
 from tumorlib.evaluation.evaluate import EVAL_COLUMNS, evaluate, summary_path
 from tumorlib.evaluation.label_files import LABEL_FILE_COLUMNS, score_label_files
 from tumorlib.evaluation.lesions import LESION_COLUMNS, lesion_scores
-from tumorlib.inference.postprocess import POSTPROCESSING_FILE, et_threshold_grid, write_postprocessing
+from tumorlib.evaluation.tuning import MIN_MM3_GRID
+from tumorlib.inference.postprocess import POSTPROCESSING_FILE, PostProcessing, write_postprocessing
 from tumorlib.inference.predict import predict
 from tumorlib.nn.checkpoint import atomic_torch_save
 from tumorlib.nn.unet import model_from_config
@@ -122,14 +123,15 @@ def test_cli_tune_postprocessing_writes_the_run_and_evaluate_predict_apply_it(ti
     assert main(["tune-postprocessing", *argv]) == 0
     out = capsys.readouterr().out
     record = json.loads((run / POSTPROCESSING_FILE).read_text())
-    shape = load_cache_index(tiny_cache)["volumes"]["1"]["source_shape"]
-    assert [row["et_min_voxels"] for row in record["table"]] == list(et_threshold_grid(shape))
-    assert record["et_min_voxels"] == 0  # the large ET is never relabelled: every threshold ties, the smallest wins
-    assert f"et_min_voxels {record['et_min_voxels']}" in out and "test ET Dice" in out
-    assert record["test_dice_et_with"] == pytest.approx(record["test_dice_et_without"])
+    assert len(record["candidates"]) == 3 * 2 * len(MIN_MM3_GRID) and record["split"] == "val"
+    assert {c["stage"] for c in record["candidates"]} == {"wt", "tc", "et"}
+    # one component per region filling the crop: no removal helps, and keeping it is the simplest choice
+    assert PostProcessing.from_dict(record["rule"]) == PostProcessing() and record["rule_text"] == "none"
+    assert "post-processing: none" in out and "test (" in out and "lesion-wise" in out
+    assert record["test_with"] == pytest.approx(record["test_without"])
     assert (run / "config.json").read_text() == config_before
     plain = evaluate(run, tiny_data, tiny_cache, split="all", out=tmp_path / "a.csv", device="cpu", progress=False)
-    write_postprocessing(run, {**record, "et_min_voxels": 10**9})  # every predicted ET is "small"
+    write_postprocessing(run, {**record, "rule": PostProcessing(et_min_voxels=10**9).to_dict()})  # every ET "small"
     relabelled = evaluate(run, tiny_data, tiny_cache, split="all", out=tmp_path / "b.csv", device="cpu",
                           progress=False)
     assert (plain["et_min_voxels"] == 0).all() and (relabelled["et_min_voxels"] == 10**9).all()
@@ -144,7 +146,7 @@ def test_cli_tune_postprocessing_writes_the_run_and_evaluate_predict_apply_it(ti
 
 def test_a_bad_postprocessing_record_is_named(tiny_data, tiny_cache, tmp_path, capsys):
     run = _constant_run(tmp_path / "run", [-10.0, -10.0, 10.0])
-    (run / POSTPROCESSING_FILE).write_text('{"et_min_voxels": -3}')
+    (run / POSTPROCESSING_FILE).write_text('{"et_min_voxels": -3}')  # a record of before the per-region rule
     assert main(["evaluate", "--run", str(run), "--data", str(tiny_data), "--cache", str(tiny_cache),
                  "--device", "cpu", "--quiet", "--out", str(tmp_path / "m.csv")]) == 2
     err = capsys.readouterr().err

@@ -25,10 +25,10 @@ from tumorlib.core.regions import decode_outputs
 from tumorlib.core.device import resolve_device
 from tumorlib.evaluation.evaluate import run_split
 from tumorlib.evaluation.qc import qc_row, region_volumes_ml, write_qc_csv
-from tumorlib.inference.postprocess import remove_small_et, run_et_min_voxels
+from tumorlib.inference.postprocess import run_postprocessing
 from tumorlib.inference.predictor import load_run, predict_volume
 from tumorlib.inference.uncertainty import model_members, uncertainty_maps
-from tumorlib.data.cache.geometry import cache_affine
+from tumorlib.data.cache.geometry import cache_affine, cache_spacing
 from tumorlib.viz.orientation import display_transform
 
 __all__ = ["case_report", "report_paths"]
@@ -99,7 +99,7 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
         ValueError: a volume not in the cache, ``out`` with several volumes; see ``load_run``.
         CacheError: a cache read in another channel order than the run's.
     """
-    from tumorlib.data.cache import CacheError, check_cache_order, load_cache_index, load_cached_volume, open_source
+    from tumorlib.data.cache import check_cache_order, load_cache_index, load_cached_volume
     from tumorlib.data.resolve import resolve_cache
     from tumorlib.viz.report import plot_case_report
 
@@ -116,27 +116,22 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
     missing = sorted(set(int(v) for v in volume_ids) - {int(k) for k in index["volumes"]})
     if missing:
         raise ValueError(f"volumes {missing} are not in the cache {cache}")
-    try:
-        source = open_source(index)
-    except CacheError:
-        source = None
 
     def spacing(vid: int) -> tuple[float, ...]:
-        base = source.spacing(vid) if source is not None else (1.0, 1.0, 1.0)
-        return tuple(s / z for s, z in zip(base, index["volumes"][str(vid)].get("zoom", [1.0] * 3)))
+        return cache_spacing(index, vid)
 
     train = _train_volumes(Path(run_dir), config, cache, index, spacing)
-    et_min = run_et_min_voxels(run_dir, config)  # what evaluate and predict apply
-    applied = f"ET below {et_min} voxels relabelled as necrosis" if et_min else "none"
+    rule = run_postprocessing(run_dir, config)  # what evaluate and predict apply
     rows = []
     for vid, png in zip((int(v) for v in volume_ids), pngs):
         image = load_cached_volume(cache, vid, index=index)[0]
         prob = predict_volume(model, image, config, dev, amp=amp)
-        labels = remove_small_et(decode_outputs(prob, config, config.threshold), et_min)
+        done = rule.apply_with_removed(decode_outputs(prob, config, config.threshold), spacing(vid))
+        labels = done.labels
         x = torch.from_numpy(np.asarray(image, dtype=np.float32))
         entropy = uncertainty_maps(model_members(model, config, x, dev, amp), targets=config)["entropy"]
         row = qc_row(labels, spacing(vid), uncertainty=entropy, train_volumes_ml=train, case=vid,
-                     et_postprocessing=applied)
+                     et_postprocessing=rule.describe(), components_removed=done.components)
         transform = display_transform(cache_affine(index, vid), labels.shape)
         png.parent.mkdir(parents=True, exist_ok=True)
         _save(plot_case_report(image, labels, entropy, row, transform, title=f"volume {vid}: {Path(run_dir).name}"),

@@ -145,7 +145,8 @@ def _add_run_inputs(p: argparse.ArgumentParser) -> None:
 def _add_tune_postprocessing(sub: Any) -> None:
     """Register ``tumorlib tune-postprocessing``."""
     p = sub.add_parser("tune-postprocessing",
-                       help="pick et_min_voxels on the run's validation split; evaluate and predict apply it")
+                       help="choose the per-region small-component rule on the run's validation split "
+                            "(mean lesion-wise Dice); predict, evaluate and report apply it")
     p.add_argument("--run", required=True, help="run folder; the choice goes to RUN/postprocessing.json")
     _add_run_inputs(p)
     p.set_defaults(func=_cmd_tune_postprocessing)

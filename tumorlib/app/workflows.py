@@ -102,6 +102,13 @@ class RunContext:
     run_dir: Path
     cache_dir: Path
 
+    @property
+    def postprocessing(self) -> Any:
+        """The run's post-processing rule (``RUN/postprocessing.json`` or the config), as ``predict`` applies it."""
+        from tumorlib.inference.postprocess import run_postprocessing
+
+        return run_postprocessing(self.run_dir, self.config)
+
     def split(self, name: str = "test") -> list[int]:
         """The volume ids of one split of the run (``train``, ``val``, ``test`` or ``all``)."""
         from tumorlib.data.cache import cached_volume_ids

@@ -28,7 +28,7 @@ from tumorlib.core.device import resolve_device
 from tumorlib.evaluation.confidence import UNCERTAINTY_COLUMNS
 from tumorlib.evaluation.lesions import LESION_COLUMNS
 from tumorlib.evaluation.metrics import METRIC_COLUMNS
-from tumorlib.evaluation.scoring import score_volumes
+from tumorlib.evaluation.scoring import RAW_COLUMNS, REMOVED_COLUMNS, score_volumes
 from tumorlib.inference.predictor import (engine_record, inference_engine, inference_precision, load_runs,
                                           make_predictor, run_checkpoint)
 
@@ -44,9 +44,12 @@ __all__ = [
     "summary_path",
 ]
 
-#: Columns of the per-volume metrics CSV: the legacy BraTS 2020 metrics, then the BraTS 2023 lesion-wise ones.
-#: ``et_min_voxels``: the small-ET rule applied (``tumorlib.inference.postprocess``; 0: off).
-EVAL_COLUMNS = ("volume", *METRIC_COLUMNS, *LESION_COLUMNS, "et_min_voxels", "seconds")
+#: Columns of the per-volume metrics CSV: the legacy BraTS 2020 metrics, then the BraTS 2023 lesion-wise ones,
+#: of the post-processed labels (the run's rule, ``tumorlib.inference.postprocess``); the same scores of the
+#: labels before it (``raw_<column>``); the components the rule removed per region; ``et_min_voxels``: the
+#: total-ET part of the rule (0: off).
+EVAL_COLUMNS = ("volume", *METRIC_COLUMNS, *LESION_COLUMNS, *RAW_COLUMNS, *REMOVED_COLUMNS, "et_min_voxels",
+                "seconds")
 #: Split names ``evaluate`` accepts.
 SPLITS = ("train", "val", "test", "all")
 
@@ -124,9 +127,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     with the sliding window (the config's ``patch_size``, ``sw_overlap``, ``sw_blend``,
     ``sw_batch_size``), passed through the sigmoid and decoded into labels by the run's rule
     (``tumorlib.core.regions.decode_outputs_to_channels`` with its ``targets``; for ``classes`` tumour where
-    the union probability passes ``config.threshold``, then the most probable class) and the run's small-ET rule is applied
-    (``run_et_min_voxels``: ``RUN/postprocessing.json`` or the config), so the scores are those of the
-    labels ``predict`` writes (``score_volumes``).
+    the union probability passes ``config.threshold``, then the most probable class), then post-processed by the
+    run's rule (``run_postprocessing``): the labels ``predict`` writes; ``raw_`` columns score them before it.
 
     Args:
         run_dir: the run folder.
@@ -159,7 +161,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     from tumorlib.data.cache import check_cache_order, load_cache_index
     from tumorlib.data.resolve import resolve_cache
     from tumorlib.core.outputs import check_output_file, reserve_space
-    from tumorlib.inference.postprocess import run_et_min_voxels
+    from tumorlib.inference.postprocess import run_postprocessing
 
     runs = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
     run_dir = runs[0]  # splits, post-processing and the default output: the first run's
@@ -175,21 +177,22 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     index = load_cache_index(cache)
     check_cache_order(cache, index, config.kaggle_channel_order)
     ids = _volumes_to_score(run_dir, config, cache, index, split, volume_ids)
-    et_min = run_et_min_voxels(run_dir, config)
+    rule = run_postprocessing(run_dir, config)
     runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
     rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
-                         progress=progress, desc=f"evaluate {split}", et_min_voxels=et_min, engine=runner,
+                         progress=progress, desc=f"evaluate {split}", postprocessing=rule, engine=runner,
                          uncertainty=uncertainty)
     columns = list(EVAL_COLUMNS) + (list(UNCERTAINTY_COLUMNS) if uncertainty else [])
-    frame = pd.DataFrame([{**r, "et_min_voxels": et_min} for r in rows], columns=columns)
+    frame = pd.DataFrame([{**r, "et_min_voxels": rule.et_min_voxels} for r in rows], columns=columns)
     summary = summarize(frame)
     record = {**engine_record(runner), "asked": engine, "device": str(dev), "tta": bool(tta), "split": split,
-              "volumes": len(frame), "runs": [str(r) for r in runs]}
+              "volumes": len(frame), "runs": [str(r) for r in runs], "postprocessing": rule.to_dict()}
     _write_results(out_path, frame, summary, record)
     if progress:
         from tumorlib.core.sources import display_path
 
-        print(f"{len(frame)} volumes ({split}{', TTA' if tta else ''}) -> {display_path(out_path)}")
+        print(f"{len(frame)} volumes ({split}{', TTA' if tta else ''}) -> {display_path(out_path)}; "
+              f"post-processing: {rule.describe()}")
         print(summary.round(4).to_string())
     return frame
 

@@ -63,6 +63,7 @@ QC_COLUMNS: tuple[str, ...] = (
     "mean_entropy_tumour",
     "uncertain_fraction",
     "et_postprocessing",
+    *(f"components_removed_{r}" for r in REGION_KEYS),
     *(f"flag_{f}" for f in FLAG_NAMES),
     "flags",
     *(f"volume_range_{r}" for r in REGION_KEYS),
@@ -189,7 +190,7 @@ def qc_row(labels: Any, spacing: Sequence[float], uncertainty: Any = None, train
            crop_box: Sequence[Sequence[int]] | None = None, case: Any = None,
            uncertain_threshold: float | None = None,
            max_uncertain_fraction: float = DEFAULT_MAX_UNCERTAIN_FRACTION, min_lesion_ml: float = 0.0,
-           et_postprocessing: str = "none") -> dict[str, Any]:
+           et_postprocessing: str = "none", components_removed: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The QC row of one predicted case (see the module text for every column).
 
     Args:
@@ -204,7 +205,9 @@ def qc_row(labels: Any, spacing: Sequence[float], uncertainty: Any = None, train
         uncertain_threshold: entropy above which a voxel is uncertain (default: the uncertainty module's).
         max_uncertain_fraction: ``flag_uncertain`` above this fraction.
         min_lesion_ml: components smaller than this do not count as lesions.
-        et_postprocessing: what was done to ET before this row (recorded as is, e.g. ``"none"``).
+        et_postprocessing: the post-processing rule applied before this row (recorded as is, e.g. ``"none"``;
+            ``PostProcessing.describe``).
+        components_removed: per region, the components that rule removed (None: 0 each).
 
     Returns:
         A dict with the keys of ``QC_COLUMNS``.
@@ -222,6 +225,7 @@ def qc_row(labels: Any, spacing: Sequence[float], uncertainty: Any = None, train
     row.update({f"lesions_{r}": count_lesions(regions[i], min_voxels) for i, r in enumerate(REGION_KEYS)})
     row.update(_uncertainty(uncertainty, lab, uncertain_threshold))
     row["et_postprocessing"] = et_postprocessing
+    row.update({f"components_removed_{r}": int((components_removed or {}).get(r, 0)) for r in REGION_KEYS})
     ranges = _train_ranges(train_volumes_ml)
     outlier = any(rng is not None and not rng[0] <= volumes[r] <= rng[1] for r, rng in ranges.items())
     flags = {

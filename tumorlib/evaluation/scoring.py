@@ -17,16 +17,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from tumorlib.core.brats import channels_to_labels
+from tumorlib.core.brats import REGION_KEYS, channels_to_labels
 from tumorlib.core.regions import decode_outputs_to_channels
 from tumorlib.core.config import Config
 from tumorlib.evaluation.confidence import confidence_scores
 from tumorlib.evaluation.lesions import LESION_COLUMNS, lesion_scores
-from tumorlib.evaluation.metrics import brats_scores
+from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
 from tumorlib.inference.engines import Engine
+from tumorlib.inference.postprocess import PostProcessing
 from tumorlib.inference.predictor import inference_engine, predict_volume
 
-__all__ = ["Predicted", "predicted_channels", "score_volumes", "volume_dice", "volume_scores"]
+__all__ = ["RAW_COLUMNS", "REMOVED_COLUMNS", "Predicted", "predicted_channels", "score_volumes", "volume_dice",
+           "volume_scores"]
 
 
 class Predicted(NamedTuple):
@@ -44,32 +46,56 @@ class Predicted(NamedTuple):
     prob: torch.Tensor
     #: (3, D, H, W) ground-truth class channels in the cache's frame
     mask: np.ndarray
+    #: (3, D, H, W) class channels of the decoded prediction before post-processing (``pred`` without a rule)
+    raw: np.ndarray
+    #: per region, the components the post-processing rule removed
+    components_removed: dict[str, int]
+
+
+#: The scores of the labels before post-processing, beside the post-processed ones: ``raw_<column>``.
+RAW_COLUMNS: tuple[str, ...] = tuple(f"raw_{c}" for c in (*METRIC_COLUMNS, *LESION_COLUMNS))
+#: Components the post-processing rule removed per region (``tumorlib.inference.postprocess``).
+REMOVED_COLUMNS: tuple[str, ...] = tuple(f"components_removed_{r}" for r in REGION_KEYS)
 
 
 def volume_scores(pred: Any, target: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                  lesions: bool = True) -> dict[str, float]:
+                  lesions: bool = True, raw: Any = None,
+                  components_removed: dict[str, int] | None = None) -> dict[str, float]:
     """The scores of one volume: the legacy ``METRIC_COLUMNS`` and the lesion-wise ``LESION_COLUMNS``.
 
     Args:
         pred: (3, D, H, W) binary class channels (ncr, ed, et) of the prediction.
         target: (3, D, H, W) binary class channels of the ground truth.
         spacing: voxel size (mm) along the three axes.
-        lesions: also compute the BraTS 2023 lesion-wise Dice and HD95 (``tumorlib.evaluation.lesions``).
+        lesions: also compute the BraTS 2023 lesion-wise Dice and HD95 (``tumorlib.evaluation.lesions``),
+            and the ``RAW_COLUMNS`` and ``REMOVED_COLUMNS``.
+        raw: (3, D, H, W) class channels before post-processing; None: ``pred`` is unprocessed (the raw
+            columns repeat its scores).
+        components_removed: per region, the components the rule removed (None: 0 each).
 
     Returns:
-        ``{column: value}``; the lesion-wise columns only when ``lesions``.
+        ``{column: value}``; the lesion-wise, raw and removed columns only when ``lesions``.
     """
-    scores = brats_scores(pred, target, spacing)
+    def scores_of(channels: Any) -> dict[str, float]:
+        found = brats_scores(channels, target, spacing)
+        if lesions:
+            found_lesions = lesion_scores(channels_to_labels(channels), channels_to_labels(target), spacing)
+            found.update({name: found_lesions[name] for name in LESION_COLUMNS})
+        return found
+
+    scores = scores_of(pred)
     if lesions:
-        found = lesion_scores(channels_to_labels(pred), channels_to_labels(target), spacing)
-        scores.update({name: found[name] for name in LESION_COLUMNS})
+        raw_scores = scores if raw is None else scores_of(raw)
+        scores.update({f"raw_{name}": value for name, value in list(raw_scores.items())})
+        removed = components_removed or {}
+        scores.update({f"components_removed_{r}": int(removed.get(r, 0)) for r in REGION_KEYS})
     return scores
 
 
 def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike,
                   volume_ids: Sequence[int], device: torch.device, tta: bool = False, amp: bool = True,
                   index: dict[str, Any] | None = None, progress: bool = False,
-                  desc: str = "score", lesions: bool = True, et_min_voxels: int = 0,
+                  desc: str = "score", lesions: bool = True, postprocessing: PostProcessing | None = None,
                   engine: str | Engine = "torch", uncertainty: bool = False) -> list[dict[str, float]]:
     """Predict whole cached volumes and score the decoded labels: the one scoring path of ``evaluate``
     and of whole-volume model selection during training.
@@ -94,13 +120,15 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         progress: tqdm bar over the volumes.
         desc: the bar's label.
         lesions: add the lesion-wise ``LESION_COLUMNS`` (off for model selection, which reads the Dice only).
-        et_min_voxels: relabel a predicted ET of fewer voxels as necrosis after decoding (0: off).
+        postprocessing: the rule applied after decoding (``tumorlib.inference.postprocess``; None: none);
+            the ``RAW_COLUMNS`` score the labels before it.
         engine: ``"torch"``, ``"openvino"``, ``"auto"`` or an ``Engine`` (built once for all volumes).
         uncertainty: add ``tumorlib.evaluation.confidence.UNCERTAINTY_COLUMNS`` (8 more passes a volume,
             per run of an ensemble; in the cache's frame).
 
     Returns:
-        One dict per volume: ``volume``, the ``METRIC_COLUMNS``, the ``LESION_COLUMNS`` and ``seconds``
+        One dict per volume: ``volume``, the ``METRIC_COLUMNS``, the ``LESION_COLUMNS``, the ``RAW_COLUMNS``,
+        the ``REMOVED_COLUMNS`` (those three with ``lesions``) and ``seconds``
         (reading, sliding window, sigmoid and decoding, without the metrics), with ``uncertainty`` the
         uncertainty columns.
 
@@ -117,9 +145,11 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
     for vid in tqdm(list(volume_ids), desc=desc, unit="vol", disable=not progress):
         start = time.perf_counter()
         done = predicted_channels(model, config, cache_dir, vid, device, index, tta=tta, amp=amp,
-                                  et_min_voxels=et_min_voxels, engine=engine)
+                                  postprocessing=postprocessing, engine=engine)
         seconds = time.perf_counter() - start
-        rows.append({"volume": int(vid), **volume_scores(done.pred, done.target, done.spacing, lesions=lesions),
+        raw = done.raw if done.raw is not done.pred else None
+        rows.append({"volume": int(vid), **volume_scores(done.pred, done.target, done.spacing, lesions=lesions,
+                                                         raw=raw, components_removed=done.components_removed),
                      "seconds": seconds})
         if uncertainty:
             scored = (done.pred if done.pred.shape == done.mask.shape
@@ -131,7 +161,7 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
 
 def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_id: int,
                        device: torch.device, index: dict[str, Any], tta: bool = False, amp: bool = True,
-                       et_min_voxels: int = 0,
+                       postprocessing: PostProcessing | None = None,
                        engine: str | Engine = "torch") -> Predicted:
     """One cached volume predicted and decoded as ``evaluate`` scores it, with its ground truth.
 
@@ -139,19 +169,19 @@ def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | 
         model, config, cache_dir, device, tta, amp, engine: as for ``score_volumes``.
         volume_id: the volume.
         index: the cache index.
-        et_min_voxels: ``tumorlib.inference.postprocess.remove_small_et`` after decoding (0: off).
+        postprocessing: the rule applied after decoding, in the scoring frame at its voxel size (None: none).
 
     Returns:
-        ``Predicted(pred, target, spacing, image, prob, mask)``: the class channels of the prediction and of
-        the ground truth (the cache's frame, or the source's for a resampled cache), the voxel size, and the
-        cache-frame image, probabilities and ground truth.
+        ``Predicted(pred, target, spacing, image, prob, mask, raw, components_removed)``: the class channels
+        of the prediction and of the ground truth (the cache's frame, or the source's for a resampled cache),
+        the voxel size, the cache-frame image, probabilities and ground truth, and the prediction before
+        post-processing with the components the rule removed per region.
 
     Raises:
         CacheError: a resampled cache whose source cannot be reopened.
     """
     from tumorlib.core.brats import labels_to_channels
     from tumorlib.data.cache import CacheError, load_cached_volume, open_source, uncrop
-    from tumorlib.inference.postprocess import remove_small_et
 
     entry = index["volumes"][str(volume_id)]
     try:
@@ -168,11 +198,13 @@ def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | 
                                           config.threshold)
     else:
         pred = decode_outputs_to_channels(prob, config, config.threshold)
-    if et_min_voxels:
-        pred = labels_to_channels(remove_small_et(channels_to_labels(pred), et_min_voxels))
     spacing = tuple(source.spacing(volume_id)) if source is not None else (1.0, 1.0, 1.0)
+    raw, removed = pred, {}
+    if postprocessing is not None and postprocessing.active:
+        done = postprocessing.apply_with_removed(channels_to_labels(pred), spacing)
+        pred, removed = labels_to_channels(done.labels), done.components
     target = source.read(volume_id)[1] if resampled else np.asarray(mask)
-    return Predicted(pred, target, spacing, np.asarray(image), prob, np.asarray(mask))
+    return Predicted(pred, target, spacing, np.asarray(image), prob, np.asarray(mask), raw, removed)
 
 
 def volume_dice(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_ids: Sequence[int],

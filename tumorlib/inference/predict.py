@@ -12,7 +12,7 @@ import torch
 from tumorlib.core.brats import check_order
 from tumorlib.core.regions import decode_outputs, output_keys, targets_of
 from tumorlib.core.device import resolve_device
-from tumorlib.inference.postprocess import remove_small_et, run_et_min_voxels
+from tumorlib.inference.postprocess import run_postprocessing
 from tumorlib.inference.predictor import inference_engine, load_runs, predict_volume, run_checkpoint
 from tumorlib.core.folders import check_not_input
 from tumorlib.core.safety import atomic_path
@@ -147,9 +147,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     zoom to ``cache_hw``, crop to the brain plus ``cache_margin``, per-channel z-score), predicted by
     sliding window, mapped back to the full input size (``uncrop``, probabilities outside the crop
     are 0) and decoded by the run's rule (``tumorlib.core.regions.decode_outputs``, its ``targets``, at
-    ``config.threshold``), then the run's small-ET
-    rule is applied (``run_et_min_voxels``: ``RUN/postprocessing.json`` or the config's ``et_min_voxels``),
-    the labels ``evaluate`` scores. Kaggle HDF5 input is read with the run's ``kaggle_channel_order`` and
+    ``config.threshold``), then post-processed by the run's rule at the input's voxel size
+    (``run_postprocessing``), the labels ``evaluate`` scores. Kaggle HDF5 input is read with the run's ``kaggle_channel_order`` and
     written on the BraTS2020 grid with the BraTS2020 header (``brats2020_header``, as
     ``save_kaggle_segmentation``), so it overlays the official ``*_seg.nii.gz``; NIfTI input keeps its own
     header (``nifti_header``).
@@ -186,7 +185,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         OutputIsInputError: ``out`` is one of the input files (a modality, the case's ``_seg``, a slice).
     """
     from tumorlib.data.cache import prepare_volume, uncrop
-    from tumorlib.io.nifti import nifti_header
+    from tumorlib.io.nifti import nifti_header, nifti_spacing
     from tumorlib.io.nifti_write import brats2020_header
 
     out = Path(out)
@@ -210,8 +209,9 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
     prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress, engine=runner)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
-    labels = remove_small_et(decode_outputs(full, config, config.threshold), run_et_min_voxels(run_dir, config))
     header = nifti_header(nifti_case) if nifti_case is not None else brats2020_header()
+    labels = run_postprocessing(run_dir, config).apply(decode_outputs(full, config, config.threshold),
+                                                       nifti_spacing(header.get_best_affine()))
     _write_outputs(out, labels, full if save_probabilities else None, header, probabilities_description(config))
     if uncertainty:
         _write_uncertainty(uncertainty_paths(out), header, model, config, image_c, entry, dev, amp, runner)

@@ -19,6 +19,7 @@ import torch
 from tumorlib.core.config import Config, load_config
 from tumorlib.core.device import resolve_device
 from tumorlib.inference.engines import Engine, make_engine
+from tumorlib.inference.postprocess import PostProcessing
 from tumorlib.inference.sliding_window import sliding_window_inference
 
 __all__ = ["ENSEMBLE_FIELDS", "RunEnsemble", "engine_record", "inference_engine", "inference_precision", "load_run",
@@ -233,7 +234,9 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, con
 
 def predict_cached_volume(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_id: int,
                           device: str | torch.device | None = "cpu", tta: bool = False,
-                          engine: str | Engine = "torch") -> tuple[np.ndarray, np.ndarray, torch.Tensor, np.ndarray]:
+                          engine: str | Engine = "torch",
+                          postprocessing: PostProcessing | None = None,
+                          ) -> tuple[np.ndarray, np.ndarray, torch.Tensor, np.ndarray]:
     """One cached volume, its ground truth and the model's prediction.
 
     Args:
@@ -244,19 +247,27 @@ def predict_cached_volume(model: torch.nn.Module, config: Config, cache_dir: str
         device: where the windows run.
         tta: average over the 8 flips.
         engine: ``"torch"``, ``"openvino"``, ``"auto"`` or an ``Engine`` (see ``predict_volume``).
+        postprocessing: the run's rule (``run_postprocessing``), applied at the cached volume's voxel size;
+            None: the decoded labels as they are.
 
     Returns:
         ``(image, gt, prob, pred)``: image (4, D, H, W) float32, gt (3, D, H, W) uint8, prob (3, D, H, W)
         float32 tensor of sigmoid probabilities, pred (3, D, H, W) uint8 disjoint class channels of the
         decoded labels (``tumorlib.core.regions.decode_outputs_to_channels`` with the run's ``targets`` at
-        ``config.threshold``: what ``predict`` writes and ``evaluate`` scores).
+        ``config.threshold``), post-processed by ``postprocessing``: with the run's rule, what ``predict``
+        writes and ``evaluate`` scores.
     """
+    from tumorlib.core.brats import channels_to_labels, labels_to_channels
     from tumorlib.core.regions import decode_outputs_to_channels
-    from tumorlib.data.cache import load_cached_volume
+    from tumorlib.data.cache import cache_spacing, load_cache_index, load_cached_volume
 
-    image, gt = load_cached_volume(cache_dir, volume_id)
+    index = load_cache_index(cache_dir)
+    image, gt = load_cached_volume(cache_dir, volume_id, index=index)
     image = np.array(image, dtype=np.float32)  # copies out of the read-only memory map
     gt = np.array(gt)
     prob = predict_volume(model, image, config, device=device, tta=tta, engine=engine)
     pred = decode_outputs_to_channels(prob, config, config.threshold)
+    if postprocessing is not None and postprocessing.active:
+        labels = postprocessing.apply(channels_to_labels(pred), cache_spacing(index, volume_id))
+        pred = labels_to_channels(labels)
     return image, gt, prob, pred

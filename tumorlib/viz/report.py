@@ -5,12 +5,13 @@ the axial, coronal and sagittal planes through the predicted tumour's centre (th
 nothing is predicted), each plane oriented from the data's geometry (``tumorlib.viz.orientation``) with
 its edge directions written on it; second row, the normalised predictive entropy over the same planes
 (a heat map, 0 to 1); beside them the QC row (``tumorlib.evaluation.qc.qc_row``): region volumes in mL,
-lesion counts, the ET post-processing applied, the uncertainty numbers and the flags raised.
+lesion counts, the post-processing applied (and the components it removed), the uncertainty numbers and the flags raised.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,7 +39,9 @@ def report_text(row: Mapping[str, Any]) -> str:
     """The QC row as the page's text block (volumes, lesions, post-processing, uncertainty, flags)."""
     lines = ["region  volume (mL)  lesions"]
     lines += [f"{r.upper():<7} {row[f'volume_{r}_ml']:>11.2f}  {row[f'lesions_{r}']:>7}" for r in REGION_KEYS]
-    lines += ["", f"ET post-processing: {row['et_postprocessing']}",
+    removed = " / ".join(str(row.get(f"components_removed_{r}", 0)) for r in REGION_KEYS)
+    lines += ["", *textwrap.wrap(f"post-processing: {row['et_postprocessing']}", 44, subsequent_indent="  "),
+              f"components removed WT/TC/ET: {removed}",
               f"mean entropy in tumour: {_fmt(row['mean_entropy_tumour'])}",
               f"uncertain fraction: {_fmt(row['uncertain_fraction'])}", "",
               "flags: " + (row["flags"].replace(";", ", ") if row["flags"] else "none")]

@@ -24,7 +24,7 @@ it needs nibabel). The one get-or-build of a run's cache is
 from __future__ import annotations
 
 from .fingerprints import kaggle_fingerprint
-from .geometry import cache_affine
+from .geometry import cache_affine, cache_spacing
 from .build import Fingerprint, Reader, build_cache, build_cache_from_reader
 from .normalise import brain_mask, normalize_volume
 from .preprocess import CACHE_VERSION, TUMOR_SAMPLE, prepare_volume, source_to_cache, uncrop
@@ -54,6 +54,7 @@ __all__ = [
     "build_cache",
     "build_cache_from_reader",
     "cache_affine",
+    "cache_spacing",
     "check_cache_order",
     "cache_summary",
     "cached_volume_ids",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["cache_affine"]
+__all__ = ["cache_affine", "cache_spacing"]
 
 
 def cache_affine(index: dict[str, Any], volume_id: int) -> np.ndarray:
@@ -51,3 +51,22 @@ def cache_affine(index: dict[str, Any], volume_id: int) -> np.ndarray:
     for nifti_axis, tumorlib_axis in enumerate((1, 2, 0)):  # NIfTI (H, W, D) against tumorlib (D, H, W)
         affine[:3, nifti_axis] /= float(zoom[tumorlib_axis])
     return affine
+
+
+def cache_spacing(index: dict[str, Any], volume_id: int) -> tuple[float, float, float]:
+    """The voxel size (mm) of a cached volume's (D, H, W) axes: its source's, divided by the cache's zoom.
+
+    Args:
+        index: the cache index (``load_cache_index``).
+        volume_id: a cached volume.
+
+    Returns:
+        ``(spacing_D, spacing_H, spacing_W)`` from ``cache_affine`` (1 mm for Kaggle HDF5 and custom readers
+        at zoom 1).
+
+    Raises:
+        KeyError, FileNotFoundError, OSError: see ``cache_affine``.
+    """
+    from tumorlib.io.nifti import nifti_spacing
+
+    return nifti_spacing(cache_affine(index, volume_id))
