@@ -75,8 +75,9 @@ print("run:", tumorlib.display_path(run.run_dir))
 # ## One test volume, its ground truth and the prediction
 # Prediction works as in 05_evaluate: the normalised volume from the cache (cropped to the brain plus a
 # margin), a sliding window of the training patch size with Gaussian blending, the sigmoid, and the one
-# decoding rule (tumour where the union probability passes the threshold, then the most probable class):
-# the labels `predict` writes. The three channels are necrosis, edema and enhancing.
+# decoding rule (tumour where the union probability passes the threshold, then the most probable class),
+# then the run's post-processing (`RUN/postprocessing.json`, chosen in 05_evaluate): the labels `predict`
+# writes. The three channels are necrosis, edema and enhancing.
 
 # %%
 test_ids = run.split("test")
@@ -84,7 +85,8 @@ volume_id = test_ids[0] if VOLUME is None else VOLUME
 print(f"test volumes: {test_ids}; showing volume {volume_id}")
 
 # %% tags=["nbval-ignore-output"]
-image, gt, prob, pred = predictor.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE)
+image, gt, prob, pred = predictor.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE,
+                                                        postprocessing=run.postprocessing)
 affine = data.cache_affine(data.load_cache_index(cache_dir), volume_id)  # its geometry: which way is left
 print(f"image {image.shape} {image.dtype}, ground truth {gt.shape} {gt.dtype}")
 volume_scores(pred, gt)

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 from tumorlib.core.config import Config, Workspace, get_config, workspace
 
-__all__ = ["TRAINING_FIELDS", "NotebookSetup", "dice_comparison", "notebook_setup", "preset_table",
-           "volume_scores"]
+__all__ = ["TRAINING_FIELDS", "NotebookSetup", "dice_comparison", "notebook_setup", "postprocessing_table",
+           "preset_table", "volume_scores"]
 
 #: Config fields that shape training, in the order 04_train lists them.
 TRAINING_FIELDS: tuple[str, ...] = (
@@ -85,6 +85,31 @@ def dice_comparison(tables: Mapping[str, Any], decimals: int = 3) -> Any:
     first = next(iter(tables.values()))
     cols = [c for c in first.columns if c.startswith("dice_")]
     return pd.DataFrame({name: frame[cols].mean() for name, frame in tables.items()}).round(decimals)
+
+
+def postprocessing_table(frame: Any, decimals: int = 3) -> Any:
+    """Mean scores of ``evaluate``'s labels before and after post-processing, one row each.
+
+    Args:
+        frame: the per-volume table from ``tumorlib.evaluation.evaluate.evaluate`` (its ``raw_`` columns
+            score the labels before the run's rule).
+        decimals: rounding.
+
+    Returns:
+        ``pandas.DataFrame`` indexed ``without``, ``with``: legacy Dice, lesion-wise Dice and lesion-wise HD95
+        of WT, TC and ET, and the mean components removed per volume.
+    """
+    import pandas as pd
+
+    from tumorlib.core.brats import REGION_KEYS
+
+    names = [(f"{kind}_{r}", f"{label} {r.upper()}") for kind, label in
+             (("dice", "Dice"), ("lesion_dice", "lesion Dice"), ("lesion_hd95", "lesion HD95")) for r in REGION_KEYS]
+    rows = {"without": {label: frame[f"raw_{col}"].mean() for col, label in names},
+            "with": {label: frame[col].mean() for col, label in names}}
+    removed = sum(frame[f"components_removed_{r}"] for r in REGION_KEYS).mean()
+    rows["without"]["components removed"], rows["with"]["components removed"] = 0.0, removed
+    return pd.DataFrame(rows).T.round(decimals)
 
 
 def volume_scores(pred: Any, gt: Any, decimals: int = 3) -> Any:

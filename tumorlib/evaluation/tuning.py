@@ -139,7 +139,7 @@ def _line(scores: dict[str, float]) -> str:
 
 def tune_postprocessing(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                         cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                        amp: bool = True, progress: bool = True) -> dict[str, Any]:
+                        amp: bool = True, progress: bool = True, score_test: bool = True) -> dict[str, Any]:
     """Choose the post-processing rule on the run's validation split and write ``RUN/postprocessing.json``.
 
     Args:
@@ -149,12 +149,14 @@ def tune_postprocessing(run_dir: str | os.PathLike, data_dir: str | os.PathLike 
         device: None: CUDA when available, else CPU.
         amp: autocast at the run's precision.
         progress: print the choice and the test scores with and without it.
+        score_test: also predict the test split and score it with and without the rule (``evaluate``
+            reports both as well: a caller that evaluates next skips it).
 
     Returns:
         The record written: ``rule`` (``PostProcessing.to_dict``), ``rule_text``, ``score``
         (what was maximised), ``max_legacy_dice_drop``, ``split`` (``val``), ``volumes``, ``val_without`` and
         ``val_with`` (``rule_scores``), ``candidates`` (every candidate's validation scores), ``test_without``
-        and ``test_with`` (None when the test split is empty).
+        and ``test_with`` (None when the test split is empty or ``score_test`` is False).
 
     Raises:
         ValueError: an empty validation split; see ``evaluate`` for the run and cache errors.
@@ -174,7 +176,7 @@ def tune_postprocessing(run_dir: str | os.PathLike, data_dir: str | os.PathLike 
         raise ValueError(f"the validation split of {run_dir} is empty: nothing to tune the post-processing on")
     val_cases = _label_cases(model, config, cache, val_ids, dev, index, amp)
     rule, candidates = choose_postprocessing(val_cases, base)
-    test_ids = run_split(run_dir, config, cached, "test")
+    test_ids = run_split(run_dir, config, cached, "test") if score_test else []
     without = with_ = None
     if test_ids:
         test_cases = _label_cases(model, config, cache, test_ids, dev, index, amp)

@@ -40,7 +40,7 @@ from tumorlib.viz.figures import (
 from tumorlib.viz.render import center_of_mass, render_plane
 from tumorlib.viz.results import plot_metric_boxes, plot_predictions, plot_training_curves
 from tumorlib.viz.confidence import plot_dice_vs_uncertainty, plot_reliability
-from tumorlib.viz.views import plot_three_views
+from tumorlib.viz.views import plot_postprocessing, plot_three_views
 
 __all__ = [
     "CLASS_COLORS",
@@ -64,6 +64,7 @@ __all__ = [
     "plot_metric_boxes",
     "plot_predictions",
     "plot_sample_slice",
+    "plot_postprocessing",
     "plot_three_views",
     "plot_training_curves",
     "render_plane",

@@ -12,13 +12,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from tumorlib.core.brats import MODALITIES
-from tumorlib.viz.colors import add_class_legend, check_image, to_label_map
+from tumorlib.viz.colors import ERROR_COLORS, add_class_legend, check_image, class_legend_handles, rgb01, to_label_map
 from tumorlib.viz.figures import modality_index
 from tumorlib.viz.notebook_figure import new_figure
 from tumorlib.viz.orientation import DISPLAY_PLANES, direction_labels, volume_transform
 from tumorlib.viz.render import brain_mask, center_of_mass, intensity_window, render_plane, to_uint8
 
-__all__ = ["plot_three_views"]
+__all__ = ["plot_postprocessing", "plot_three_views"]
 
 
 def _default_position(img: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | None) -> tuple[int, int, int]:
@@ -134,4 +134,49 @@ def plot_three_views(
     fig.suptitle(title if title is not None else f"{MODALITIES[m]} at (z, y, x) = {pos}")
     if gt_l is not None or pred_l is not None:
         add_class_legend(fig, errors=errors)
+    return fig
+
+
+def plot_postprocessing(image: Any, raw: Any, post: Any, affine: Any | None = None, title: str | None = None,
+                        modality: str | int = "flair") -> Any:
+    """What post-processing removed from one prediction: before, after, and the voxels it changed.
+
+    The planes pass through the largest changed component (else the tumour). The third row marks in cyan
+    the voxels that left the tumour (removed whole-tumour components, now background) and in white the
+    voxels that changed class (a removed tumour-core component now edema, a removed enhancing component
+    now necrosis).
+
+    Args:
+        image: ``(4, D, H, W)`` in T1, T1ce, T2, FLAIR order.
+        raw: the prediction before post-processing, ``(D, H, W)`` labels or ``(3, D, H, W)`` class channels.
+        post: the same after (``tumorlib.inference.postprocess.PostProcessing.apply``).
+        affine: the volume's affine, as for ``plot_three_views``.
+        title: figure title.
+        modality: the grey image.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with rows before, after and changed.
+
+    Raises:
+        ValueError: as ``plot_three_views``.
+    """
+    from matplotlib.patches import Patch
+    from scipy import ndimage
+
+    raw_l, post_l = to_label_map(raw, spatial_ndim=3), to_label_map(post, spatial_ndim=3)
+    changed, n = ndimage.label(raw_l != post_l, structure=np.ones((3, 3, 3), bool))
+    position = None
+    if n:
+        largest = int(np.argmax(np.bincount(changed.ravel())[1:])) + 1
+        position = center_of_mass(changed == largest)
+    fig = plot_three_views(image, gt=raw_l, pred=post_l, position=position, modality=modality, errors=True,
+                           title=title, affine=affine)
+    for ax, name in zip(fig.axes[::3], ("before", "after", "changed")):
+        ax.set_ylabel(name)
+    for legend in list(fig.legends):
+        legend.remove()
+    marks = [Patch(facecolor=rgb01(ERROR_COLORS[1]), edgecolor="0.3", label="removed (now background)"),
+             Patch(facecolor=rgb01(ERROR_COLORS[2]), edgecolor="0.3", label="relabelled (TC -> ED, ET -> NCR)")]
+    handles = class_legend_handles() + marks
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     return fig
