@@ -428,3 +428,17 @@ def test_cli_report_on_a_trained_run(ci_run, ci_cache, tmp_path, capsys):
     assert main(["report", "--run", str(run), "--cache", str(ci_cache), "--volume", "1", "2", "--out",
                  str(out)]) == 2
     assert "one PNG" in capsys.readouterr().err
+
+
+def test_report_applies_the_runs_rule_and_counts_what_it_removed(ci_cache, tmp_path):
+    from tumorlib.app.report import case_report
+    from tumorlib.inference.postprocess import PostProcessing, write_postprocessing
+
+    run = _make_run(tmp_path / "run", bias=[-10.0, -10.0, 10.0], splits={"train": [1, 2, 3, 4, 5], "val": [6],
+                                                                         "test": [7, 8]})
+    rule = PostProcessing(min_mm3=(1e12, 0, 0))  # the one whole-crop component is "small": removed
+    write_postprocessing(run, {"rule": rule.to_dict()})
+    rows, _, csv_path = case_report(run, [7], cache_dir=ci_cache, device="cpu")
+    assert rows[0]["et_postprocessing"] == rule.describe() and rows[0]["components_removed_wt"] == 1
+    assert rows[0]["volume_wt_ml"] == 0.0 and "empty_tumour" in rows[0]["flags"]
+    assert pd.read_csv(csv_path)["components_removed_wt"].tolist() == [1]

@@ -175,3 +175,34 @@ def test_tuner_stays_off_when_nothing_helps_and_refuses_no_cases():
         choose_postprocessing([])
     with pytest.raises(ValueError, match="3-D"):
         LabelCase(np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+def test_plot_postprocessing_goes_through_the_removed_component():
+    from tumorlib.viz import plot_postprocessing
+
+    image = np.random.default_rng(0).normal(size=(4, 20, 20, 20)).astype(np.float32)
+    raw = _tumour()
+    raw[15:17, 15:17, 15:17] = 2
+    post = PostProcessing(min_mm3=(10, 0, 0)).apply(raw)
+    fig = plot_postprocessing(image, raw, post, title="t")
+    assert len(fig.axes) == 9 and [ax.get_ylabel() for ax in fig.axes[::3]] == ["before", "after", "changed"]
+    assert fig.axes[0].get_title() in ("axial (z=15)", "axial (z=16)")  # through the removed blob (voxels 15-16)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(fig.legends) == 1 and "removed (now background)" in labels
+
+
+def test_postprocessing_table_means_before_and_after():
+    import pandas as pd
+
+    from tumorlib.app.notebook import postprocessing_table
+
+    cols = {}
+    for kind in ("dice", "lesion_dice", "lesion_hd95"):
+        for r in ("wt", "tc", "et"):
+            cols[f"{kind}_{r}"] = [1.0, 0.5]
+            cols[f"raw_{kind}_{r}"] = [0.5, 0.0]
+    cols.update({"components_removed_wt": [2, 0], "components_removed_tc": [1, 0], "components_removed_et": [0, 1]})
+    table = postprocessing_table(pd.DataFrame(cols))
+    assert list(table.index) == ["without", "with"]
+    assert table.loc["with", "lesion Dice WT"] == 0.75 and table.loc["without", "Dice ET"] == 0.25
+    assert table.loc["with", "components removed"] == 2.0 and table.loc["without", "components removed"] == 0.0

@@ -139,6 +139,15 @@ def test_cli_tune_postprocessing_writes_the_run_and_evaluate_predict_apply_it(ti
         _, mask = load_cached_volume(tiny_cache, int(vid))
         assert dice_et == (1.0 if not np.asarray(mask)[2].any() else 0.0)
     np.testing.assert_allclose(relabelled["dice_wt"], plain["dice_wt"])
+    np.testing.assert_allclose(relabelled["raw_dice_et"], plain["dice_et"])  # the raw columns: before the rule
+    assert (relabelled["components_removed_et"] == 1).all() and (plain["components_removed_et"] == 0).all()
+    write_postprocessing(run, {"rule": PostProcessing(min_mm3=(1e12, 0, 0)).to_dict()})  # every component "small"
+    emptied = evaluate(run, tiny_data, tiny_cache, split="all", out=tmp_path / "c.csv", device="cpu", progress=False)
+    assert (emptied["components_removed_wt"] >= 1).all()
+    np.testing.assert_allclose(emptied["raw_dice_wt"], plain["dice_wt"])
+    summary = pd.read_csv(summary_path(tmp_path / "c.csv"), index_col=0)
+    assert summary.loc["mean", "raw_dice_wt"] == pytest.approx(plain["dice_wt"].mean())
+    write_postprocessing(run, {"rule": PostProcessing(et_min_voxels=10**9).to_dict()})
     labels = np.asarray(nib.load(str(predict(run, tmp_path / "s.nii.gz", data_dir=tiny_data, volume_id=1,
                                              device="cpu"))).dataobj)
     assert 4 not in np.unique(labels) and 1 in np.unique(labels)
