@@ -33,7 +33,7 @@ from tumorlib.evaluation.scoring import predicted_channels
 from tumorlib.inference.postprocess import PostProcessing, write_postprocessing
 from tumorlib.inference.predictor import load_run
 
-__all__ = ["MAX_DICE_DROP", "MIN_MM3_GRID", "LabelCase", "choose_postprocessing", "rule_scores",
+__all__ = ["MAX_DICE_DROP", "MIN_MM3_GRID", "LabelCase", "choose_postprocessing", "label_cases", "rule_scores",
            "tune_postprocessing"]
 
 #: Minimum component sizes tried per region (mm^3; 0 = off).
@@ -53,7 +53,7 @@ class LabelCase:
         pred, ref = np.asarray(pred), np.asarray(ref)
         if pred.shape != ref.shape or pred.ndim != 3:
             raise ValueError(f"prediction {pred.shape} and reference {ref.shape} must be one 3-D shape")
-        self.pred, self.spacing = pred, tuple(float(s) for s in spacing)
+        self.pred, self.ref, self.spacing = pred, ref, tuple(float(s) for s in spacing)
         self.ref_regions = labels_to_regions(ref)
         self._seen: dict[tuple[int, bytes], tuple[float, float]] = {}
 
@@ -121,8 +121,9 @@ def choose_postprocessing(cases: Sequence[LabelCase], base: PostProcessing = Pos
     return rule, candidates
 
 
-def _label_cases(model: torch.nn.Module, config: Any, cache: Any, ids: list[int], device: torch.device,
-                 index: dict[str, Any], amp: bool) -> list[LabelCase]:
+def label_cases(model: torch.nn.Module, config: Any, cache: Any, ids: list[int], device: torch.device,
+                index: dict[str, Any], amp: bool) -> list[LabelCase]:
+    """The cached volumes ``ids`` predicted once each, as ``evaluate`` decodes them (before post-processing)."""
     cases = []
     for vid in ids:
         done = predicted_channels(model, config, cache, vid, device, index, amp=amp)
@@ -174,12 +175,12 @@ def tune_postprocessing(run_dir: str | os.PathLike, data_dir: str | os.PathLike 
     val_ids = run_split(run_dir, config, cached, "val")
     if not val_ids:
         raise ValueError(f"the validation split of {run_dir} is empty: nothing to tune the post-processing on")
-    val_cases = _label_cases(model, config, cache, val_ids, dev, index, amp)
+    val_cases = label_cases(model, config, cache, val_ids, dev, index, amp)
     rule, candidates = choose_postprocessing(val_cases, base)
     test_ids = run_split(run_dir, config, cached, "test") if score_test else []
     without = with_ = None
     if test_ids:
-        test_cases = _label_cases(model, config, cache, test_ids, dev, index, amp)
+        test_cases = label_cases(model, config, cache, test_ids, dev, index, amp)
         without, with_ = rule_scores(base, test_cases), rule_scores(rule, test_cases)
     record = {"rule": rule.to_dict(), "rule_text": rule.describe(),
               "score": "mean lesion-wise Dice of WT, TC, ET (BraTS 2023)", "max_legacy_dice_drop": MAX_DICE_DROP,

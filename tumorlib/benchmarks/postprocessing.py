@@ -1,0 +1,101 @@
+"""What the post-processing chosen on validation does to the test split, over several runs (seeds).
+
+For each run: ``tune_postprocessing`` chooses the rule on the validation split (written to
+``RUN/postprocessing.json``), then the test volumes are predicted once and scored before and after it:
+legacy Dice, BraTS 2023 lesion-wise Dice of WT, TC and ET, lesion-wise HD95 of WT, the predicted WT
+components per case and the false-positive lesions per case of each region. The table gives each run and the
+mean and spread (max - min) over the runs.
+
+Run it as ``python -m tumorlib.benchmarks.postprocessing RUN [RUN ...]`` (the workspace's data and cache,
+as ``tumorlib tune-postprocessing`` uses them).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from tumorlib.core.brats import REGION_KEYS
+from tumorlib.core.device import resolve_device
+from tumorlib.evaluation.evaluate import run_split
+from tumorlib.evaluation.lesions import lesion_scores
+from tumorlib.evaluation.tuning import LabelCase, label_cases, rule_scores, tune_postprocessing
+from tumorlib.inference.postprocess import PostProcessing, run_postprocessing
+from tumorlib.inference.predictor import load_run
+
+__all__ = ["benchmark_postprocessing", "case_counts"]
+
+
+def case_counts(rule: PostProcessing, cases: Sequence[LabelCase]) -> dict[str, float]:
+    """Means over ``cases`` after ``rule``: lesion-wise HD95 of WT, WT components and false-positive lesions."""
+    rows = []
+    for case in cases:
+        labels = rule.apply(case.pred, case.spacing)
+        found = lesion_scores(labels, case.ref, case.spacing)
+        row = {"lesion_hd95_wt": found["lesion_hd95_wt"],
+               "wt_components": ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))[1]}
+        row.update({f"fp_{r}": found[f"lesions_fp_{r}"] for r in REGION_KEYS})
+        rows.append(row)
+    return {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
+
+
+def benchmark_postprocessing(runs: Sequence[str], device: Any = None, progress: bool = True) -> pd.DataFrame:
+    """Tune each run on validation and score its test split without and with the rule.
+
+    Args:
+        runs: run folders (e.g. one per seed).
+        device: None: CUDA when available, else CPU.
+        progress: print each run's rule.
+
+    Returns:
+        One row per run and post-processing (``with`` False/True): ``run``, ``rule``, ``tune_seconds``, the
+        ``rule_scores`` and ``case_counts`` of the test split.
+    """
+    from tumorlib.data.cache import load_cache_index
+    from tumorlib.data.resolve import resolve_cache
+
+    dev = resolve_device(device)
+    rows = []
+    for run in runs:
+        start = time.perf_counter()
+        tune_postprocessing(run, device=dev, progress=False, score_test=False)
+        seconds = time.perf_counter() - start
+        model, config = load_run(run, dev)
+        cache = resolve_cache(config, None, None, progress=False)
+        index = load_cache_index(cache)
+        test = label_cases(model, config, cache, run_split(run, config, [int(k) for k in index["volumes"]], "test"),
+                           dev, index, True)
+        rule = run_postprocessing(run, config)
+        if progress:
+            print(f"{run}: {rule.describe()} (tuned in {seconds:.1f} s)", flush=True)
+        for with_rule, applied in ((False, PostProcessing(et_min_voxels=config.et_min_voxels)), (True, rule)):
+            rows.append({"run": str(run), "with": with_rule, "rule": applied.describe(), "tune_seconds": seconds,
+                         **rule_scores(applied, test), **case_counts(applied, test)})
+    return pd.DataFrame(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    runs = list(sys.argv[1:] if argv is None else argv)
+    if not runs:
+        print("usage: python -m tumorlib.benchmarks.postprocessing RUN [RUN ...]", file=sys.stderr)
+        return 2
+    table = benchmark_postprocessing(runs)
+    columns = ["dice_wt", "dice_tc", "dice_et", "lesion_dice_wt", "lesion_dice_tc", "lesion_dice_et",
+               "lesion_hd95_wt", "wt_components", "fp_wt", "fp_tc", "fp_et"]
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table[["run", "with", *columns]].round(3).to_string(index=False))
+        grouped = table.groupby("with")[columns]
+        print("\nmean over runs\n" + grouped.mean().round(3).to_string())
+        print("\nspread (max - min) over runs\n" + (grouped.max() - grouped.min()).round(3).to_string())
+        print(f"\ntuning seconds per run (val prediction + grid): {table['tune_seconds'].round(1).unique().tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
