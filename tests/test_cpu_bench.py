@@ -134,12 +134,12 @@ def test_bench_cpu_command_writes_the_new_keys(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "openvino", None)
     out = tmp_path / "cpu.json"
     assert main(["bench", "--cpu", "--cpu-skip", "train", "--cpu-volume", "16,32,32", "--cpu-infer-patch",
-                 "16,16,16", "--cpu-infer-features", "4,8,16", "--cpu-repeats", "2", "--cpu-no-tta", "--quiet",
-                 "--out", str(out)]) == 0
+                 "16,16,16", "--cpu-infer-features", "4,8,16", "--cpu-repeats", "2", "--cpu-no-tta",
+                 "--cpu-sw-batch", "3", "--quiet", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     row = result["infer"]["rows"]["float32 eager"]
     assert {"seconds", "seconds_min", "seconds_median", "runs", "setup_s", "first_call_s", "threads"} <= set(row)
-    assert len(row["runs"]) == 2 and "tta_rows" not in result["infer"]
+    assert len(row["runs"]) == 2 and "tta_rows" not in result["infer"] and result["infer"]["sw_batch_size"] == 3
     assert "min of 2 warm runs" in capsys.readouterr().out
 
 

@@ -325,7 +325,8 @@ def format_cpu_table(result: dict[str, Any]) -> str:
         n = infer.get("repeats", 1)
         rows = infer["rows"]
         what = (f"one {'x'.join(map(str, infer['volume']))} case, {infer['parameters'] / 1e6:.1f}M-parameter "
-                f"model, {infer['windows']} windows of {'x'.join(map(str, infer['patch_size']))}, no TTA, "
+                f"model, {infer['windows']} window{'s' if infer['windows'] != 1 else ''} of "
+                f"{'x'.join(map(str, infer['patch_size']))}, no TTA, "
                 f"min of {n} warm runs, s")
         row(what, [_cell(rows.get(c), "seconds", ".1f") for c in _COLUMNS])
         if n > 1:
