@@ -339,8 +339,9 @@ def format_cpu_table(result: dict[str, Any]) -> str:
             if m > 1:
                 row(f"the same with TTA, median of {m} warm runs, s",
                     [_cell(tta.get(c), "seconds_median", ".1f") for c in _COLUMNS])
-        row(f"not in the runs: engine set-up (conversion, compilation) + first call ({infer['sw_batch_size']} "
-            "windows), s", [_first_call(rows.get(c)) for c in _COLUMNS])
+        b = infer["sw_batch_size"]
+        row(f"not in the runs: engine set-up (conversion, compilation) + first call ({b} window"
+            f"{'s' if b != 1 else ''}), s", [_first_call(rows.get(c)) for c in _COLUMNS])
         row("threads", [_cell(rows.get(c), "threads", "d") for c in _COLUMNS])
         agree = [f"{c}: {r['labels_equal_pct']:.3f} % (max logit diff {r['max_abs_logit_diff']:.3g})"
                  for c, r in rows.items() if "labels_equal_pct" in r and c != "float32 eager"]
