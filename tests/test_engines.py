@@ -43,7 +43,7 @@ def test_torch_engine_is_the_model_in_float32():
     x = torch.randn(3, 4, *PATCH)
     with torch.no_grad():
         expected = model(x)
-    assert engine.name == "torch" and engine.precision == "fp32"
+    assert engine.name == "torch" and engine.precision == "fp32" and engine.threads == torch.get_num_threads()
     torch.testing.assert_close(engine(x), expected)
 
 
@@ -96,6 +96,7 @@ def test_openvino_matches_torch_for_any_batch(n):
         expected = model(x)
     out = engine(x)
     assert engine.name == "openvino" and engine.precision == "fp32" and engine.cache is None
+    assert engine.threads >= 1  # the compiled model's INFERENCE_NUM_THREADS
     assert out.dtype == torch.float32 and out.shape == expected.shape
     assert (out - expected).abs().max() < 1e-3
     with pytest.raises(ValueError, match="compiled for windows"):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tumorlib.app.cli import main
 from tumorlib.core.brats import CANONICAL_ORDER, CLASS_KEYS
 from tumorlib.core.config import get_config
 from tumorlib.core.safety import OutputIsInputError
@@ -26,7 +29,6 @@ def _installed(name: str) -> bool:
 
 
 HAS_ORT = _installed("onnxruntime")
-HAS_ONNX = _installed("onnx")
 HAS_OPENVINO = _installed("openvino")
 
 
@@ -68,8 +70,6 @@ def _runtime_logits(out, fmt: str, x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_exported_model_matches_torch(run_dir, tmp_path, fmt):
-    if fmt == "onnx" and not HAS_ONNX:
-        pytest.skip("the onnx exporter needs the onnx package (pip install onnx)")
     if not (HAS_OPENVINO or (fmt == "onnx" and HAS_ORT)):
         pytest.skip(f"no runtime for {fmt}: install onnxruntime or openvino (pip install onnxruntime openvino)")
     out = tmp_path / f"export-{fmt}"
@@ -92,12 +92,56 @@ def test_exported_model_matches_torch(run_dir, tmp_path, fmt):
     assert np.abs(got - expected).max() < 1e-3
 
 
-@pytest.mark.skipif(not (HAS_ONNX and HAS_ORT), reason="needs onnx and onnxruntime (pip install onnx onnxruntime)")
+@pytest.mark.skipif(not HAS_ORT, reason="needs onnxruntime (pip install 'tumorlib[onnx]')")
 def test_onnx_export_takes_any_batch(run_dir, tmp_path):
     out = tmp_path / "e"
     export_model(run_dir, "onnx", out)
     x = np.random.default_rng(1).standard_normal((2, 4, *get_config("ci").patch_size)).astype(np.float32)
     np.testing.assert_allclose(_runtime_logits(out, "onnx", x), _torch_logits(run_dir, x), atol=1e-3)
+
+
+def test_onnx_is_a_dependency():
+    """``export --format onnx`` works on the default install: the package torch's exporter needs is required."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert any(r.split(">")[0].strip() == "onnx" for r in pyproject["project"]["dependencies"])
+
+
+def test_onnx_export_without_onnxruntime(run_dir, tmp_path):
+    """The export itself needs onnx only: the file checks, names its input and output, and has a batch axis."""
+    import onnx
+
+    out = tmp_path / "e"
+    export_model(run_dir, "onnx", out)
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    patch = list(get_config("ci").patch_size)
+    (image,), (logits,) = model.graph.input, model.graph.output
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (image, logits)]
+    assert (image.name, logits.name) == ("image", "logits")
+    assert dims == [["batch", 4, *patch], ["batch", 3, *patch]]
+
+
+def test_onnx_export_without_onnx_names_the_extra(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    with pytest.raises(ValueError, match=r"needs the 'onnx' package.*pip install 'tumorlib\[onnx\]'") as info:
+        export_model(run_dir, "onnx", tmp_path / "e")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "e").exists()
+    assert main(["export", "--run", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'tumorlib[onnx]'" in err, err
+    assert not (tmp_path / "e").exists()
+
+
+def test_torch_exporter_missing_a_package_names_the_extra(run_dir, tmp_path, monkeypatch):
+    """torch's own "Module onnx is not installed!" (its import failing later than ours) becomes the same line."""
+    def export(*args, **kwargs):
+        raise torch.onnx.errors.OnnxExporterError("Module onnx is not installed!")
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    with pytest.raises(ValueError, match=r"pip install 'tumorlib\[onnx\]'"):
+        export_model(run_dir, "onnx", tmp_path / "e")
+    assert not (tmp_path / "e" / "model.onnx").exists()
 
 
 def test_openvino_export_without_openvino_names_the_install(run_dir, tmp_path, monkeypatch):
@@ -121,7 +165,6 @@ def test_out_dir_that_is_an_input_is_refused(run_dir, where):
         export_model(run_dir, "onnx", out)
 
 
-@pytest.mark.skipif(not HAS_ONNX, reason="the onnx exporter needs the onnx package (pip install onnx)")
 def test_foreign_files_are_never_replaced(run_dir, tmp_path):
     out = tmp_path / "e"
     out.mkdir()
@@ -138,7 +181,6 @@ def test_foreign_files_are_never_replaced(run_dir, tmp_path):
     assert (other / "model.onnx").read_bytes() == b"someone else's model"
 
 
-@pytest.mark.skipif(not HAS_ONNX, reason="the onnx exporter needs the onnx package (pip install onnx)")
 def test_an_earlier_export_needs_overwrite(run_dir, tmp_path):
     out = tmp_path / "e"
     export_model(run_dir, "onnx", out)

@@ -41,6 +41,14 @@ def add_cpu_bench_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu-infer-patch", default=None, metavar="D,H,W", help="window (the full preset's)")
     g.add_argument("--cpu-infer-features", default=None, metavar="F,...", help="U-Net widths (the full preset's)")
     g.add_argument("--cpu-skip", default=None, choices=["train", "infer"], help="leave one row out")
+    g.add_argument("--cpu-sw-batch", type=int, default=None, metavar="N",
+                   help="windows per call (the full preset's; OpenVINO's static batch: a case of fewer windows "
+                        "than N computes N)")
+    g.add_argument("--cpu-repeats", type=int, default=3, metavar="N",
+                   help="timed runs of the case per engine after a warm-up call, interleaved across engines "
+                        "(min and median reported)")
+    g.add_argument("--cpu-no-tta", dest="cpu_tta", action="store_false", help="skip the 8-flip TTA row")
+    g.add_argument("--cpu-tta-repeats", type=int, default=1, metavar="N", help="timed TTA runs per engine")
 
 
 def run_cpu_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,7 +63,9 @@ def run_cpu_bench(args: argparse.Namespace) -> dict[str, Any]:
                            train_steps=args.train_steps, train_warmup=args.train_warmup, compile=args.cpu_compile,
                            volume=_sizes(args.cpu_volume), infer_patch=_sizes(args.cpu_infer_patch),
                            infer_features=_sizes(args.cpu_infer_features), train=args.cpu_skip != "train",
-                           infer=args.cpu_skip != "infer", log=None if args.quiet else print)
+                           infer=args.cpu_skip != "infer", repeats=args.cpu_repeats, tta=args.cpu_tta,
+                           tta_repeats=args.cpu_tta_repeats, infer_sw_batch=args.cpu_sw_batch,
+                           log=None if args.quiet else print)
     print(format_cpu_table(result))
     return result
 

@@ -133,11 +133,13 @@ class Engine:
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         reason: why that engine and precision (one line).
         cache: the converted-model folder used (OpenVINO with a checkpoint), else None.
+        threads: the CPU threads it computes with (torch: ``torch.get_num_threads()`` when it was made;
+            OpenVINO: the compiled model's ``INFERENCE_NUM_THREADS``), None where unknown.
     """
 
     def __init__(self, name: str, precision: str, reason: str, run: Callable[[torch.Tensor], torch.Tensor],
-                 cache: Path | None = None) -> None:
-        self.name, self.precision, self.reason, self.cache = name, precision, reason, cache
+                 cache: Path | None = None, threads: int | None = None) -> None:
+        self.name, self.precision, self.reason, self.cache, self.threads = name, precision, reason, cache, threads
         self._run = run
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +160,8 @@ def _torch_engine(model: torch.nn.Module, dev: torch.device, precision: str) -> 
             with torch.autocast(device_type=dev.type, dtype=dtype):
                 return model(x).float()
 
-    return Engine("torch", precision_name(dtype), why, run)
+    threads = torch.get_num_threads() if dev.type == "cpu" else None
+    return Engine("torch", precision_name(dtype), why, run, threads=threads)
 
 
 # --------------------------------------------------------------------------- OpenVINO conversion and cache
@@ -344,7 +347,11 @@ def _openvino_engine(model: torch.nn.Module, patch_size: Sequence[int], batch_si
             outs.append(torch.from_numpy(np.array(result[:n], dtype=np.float32)))
         return torch.cat(outs).to(x.device)
 
-    return Engine("openvino", "bf16" if hint == "bf16" else "fp32", why, run, folder)
+    try:
+        threads: int | None = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+    except (RuntimeError, TypeError, ValueError):  # an OpenVINO without the property (only reported)
+        threads = None
+    return Engine("openvino", "bf16" if hint == "bf16" else "fp32", why, run, folder, threads)
 
 
 def make_engine(model: torch.nn.Module, engine: str = "auto", device: str | torch.device | None = "cpu",

@@ -15,6 +15,11 @@
   ``output.targets`` and ``output.channels`` say which;
 - the tumorlib version and the checkpoint's fingerprint (size, mtime, blake2b).
 
+The ONNX file is written by torch's TorchScript exporter (``dynamo=False``), which needs the ``onnx``
+package (a dependency of tumorlib) and nothing else; running the exported model needs ``onnxruntime`` (the
+``onnx`` extra). Where ``onnx`` is missing, the export stops before writing anything, in one line naming
+the extra.
+
 Every file is written atomically. An output folder that is an input of the export (the run folder, its
 checkpoints folder, a file of the run) is refused; one holding files tumorlib did not write, or an
 earlier export, is refused unless ``overwrite``, and even then only tumorlib's own files are replaced.
@@ -36,12 +41,32 @@ from tumorlib.core.regions import targets_of
 from tumorlib.core.integrity import file_record, record_problem
 from tumorlib.core.safety import OutputIsInputError, atomic_path, atomic_write
 
-__all__ = ["CONTRACT_NAME", "EXPORT_FORMATS", "export_files", "export_model", "read_contract"]
+__all__ = ["CONTRACT_NAME", "EXPORT_FORMATS", "ONNX_INSTALL", "export_files", "export_model", "import_onnx",
+           "read_contract"]
 
 EXPORT_FORMATS = ("onnx", "openvino")
 CONTRACT_NAME = "contract.json"
 _WRITER = "tumorlib.inference.export"
 _ONNX_OPSET = 17
+ONNX_INSTALL = "pip install 'tumorlib[onnx]' (or: pip install onnx)"
+
+
+def _onnx_missing(detail: str) -> ValueError:
+    return ValueError(f"export --format onnx needs the 'onnx' package, which is not installed ({detail}): "
+                      f"{ONNX_INSTALL}")
+
+
+def import_onnx() -> Any:
+    """The ``onnx`` module, which torch's ONNX exporter needs to write ``model.onnx``.
+
+    Raises:
+        ValueError: it is not installed (one line naming the extra to install).
+    """
+    try:
+        import onnx
+    except ImportError as err:
+        raise _onnx_missing(str(err) or "import failed") from err
+    return onnx
 
 
 def export_files(fmt: str) -> tuple[str, ...]:
@@ -145,9 +170,16 @@ def _contract(fmt: str, config: Any, ckpt_path: Path, ckpt: dict[str, Any], file
 def _write_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path) -> dict[str, Any]:
     with atomic_path(out / "model.onnx") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's warnings about shape-dependent padding
-        torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                          opset_version=_ONNX_OPSET, dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                          dynamo=False)
+        try:
+            torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
+                              opset_version=_ONNX_OPSET, dynamo=False,
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+        except ImportError as err:
+            raise _onnx_missing(str(err)) from err
+        except RuntimeError as err:  # torch's OnnxExporterError("Module onnx is not installed!")
+            if "not installed" not in str(err):
+                raise
+            raise _onnx_missing(str(err)) from err
     return {"model.onnx": file_record(out / "model.onnx", checksum=True)}
 
 
@@ -172,7 +204,7 @@ def export_model(run_dir: str | os.PathLike, fmt: str = "onnx", out_dir: str | o
 
     Raises:
         FileNotFoundError, ValueError: see ``tumorlib.inference.predictor.load_run``; an unknown format;
-            openvino not installed (names the install command).
+            onnx or openvino not installed (one line naming the extra to install).
         OutputIsInputError: ``out_dir`` is the run folder, inside its checkpoints or holds the run.
         FileExistsError: ``out_dir`` holds files (an earlier export without ``overwrite``, or a file of
             another writer under one of the export's names).
@@ -181,7 +213,9 @@ def export_model(run_dir: str | os.PathLike, fmt: str = "onnx", out_dir: str | o
     from tumorlib.nn.checkpoint import BEST_NAME, load_checkpoint
 
     names = export_files(fmt)
-    if fmt == "openvino":
+    if fmt == "onnx":
+        import_onnx()
+    else:
         from tumorlib.inference.engines import import_openvino
 
         import_openvino()
