@@ -317,7 +317,8 @@ def test_implausible_volume_is_refused_naming_volume_and_folder(tmp_path, edit, 
 def test_boolean_slices_are_refused_naming_the_file(tmp_path):
     _write_slices(tmp_path, 5, 3)
     _rewrite_image(tmp_path, 5, 3, lambda im, s: im > 50 if s == 1 else im)
-    with pytest.raises(ValueError, match=rf"^{tmp_path / 'volume_5_slice_1.h5'}: image holds bool values .*not intensities"):
+    path = tmp_path / "volume_5_slice_1.h5"
+    with pytest.raises(ValueError, match=rf"^{path}: image holds bool values .*not intensities"):
         load_volume(tmp_path, 5)
 
 

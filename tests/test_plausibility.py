@@ -67,7 +67,8 @@ def test_identical_channels_with_equal_min_and_max_but_other_voxels_pass():
 @pytest.mark.parametrize("dtype", [np.bool_, np.complex64, object, "U3", "S3", [("r", "u1"), ("g", "u1")]])
 def test_non_intensity_types_are_refused(dtype):
     image = np.zeros((4, 2, 2, 2), dtype=dtype)
-    with pytest.raises(ImplausibleImageError, match=rf"^volume 2: image holds {re.escape(str(np.dtype(dtype)))} values .*not intensities"):
+    shown = re.escape(str(np.dtype(dtype)))
+    with pytest.raises(ImplausibleImageError, match=rf"^volume 2: image holds {shown} values .*not intensities"):
         check_plausible_image(image, "volume 2")
     with pytest.raises(ImplausibleImageError, match=r"^f.nii.gz: image holds .* not intensities"):
         check_intensity_dtype(np.dtype(dtype), "f.nii.gz")
