@@ -130,7 +130,7 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
     applied = f"ET below {et_min} voxels relabelled as necrosis" if et_min else "none"
     rows = []
     for vid, png in zip((int(v) for v in volume_ids), pngs):
-        image = load_cached_volume(cache, vid, index=index)[0]
+        image = load_cached_volume(cache, vid, index=index, check=True)[0]
         prob = predict_volume(model, image, config, dev, amp=amp)
         labels = remove_small_et(decode_outputs(prob, config, config.threshold), et_min)
         x = torch.from_numpy(np.asarray(image, dtype=np.float32))

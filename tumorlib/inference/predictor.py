@@ -254,7 +254,7 @@ def predict_cached_volume(model: torch.nn.Module, config: Config, cache_dir: str
     from tumorlib.core.regions import decode_outputs_to_channels
     from tumorlib.data.cache import load_cached_volume
 
-    image, gt = load_cached_volume(cache_dir, volume_id)
+    image, gt = load_cached_volume(cache_dir, volume_id, check=True)
     image = np.array(image, dtype=np.float32)  # copies out of the read-only memory map
     gt = np.array(gt)
     prob = predict_volume(model, image, config, device=device, tta=tta, engine=engine)

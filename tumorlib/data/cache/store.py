@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from tumorlib.core.brats import MODALITIES
 from tumorlib.core.integrity import record_problem
 from tumorlib.core.folders import inside
+from tumorlib.core.plausibility import check_plausible_image
 from tumorlib.core.safety import UnsafePathError
 
 from .preprocess import CACHE_VERSION
@@ -219,7 +221,7 @@ def _entry(cache: Path, index: dict[str, Any], volume_id: int) -> dict[str, Any]
 
 
 def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool = True,
-                       index: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       index: dict[str, Any] | None = None, check: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One cached volume.
 
     Args:
@@ -227,6 +229,9 @@ def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool 
         volume_id: the volume.
         mmap: memory-map the files (read-only) instead of reading them into memory.
         index: the loaded index, to skip reading it again.
+        check: refuse an image that cannot be a scan (``tumorlib.core.plausibility``): for a volume about
+            to be segmented whole, which reads every voxel anyway; patch sampling leaves it off (a memory
+            map stays unread). Caches built before the check, or edited, may hold such volumes.
 
     Returns:
         image: (4, D', H', W') float16, z-scored, 0 outside the brain.
@@ -236,6 +241,8 @@ def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool 
         KeyError: a volume not in the cache.
         CacheError: files missing or not matching the index (names the file).
         UnsafePathError: a file name in the index that leads outside the cache folder.
+        ImplausibleImageError: with ``check``, an all-zero, constant, non-finite or copied channel (names the
+            cache, the volume and the channel).
     """
     cache = Path(cache_dir)
     index = index if index is not None else load_cache_index(cache)
@@ -253,6 +260,8 @@ def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool 
             raise CacheError(f"{path} holds {arr.dtype} {arr.shape}, the index says {np.dtype(dtype)} "
                              f"{expected}; the cache does not match its index: rebuild it")
         arrays.append(arr)
+    if check:
+        check_plausible_image(arrays[0], f"cache {cache}: volume {volume_id}", channels=MODALITIES)
     return arrays[0], arrays[1]
 
 
