@@ -536,3 +536,27 @@ def test_a_cached_volume_that_cannot_be_a_scan_is_refused_for_prediction(built, 
     with pytest.raises(ImplausibleImageError, match=message):
         predicted_channels(None, config, work, 2, "cpu", load_cache_index(work))
 
+
+# --------------------------------------------------------------------------- index.json pointing at other files
+
+
+def _edited_index(built, tmp_path, edit) -> Path:
+    work = _copy_cache(built[1], tmp_path / "w")
+    index = json.loads((work / INDEX_NAME).read_text())
+    edit(index["volumes"])
+    (work / INDEX_NAME).write_text(json.dumps(index))
+    return work
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda v: v["2"].update(image_file="v1_img.npy"), r"volumes 1 and 2 both point at v1_img.npy"),
+    (lambda v: v["4"].update(mask_file="./v3_mask.npy"), r"volumes 3 and 4 both point at v3_mask.npy"),
+    (lambda v: v["2"].update(mask_file="v2_img.npy"), r"volume 2 points at v2_img.npy twice"),
+    (lambda v: (v.pop("3"), v["2"].update(image_file="v3_img.npy")),
+     r"volume 2 points at v3_img.npy, the file of volume 3"),
+])
+def test_index_pointing_volumes_at_one_file_is_refused_naming_both(built, tmp_path, edit, message):
+    work = _edited_index(built, tmp_path, edit)
+    with pytest.raises(CacheError, match=rf"^{work / INDEX_NAME}: {message}") as info:
+        load_cache_index(work)
+    assert "\n" not in str(info.value)

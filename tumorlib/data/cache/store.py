@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,42 @@ FORMAT_NAME = "tumorlib-cache"
 
 class CacheError(ValueError):
     """A cache folder that is missing, incomplete, made from other data or by another version."""
+
+
+_ARRAY_NAME = re.compile(r"v(\d+)_(?:img|mask)\.npy")  # ``layout.image_name`` / ``layout.mask_name``
+
+
+def _volume_order(key: str) -> tuple[int, str]:
+    return (int(key), key) if key.isdigit() else (1 << 62, key)
+
+
+def _check_file_owners(path: Path, volumes: dict[str, Any]) -> None:
+    """Refuse an index whose entries point two volumes at one file (or one volume's image and mask at one
+    file), or a volume at the arrays of another volume (``v{other}_img.npy``).
+
+    Names are compared after ``os.path.normpath`` (``./v1_img.npy`` is ``v1_img.npy``).
+
+    Raises:
+        CacheError: names the index, both volumes and the file.
+    """
+    owners: dict[str, str] = {}
+    keys = sorted((k for k in volumes if isinstance(volumes[k], dict)), key=_volume_order)
+    for key in keys:
+        names = [volumes[key].get(k) for k in ("image_file", "mask_file")]
+        names = [os.path.normpath(n) for n in names if isinstance(n, str)]
+        if len(names) == 2 and names[0] == names[1]:
+            raise CacheError(f"{path}: volume {key} points at {names[0]} twice (as image and as mask); delete "
+                             "the cache and build it again")
+        for name in names:
+            if name in owners:
+                raise CacheError(f"{path}: volumes {owners[name]} and {key} both point at {name}; delete the "
+                                 "cache and build it again")
+            owners[name] = key
+    for name, key in owners.items():
+        match = _ARRAY_NAME.fullmatch(name)
+        if match and _volume_order(match.group(1))[0] != _volume_order(key)[0]:
+            raise CacheError(f"{path}: volume {key} points at {name}, the file of volume {int(match.group(1))}; "
+                             "delete the cache and build it again")
 
 
 def _npy_size_problem(path: Path) -> str | None:
@@ -176,8 +213,9 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
         ``margin``, ``volume_ids``, ...) and ``volumes``, a dict from ``str(volume_id)`` to its entry.
 
     Raises:
-        CacheError: no index (an unfinished build), not a tumorlib cache, another format version, or a
-            volume entry whose shape is not three positive integers.
+        CacheError: no index (an unfinished build), not a tumorlib cache, another format version, a
+            volume entry whose shape is not three positive integers, or entries pointing two volumes at one
+            file or a volume at another volume's arrays (names both volumes).
     """
     cache = Path(cache_dir)
     path = cache / INDEX_NAME
@@ -200,6 +238,8 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
                 isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
             raise CacheError(f"{path}: volume {key} has shape {shape!r}, not three positive integers; delete "
                              "the cache and build it again")
+    if isinstance(volumes, dict):
+        _check_file_owners(path, volumes)
     return index
 
 
