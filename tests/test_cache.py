@@ -480,3 +480,83 @@ def test_one_scan_reuse_check_notices_a_changed_slice(tmp_path, capsys):
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     kind, path, why = volume_problem(cache, index["volumes"]["2"], data.resolve(), KaggleScan(data.resolve()).stat)
     assert kind == "changed" and path.endswith(target.name) and why == "modified since recorded"
+
+
+# --------------------------------------------------------------------------- images that cannot be scans
+
+
+def test_an_all_zero_volume_is_refused_not_cached(tmp_path):
+    from tumorlib.core.plausibility import ImplausibleImageError
+
+    data = make_synthetic(tmp_path / "d", 2, (12, 24, 24), seed=0)
+    image, mask = load_volume(data, 2)
+    write_kaggle_volume(data, 2, np.zeros_like(image), mask)  # the slices of volume 2, all zero
+    with pytest.raises(ImplausibleImageError, match=r"^volume 2 \(.*\), T1: every voxel is 0"):
+        build_cache(tmp_path / "d", tmp_path / "c", workers=1, progress=False)
+    assert not (tmp_path / "c" / "v2_img.npy").exists() and not (tmp_path / "c" / INDEX_NAME).exists()
+
+
+def test_any_reader_s_implausible_volume_is_refused_by_the_build(tmp_path):
+    from tumorlib.core.plausibility import ImplausibleImageError
+
+    image, mask = make_phantom((10, 20, 24), seed=0, volume_id=3)
+    image[2] = image[1]
+    with pytest.raises(ImplausibleImageError, match=r"^volume 3 \(memory\): T1ce and T2 are identical"):
+        build_cache_from_reader({3: (image, mask)}.__getitem__, [3], tmp_path / "c", source="memory",
+                                reader_name="dict", workers=1, progress=False)
+    assert not (tmp_path / "c" / "v3_img.npy").exists()
+
+
+def _copy_cache(cache: Path, work: Path) -> Path:
+    work.mkdir()
+    for name, blob in _files(cache).items():
+        (work / name).write_bytes(blob)
+    return work
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda im: im * 0, r"T1: every voxel is 0"),
+    (lambda im: im[[0, 1, 1, 3]], r"T1ce and T2 are identical in every voxel"),
+])
+def test_a_cached_volume_that_cannot_be_a_scan_is_refused_for_prediction(built, tmp_path, edit, message):
+    """A cache built before the check (or edited): refused where a volume is loaded to be segmented."""
+    from tumorlib.core.config import get_config
+    from tumorlib.core.plausibility import ImplausibleImageError
+    from tumorlib.evaluation.scoring import predicted_channels
+    from tumorlib.inference.predictor import predict_cached_volume
+
+    work = _copy_cache(built[1], tmp_path / "w")
+    np.save(work / "v2_img.npy", edit(np.load(work / "v2_img.npy")))
+    load_cached_volume(work, 2)  # patch sampling reads it as it is (memory-mapped, no full read)
+    with pytest.raises(ImplausibleImageError, match=rf"^cache {work}: volume 2(, |: ){message}"):
+        load_cached_volume(work, 2, check=True)
+    config = get_config("ci")
+    with pytest.raises(ImplausibleImageError, match=message):  # before the model is touched (None here)
+        predict_cached_volume(None, config, work, 2)
+    with pytest.raises(ImplausibleImageError, match=message):
+        predicted_channels(None, config, work, 2, "cpu", load_cache_index(work))
+
+
+# --------------------------------------------------------------------------- index.json pointing at other files
+
+
+def _edited_index(built, tmp_path, edit) -> Path:
+    work = _copy_cache(built[1], tmp_path / "w")
+    index = json.loads((work / INDEX_NAME).read_text())
+    edit(index["volumes"])
+    (work / INDEX_NAME).write_text(json.dumps(index))
+    return work
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda v: v["2"].update(image_file="v1_img.npy"), r"volumes 1 and 2 both point at v1_img.npy"),
+    (lambda v: v["4"].update(mask_file="./v3_mask.npy"), r"volumes 3 and 4 both point at v3_mask.npy"),
+    (lambda v: v["2"].update(mask_file="v2_img.npy"), r"volume 2 points at v2_img.npy twice"),
+    (lambda v: (v.pop("3"), v["2"].update(image_file="v3_img.npy")),
+     r"volume 2 points at v3_img.npy, the file of volume 3"),
+])
+def test_index_pointing_volumes_at_one_file_is_refused_naming_both(built, tmp_path, edit, message):
+    work = _edited_index(built, tmp_path, edit)
+    with pytest.raises(CacheError, match=rf"^{work / INDEX_NAME}: {message}") as info:
+        load_cache_index(work)
+    assert "\n" not in str(info.value)

@@ -383,7 +383,9 @@ def test_notebooks_only_matching_nothing_is_an_error(tmp_path, capsys, monkeypat
 
 def _slice(folder: Path, vid, s, image=None, mask=None, name=None):
     folder.mkdir(parents=True, exist_ok=True)
-    image = np.ones((6, 6, 4)) if image is None else image
+    if image is None:  # four distinct channels, background (row 0) exactly 0: a plausible raw slice
+        image = np.arange(1.0, 6 * 6 * 4 + 1).reshape(6, 6, 4)
+        image[0] = 0
     mask = np.zeros((6, 6, 3), np.uint8) if mask is None else mask
     path = folder / (name or f"volume_{vid}_slice_{s}.h5")
     with h5py.File(path, "w") as f:
@@ -397,7 +399,7 @@ def _slice(folder: Path, vid, s, image=None, mask=None, name=None):
     (None, np.full((6, 6, 3), 2, np.uint8), r"mask values must be 0 or 1, found \[2\]"),
     (np.full((6, 6, 4), 1e39), None, r"image values up to 1e\+39 overflow float32"),
     (np.full((6, 6, 4), np.nan), None, r"image holds NaN or inf values"),
-    (np.bytes_(b"not an image"), None, r"image holds \|S12 values \('S'\), not numbers"),
+    (np.bytes_(b"not an image"), None, r"image holds \|S12 values \('S'\), not intensities"),
     (None, "mask as text", r"mask holds \|S12 values \('S'\), not numbers"),
     (None, np.array(["a", "b"], dtype=h5py.string_dtype()), r"mask holds object values \('O'\), not numbers"),
 ])

@@ -285,3 +285,45 @@ def test_download_rejects_wrong_layout(monkeypatch, tmp_path):
     monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, *a, **k: str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no volume_"):
         download_brats2020()
+
+
+# ------------------------------------------------------------------ whole volumes that cannot be scans
+
+
+def _rewrite_image(folder, vid, n_slices, edit):
+    """Replace every slice's image of a volume by ``edit(image (H, W, 4), s)`` (as stored: FLAIR, T1, T1ce, T2)."""
+    for s in range(n_slices):
+        path = folder / f"volume_{vid}_slice_{s}.h5"
+        with h5py.File(path, "a") as f:
+            image = edit(f["image"][()], s)
+            del f["image"]
+            f["image"] = image
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda im, s: np.zeros_like(im), r"T1: every voxel is 0 \(an empty or blank modality\)"),
+    (lambda im, s: np.full_like(im, 12.5), r"T1: every voxel is 12.5 \(a constant channel"),
+    (lambda im, s: np.concatenate([np.zeros_like(im[..., :1]), im[..., 1:]], -1), r"FLAIR: every voxel is 0"),
+    (lambda im, s: im[..., [0, 1, 1, 3]], r"T1 and T1ce are identical in every voxel"),
+])
+def test_implausible_volume_is_refused_naming_volume_and_folder(tmp_path, edit, message):
+    _write_slices(tmp_path, 5, 4)
+    _rewrite_image(tmp_path, 5, 4, edit)
+    with pytest.raises(ValueError, match=rf"^volume 5 \({tmp_path}\)(, |: ){message}") as info:
+        load_volume(tmp_path, 5)
+    assert "\n" not in str(info.value)
+
+
+def test_boolean_slices_are_refused_naming_the_file(tmp_path):
+    _write_slices(tmp_path, 5, 3)
+    _rewrite_image(tmp_path, 5, 3, lambda im, s: im > 50 if s == 1 else im)
+    path = tmp_path / "volume_5_slice_1.h5"
+    with pytest.raises(ValueError, match=rf"^{path}: image holds bool values .*not intensities"):
+        load_volume(tmp_path, 5)
+
+
+def test_empty_top_and_bottom_slices_are_normal(tmp_path):
+    _write_slices(tmp_path, 5, 5)
+    _rewrite_image(tmp_path, 5, 5, lambda im, s: np.zeros_like(im) if s in (0, 4) else im)
+    image, _ = load_volume(tmp_path, 5)
+    assert not image[:, 0].any() and not image[:, 4].any() and image[:, 2].any()

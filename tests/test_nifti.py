@@ -236,3 +236,24 @@ def test_nifti_input_keeps_its_own_header(tmp_path):
     np.testing.assert_array_equal(np.asarray(out.dataobj), _seg())
     with pytest.raises(FileNotFoundError, match="no flair file"):
         nifti_header(tmp_path)
+
+
+# ------------------------------------------------------------------ cases that cannot be scans
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda data, m: np.full_like(data, 4.0) if m == "t2" else data, r"t2.nii.gz: every voxel is 4 \(a constant"),
+    (lambda data, m: np.where(data > 2000, np.nan, data) if m == "t1ce" else data, r"t1ce.nii.gz: holds NaN or inf"),
+    (lambda data, m: _coded(0.0) if m == "flair" else data, r"t1.nii.gz and .*flair.nii.gz are identical"),
+    (lambda data, m: (data + 1j).astype(np.complex64) if m == "t1" else data,
+     r"t1.nii.gz: image holds complex64 values .*not intensities"),
+])
+def test_implausible_case_is_refused_naming_the_file(tmp_path, edit, message):
+    case = tmp_path / "BraTS20_Training_003"
+    case.mkdir()
+    for k, modality in enumerate(("t1", "t1ce", "t2", "flair")):
+        data = edit(_coded(0.25 * k), modality)
+        nib.save(nib.Nifti1Image(data, AFFINE), str(case / f"{case.name}_{modality}.nii.gz"))
+    with pytest.raises(ValueError, match=message) as info:
+        load_nifti_case(case)
+    assert str(case) in str(info.value) and "\n" not in str(info.value)

@@ -124,7 +124,7 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
     rule = run_postprocessing(run_dir, config)  # what evaluate and predict apply
     rows = []
     for vid, png in zip((int(v) for v in volume_ids), pngs):
-        image = load_cached_volume(cache, vid, index=index)[0]
+        image = load_cached_volume(cache, vid, index=index, check=True)[0]
         prob = predict_volume(model, image, config, dev, amp=amp)
         done = rule.apply_with_removed(decode_outputs(prob, config, config.threshold), spacing(vid))
         labels = done.labels

@@ -289,7 +289,7 @@ def score_peer(model: nn.Module, config: Config, cache_dir: str | os.PathLike,
         for vid in volume_ids:
             if not all(abs(z - 1.0) < 1e-9 for z in index["volumes"][str(vid)]["zoom"]):
                 raise ValueError(f"volume {vid} of {cache_dir} is resampled (cache_hw); score it at 1 mm")
-            image, mask = load_cached_volume(cache_dir, vid, index=index)
+            image, mask = load_cached_volume(cache_dir, vid, index=index, check=True)
             prob = predict_volume(model, image, config, torch.device("cpu"), amp=False)
             pred = labels_to_channels(decode_regions(prob, config.threshold))
             rows.append(brats_scores(pred, np.asarray(mask)))

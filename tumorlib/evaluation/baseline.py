@@ -148,7 +148,7 @@ def baseline(config: Config, data_dir: str | os.PathLike | None = None, cache_di
     model = fit_baseline(cache, train_ids, seed=config.seed)
     rows = []
     for vid in test_ids:
-        image, mask = load_cached_volume(cache, vid, index=index)
+        image, mask = load_cached_volume(cache, vid, index=index, check=True)
         start = time.perf_counter()
         pred = model.predict(np.asarray(image))
         seconds = time.perf_counter() - start

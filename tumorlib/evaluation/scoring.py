@@ -188,7 +188,7 @@ def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | 
         source = open_source(index)
     except CacheError:
         source = None  # a cache from a custom reader: 1 mm voxels, scored in the cache frame only
-    image, mask = load_cached_volume(cache_dir, volume_id, index=index)
+    image, mask = load_cached_volume(cache_dir, volume_id, index=index, check=True)
     prob = predict_volume(model, image, config, device, tta=tta, amp=amp, engine=engine)
     resampled = not all(abs(z - 1.0) < 1e-9 for z in entry["zoom"])
     if resampled:

@@ -262,7 +262,7 @@ def predict_cached_volume(model: torch.nn.Module, config: Config, cache_dir: str
     from tumorlib.data.cache import cache_spacing, load_cache_index, load_cached_volume
 
     index = load_cache_index(cache_dir)
-    image, gt = load_cached_volume(cache_dir, volume_id, index=index)
+    image, gt = load_cached_volume(cache_dir, volume_id, index=index, check=True)
     image = np.array(image, dtype=np.float32)  # copies out of the read-only memory map
     gt = np.array(gt)
     prob = predict_volume(model, image, config, device=device, tta=tta, engine=engine)

@@ -22,7 +22,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from tumorlib.core.brats import KAGGLE_STORED_ORDER, channel_permutation
+from tumorlib.core.brats import KAGGLE_STORED_ORDER, MODALITIES, channel_permutation
+from tumorlib.core.plausibility import check_intensity_dtype, check_plausible_image
 
 from .kaggle_scan import SLICE_RE as _SLICE_RE
 from .kaggle_scan import find_slices, scan_slices
@@ -163,14 +164,12 @@ def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_slice_values(path: Path, image: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
-    """Numeric image and mask, image finite in float32, mask exactly 0/1; errors name the file."""
-    arrays = []
-    for key, value in (("image", image), ("mask", mask)):
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "biuf":
-            raise ValueError(f"{path}: {key} holds {arr.dtype} values ({arr.dtype.kind!r}), not numbers")
-        arrays.append(arr)
-    image, mask = arrays
+    """Intensities as image (``check_intensity_dtype``), numbers as mask, image finite in float32, mask
+    exactly 0/1; errors name the file."""
+    image, mask = np.asarray(image), np.asarray(mask)
+    check_intensity_dtype(image.dtype, str(path))
+    if mask.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: mask holds {mask.dtype} values ({mask.dtype.kind!r}), not numbers")
     if image.dtype.kind == "f":
         if not np.isfinite(image).all():
             raise ValueError(f"{path}: image holds NaN or inf values")
@@ -236,6 +235,10 @@ def load_volume(root: str | os.PathLike, volume_id: int,
         ValueError: a gap in the slice numbering, a depth that differs from ``meta_data.csv``, slices
             of different shapes, wrong channel counts, NaN/inf intensities or mask values other than
             0/1 (each names the file or volume), or a bad ``stored_order``.
+        ImplausibleImageError: (a ValueError) a volume that cannot be a scan, judged whole
+            (``tumorlib.core.plausibility.check_plausible_image``: a blank or constant modality, two
+            identical modalities) or a slice of non-intensity values (bool, ...); names the volume and folder
+            or the file.
         OSError: an unreadable file (names it).
 
     Warns:
@@ -255,6 +258,7 @@ def load_volume(root: str | os.PathLike, volume_id: int,
                              f"{volume_id} are {image.shape[2:]}")
         image[:, s] = np.moveaxis(img_s[:, :, perm], -1, 0)
         mask[:, s] = np.moveaxis(mask_s, -1, 0)
+    check_plausible_image(image, f"volume {volume_id} ({paths[-1].parent})", channels=MODALITIES)
     check_volume(image, mask, volume_id)
     return image, mask
 

@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from tumorlib.core.brats import BRATS_LABELS, CANONICAL_ORDER
+from tumorlib.core.plausibility import check_intensity_dtype, check_plausible_image
 from tumorlib.io.kaggle_write import write_kaggle_volume
 
 __all__ = [
@@ -152,9 +153,11 @@ def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     Raises:
         FileNotFoundError: no such folder, or a modality missing (names the folder and the pattern).
         ValueError: files of different shapes or voxel sizes (names both), an affine placing the voxels
-            elsewhere than the T1 file's (not co-registered; names both), a file that is not 3-D,
-            NaN/inf intensities, an all-zero modality, or segmentation labels other than 0/1/2/4
-            (each names the file).
+            elsewhere than the T1 file's (not co-registered; names both), a file that is not 3-D, or
+            segmentation labels other than 0/1/2/4 (each names the file).
+        ImplausibleImageError: (a ValueError) an image that cannot be a scan
+            (``tumorlib.core.plausibility``): a modality stored as complex or other non-intensity values,
+            NaN/inf, an all-zero or constant modality, two identical modalities (names the case and file).
         OSError: an unreadable, truncated or corrupt file (names it).
     """
     case = Path(case_dir)
@@ -179,13 +182,11 @@ def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
             raise ValueError(f"{path}: shape {shape} differs from {first[0]} {first[1]}")
         elif shape == first[1]:
             _check_same_grid(path, img, (first[0], first_img))
+        check_intensity_dtype(img.get_data_dtype(), str(path))  # as stored: get_fdata would drop the imaginary part
         data = _voxels(path, img, lambda im: im.get_fdata(dtype=np.float32)).reshape(shape)
         data = _onto_grid(path, data, aff, (first[0], affine, first[1]))
-        if not np.isfinite(data).all():
-            raise ValueError(f"{path}: image holds NaN or inf values")
-        if not data.any():
-            raise ValueError(f"{path}: every voxel is 0 (an empty or blank modality): nothing to segment")
         image[c] = _to_tumorlib(data)
+    check_plausible_image(image, case.name, channels=[str(p) for p in paths])
     mask = None
     seg_path = find_nifti_file(case, "seg")
     if seg_path is not None:

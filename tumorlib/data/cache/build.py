@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tumorlib.core.brats import KAGGLE_STORED_ORDER, check_order
+from tumorlib.core.brats import KAGGLE_STORED_ORDER, MODALITIES, check_order
+from tumorlib.core.plausibility import check_plausible_image
 from tumorlib.core.safety import atomic_open, atomic_write
 
 from .layout import (build_settings, dump_entry, dump_index, image_name, mask_name, meta_name, output_records,
@@ -46,8 +47,11 @@ SourceFiles = Callable[[int], Sequence[Path]]
 def _compute_one(reader: Reader, volume_id: int, cache_hw: int | None, margin: int, source: str,
                  fingerprint: str | None, sources: dict[str, Any] | None = None,
                  stored_order: list[str] | None = None) -> VolumePlan:
-    """Read and plan one volume (crop, moments, index entry); the z-scoring happens while writing."""
+    """Read, check (``check_plausible_image``, whatever the reader) and plan one volume (crop, moments,
+    index entry); the z-scoring happens while writing."""
     image, mask = reader(volume_id)
+    check_plausible_image(image, f"volume {volume_id} ({source})",
+                          channels=MODALITIES if np.shape(image)[:1] == (len(MODALITIES),) else None)
     plan = resample_and_plan(image, mask, cache_hw, margin, volume_id)
     plan.entry = {"volume": int(volume_id), "source": source, "fingerprint": fingerprint, "cache_hw": cache_hw,
                   "margin": int(margin), "image_file": image_name(volume_id), "mask_file": mask_name(volume_id),
@@ -216,6 +220,9 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
             volume and file).
         FolderBusyError: another build holds the folder's lock (names its PID).
         UnsafePathError: an index file name that leads outside the cache folder.
+        ImplausibleImageError: a volume the reader returned that cannot be a scan (all zero, constant,
+            NaN/inf, identical channels, not intensities; ``tumorlib.core.plausibility``): nothing of it is
+            written.
         Exception: whatever the reader raises for bad input, unchanged.
     """
     cache = Path(cache_dir).expanduser().resolve()

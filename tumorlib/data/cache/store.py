@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tumorlib.core.brats import MODALITIES
 from tumorlib.core.integrity import record_problem
 from tumorlib.core.folders import inside
+from tumorlib.core.plausibility import check_plausible_image
 from tumorlib.core.safety import UnsafePathError
 
 from .preprocess import CACHE_VERSION
@@ -49,6 +52,42 @@ FORMAT_NAME = "tumorlib-cache"
 
 class CacheError(ValueError):
     """A cache folder that is missing, incomplete, made from other data or by another version."""
+
+
+_ARRAY_NAME = re.compile(r"v(\d+)_(?:img|mask)\.npy")  # ``layout.image_name`` / ``layout.mask_name``
+
+
+def _volume_order(key: str) -> tuple[int, str]:
+    return (int(key), key) if key.isdigit() else (1 << 62, key)
+
+
+def _check_file_owners(path: Path, volumes: dict[str, Any]) -> None:
+    """Refuse an index whose entries point two volumes at one file (or one volume's image and mask at one
+    file), or a volume at the arrays of another volume (``v{other}_img.npy``).
+
+    Names are compared after ``os.path.normpath`` (``./v1_img.npy`` is ``v1_img.npy``).
+
+    Raises:
+        CacheError: names the index, both volumes and the file.
+    """
+    owners: dict[str, str] = {}
+    keys = sorted((k for k in volumes if isinstance(volumes[k], dict)), key=_volume_order)
+    for key in keys:
+        names = [volumes[key].get(k) for k in ("image_file", "mask_file")]
+        names = [os.path.normpath(n) for n in names if isinstance(n, str)]
+        if len(names) == 2 and names[0] == names[1]:
+            raise CacheError(f"{path}: volume {key} points at {names[0]} twice (as image and as mask); delete "
+                             "the cache and build it again")
+        for name in names:
+            if name in owners:
+                raise CacheError(f"{path}: volumes {owners[name]} and {key} both point at {name}; delete the "
+                                 "cache and build it again")
+            owners[name] = key
+    for name, key in owners.items():
+        match = _ARRAY_NAME.fullmatch(name)
+        if match and _volume_order(match.group(1))[0] != _volume_order(key)[0]:
+            raise CacheError(f"{path}: volume {key} points at {name}, the file of volume {int(match.group(1))}; "
+                             "delete the cache and build it again")
 
 
 def _npy_size_problem(path: Path) -> str | None:
@@ -174,8 +213,9 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
         ``margin``, ``volume_ids``, ...) and ``volumes``, a dict from ``str(volume_id)`` to its entry.
 
     Raises:
-        CacheError: no index (an unfinished build), not a tumorlib cache, another format version, or a
-            volume entry whose shape is not three positive integers.
+        CacheError: no index (an unfinished build), not a tumorlib cache, another format version, a
+            volume entry whose shape is not three positive integers, or entries pointing two volumes at one
+            file or a volume at another volume's arrays (names both volumes).
     """
     cache = Path(cache_dir)
     path = cache / INDEX_NAME
@@ -198,6 +238,8 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
                 isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
             raise CacheError(f"{path}: volume {key} has shape {shape!r}, not three positive integers; delete "
                              "the cache and build it again")
+    if isinstance(volumes, dict):
+        _check_file_owners(path, volumes)
     return index
 
 
@@ -219,7 +261,7 @@ def _entry(cache: Path, index: dict[str, Any], volume_id: int) -> dict[str, Any]
 
 
 def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool = True,
-                       index: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       index: dict[str, Any] | None = None, check: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One cached volume.
 
     Args:
@@ -227,6 +269,9 @@ def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool 
         volume_id: the volume.
         mmap: memory-map the files (read-only) instead of reading them into memory.
         index: the loaded index, to skip reading it again.
+        check: refuse an image that cannot be a scan (``tumorlib.core.plausibility``): for a volume about
+            to be segmented whole, which reads every voxel anyway; patch sampling leaves it off (a memory
+            map stays unread). Caches built before the check, or edited, may hold such volumes.
 
     Returns:
         image: (4, D', H', W') float16, z-scored, 0 outside the brain.
@@ -236,6 +281,8 @@ def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool 
         KeyError: a volume not in the cache.
         CacheError: files missing or not matching the index (names the file).
         UnsafePathError: a file name in the index that leads outside the cache folder.
+        ImplausibleImageError: with ``check``, an all-zero, constant, non-finite or copied channel (names the
+            cache, the volume and the channel).
     """
     cache = Path(cache_dir)
     index = index if index is not None else load_cache_index(cache)
@@ -253,6 +300,8 @@ def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool 
             raise CacheError(f"{path} holds {arr.dtype} {arr.shape}, the index says {np.dtype(dtype)} "
                              f"{expected}; the cache does not match its index: rebuild it")
         arrays.append(arr)
+    if check:
+        check_plausible_image(arrays[0], f"cache {cache}: volume {volume_id}", channels=MODALITIES)
     return arrays[0], arrays[1]
 
 
