@@ -118,3 +118,71 @@ def test_decode_properties_on_random_probabilities():
     # the class is the arg-max of the probabilities
     on = labels > 0
     np.testing.assert_array_equal(ch.argmax(0)[on], p.argmax(0)[on])
+
+
+# --- label conventions of every release (tumorlib.core.label_conventions) ------------------------------
+
+def _class_map():
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 4, size=(4, 5, 6)).astype(np.uint8)  # class codes 0..3
+
+
+@pytest.mark.parametrize("name,written", [("brats2020", (1, 2, 4)), ("brats2021", (1, 2, 4)),
+                                          ("brats2023", (1, 2, 3)), ("msd", (2, 1, 3))])
+def test_each_convention_maps_to_the_classes_and_back(name, written):
+    from tumorlib.core.brats import channels_to_labels, classes_to_labels, labels_to_channels
+    from tumorlib.core.label_conventions import channels_to_convention, convention_to_channels, label_convention
+
+    conv = label_convention(name)
+    assert conv.written == written
+    ref = labels_to_channels(classes_to_labels(_class_map()))
+    labels = channels_to_convention(ref, conv)
+    np.testing.assert_array_equal(convention_to_channels(labels, conv), ref)
+    np.testing.assert_array_equal(channels_to_labels(convention_to_channels(labels, name)),
+                                  classes_to_labels(_class_map()))
+
+
+def test_relabel_2023_to_2020_and_msd():
+    from tumorlib.core.label_conventions import relabel
+
+    lab23 = np.array([0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(relabel(lab23, "brats2023", "brats2020"), [0, 1, 2, 4, 0])
+    np.testing.assert_array_equal(relabel(lab23[:4], "brats2023", "msd"), [0, 2, 1, 3])
+
+
+def test_resection_cavity_is_in_no_tumour_region():
+    from tumorlib.core.brats import channels_to_regions
+    from tumorlib.core.label_conventions import convention_to_channels
+
+    regions = channels_to_regions(convention_to_channels(np.full((2, 2, 2), 4), "brats2023"))
+    assert not regions.any()  # WT, TC, ET all background where the 2024 cavity is
+
+
+@pytest.mark.parametrize("values,name,want", [
+    ([0, 1, 2, 4], None, "brats2020"), ([0, 1, 2], None, "brats2020"), ([0, 1, 3, 4], None, "brats2023"),
+    ([0, 3], "BraTS-GLI-00001-000-seg.nii.gz", "brats2023"), ([0, 4], "x/BraTS-GLI-00001-000.nii.gz", "brats2023"),
+    ([0, 1, 3], "labelsTr/BRATS_001.nii.gz", "msd"), ([0, 4], "BraTS2021_00001_seg.nii.gz", "brats2020")])
+def test_detect_label_convention(values, name, want):
+    from tumorlib.core.label_conventions import detect_label_convention
+
+    assert detect_label_convention(values, name).name == want
+
+
+@pytest.mark.parametrize("values,name,match", [
+    ([0, 1, 3], None, "fit brats2023 and msd"), ([0, 5], None, "fit no label convention"),
+    ([0, 3], "BraTS20_Training_001_seg.nii.gz", r"not brats2020 labels.*name --labels brats2023"),
+    ([0, 4], "BRATS_002.nii.gz", "not msd labels")])
+def test_detect_label_convention_refuses(values, name, match):
+    from tumorlib.core.label_conventions import detect_label_convention, label_convention
+
+    with pytest.raises(ValueError, match=match):
+        detect_label_convention(values, name, where="f.nii.gz")
+    with pytest.raises(ValueError, match="unknown label convention 'brats2019'"):
+        label_convention("brats2019")
+
+
+def test_modality_aliases_of_new_releases():
+    from tumorlib.core.brats import modality_key
+
+    assert [modality_key(n) for n in ("t1n", "t1c", "t2w", "t2f", "T1w", "T1gd", "FLAIR")] == \
+        ["t1", "t1ce", "t2", "flair", "t1", "t1ce", "flair"]

@@ -9,7 +9,8 @@ lower-case keys ``t1``, ``t1ce``, ``t2``, ``flair``; ``reorder_channels`` maps o
 
 Classes and labels. The three mask channels are necrosis/non-enhancing tumour core (``ncr``), edema
 (``ed``) and enhancing tumour (``et``); in BraTS label files they are labels 1, 2 and 4 (0 background).
-The evaluation regions are WT (whole tumour: all three), TC (tumour core: ncr + et) and ET (et).
+The evaluation regions are WT (whole tumour: all three), TC (tumour core: ncr + et) and ET (et). Other
+releases' labels (BraTS 2023+ 1/2/3, MSD 2/1/3, the 2024 resection cavity): ``tumorlib.core.label_conventions``.
 
 Decoding. The network has three independent sigmoid outputs, one per class. ``decode_probabilities``
 turns them into one label per voxel:
@@ -88,7 +89,8 @@ REGION_NAMES: tuple[str, ...] = ("whole tumour", "tumour core", "enhancing tumou
 #: The classes each region is the union of.
 REGION_CLASSES: dict[str, tuple[str, ...]] = {"wt": ("ncr", "ed", "et"), "tc": ("ncr", "et"), "et": ("et",)}
 
-_ALIASES = {"t1gd": "t1ce", "t1c": "t1ce", "t1-ce": "t1ce", "t1_ce": "t1ce"}
+_ALIASES = {"t1gd": "t1ce", "t1c": "t1ce", "t1-ce": "t1ce", "t1_ce": "t1ce", "t1n": "t1", "t1w": "t1", "t2w": "t2",
+            "t2f": "flair"}
 _PRECEDENCE_IDX = tuple(CLASS_KEYS.index(k) for k in CLASS_PRECEDENCE)
 _LABEL_OF_CLASS = np.array((0, *BRATS_LABELS), np.uint8)  # class code 0..3 -> BraTS label
 
