@@ -170,7 +170,7 @@ def test_detect_label_convention(values, name, want):
 
 @pytest.mark.parametrize("values,name,match", [
     ([0, 1, 3], None, "fit brats2023 and msd"), ([0, 5], None, "fit no label convention"),
-    ([0, 3], "BraTS20_Training_001_seg.nii.gz", r"not brats2020 labels.*name --labels brats2023"),
+    ([0, 3], "BraTS20_Training_001_seg.nii.gz", r"not brats2020 labels.*3 is enhancing tumour in BraTS 2023\+"),
     ([0, 4], "BRATS_002.nii.gz", "not msd labels")])
 def test_detect_label_convention_refuses(values, name, match):
     from tumorlib.core.label_conventions import detect_label_convention, label_convention

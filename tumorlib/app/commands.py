@@ -75,11 +75,13 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     from tumorlib.core.outputs import check_output_folder
 
     check_output_folder(out, "cache")  # never into the data, a slice folder or a run
+    if args.layout and not args.nifti:
+        raise ValueError(f"--layout {args.layout} describes a --nifti ROOT folder; give --nifti too")
     if args.nifti:
         from tumorlib.data.cache.nifti import build_nifti_cache
 
         cache = build_nifti_cache(args.nifti, out, workers=workers, cache_hw=cfg.cache_hw,
-                                  margin=cfg.cache_margin, progress=not args.quiet)
+                                  margin=cfg.cache_margin, progress=not args.quiet, layout=args.layout)
     else:
         data = args.data or ensure_data(cfg, progress=not args.quiet)
         cache = build_cache(data, out, workers=workers, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
@@ -224,7 +226,9 @@ def _add_cache(sub: Any) -> None:
     p = sub.add_parser("cache", help="pre-cache volumes as normalised, cropped float16 .npy files")
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's, generated if needed)")
     p.add_argument("--nifti", default=None, metavar="ROOT",
-                   help="a folder of official BraTS NIfTI cases instead of --data")
+                   help="a folder of NIfTI cases (BraTS 2020/2021/2023+, MSD Task01) instead of --data")
+    p.add_argument("--layout", default=None, choices=["brats2020", "brats2021", "brats2023", "msd"],
+                   help="the --nifti folder's layout (default: detected from its file names and dataset.json)")
     p.add_argument("--out", default=None, help="cache folder CACHE (default: the workspace's)")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: cache_workers)")
     p.add_argument("--quiet", action="store_true")

@@ -159,8 +159,8 @@ def check_values(values: Iterable[int], convention: LabelConvention | str, where
     conv = label_convention(convention)
     unknown = sorted({int(v) for v in values} - set(conv.values))
     if unknown:
-        hint = " (BraTS 2023+ files use 3 for enhancing: name --labels brats2023)" if conv.name == "brats2020" \
-            and 3 in unknown else ""
+        hint = (" (3 is enhancing tumour in BraTS 2023+ and MSD files: name their convention or layout)"
+                if conv.name == "brats2020" and 3 in unknown else "")
         raise ValueError(f"{where}: labels {unknown[:8]} are not {conv.name} labels "
                          f"{', '.join(map(str, conv.values))}{hint}")
 

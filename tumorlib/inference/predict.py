@@ -67,11 +67,9 @@ def _input_files(data_dir: str | os.PathLike | None, volume_id: int | None,
                  nifti_case: str | os.PathLike | None) -> list[Path]:
     """The files a prediction reads: the case's modality and ``_seg`` files, or the volume's slices."""
     if nifti_case is not None:
-        from tumorlib.core.brats import CANONICAL_ORDER
-        from tumorlib.io.nifti import find_nifti_file
+        from tumorlib.io.layouts import case_from_path
 
-        found = (find_nifti_file(nifti_case, m) for m in (*CANONICAL_ORDER, "seg"))
-        return [f for f in found if f is not None]
+        return case_from_path(nifti_case).files
     from tumorlib.io.kaggle import find_slices
 
     return list(find_slices(data_dir).get(int(volume_id), {}).values())

@@ -1,4 +1,7 @@
-"""Reading official BraTS NIfTI cases (and writing a labelled case in the Kaggle slice layout).
+"""Reading NIfTI cases of every BraTS-family layout (and writing a labelled case in the Kaggle slice layout).
+
+Which files a case has, by layout (brats2020, brats2021, brats2023, msd), is ``tumorlib.io.layouts``; the
+labels of each, ``tumorlib.core.label_conventions``. Below, the BraTS2020 files as the example.
 
 A BraTS2020 case folder (``BraTS20_Training_001/``) holds one file per modality,
 ``*_t1.nii.gz``, ``*_t1ce.nii.gz``, ``*_t2.nii.gz``, ``*_flair.nii.gz`` (``.nii`` also accepted), and in
@@ -25,9 +28,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tumorlib.core.brats import BRATS_LABELS, CANONICAL_ORDER
+from tumorlib.core.brats import CANONICAL_ORDER
+from tumorlib.core.label_conventions import convention_to_channels
 from tumorlib.core.plausibility import check_intensity_dtype, check_plausible_image
 from tumorlib.io.kaggle_write import write_kaggle_volume
+from tumorlib.io.layouts import NiftiCase, case_from_path, list_cases
 
 __all__ = [
     "NIFTI_EXTENSIONS",
@@ -74,13 +79,18 @@ def find_nifti_file(case_dir: str | os.PathLike, modality: str) -> Path | None:
     return hits[0] if hits else None
 
 
-def _read(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """(data as stored, affine, NIfTI shape) of one 3-D file; errors name the file."""
+def _read(path: Path, channels: int = 1) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """(data as stored, affine, NIfTI shape) of one 3-D file (``channels`` > 1: a 4-D file of that many
+    volumes); errors name the file."""
     try:
         img = nib.load(str(path))
     except Exception as err:  # nibabel raises several types for broken files
         raise OSError(f"{path}: unreadable NIfTI file ({err})") from err
     shape = tuple(int(s) for s in img.shape)
+    if channels > 1:
+        if len(shape) != 4 or shape[3] != channels:
+            raise ValueError(f"{path}: expected a 4-D image (H, W, D, {channels}), got shape {tuple(img.shape)}")
+        return img, np.asarray(img.affine, dtype=np.float64), shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
@@ -133,47 +143,18 @@ def _onto_grid(path: Path, data: np.ndarray, affine: np.ndarray, ref: tuple[Path
                      "not co-registered); register them onto one grid first")
 
 
-def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Read one BraTS NIfTI case into tumorlib's layout.
-
-    Args:
-        case_dir: a folder with ``*_t1``, ``*_t1ce``, ``*_t2``, ``*_flair`` ``.nii.gz`` files and an
-            optional ``*_seg.nii.gz``.
-
-    Returns:
-        image: (4, D, H, W) float32, channels T1, T1ce, T2, FLAIR, from NIfTI arrays (H, W, D).
-        mask: (3, D, H, W) uint8 channels necrosis/NET (label 1), edema (2), enhancing (4), or None
-            when the case has no segmentation.
-        affine: (4, 4) float64 affine of the T1 file, the grid every array is on (H, W, D axes).
-
-    Every file is put on the T1 file's voxel grid: as stored when its affine agrees (within a tenth of a
-    voxel at the grid's corners), flipped/transposed when it covers the same voxels in another storage
-    orientation (e.g. LPS against RAS), else refused (not co-registered).
-
-    Raises:
-        FileNotFoundError: no such folder, or a modality missing (names the folder and the pattern).
-        ValueError: files of different shapes or voxel sizes (names both), an affine placing the voxels
-            elsewhere than the T1 file's (not co-registered; names both), a file that is not 3-D, or
-            segmentation labels other than 0/1/2/4 (each names the file).
-        ImplausibleImageError: (a ValueError) an image that cannot be a scan
-            (``tumorlib.core.plausibility``): a modality stored as complex or other non-intensity values,
-            NaN/inf, an all-zero or constant modality, two identical modalities (names the case and file).
-        OSError: an unreadable, truncated or corrupt file (names it).
-    """
-    case = Path(case_dir)
-    if not case.is_dir():
-        raise FileNotFoundError(f"NIfTI case folder {case} does not exist")
-    paths = []
-    for modality in CANONICAL_ORDER:
-        path = find_nifti_file(case, modality)
-        if path is None:
-            raise FileNotFoundError(f"{case}: no {modality} file (*_{modality}.nii.gz) in the case folder")
-        paths.append(path)
-    image = None
-    affine = None
-    first: tuple[Path, tuple[int, ...]] | None = None
-    first_img = None
-    for c, path in enumerate(paths):
+def _read_images(case: NiftiCase) -> tuple[np.ndarray, np.ndarray, tuple[Path, tuple[int, ...]]]:
+    """The (4, D, H, W) float32 image of a case in canonical order, the affine of its grid and (first file,
+    its (H, W, D) shape): four 3-D files, or one 4-D file (msd) whose channels are in ``stored_order``."""
+    if case.stored_order is not None:  # msd: one (H, W, D, 4) file
+        path = case.images[0]
+        img, affine, _shape = _read(path, channels=4)
+        check_intensity_dtype(img.get_data_dtype(), str(path))
+        data = _voxels(path, img, lambda im: im.get_fdata(dtype=np.float32))
+        image = np.stack([_to_tumorlib(data[..., case.stored_order.index(k)]) for k in CANONICAL_ORDER])
+        return image, affine, (path, tuple(int(s) for s in data.shape[:3]))
+    image = affine = first = first_img = None
+    for c, path in enumerate(case.images):
         img, aff, shape = _read(path)
         if first is None:
             first, first_img, affine = (path, shape), img, aff
@@ -186,26 +167,61 @@ def load_nifti_case(case_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
         data = _voxels(path, img, lambda im: im.get_fdata(dtype=np.float32)).reshape(shape)
         data = _onto_grid(path, data, aff, (first[0], affine, first[1]))
         image[c] = _to_tumorlib(data)
-    check_plausible_image(image, case.name, channels=[str(p) for p in paths])
-    mask = None
-    seg_path = find_nifti_file(case, "seg")
-    if seg_path is not None:
-        img, seg_aff, shape = _read(seg_path)
-        if sorted(shape) != sorted(first[1]):
-            raise ValueError(f"{seg_path}: shape {shape} differs from {first[0]} {first[1]}")
-        raw = _voxels(seg_path, img, lambda im: np.asarray(im.dataobj)).reshape(shape)
-        raw = _onto_grid(seg_path, raw, seg_aff, (first[0], affine, first[1]))
-        labels = np.rint(raw).astype(np.int64) if np.issubdtype(raw.dtype, np.floating) else raw
-        if np.issubdtype(raw.dtype, np.floating) and not np.array_equal(labels, raw):
-            raise ValueError(f"{seg_path}: segmentation holds non-integer values")
-        values = set(np.unique(labels).tolist())
-        unknown = sorted(values - {0, *BRATS_LABELS})
-        if unknown:
-            hint = (" (BraTS 2021+ files use 3 for enhancing tumour: relabel 3 -> 4 first)"
-                    if 3 in unknown else "")
-            raise ValueError(f"{seg_path}: labels {unknown} are not BraTS2020 labels 0, 1, 2, 4{hint}")
-        labels = _to_tumorlib(labels)
-        mask = np.stack([labels == v for v in BRATS_LABELS]).astype(np.uint8)
+    return image, affine, first
+
+
+def _read_mask(case: NiftiCase, affine: np.ndarray, first: tuple[Path, tuple[int, ...]]) -> np.ndarray:
+    """(3, D, H, W) uint8 class channels of a case's segmentation, read in the layout's label convention."""
+    seg_path = case.seg
+    img, seg_aff, shape = _read(seg_path)
+    if sorted(shape) != sorted(first[1]):
+        raise ValueError(f"{seg_path}: shape {shape} differs from {first[0]} {first[1]}")
+    raw = _voxels(seg_path, img, lambda im: np.asarray(im.dataobj)).reshape(shape)
+    raw = _onto_grid(seg_path, raw, seg_aff, (first[0], affine, first[1]))
+    labels = np.rint(raw).astype(np.int64) if np.issubdtype(raw.dtype, np.floating) else raw
+    if np.issubdtype(raw.dtype, np.floating) and not np.array_equal(labels, raw):
+        raise ValueError(f"{seg_path}: segmentation holds non-integer values")
+    return convention_to_channels(_to_tumorlib(labels), case.convention, where=f"{seg_path} ({case.layout})")
+
+
+def load_nifti_case(case_dir: str | os.PathLike | NiftiCase, layout: str | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Read one NIfTI case of any layout (``tumorlib.io.layouts``) into tumorlib's layout.
+
+    Args:
+        case_dir: a case folder (brats2020/2021 ``*_t1``, ``*_t1ce``, ``*_t2``, ``*_flair`` files and an
+            optional ``*_seg``; brats2023 ``*-t1n``, ``*-t1c``, ``*-t2w``, ``*-t2f``, ``*-seg``), an msd image
+            file (``imagesTr/BRATS_001.nii.gz``, 4-D), or a ``NiftiCase``.
+        layout: the case's layout; None: from its file names.
+
+    Returns:
+        image: (4, D, H, W) float32, channels T1, T1ce, T2, FLAIR, from NIfTI arrays (H, W, D).
+        mask: (3, D, H, W) uint8 channels ncr, ed, et (from the layout's label convention,
+            ``tumorlib.core.label_conventions``: the 2024 resection cavity is in none), or None when the
+            case has no segmentation.
+        affine: (4, 4) float64 affine of the T1 file (the 4-D file for msd), the grid every array is on.
+
+    Every file is put on the T1 file's voxel grid: as stored when its affine agrees (within a tenth of a
+    voxel at the grid's corners), flipped/transposed when it covers the same voxels in another storage
+    orientation (e.g. LPS against RAS), else refused (not co-registered).
+
+    Raises:
+        FileNotFoundError: no such folder, or a modality missing (names the folder and the pattern).
+        ValueError: files of no or two layouts, files of different shapes or voxel sizes (names both), an
+            affine placing the voxels elsewhere than the T1 file's (not co-registered; names both), a file that
+            is not 3-D (4-D with 4 channels for msd), or segmentation labels outside the layout's convention
+            (each names the file).
+        ImplausibleImageError: (a ValueError) an image that cannot be a scan
+            (``tumorlib.core.plausibility``): a modality stored as complex or other non-intensity values,
+            NaN/inf, an all-zero or constant modality, two identical modalities (names the case and file).
+        OSError: an unreadable, truncated or corrupt file (names it).
+    """
+    case = case_from_path(case_dir, layout)
+    image, affine, first = _read_images(case)
+    channels = [str(p) for p in case.images] if len(case.images) == 4 else \
+        [f"{case.images[0]} ({k})" for k in CANONICAL_ORDER]
+    check_plausible_image(image, case.name, channels=channels)
+    mask = _read_mask(case, affine, first) if case.seg is not None else None
     return image, mask, affine
 
 
@@ -222,23 +238,21 @@ def nifti_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return float(norms[2]), float(norms[0]), float(norms[1])
 
 
-def nifti_header(case_dir: str | os.PathLike) -> nib.Nifti1Header:
+def nifti_header(case_dir: str | os.PathLike | NiftiCase, layout: str | None = None) -> nib.Nifti1Header:
     """The header of a case's FLAIR file (the T1 file's where the FLAIR is stored in another orientation:
-    the grid ``load_nifti_case`` returns its arrays on).
+    the grid ``load_nifti_case`` returns its arrays on; an msd case's 4-D file).
 
     Raises:
-        FileNotFoundError: no FLAIR file in the case folder.
+        FileNotFoundError: a folder of no known layout, or a modality missing.
         OSError: an unreadable file (names it).
     """
-    path = find_nifti_file(case_dir, "flair")
-    if path is None:
-        raise FileNotFoundError(f"{case_dir}: no flair file (*_flair.nii.gz) in the case folder")
-    img, affine, shape = _read(path)
-    t1 = find_nifti_file(case_dir, "t1")
-    if t1 is not None:  # a FLAIR stored in another orientation was turned onto the T1 grid: use T1's header
-        t1_img, t1_affine, t1_shape = _read(t1)
-        if t1_shape != shape or not _same_space(affine, t1_affine, shape):
-            return t1_img.header.copy()
+    case = case_from_path(case_dir, layout)
+    if case.stored_order is not None:
+        return _read(case.images[0], channels=4)[0].header.copy()
+    img, affine, shape = _read(case.images[3])
+    t1_img, t1_affine, t1_shape = _read(case.images[0])
+    if t1_shape != shape or not _same_space(affine, t1_affine, shape):  # FLAIR turned onto the T1 grid
+        return t1_img.header.copy()
     return img.header.copy()
 
 
@@ -265,49 +279,34 @@ def nifti_case_to_kaggle(case_dir: str | os.PathLike, data_dir: str | os.PathLik
     return write_kaggle_volume(data_dir, volume_id, image, mask)
 
 
-def list_nifti_cases(root: str | os.PathLike) -> dict[int, Path]:
-    """The case folders below ``root``, keyed by the number that ends the folder name.
+def list_nifti_cases(root: str | os.PathLike, layout: str | None = None) -> dict[int, NiftiCase]:
+    """The cases below ``root`` keyed by volume id (``tumorlib.io.layouts.list_cases``).
 
-    ``BraTS20_Training_007`` is volume 7, as in the Kaggle set's ``name_mapping.csv``. A case folder is
-    any folder holding a ``*_flair.nii.gz`` (or ``.nii``) file.
+    ``BraTS20_Training_007`` is volume 7, as in the Kaggle set's ``name_mapping.csv``; ``BraTS-GLI-00012-001``
+    is 12001; msd ``BRATS_001`` is 1.
 
     Args:
-        root: a folder above the case folders (e.g. ``MICCAI_BraTS2020_TrainingData``).
+        root: a folder above the case folders (e.g. ``MICCAI_BraTS2020_TrainingData``), or an msd task folder.
+        layout: one of ``tumorlib.io.layouts.LAYOUTS``; None: detected from the file names.
 
     Returns:
-        ``{volume_id: case_dir}`` sorted by id.
+        ``{volume_id: NiftiCase}`` sorted by id (``case.name`` is the folder's name).
 
     Raises:
         FileNotFoundError: ``root`` is missing or holds no case folder.
-        ValueError: a case folder name that does not end in a number, or two folders with one id.
+        ValueError: mixed layouts, a case folder name that does not end in a number, or two folders with one id.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"NIfTI data folder {root} does not exist")
-    cases: dict[int, Path] = {}
-    for folder, _dirs, files in os.walk(root):
-        if not any(f.endswith(tuple(f"_flair{e}" for e in NIFTI_EXTENSIONS)) for f in files):
-            continue
-        path = Path(folder)
-        match = re.search(r"(\d+)$", path.name)
-        if match is None:
-            raise ValueError(f"{path}: case folder name must end in its number "
-                             "(e.g. BraTS20_Training_001)")
-        vid = int(match.group(1))
-        if vid in cases:
-            raise ValueError(f"volume {vid}: two case folders, {cases[vid]} and {path}")
-        cases[vid] = path
-    if not cases:
-        raise FileNotFoundError(f"no NIfTI case folders (with *_flair.nii.gz) below {root}")
-    return dict(sorted(cases.items()))
+    return list_cases(root, layout)
 
 
-def load_nifti_volume(root: str | os.PathLike, volume_id: int) -> tuple[np.ndarray, np.ndarray]:
+def load_nifti_volume(root: str | os.PathLike, volume_id: int, layout: str | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """One labelled case by volume id: the reader that ``tumorlib.data.cache.nifti.build_nifti_cache`` hands to the cache.
 
     Args:
         root: the folder above the case folders.
-        volume_id: the number ending the case folder's name.
+        volume_id: the case's volume id (``list_nifti_cases``).
+        layout: see ``list_nifti_cases``.
 
     Returns:
         image: (4, D, H, W) float32; mask: (3, D, H, W) uint8 (see ``load_nifti_case``).
@@ -317,12 +316,12 @@ def load_nifti_volume(root: str | os.PathLike, volume_id: int) -> tuple[np.ndarr
         FileNotFoundError: the case has no segmentation (training needs one), or a modality missing.
         ValueError: see ``load_nifti_case``.
     """
-    cases = list_nifti_cases(root)
+    cases = list_nifti_cases(root, layout)
     if int(volume_id) not in cases:
-        raise KeyError(f"volume {volume_id}: no case folder ending in {volume_id} below {root} "
+        raise KeyError(f"volume {volume_id}: no case with id {volume_id} below {root} "
                        f"({len(cases)} cases, ids {min(cases)}..{max(cases)})")
     case = cases[int(volume_id)]
     image, mask, _affine = load_nifti_case(case)
     if mask is None:
-        raise FileNotFoundError(f"{case}: no segmentation (*_seg.nii.gz); the cache needs labelled cases")
+        raise FileNotFoundError(f"{case}: no segmentation; the cache needs labelled cases")
     return image, mask

@@ -178,7 +178,8 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
                             source_files: SourceFiles | None = None, workers: int = 2,
                             cache_hw: int | None = None, margin: int = 4, progress: bool = True,
                             stored_order: Sequence[str] | None = None,
-                            source_stat: SourceStat | None = None) -> Path:
+                            source_stat: SourceStat | None = None, source_record: dict[str, Any] | None = None,
+                            ) -> Path:
     """Cache volumes from any source given as ``reader(volume_id) -> (image, mask)``.
 
     Finished volumes whose records still match (``store.volume_problem``) are skipped, so an interrupted
@@ -210,6 +211,7 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         source_stat: ``source_stat(name) -> (size, mtime_ns)`` of a source file from one scan of
             ``source`` (``fingerprints.KaggleScan.stat``), so the reuse check does not ``stat`` each file
             again; None: each is ``stat``ed.
+        source_record: more index keys describing the source (NIfTI: ``layout``, ``label_convention``).
 
     Returns:
         The cache folder.
@@ -242,7 +244,7 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         survey = job.survey(ids, settings)  # again, now that we hold the lock
         _clear_folder(cache, survey)
         entries = {**survey.entries, **_build_volumes(job, ids, sorted(survey.todo), workers, progress)}
-        _write_index(cache, source, {**settings, **orders}, entries)
+        _write_index(cache, source, {**settings, **orders, **(source_record or {})}, entries)
     return cache
 
 

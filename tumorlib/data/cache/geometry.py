@@ -39,7 +39,7 @@ def cache_affine(index: dict[str, Any], volume_id: int) -> np.ndarray:
     if reader == "nifti":
         from tumorlib.io.nifti import list_nifti_cases, nifti_header
 
-        case = list_nifti_cases(index["source"])[int(volume_id)]
+        case = list_nifti_cases(index["source"], index.get("layout"))[int(volume_id)]
         affine = np.array(nifti_header(case).get_best_affine(), dtype=np.float64)
     elif reader == "kaggle":
         from tumorlib.io.nifti_write import BRATS2020_AFFINE

@@ -56,23 +56,24 @@ class KaggleSource:
 
 
 class NiftiSource:
-    """Official BraTS NIfTI cases; the voxel size comes from each case's header."""
+    """NIfTI cases of one layout (``tumorlib.io.layouts``); the voxel size comes from each case's header."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, layout: str | None = None) -> None:
         self.root = Path(root)
+        self.layout = layout
 
     def read(self, volume_id: int) -> tuple[np.ndarray, np.ndarray]:
         from tumorlib.io.nifti import load_nifti_volume
 
-        return load_nifti_volume(self.root, volume_id)
+        return load_nifti_volume(self.root, volume_id, layout=self.layout)
 
     def spacing(self, volume_id: int) -> tuple[float, float, float]:
         import nibabel as nib
 
-        from tumorlib.io.nifti import find_nifti_file, list_nifti_cases, nifti_spacing
+        from tumorlib.io.nifti import list_nifti_cases, nifti_spacing
 
-        case = list_nifti_cases(self.root)[volume_id]
-        return nifti_spacing(nib.load(str(find_nifti_file(case, "flair"))).affine)
+        case = list_nifti_cases(self.root, self.layout)[volume_id]
+        return nifti_spacing(nib.load(str(case.images[-1])).affine)
 
 
 #: Source readers by the ``reader`` name a cache index records.
@@ -97,6 +98,8 @@ def open_source(index: dict[str, Any]) -> SourceReader:
                          f"{', '.join(SOURCE_READERS)})")
     if name == "kaggle":
         return KaggleSource(index["source"], index.get("stored_order") or KAGGLE_STORED_ORDER)
+    if name == "nifti":
+        return NiftiSource(index["source"], index.get("layout"))
     return SOURCE_READERS[name](index["source"])
 
 

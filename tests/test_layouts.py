@@ -1,0 +1,152 @@
+"""tumorlib.io.layouts: every BraTS-family layout detected, read, cached and scored, on tiny phantom cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tumorlib.core.label_conventions import LABEL_CONVENTIONS, channels_to_convention
+from tumorlib.io.layouts import LAYOUT_CONVENTIONS, LAYOUTS, case_from_path, detect_layout, list_cases
+from tumorlib.io.nifti import load_nifti_case, nifti_header
+
+SHAPE = (24, 48, 48)  # (D, H, W)
+AFFINE = np.diag([-2.0, -2.0, 2.0, 1.0])
+MSD_ORDER = ("flair", "t1", "t1ce", "t2")  # MSD Task01's 4-D channel order
+_2020 = dict(zip(("t1", "t1ce", "t2", "flair"), ("_t1", "_t1ce", "_t2", "_flair")))
+_2023 = dict(zip(("t1", "t1ce", "t2", "flair"), ("-t1n", "-t1c", "-t2w", "-t2f")))
+MSD_JSON = {"name": "BRATS", "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+            "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}}
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    from tumorlib.data.synthetic import make_phantom
+
+    return {vid: make_phantom(SHAPE, seed=5, volume_id=vid) for vid in (1, 2)}
+
+
+def _nifti(volume: np.ndarray) -> np.ndarray:
+    """tumorlib (D, H, W) [or (C, D, H, W)] -> NIfTI (H, W, D) [or (H, W, D, C)]."""
+    return np.transpose(volume, (1, 2, 0)) if volume.ndim == 3 else np.transpose(volume, (2, 3, 1, 0))
+
+
+def _save(array: np.ndarray, path: Path, dtype: type = np.float32) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(_nifti(array).astype(dtype), AFFINE), str(path))
+
+
+def case_name(layout: str, vid: int) -> str:
+    return {"brats2020": f"BraTS20_Training_{vid:03d}", "brats2021": f"BraTS2021_{vid:05d}",
+            "brats2023": f"BraTS-GLI-{vid:05d}-000", "msd": f"BRATS_{vid:03d}"}[layout]
+
+
+def write_case(root: Path, layout: str, vid: int, image: np.ndarray, mask: np.ndarray | None) -> Path:
+    """One case of ``layout`` under ``root`` from a canonical (4, D, H, W) image and (3, D, H, W) mask."""
+    name = case_name(layout, vid)
+    labels = None if mask is None else channels_to_convention(mask, LAYOUT_CONVENTIONS[layout])
+    if layout == "msd":
+        (root / "dataset.json").parent.mkdir(parents=True, exist_ok=True)
+        (root / "dataset.json").write_text(json.dumps(MSD_JSON))
+        _save(image[[("t1", "t1ce", "t2", "flair").index(k) for k in MSD_ORDER]], root / "imagesTr" / f"{name}.nii.gz")
+        if labels is not None:
+            _save(labels, root / "labelsTr" / f"{name}.nii.gz", np.uint8)
+        return root / "imagesTr" / f"{name}.nii.gz"
+    sep = _2023 if layout == "brats2023" else _2020
+    folder = root / name
+    for c, key in enumerate(("t1", "t1ce", "t2", "flair")):
+        _save(image[c], folder / f"{name}{sep[key]}.nii.gz")
+    if labels is not None:
+        _save(labels, folder / f"{name}{'-seg' if layout == 'brats2023' else '_seg'}.nii.gz", np.uint8)
+    return folder
+
+
+def write_set(root: Path, layout: str, phantoms: dict) -> Path:
+    for vid, (image, mask) in phantoms.items():
+        write_case(root, layout, vid, image, mask)
+    return root
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_layout_is_detected_and_read_in_canonical_order(tmp_path, phantoms, layout):
+    root = write_set(tmp_path / layout, layout, phantoms)
+    assert detect_layout(root) == layout
+    cases = list_cases(root)
+    want_ids = [1000, 2000] if layout == "brats2023" else [1, 2]
+    assert list(cases) == want_ids and {c.layout for c in cases.values()} == {layout}
+    image, mask, affine = load_nifti_case(cases[want_ids[1]])
+    np.testing.assert_allclose(image, phantoms[2][0], rtol=1e-6)  # T1, T1ce, T2, FLAIR
+    np.testing.assert_array_equal(mask, phantoms[2][1])  # ncr, ed, et from the layout's labels
+    np.testing.assert_allclose(affine, AFFINE)
+    assert nifti_header(cases[want_ids[0]]).get_best_affine().shape == (4, 4)
+    assert case_from_path(str(cases[want_ids[0]])).volume_id == want_ids[0]
+
+
+def test_resection_cavity_of_a_2024_case_is_background(tmp_path, phantoms):
+    image, mask = phantoms[1]
+    folder = write_case(tmp_path, "brats2023", 1, image, mask)
+    seg = folder / "BraTS-GLI-00001-000-seg.nii.gz"
+    labels = np.transpose(np.asarray(nib.load(str(seg)).dataobj), (2, 0, 1)).copy()
+    labels[:2, :2, :2] = 4  # the 2024 post-treatment resection cavity
+    _save(labels, seg, np.uint8)
+    _img, read, _aff = load_nifti_case(folder)
+    assert not read[:, :2, :2, :2].any()
+
+
+def test_mixed_and_unknown_folders_are_one_line_errors(tmp_path, phantoms):
+    image, mask = phantoms[1]
+    write_case(tmp_path / "mixed", "brats2020", 1, image, mask)
+    write_case(tmp_path / "mixed", "brats2023", 2, image, mask)
+    with pytest.raises(ValueError, match=r"mixed layouts \(brats2020: 1 cases \(e.g. BraTS20_Training_001\); "
+                                         r"brats2023: 1 cases"):
+        detect_layout(tmp_path / "mixed")
+    unknown = tmp_path / "unknown" / "case1"
+    unknown.mkdir(parents=True)
+    _save(image[0], unknown / "case1_T1-weighted.nii.gz")
+    with pytest.raises(FileNotFoundError, match="no NIfTI case of a known layout.*brats2021.*msd"):
+        detect_layout(unknown.parent)
+    with pytest.raises(ValueError, match="unknown layout 'brats2019'"):
+        list_cases(tmp_path / "mixed", "brats2019")
+
+
+def test_a_named_layout_reads_only_its_files(tmp_path, phantoms):
+    image, mask = phantoms[1]
+    root = tmp_path / "plain"
+    write_case(root, "brats2021", 1, image, mask)
+    (root / "BraTS2021_00001").rename(root / "case_7")  # folder name no longer says 2021
+    assert detect_layout(root) == "brats2020"
+    assert list(list_cases(root, "brats2021")) == [7]
+    with pytest.raises(FileNotFoundError, match="no brats2023 case folders"):
+        list_cases(root, "brats2023")
+
+
+def test_msd_dataset_json_is_checked(tmp_path, phantoms):
+    root = write_set(tmp_path / "msd", "msd", {1: phantoms[1]})
+    bad = dict(MSD_JSON, labels={"0": "background", "1": "necrosis", "2": "edema", "3": "enhancing"})
+    (root / "dataset.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"dataset.json: labels .* are not MSD Task01's"):
+        list_cases(root)
+    (root / "dataset.json").write_text(json.dumps(dict(MSD_JSON, modality={"0": "FLAIR", "1": "T1w"})))
+    with pytest.raises(ValueError, match="dataset.json: channel order"):
+        list_cases(root)
+
+
+@pytest.mark.parametrize("layout", ["brats2023", "msd"])
+def test_cache_records_layout_and_convention(tmp_path, phantoms, layout):
+    from tumorlib.data.cache import load_cache_index, load_cached_volume
+    from tumorlib.data.cache.nifti import build_nifti_cache
+    from tumorlib.data.cache.readers import open_source
+
+    root = write_set(tmp_path / layout, layout, phantoms)
+    cache = build_nifti_cache(root, tmp_path / "cache", workers=1, progress=False)
+    index = load_cache_index(cache)
+    assert index["layout"] == layout and index["label_convention"] == LAYOUT_CONVENTIONS[layout]
+    vid = index["volume_ids"][0]
+    _img, mask_c = load_cached_volume(cache, vid)
+    assert mask_c.shape[0] == 3 and int(np.asarray(mask_c).sum()) > 0
+    image, mask = open_source(index).read(vid)
+    np.testing.assert_array_equal(mask, phantoms[1][1])
+    assert LABEL_CONVENTIONS[index["label_convention"]].name == index["label_convention"]
