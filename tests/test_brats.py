@@ -159,7 +159,7 @@ def test_resection_cavity_is_in_no_tumour_region():
 
 
 @pytest.mark.parametrize("values,name,want", [
-    ([0, 1, 2, 4], None, "brats2020"), ([0, 1, 2], None, "brats2020"), ([0, 1, 3, 4], None, "brats2023"),
+    ([0, 1, 2, 4], None, "brats2020"), ([0, 1, 2], None, "brats2020"), ([0, 1, 3, 4], "BraTS-GLI-00002-100", "brats2023"),
     ([0, 3], "BraTS-GLI-00001-000-seg.nii.gz", "brats2023"), ([0, 4], "x/BraTS-GLI-00001-000.nii.gz", "brats2023"),
     ([0, 1, 3], "labelsTr/BRATS_001.nii.gz", "msd"), ([0, 4], "BraTS2021_00001_seg.nii.gz", "brats2020")])
 def test_detect_label_convention(values, name, want):
@@ -170,6 +170,7 @@ def test_detect_label_convention(values, name, want):
 
 @pytest.mark.parametrize("values,name,match", [
     ([0, 1, 3], None, "fit brats2023 and msd"), ([0, 5], None, "fit no label convention"),
+    ([0, 1, 2, 3, 4], None, r"\[3\] is no brats2020 label, and 4 is enhancing tumour in brats2020 but the resection"),
     ([0, 3], "BraTS20_Training_001_seg.nii.gz", r"not brats2020 labels.*3 is enhancing tumour in BraTS 2023\+"),
     ([0, 4], "BRATS_002.nii.gz", "not msd labels")])
 def test_detect_label_convention_refuses(values, name, match):

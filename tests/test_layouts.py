@@ -150,3 +150,69 @@ def test_cache_records_layout_and_convention(tmp_path, phantoms, layout):
     image, mask = open_source(index).read(vid)
     np.testing.assert_array_equal(mask, phantoms[1][1])
     assert LABEL_CONVENTIONS[index["label_convention"]].name == index["label_convention"]
+
+
+# --- predict writes the input's convention, evaluate reads each side's ----------------------------------
+
+def _shifted(mask: np.ndarray) -> np.ndarray:
+    """A 'prediction': the reference mask moved by two voxels along W."""
+    return np.roll(mask, 2, axis=3)
+
+
+@pytest.mark.parametrize("convention", ["brats2020", "brats2023", "msd"])
+def test_evaluate_label_files_in_each_convention_gives_the_2020_scores(tmp_path, phantoms, convention):
+    from tumorlib.app.cli import main
+
+    names = {"brats2020": "BraTS20_Training_{:03d}", "brats2023": "BraTS-GLI-{:05d}-000", "msd": "BRATS_{:03d}"}
+    for conv, folder in ((convention, "conv"), ("brats2020", "ref2020")):
+        for vid, (_image, mask) in phantoms.items():
+            name = names[convention].format(vid)  # the same case names on both sides: only the labels differ
+            _save(channels_to_convention(_shifted(mask), conv), tmp_path / folder / "pred" / f"{name}.nii.gz", np.uint8)
+            _save(channels_to_convention(mask, conv), tmp_path / folder / "ref" / f"{name}.nii.gz", np.uint8)
+    flags = ["--pred-labels", "brats2020", "--ref-labels", "brats2020"]
+    assert main(["evaluate", "--pred", str(tmp_path / "ref2020" / "pred"), "--ref", str(tmp_path / "ref2020" / "ref"),
+                 "--out", str(tmp_path / "a.csv"), "--quiet", *flags]) == 0
+    assert main(["evaluate", "--pred", str(tmp_path / "conv" / "pred"), "--ref", str(tmp_path / "conv" / "ref"),
+                 "--out", str(tmp_path / "b.csv"), "--quiet",
+                 *(["--pred-labels", convention, "--ref-labels", convention] if convention == "brats2020" else [])]) == 0
+    import pandas as pd
+
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert (a["dice_wt"] < 1).all()  # not a trivial match
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_evaluate_refuses_ambiguous_labels(tmp_path, phantoms, capsys):
+    from tumorlib.app.cli import main
+
+    mask = phantoms[2][1]  # volume 2 has enhancing tumour (3)
+    _save(channels_to_convention(mask, "brats2023"), tmp_path / "pred" / "case1.nii.gz", np.uint8)
+    _save(channels_to_convention(mask, "brats2023"), tmp_path / "ref" / "case1.nii.gz", np.uint8)
+    args = ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--out", str(tmp_path / "m.csv"),
+            "--quiet"]
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith("case1.nii.gz: labels [0, 1, 2, 3] fit brats2023 and msd; name the "
+                                            "convention (--labels / --pred-labels / --ref-labels)")
+    assert main([*args, "--pred-labels", "brats2023", "--ref-labels", "brats2023"]) == 0
+
+
+@pytest.mark.parametrize("layout,written", [("brats2023", {0, 3}), ("msd", {0, 3}), ("brats2021", {0, 4})])
+def test_predict_writes_the_input_convention_and_header(tmp_path, phantoms, layout, written):
+    from constant_runs import make_run
+
+    from tumorlib.app.cli import main
+
+    run = make_run(tmp_path / "run", bias=[-9.0, -9.0, 9.0])  # enhancing wherever the brain crop is
+    image, mask = phantoms[1]
+    case = write_case(tmp_path / "data", layout, 1, image, mask)
+    out = tmp_path / "pred" / f"{case_name(layout, 1)}.nii.gz"
+    assert main(["predict", "--run", str(run), "--nifti", str(case), "--out", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    img = nib.load(str(out))
+    assert img.shape == (SHAPE[1], SHAPE[2], SHAPE[0]) and set(np.unique(np.asarray(img.dataobj)).tolist()) == written
+    np.testing.assert_allclose(img.affine, AFFINE)
+    other = tmp_path / "pred2020.nii.gz"
+    assert main(["predict", "--run", str(run), "--nifti", str(case), "--out", str(other), "--quiet",
+                 "--device", "cpu", "--labels", "brats2020"]) == 0
+    assert set(np.unique(np.asarray(nib.load(str(other)).dataobj)).tolist()) == {0, 4}

@@ -12,8 +12,11 @@ import sys
 from typing import Any
 
 from tumorlib.app.commands_cpu import add_engine_arg
+from tumorlib.core.label_conventions import LABEL_CONVENTIONS
 
 __all__ = ["register_evaluate", "register_predict", "register_report", "register_tune_postprocessing"]
+
+_CONVENTIONS = tuple(LABEL_CONVENTIONS)  # brats2020, brats2023, msd
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -24,7 +27,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError("give --run RUN, or --pred DIR --ref DIR --out CSV")
         from tumorlib.evaluation.label_files import evaluate_label_files
 
-        evaluate_label_files(args.pred, args.ref, args.out, progress=not args.quiet)
+        evaluate_label_files(args.pred, args.ref, args.out, progress=not args.quiet, pred_labels=args.pred_labels,
+                             ref_labels=args.ref_labels)
         return 0
     from tumorlib.evaluation.evaluate import evaluate
 
@@ -45,6 +49,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as seen:  # each warning as one line, even under --quiet
         warnings.simplefilter("always")
         path = predict(args.run, args.out, data_dir=args.data, volume_id=args.volume, nifti_case=args.nifti,
+                       labels=args.labels,
                        tta=args.tta, device=args.device, amp=args.amp, progress=not args.quiet,
                        stored_order=args.kaggle_channel_order, engine=args.engine,
                        save_probabilities=args.save_probabilities, uncertainty=args.uncertainty)
@@ -89,9 +94,13 @@ def _add_evaluate(sub: Any) -> None:
                    help="run folder (config.json, checkpoints/best_model.pth); repeat it to average several runs' "
                         "probabilities (same channel order, patch size, classes)")
     p.add_argument("--pred", default=None, metavar="DIR",
-                   help="instead of --run: a folder of BraTS label files X.nii.gz (0/1/2/4) to score")
+                   help="instead of --run: a folder of label files X.nii.gz to score")
     p.add_argument("--ref", default=None, metavar="DIR",
-                   help="with --pred: the reference folder (X.nii.gz or X_seg.nii.gz)")
+                   help="with --pred: the reference folder (X.nii.gz, X_seg.nii.gz or X-seg.nii.gz)")
+    for side in ("pred", "ref"):
+        p.add_argument(f"--{side}-labels", default=None, choices=_CONVENTIONS,
+                       help=f"the --{side} files' label convention (default: from each file's name and values; "
+                            "ambiguous is an error)")
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
     p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
@@ -109,15 +118,18 @@ def _add_evaluate(sub: Any) -> None:
 
 def _add_predict(sub: Any) -> None:
     """Register ``tumorlib predict``."""
-    p = sub.add_parser("predict", help="write a BraTS label NIfTI (0/1/2/4) for one volume or NIfTI case")
+    p = sub.add_parser("predict", help="write a label NIfTI (the input's convention) for one volume or NIfTI case")
     p.add_argument("--run", required=True, action="append",
                    help="run folder (config.json, checkpoints/best_model.pth); repeat it to average several runs' "
                         "probabilities (same channel order, patch size, classes)")
     p.add_argument("--data", default=None, help="Kaggle-format data folder (with --volume)")
     p.add_argument("--volume", type=int, default=None, help="volume id in --data")
     p.add_argument("--nifti", default=None, metavar="CASE_DIR",
-                   help="official BraTS case folder (*_t1/_t1ce/_t2/_flair.nii.gz) instead of --data/--volume")
+                   help="a NIfTI case (BraTS 2020/2021/2023+ folder, MSD imagesTr/BRATS_001.nii.gz) instead of "
+                        "--data/--volume")
     p.add_argument("--out", required=True, help="output file, *.nii.gz")
+    p.add_argument("--labels", default=None, choices=_CONVENTIONS,
+                   help="label convention written (default: the --nifti case's; brats2020 for --data)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")

@@ -22,9 +22,11 @@ reads it as background for WT/TC/ET (it is in none of ncr, ed, et) and never wri
 
 Label 4 is ambiguous: enhancing tumour in ``brats2020``, resection cavity in ``brats2023``. The convention
 of a file is therefore named (``--labels``, ``--pred-labels``, ``--ref-labels``, the layout) or taken from
-its file naming (``detect_label_convention``); from values alone tumorlib decides only where one convention
-fits: a 3 beside a 4 is ``brats2023``; 0/1/2/4 is ``brats2020`` (the labels tumorlib has always read and
-written); 3 without 4 fits ``brats2023`` and ``msd``, an error unless named.
+its file naming (``detect_label_convention``: ``BraTS-GLI-00000-000`` is brats2023, ``BRATS_001`` msd,
+``BraTS20_...``/``BraTS2021_...`` brats2020). From values alone tumorlib never reads 4 as a cavity: labels
+without 3 are ``brats2020`` (the labels tumorlib has always read and written; 1 and 2 mean the same in
+brats2023, and MSD files are known by their ``BRATS_001`` names); 3 without 4 fits brats2023 and msd, and
+3 beside 4 is a 2020 file with a stray 3 or a 2024 post-treatment file: both are errors unless named.
 """
 
 from __future__ import annotations
@@ -141,9 +143,11 @@ def detect_label_convention(values: Iterable[int], name: str | Any | None = None
         check_values(found, conv, where)
         return conv
     fits = [c for c in LABEL_CONVENTIONS.values() if set(found) <= set(c.values)]
-    if 3 in found and 4 in found:
-        fits = [LABEL_CONVENTIONS["brats2023"]]
-    elif 3 not in found:
+    if 3 in found and 4 in found and fits:
+        raise ValueError(f"{where}: labels {found}: [3] is no brats2020 label, and 4 is enhancing tumour in "
+                         "brats2020 but the resection cavity in brats2023; name the convention "
+                         "(--labels / --pred-labels / --ref-labels)")
+    if 3 not in found:
         fits = [c for c in fits if c.name == "brats2020"]
     if len(fits) == 1:
         return fits[0]

@@ -1,8 +1,12 @@
 """Score folders of BraTS label files against references, without any model.
 
-Any tool's output can be scored: a prediction folder of ``X.nii.gz`` files (labels 0, 1, 2, 4) is matched
-by file name to a reference folder holding ``X.nii.gz`` or ``X_seg.nii.gz`` (``.nii`` also works). Each
-pair must have one shape, one affine (the voxel grid, compared to 1e-4 mm) and only BraTS labels; the voxel
+Any tool's output can be scored: a prediction folder of ``X.nii.gz`` files is matched by file name to a
+reference folder holding ``X.nii.gz``, ``X_seg.nii.gz`` or ``X-seg.nii.gz`` (``.nii`` also works). Each side
+has its label convention (``tumorlib.core.label_conventions``: brats2020 0/1/2/4, brats2023 0/1/2/3 and the
+2024 cavity 4, msd 0/1/2/3), named (``pred_labels``, ``ref_labels``) or detected from each file's name and
+values (ambiguous: an error); both are read into the same classes, so a 2023 prediction scored against a
+2023 reference gives the scores of the same labels in the 2020 convention. Each
+pair must have one shape, one affine (the voxel grid, compared to 1e-4 mm) and only its convention's labels; the voxel
 size comes from the reference's header. Each case gets the legacy BraTS 2020 columns
 (``tumorlib.evaluation.metrics.METRIC_COLUMNS``) and the BraTS 2023 lesion-wise columns
 (``tumorlib.evaluation.lesions``). References without a prediction are not scored (a folder of all
@@ -10,7 +14,7 @@ training labels can score a subset); a prediction without a reference is an erro
 
 Every problem is one ``ValueError`` line naming the file: a non-NIfTI file in the prediction folder
 (hidden files such as ``.DS_Store`` are skipped), an empty folder, a missing or ambiguous reference, a
-shape or affine mismatch, a label outside {0, 1, 2, 4}, a non-integer or non-3-D volume, an unreadable file.
+shape or affine mismatch, a label outside the convention, a non-integer or non-3-D volume, an unreadable file.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from tumorlib.core.brats import BRATS_LABELS, labels_to_channels
+from tumorlib.core.brats import channels_to_labels
+from tumorlib.core.label_conventions import LabelConvention, convention_to_channels, detect_label_convention
 from tumorlib.evaluation.lesions import LESION_COLUMNS, LESION_COUNT_COLUMNS, lesion_scores
 from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
 from tumorlib.io.nifti import nifti_spacing
@@ -63,7 +68,7 @@ def _folder(path: str | os.PathLike, role: str) -> Path:
 
 
 def _reference(ref_dir: Path, case: str) -> Path:
-    names = [f"{case}{s}" for s in NIFTI_SUFFIXES] + [f"{case}_seg{s}" for s in NIFTI_SUFFIXES]
+    names = [f"{case}{tail}{s}" for tail in ("", "_seg", "-seg") for s in NIFTI_SUFFIXES]
     found = [ref_dir / n for n in names if (ref_dir / n).is_file()]
     if not found:
         raise ValueError(f"{case}: no reference {case}.nii.gz or {case}_seg.nii.gz in {ref_dir}")
@@ -114,17 +119,22 @@ def match_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -
     return pairs
 
 
-def read_label_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """One BraTS label file in tumorlib's (D, H, W) layout.
+def read_label_file(path: str | os.PathLike, convention: str | LabelConvention | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """One label file of any convention, as BraTS2020 labels in tumorlib's (D, H, W) layout.
 
     Args:
-        path: a 3-D NIfTI file of labels in {0, 1, 2, 4}, stored (H, W, D) as BraTS files are.
+        path: a 3-D NIfTI label file, stored (H, W, D) as BraTS files are.
+        convention: its label convention (``brats2020``, ``brats2023``, ``msd``); None: detected from the
+            file's name and values (``detect_label_convention``).
 
     Returns:
-        ``(labels, affine)``: (D, H, W) uint8 labels and the file's (4, 4) affine.
+        ``(labels, affine)``: (D, H, W) uint8 labels 0/1/2/4 (ncr, ed, et; the 2024 resection cavity is 0)
+        and the file's (4, 4) affine.
 
     Raises:
-        ValueError: unreadable, not 3-D, not integer-valued, or a label outside {0, 1, 2, 4}.
+        ValueError: unreadable, not 3-D, not integer-valued, a label outside the convention, or a
+            convention the values leave ambiguous (each names the file).
     """
     path = Path(path)
     try:
@@ -138,20 +148,21 @@ def read_label_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: expected a 3-D label volume, got shape {data.shape}")
     values = np.unique(data)
     if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
-        raise ValueError(f"{path}: labels must be integers 0, 1, 2, 4, found non-integer values")
-    unknown = sorted(set(values.astype(np.int64).tolist()) - {0, *BRATS_LABELS})
-    if unknown:
-        raise ValueError(f"{path}: labels {unknown[:8]} are not BraTS labels (0, 1, 2, 4)")
-    labels = np.transpose(data, (2, 0, 1)).astype(np.uint8)
-    return labels, np.asarray(img.affine, dtype=np.float64)
+        raise ValueError(f"{path}: labels must be integers, found non-integer values")
+    found = values.astype(np.int64).tolist()
+    conv = detect_label_convention(found, path.name, where=str(path)) if convention is None else convention
+    channels = convention_to_channels(np.transpose(data, (2, 0, 1)).astype(np.int64), conv, where=str(path))
+    return channels_to_labels(channels), np.asarray(img.affine, dtype=np.float64)
 
 
-def score_label_file_pair(pred_path: str | os.PathLike, ref_path: str | os.PathLike) -> dict[str, float]:
+def score_label_file_pair(pred_path: str | os.PathLike, ref_path: str | os.PathLike,
+                          pred_labels: str | None = None, ref_labels: str | None = None) -> dict[str, float]:
     """Legacy and lesion-wise scores of one prediction file against its reference.
 
     Args:
         pred_path: predicted label file.
         ref_path: reference label file.
+        pred_labels, ref_labels: each side's label convention; None: detected (``read_label_file``).
 
     Returns:
         ``{column: value}`` for ``METRIC_COLUMNS``, ``LESION_COLUMNS`` and ``LESION_COUNT_COLUMNS``.
@@ -159,8 +170,8 @@ def score_label_file_pair(pred_path: str | os.PathLike, ref_path: str | os.PathL
     Raises:
         ValueError: see ``read_label_file``, or the shapes or affines differ (names both files).
     """
-    pred, pred_affine = read_label_file(pred_path)
-    ref, ref_affine = read_label_file(ref_path)
+    pred, pred_affine = read_label_file(pred_path, pred_labels)
+    ref, ref_affine = read_label_file(ref_path, ref_labels)
     if pred.shape != ref.shape:
         raise ValueError(f"{pred_path}: shape {pred.shape[1:] + pred.shape[:1]} differs from reference "
                          f"{ref_path} {ref.shape[1:] + ref.shape[:1]}")
@@ -169,17 +180,20 @@ def score_label_file_pair(pred_path: str | os.PathLike, ref_path: str | os.PathL
         raise ValueError(f"{pred_path}: affine differs from reference {ref_path} (by up to {diff:.4g}); "
                          f"write predictions on the reference's grid and header")
     spacing = nifti_spacing(ref_affine)
-    scores = brats_scores(labels_to_channels(pred), labels_to_channels(ref), spacing)
+    scores = brats_scores(convention_to_channels(pred, "brats2020"), convention_to_channels(ref, "brats2020"),
+                          spacing)
     scores.update(lesion_scores(pred, ref, spacing))
     return scores
 
 
-def score_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> pd.DataFrame:
+def score_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, pred_labels: str | None = None,
+                      ref_labels: str | None = None) -> pd.DataFrame:
     """Score every prediction file of a folder against the reference of the same name.
 
     Args:
-        pred_dir: folder of predicted BraTS label files ``X.nii.gz`` (0, 1, 2, 4).
+        pred_dir: folder of predicted label files ``X.nii.gz``.
         ref_dir: folder of references ``X.nii.gz`` or ``X_seg.nii.gz``.
+        pred_labels, ref_labels: each side's label convention; None: detected per file.
 
     Returns:
         One row per case, sorted by case, columns ``LABEL_FILE_COLUMNS``: ``case`` (the file name without
@@ -190,12 +204,13 @@ def score_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -
     """
     rows = []
     for case, pred_path, ref_path in match_label_files(pred_dir, ref_dir):
-        rows.append({"case": case, **score_label_file_pair(pred_path, ref_path)})
+        rows.append({"case": case, **score_label_file_pair(pred_path, ref_path, pred_labels, ref_labels)})
     return pd.DataFrame(rows, columns=list(LABEL_FILE_COLUMNS))
 
 
 def evaluate_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, out: str | os.PathLike,
-                         progress: bool = True) -> pd.DataFrame:
+                         progress: bool = True, pred_labels: str | None = None,
+                         ref_labels: str | None = None) -> pd.DataFrame:
     """Score a folder of label files (``score_label_files``) and write the CSV and its summary.
 
     The output is refused before anything is read when it could destroy data: it must be a ``.csv``
@@ -208,6 +223,7 @@ def evaluate_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike
         ref_dir: folder of references (``X.nii.gz`` or ``X_seg.nii.gz``).
         out: the per-case CSV; the summary (mean, median, std) goes beside it.
         progress: print where the CSV went and the summary.
+        pred_labels, ref_labels: each side's label convention; None: detected per file.
 
     Returns:
         The per-case table (``LABEL_FILE_COLUMNS``).
@@ -232,7 +248,7 @@ def evaluate_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike
     for path in (out_path, summary_path(out_path)):
         check_not_input(path, inputs)
         check_output_file(path)  # never another command's file (a run's history.csv, ...)
-    rows = [{"case": case, **score_label_file_pair(p, r)} for case, p, r in pairs]
+    rows = [{"case": case, **score_label_file_pair(p, r, pred_labels, ref_labels)} for case, p, r in pairs]
     frame = pd.DataFrame(rows, columns=list(LABEL_FILE_COLUMNS))
     summary = summarize(frame)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from tumorlib.inference.predictor import inference_engine, load_runs, predict_vo
 from tumorlib.core.folders import check_not_input
 from tumorlib.core.safety import atomic_path
 
-__all__ = ["UNCERTAINTY_MAPS", "predict", "probabilities_description", "probabilities_path", "uncertainty_paths"]
+__all__ = ["UNCERTAINTY_MAPS", "output_convention", "predict", "probabilities_description", "probabilities_path", "uncertainty_paths"]
 
 #: The uncertainty maps ``predict(uncertainty=True)`` writes, in order (``uncertainty_maps`` keys).
 UNCERTAINTY_MAPS = ("entropy", "variance")
@@ -105,13 +105,30 @@ def probabilities_description(config: object) -> str:
     return f"tumorlib sigmoid outputs {','.join(output_keys(config))} (targets={targets_of(config)})"
 
 
+def output_convention(nifti_case: str | os.PathLike | None, labels: str | None = None) -> str:
+    """The label convention ``predict`` writes: ``labels`` when given, else the NIfTI case's (its layout's:
+    brats2023 for a ``BraTS-GLI-...`` case, msd for an MSD image), else brats2020 (Kaggle input)."""
+    from tumorlib.core.label_conventions import label_convention
+
+    if labels is not None:
+        return label_convention(labels).name
+    if nifti_case is None:
+        return "brats2020"
+    from tumorlib.io.layouts import case_from_path
+
+    return case_from_path(nifti_case).convention
+
+
 def _write_outputs(out: Path, labels: np.ndarray, prob: np.ndarray | None, header: object,
-                   description: str | None = None) -> Path:
-    """The label file and, when ``prob`` is given, the probabilities beside it, each atomically."""
+                   description: str | None = None, convention: str = "brats2020") -> Path:
+    """The label file (BraTS2020 ``labels`` written in ``convention``) and, when ``prob`` is given, the
+    probabilities beside it, each atomically."""
+    from tumorlib.core.label_conventions import relabel
     from tumorlib.io.nifti_write import save_probabilities_nifti, save_segmentation_nifti
 
+    labels = relabel(labels, "brats2020", convention)
     with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
-        save_segmentation_nifti(labels, tmp, header=header)
+        save_segmentation_nifti(labels, tmp, header=header, convention=convention)
     if prob is not None:
         with atomic_path(probabilities_path(out)) as tmp:
             save_probabilities_nifti(prob, tmp, header=header, description=description)
@@ -134,12 +151,22 @@ def _read_input(data_dir: str | os.PathLike | None, volume_id: int | None, nifti
     return image, f"volume {volume_id} of {data_dir}"
 
 
+def _check_request(out: str | os.PathLike, data_dir: object, volume_id: object, nifti_case: object) -> Path:
+    """``out`` as a Path, refused unless it is a NIfTI name and exactly one input is given."""
+    out = Path(out)
+    if not out.name.endswith((".nii.gz", ".nii")):
+        raise ValueError(f"output {out} must end in .nii.gz or .nii")
+    if (nifti_case is None) == (data_dir is None or volume_id is None):
+        raise ValueError("give either nifti_case, or data_dir and volume_id")
+    return out
+
+
 def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             volume_id: int | None = None, nifti_case: str | os.PathLike | None = None, tta: bool = False,
             device: str | torch.device | None = None, amp: bool = True,
             progress: bool = False, stored_order: Sequence[str] | None = None, engine: str = "torch",
-            save_probabilities: bool = False, uncertainty: bool = False) -> Path:
-    """Segment one raw volume and write BraTS labels as NIfTI.
+            save_probabilities: bool = False, uncertainty: bool = False, labels: str | None = None) -> Path:
+    """Segment one raw volume and write its labels as NIfTI, in the input's label convention.
 
     The input is prepared exactly as the cache prepares it (``prepare_volume``: optional in-plane
     zoom to ``cache_hw``, crop to the brain plus ``cache_margin``, per-channel z-score), predicted by
@@ -157,7 +184,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         out: the output file, ``*.nii.gz`` or ``*.nii``.
         data_dir: a Kaggle-format folder (with ``volume_id``).
         volume_id: the volume to predict from ``data_dir``.
-        nifti_case: an official BraTS case folder (``*_t1/_t1ce/_t2/_flair.nii.gz``), instead of ``data_dir``.
+        nifti_case: a NIfTI case (``tumorlib.io.layouts``: a case folder, an MSD image file), not ``data_dir``.
         tta: average over the 8 flips.
         device: None: CUDA when available, else CPU.
         amp: autocast at the run's ``amp_dtype`` (``inference_precision``); False: float32.
@@ -170,10 +197,11 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         uncertainty: also write the flip members' entropy and tumour-probability variance (float32 NIfTI,
             the labels' header and grid, 0 outside the crop) at ``uncertainty_paths(out)``; 8 more passes
             (per run of an ensemble).
+        labels: the convention written (brats2020, brats2023, msd); None: the case's (``output_convention``).
 
     Returns:
-        The path written: uint8 labels {0, 1, 2, 4}, array shape (H, W, D) (slice index last, as BraTS
-        files), with the case's header (NIfTI input) or the BraTS2020 header (Kaggle input).
+        The path written: uint8 labels, array shape (H, W, D) (slice index last, as BraTS files, 3-D also for
+        a 4-D MSD input), with the case's header (NIfTI input) or the BraTS2020 header (Kaggle input).
 
     Raises:
         ValueError: neither or both inputs given, an output name that is not NIfTI, a volume with the wrong
@@ -186,15 +214,12 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     from tumorlib.io.nifti import nifti_header, nifti_spacing
     from tumorlib.io.nifti_write import brats2020_header
 
-    out = Path(out)
-    if not out.name.endswith((".nii.gz", ".nii")):
-        raise ValueError(f"output {out} must end in .nii.gz or .nii")
-    if (nifti_case is None) == (data_dir is None or volume_id is None):
-        raise ValueError("give either nifti_case, or data_dir and volume_id")
+    out = _check_request(out, data_dir, volume_id, nifti_case)
     dev = resolve_device(device)
     model, config = load_runs(run_dir, dev)
     run_dir = run_dir if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)[0]
     _check_stored_order(stored_order, config, run_dir, data_dir or nifti_case)
+    convention = output_convention(nifti_case, labels)  # before any work: a bad name is refused at once
     image, name = _read_input(data_dir, volume_id, nifti_case, config.kaggle_channel_order)
     sidecars = [*([probabilities_path(out)] if save_probabilities else []),
                 *(uncertainty_paths(out).values() if uncertainty else [])]
@@ -208,9 +233,10 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress, engine=runner)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
     header = nifti_header(nifti_case) if nifti_case is not None else brats2020_header()
-    labels = run_postprocessing(run_dir, config).apply(decode_outputs(full, config, config.threshold),
-                                                       nifti_spacing(header.get_best_affine()))
-    _write_outputs(out, labels, full if save_probabilities else None, header, probabilities_description(config))
+    decoded = run_postprocessing(run_dir, config).apply(decode_outputs(full, config, config.threshold),
+                                                        nifti_spacing(header.get_best_affine()))
+    _write_outputs(out, decoded, full if save_probabilities else None, header, probabilities_description(config),
+                   convention)
     if uncertainty:
         _write_uncertainty(uncertainty_paths(out), header, model, config, image_c, entry, dev, amp, runner)
     return out

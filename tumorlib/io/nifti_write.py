@@ -22,7 +22,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tumorlib.core.brats import BRATS_LABELS, CANONICAL_ORDER, channels_to_labels
+from tumorlib.core.brats import CANONICAL_ORDER, channels_to_labels
+from tumorlib.core.label_conventions import check_values
 
 __all__ = [
     "BRATS2020_AFFINE",
@@ -78,11 +79,13 @@ def _save_volume(volume: np.ndarray, dtype: type, path: str | os.PathLike, affin
 
 
 def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
-                            affine: np.ndarray | None = None, header: nib.Nifti1Header | None = None) -> Path:
+                            affine: np.ndarray | None = None, header: nib.Nifti1Header | None = None,
+                            convention: str = "brats2020") -> Path:
     """Write a BraTS label volume as NIfTI.
 
     Args:
-        labels: (D, H, W) integer labels in {0, 1, 2, 4} (tumorlib layout).
+        labels: (D, H, W) integer labels of ``convention`` (default {0, 1, 2, 4}; tumorlib layout).
+        convention: ``brats2020``, ``brats2023`` or ``msd`` (``tumorlib.core.label_conventions``).
         path: output file, usually ``*.nii.gz`` (parent folders are created).
         affine: (4, 4) affine of the input case; None: the header's best affine, else a 1 mm identity.
         header: the input case's header (``nifti_header``); its qform and sform are copied with their
@@ -92,16 +95,14 @@ def save_segmentation_nifti(labels: np.ndarray, path: str | os.PathLike,
         The path written; the file holds a uint8 (H, W, D) array.
 
     Raises:
-        ValueError: ``labels`` is not 3-D or holds values outside {0, 1, 2, 4}, or a bad affine.
+        ValueError: ``labels`` is not 3-D or holds values outside the convention, or a bad affine.
     """
     if affine is None and header is not None:
         affine = header.get_best_affine()
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"labels must be (D, H, W), got shape {labels.shape}")
-    unknown = sorted(set(np.unique(labels).tolist()) - {0, *BRATS_LABELS})
-    if unknown:
-        raise ValueError(f"labels {unknown} are not BraTS labels 0, 1, 2, 4")
+    check_values(np.unique(labels).tolist(), convention, where=str(path))
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
