@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from tumorlib.app.arguments import add_output_arg
 from tumorlib.app.commands_cpu import add_engine_arg
 
 __all__ = ["register_evaluate", "register_predict", "register_report", "register_tune_postprocessing"]
@@ -96,7 +97,7 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
-    p.add_argument("--out", default=None, help="metrics CSV (default RUN/metrics_<split>.csv; required with "
+    add_output_arg(p, "--out", default=None, help="metrics CSV (default RUN/metrics_<split>.csv; required with "
                                                "--pred); summary beside it")
     p.add_argument("--uncertainty", action="store_true",
                    help="add mean_entropy_tumour, uncertain_fraction (8 flip members) and ece_wt/tc/et (15 bins)")
@@ -117,7 +118,7 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--volume", type=int, default=None, help="volume id in --data")
     p.add_argument("--nifti", default=None, metavar="CASE_DIR",
                    help="official BraTS case folder (*_t1/_t1ce/_t2/_flair.nii.gz) instead of --data/--volume")
-    p.add_argument("--out", required=True, help="output file, *.nii.gz")
+    add_output_arg(p, "--out", required=True, help="output file, *.nii.gz")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32, whatever the run's amp_dtype")
@@ -157,8 +158,8 @@ def _add_report(sub: Any) -> None:
     p = sub.add_parser("report", help="one-page QC report (PNG) and QC CSV rows of predicted volumes")
     p.add_argument("--run", required=True, help="run folder (config.json, checkpoints/best_model.pth)")
     p.add_argument("--volume", type=int, nargs="+", required=True, metavar="ID", help="cached volume id(s)")
-    p.add_argument("--out", default=None, help="the PNG of one volume (default RUN/reports/volume_<id>.png)")
-    p.add_argument("--csv", default=None, help="QC CSV, one row per volume (default qc.csv beside the PNG)")
+    add_output_arg(p, "--out", default=None, help="the PNG of one volume (default RUN/reports/volume_<id>.png)")
+    add_output_arg(p, "--csv", default=None, help="QC CSV, one row per volume (default qc.csv beside the PNG)")
     _add_run_inputs(p)
     p.set_defaults(func=_cmd_report)
 

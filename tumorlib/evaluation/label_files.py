@@ -215,7 +215,6 @@ def evaluate_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike
     Raises:
         ValueError: one line naming the file (see the module text, or the refused ``--out``).
     """
-    from tumorlib.core.folders import check_not_input
     from tumorlib.core.safety import atomic_write
     from tumorlib.evaluation.evaluate import summarize, summary_path
 
@@ -230,14 +229,13 @@ def evaluate_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike
     from tumorlib.core.outputs import check_output_file
 
     for path in (out_path, summary_path(out_path)):
-        check_not_input(path, inputs)
-        check_output_file(path)  # never another command's file (a run's history.csv, ...)
+        check_output_file(path, inputs, writer="evaluate")  # never an input, nor a file tumorlib did not write
     rows = [{"case": case, **score_label_file_pair(p, r)} for case, p, r in pairs]
     frame = pd.DataFrame(rows, columns=list(LABEL_FILE_COLUMNS))
     summary = summarize(frame)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_path, frame.to_csv(index=False))
-    atomic_write(summary_path(out_path), summary.to_csv(index_label="statistic"))
+    atomic_write(out_path, frame.to_csv(index=False), writer="evaluate")
+    atomic_write(summary_path(out_path), summary.to_csv(index_label="statistic"), writer="evaluate")
     if progress:
         from tumorlib.core.sources import display_path
 
