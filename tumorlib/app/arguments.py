@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from tumorlib.core.config import Config, get_config, parse_field
@@ -28,21 +29,25 @@ class OutputSpec:
         makes: for a folder, the kind of folder the command makes (``"run"``, ``"cache"``, ``"dataset"``,
             ``"export"``, ``"notebooks"``): a folder of that kind is its own.
         replaces: ``--overwrite`` replaces the whole folder (then only a folder the command recorded writing).
+        check: the command's own rules on the name (``check(value, args)``, e.g. a suffix), run before the
+            guard so their messages come first; raises ``ValueError``.
     """
 
     kind: str = "file"
     makes: str | None = None
     replaces: bool = False
+    check: Callable[[str, argparse.Namespace], None] | None = None
 
 
 def add_output_arg(parser: argparse.ArgumentParser, *flags: str, kind: str = "file", makes: str | None = None,
-                   replaces: bool = False, **kwargs: Any) -> argparse.Action:
+                   replaces: bool = False, check: Callable[[str, argparse.Namespace], None] | None = None,
+                   **kwargs: Any) -> argparse.Action:
     """Add an option naming something the command writes; ``check_outputs`` guards it before the handler.
 
     Args:
         parser: the subcommand's parser (or an argument group of it).
         *flags: the option strings (``"--out"``).
-        kind, makes, replaces: see ``OutputSpec``.
+        kind, makes, replaces, check: see ``OutputSpec``.
         **kwargs: passed to ``add_argument`` (``default``, ``help``, ``required``, ``metavar``).
 
     Returns:
@@ -51,7 +56,7 @@ def add_output_arg(parser: argparse.ArgumentParser, *flags: str, kind: str = "fi
     if kind not in ("file", "folder"):
         raise ValueError(f"output kind must be 'file' or 'folder', got {kind!r}")
     action = parser.add_argument(*flags, **kwargs)
-    action.tumorlib_output = OutputSpec(kind, makes, replaces)
+    action.tumorlib_output = OutputSpec(kind, makes, replaces, check)
     return action
 
 
@@ -75,6 +80,8 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace, com
         if value is None:
             continue
         spec = action.tumorlib_output
+        if spec.check is not None:
+            spec.check(value, args)
         guard_output(value, spec.kind, action.option_strings[0], writer=command, makes=spec.makes,
                      overwrite=bool(getattr(args, "overwrite", False)), replaces=spec.replaces)
 

@@ -34,6 +34,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_evaluate_out(out: str, args: argparse.Namespace) -> None:
+    """With ``--pred``/``--ref``: the label files' CSV rules (``check_label_files_out``) come first."""
+    if args.pred is not None and args.ref is not None:
+        from tumorlib.evaluation.label_files import check_label_files_out
+
+        check_label_files_out(out, args.pred, args.ref)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tumorlib.inference.predict import predict
 
@@ -97,7 +105,7 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
-    add_output_arg(p, "--out", default=None, help="metrics CSV (default RUN/metrics_<split>.csv; required with "
+    add_output_arg(p, "--out", default=None, check=_check_evaluate_out, help="metrics CSV (default RUN/metrics_<split>.csv; required with "
                                                "--pred); summary beside it")
     p.add_argument("--uncertainty", action="store_true",
                    help="add mean_entropy_tumour, uncertain_fraction (8 flip members) and ece_wt/tc/et (15 bins)")
