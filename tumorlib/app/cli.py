@@ -1,7 +1,8 @@
 """The ``tumorlib`` command: ``tumorlib synth|cache|bench|train|evaluate|predict``.
 
 The subcommands (options and handlers) live in ``tumorlib.app.commands``; here: the parser, signals
-(SIGTERM and Ctrl-C stop a command cleanly) and the one-line error report.
+(SIGTERM and Ctrl-C stop a command cleanly), the output guard every command goes through before its
+handler (``tumorlib.app.arguments.check_outputs``) and the one-line error report.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from tumorlib.app.arguments import check_outputs
 from tumorlib.app.commands import register_commands
 
 __all__ = ["main", "build_parser"]
@@ -22,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the traceback of an error (also TUMORLIB_DEBUG=1); accepted anywhere")
     register_commands(parser.add_subparsers(dest="command", required=True))
     return parser
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand of ``parser``."""
+    sub = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
 
 
 class _Terminated(KeyboardInterrupt):
@@ -132,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hook, sys.unraisablehook = sys.unraisablehook, _redeliver
     _RECEIVED.clear()
     try:
+        check_outputs(_subparser(parser, args.command), args, args.command)  # before anything is written
         code = int(args.func(args) or 0)
         if _RECEIVED:  # the exception was swallowed on the way (rare: inside a library's callback)
             term = _RECEIVED[0] == signal.SIGTERM

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from tumorlib.app.commands_cpu import add_cpu_bench_args, register_cpu_commands, run_cpu_bench
-from tumorlib.app.arguments import add_config_args, config_from_args, int_at_least
+from tumorlib.app.arguments import add_config_args, add_output_arg, config_from_args, int_at_least
 from tumorlib.app.scoring_commands import (register_evaluate, register_predict, register_report,
                                            register_tune_postprocessing)
 from tumorlib.core.config import get_config
@@ -24,10 +24,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tumorlib.core.folders import check_free_space, replace_folder
-    from tumorlib.core.outputs import check_output_folder
+    from tumorlib.core.outputs import record_folder
     from tumorlib.data import make_synthetic
 
-    check_output_folder(args.out, "dataset")  # never a file, a run or a cache, even with --overwrite
+    # --out was guarded before this handler (tumorlib.app.cli): never a file, a run or a cache, and with
+    # --overwrite only a folder synth recorded writing, unchanged since
     d, h, w = args.shape
     per_slice = -(-(h * w * 35 + 2112) // 4096) * 4096  # float64 x4 + uint8 x3 + HDF5 header, in 4 KiB blocks
     check_free_space(Path(args.out).absolute().parent, max(args.volumes, 0) * d * per_slice + 65536,
@@ -37,6 +38,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     def build(tmp: Path) -> None:  # generated beside --out, swapped in whole only when complete
         made["rel"] = make_synthetic(tmp, args.volumes, tuple(args.shape), seed=args.seed,
                                      progress=not args.quiet).relative_to(tmp)
+        record_folder(tmp, "synth")  # what --overwrite may replace later: exactly these files
 
     out = replace_folder(args.out, build, overwrite=args.overwrite, what="synth --out")
     folder = out / made["rel"]
@@ -161,10 +163,9 @@ def _cmd_inspect_modalities(args: argparse.Namespace) -> int:
     from tumorlib.data.modalities import format_modality_report, inspect_modalities
 
     config = config_from_args(args)
-    if args.json is not None:  # before any work: never replace another command's file; a full disk now
-        from tumorlib.core.outputs import check_output_file, reserve_space
+    if args.json is not None:  # --json was guarded before this handler (tumorlib.app.cli); a full disk now
+        from tumorlib.core.outputs import reserve_space
 
-        check_output_file(args.json, option="--json")
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         reserve_space(args.json)
     data = args.data if args.data is not None else ensure_data(config, progress=not args.quiet)
@@ -176,7 +177,7 @@ def _cmd_inspect_modalities(args: argparse.Namespace) -> int:
 
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, json.dumps(report, indent=2) + "\n")
+        atomic_write(out, json.dumps(report, indent=2) + "\n", writer="inspect-modalities")
         print(f"wrote {out}")
     return 0
 
@@ -191,7 +192,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 def _add_synth(sub: Any) -> None:
     """Register ``tumorlib synth``."""
     p = sub.add_parser("synth", help="write the embedded synthetic dataset in the Kaggle layout")
-    p.add_argument("--out", required=True, help="dataset root to create")
+    add_output_arg(p, "--out", kind="folder", makes="dataset", replaces=True, required=True,
+                   help="dataset root to create")
     p.add_argument("--volumes", type=int, default=10, help="number of volumes (ids 1..N)")
     p.add_argument("--shape", type=int, nargs=3, default=(155, 240, 240), metavar=("D", "H", "W"),
                    help="slices, rows, columns")
@@ -205,7 +207,8 @@ def _add_notebooks(sub: Any) -> None:
     """Register ``tumorlib notebooks``."""
     p = sub.add_parser("notebooks", help="run the numbered notebooks headless, saving executed copies")
     p.add_argument("--dir", default="notebooks", help="folder with the numbered notebooks")
-    p.add_argument("--out", default="outputs/demo", help="folder for the executed notebooks")
+    add_output_arg(p, "--out", kind="folder", makes="notebooks", default="outputs/demo",
+                   help="folder for the executed notebooks")
     p.add_argument("--only", nargs="*", default=None, help="notebook prefixes to run, e.g. 01 02")
     p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
     p.set_defaults(func=_cmd_notebooks)
@@ -216,7 +219,7 @@ def _add_inspect_modalities(sub: Any) -> None:
                        help="infer which stored image channel is which modality from the images and masks")
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
     p.add_argument("--volumes", type=int, default=5, help="volumes read, spread over the ids")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the votes and verdict as JSON")
+    add_output_arg(p, "--json", default=None, metavar="OUT", help="write the votes and verdict as JSON")
     p.add_argument("--quiet", action="store_true")
     add_config_args(p)
     p.set_defaults(func=_cmd_inspect_modalities)
@@ -229,7 +232,8 @@ def _add_cache(sub: Any) -> None:
                    help="a folder of NIfTI cases (BraTS 2020/2021/2023+, MSD Task01) instead of --data")
     p.add_argument("--layout", default=None, choices=["brats2020", "brats2021", "brats2023", "msd"],
                    help="the --nifti folder's layout (default: detected from its file names and dataset.json)")
-    p.add_argument("--out", default=None, help="cache folder CACHE (default: the workspace's)")
+    add_output_arg(p, "--out", kind="folder", makes="cache", default=None,
+                   help="cache folder CACHE (default: the workspace's)")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: cache_workers)")
     p.add_argument("--quiet", action="store_true")
     add_config_args(p)
@@ -240,7 +244,7 @@ def _add_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="loading benchmark: HDF5 slices against the cache, build, patches/s")
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
     p.add_argument("--cache", default=None, help="cache folder, built when missing (default: the workspace's)")
-    p.add_argument("--out", default=None, help="write the results as JSON to this file")
+    add_output_arg(p, "--out", default=None, help="write the results as JSON to this file")
     p.add_argument("--volumes", type=int, default=3, help="volumes measured (the first N)")
     p.add_argument("--repeats", type=int, default=3, help="warm loads per volume and source")
     p.add_argument("--patches", type=int, default=200, help="patches timed")
@@ -269,7 +273,8 @@ def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train the UNet3D (under torchrun: DistributedDataParallel)")
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
     p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
-    p.add_argument("--out", default=None, help="run folder RUN (default: the workspace's run_dir)")
+    add_output_arg(p, "--out", kind="folder", makes="run", default=None,
+                   help="run folder RUN (default: the workspace's run_dir)")
     either = p.add_mutually_exclusive_group()  # continue a run, or replace it: never both
     either.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pth")
     either.add_argument("--overwrite", action="store_true",
@@ -287,7 +292,7 @@ def _add_baseline(sub: Any) -> None:
     p = sub.add_parser("baseline", help="intensity-only per-voxel classifier: fit on the train split, score the test split")
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
     p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
-    p.add_argument("--out", default=None, help="metrics CSV (default OUT/baseline_test.csv); summary beside it")
+    add_output_arg(p, "--out", default=None, help="metrics CSV (default OUT/baseline_test.csv); summary beside it")
     p.add_argument("--quiet", action="store_true")
     add_config_args(p)
     p.set_defaults(func=_cmd_baseline)

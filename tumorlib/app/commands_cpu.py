@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tumorlib.app.arguments import add_output_arg
+
 __all__ = ["add_cpu_bench_args", "add_engine_arg", "register_cpu_commands", "run_cpu_bench"]
 
 
@@ -84,7 +86,8 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--run", required=True, help="run folder (config.json, checkpoints/best_model.pth)")
     p.add_argument("--format", required=True, choices=["onnx", "openvino"],
                    help="onnx (model.onnx) or openvino (model.xml + model.bin, needs the openvino extra)")
-    p.add_argument("--out", default=None, help="output folder (default RUN/export-<format>)")
+    add_output_arg(p, "--out", kind="folder", makes="export", default=None,
+                   help="output folder (default RUN/export-<format>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export (tumorlib's own files only)")
     p.set_defaults(func=_cmd_export)
 

@@ -63,6 +63,7 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
     import nbformat
     from nbclient import NotebookClient
 
+    from tumorlib.core.outputs import check_output_file
     from tumorlib.core.safety import atomic_open
 
     out_dir = Path(out_dir)
@@ -73,6 +74,8 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
         if not notebooks:
             raise ValueError(f"--only {' '.join(only)}: no notebook in {notebook_dir} starts with that "
                              f"(have: {', '.join(p.name[:2] for p in find_notebooks(notebook_dir))})")
+    for path in notebooks:  # before any runs: never a notebook tumorlib did not write (the one guard)
+        check_output_file(out_dir / path.name, writer="notebooks")
     written = []
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
@@ -84,7 +87,7 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
         try:
             client.execute(cleanup_kc=True)  # a client given its kernel manager leaves the kernel running
         finally:
-            with atomic_open(target, "w") as f:  # a partly written notebook never replaces the last one
+            with atomic_open(target, "w", writer="notebooks") as f:  # a partly written notebook never replaces the last one
                 nbformat.write(nb, f)
             shutil.rmtree(sockets, ignore_errors=True)
         written.append(target)

@@ -107,7 +107,7 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
 
     pngs, csv_path = report_paths(run_dir, volume_ids, out, csv)
     for path, option in [*((p, "--out") for p in pngs), (csv_path, "--csv")]:
-        check_output_file(path, option=option)  # never a run's own files (history.csv, training_curves.png)
+        check_output_file(path, option=option, writer="report")  # the one guard, for the default paths too
     dev = resolve_device(device)
     model, config = load_run(run_dir, dev)
     cache = Path(resolve_cache(config, data_dir, cache_dir, progress=progress))
@@ -140,12 +140,12 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
         if progress:
             print(f"wrote {png} (flags: {row['flags'] or 'none'})")
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    write_qc_csv(rows, csv_path)
+    write_qc_csv(rows, csv_path, writer="report")
     return rows, pngs, csv_path
 
 
 def _save(fig: Any, path: Path) -> None:
     from tumorlib.core.safety import atomic_path
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, writer="report") as tmp:
         fig.savefig(tmp, dpi=100, format="png")

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from tumorlib.app.arguments import add_output_arg
 from tumorlib.app.commands_cpu import add_engine_arg
 from tumorlib.core.label_conventions import LABEL_CONVENTIONS
 
@@ -35,6 +36,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     evaluate(args.run, args.data, args.cache, split=args.split, tta=args.tta, out=args.out, device=args.device,
              amp=args.amp, progress=not args.quiet, engine=args.engine, uncertainty=args.uncertainty)
     return 0
+
+
+def _check_evaluate_out(out: str, args: argparse.Namespace) -> None:
+    """With ``--pred``/``--ref``: the label files' CSV rules (``check_label_files_out``) come first."""
+    if args.pred is not None and args.ref is not None:
+        from tumorlib.evaluation.label_files import check_label_files_out
+
+        check_label_files_out(out, args.pred, args.ref)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -105,7 +114,7 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--cache", default=None, help=".npy cache folder, built when missing (default: the workspace's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
-    p.add_argument("--out", default=None, help="metrics CSV (default RUN/metrics_<split>.csv; required with "
+    add_output_arg(p, "--out", default=None, check=_check_evaluate_out, help="metrics CSV (default RUN/metrics_<split>.csv; required with "
                                                "--pred); summary beside it")
     p.add_argument("--uncertainty", action="store_true",
                    help="add mean_entropy_tumour, uncertain_fraction (8 flip members) and ece_wt/tc/et (15 bins)")
@@ -127,7 +136,7 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--nifti", default=None, metavar="CASE_DIR",
                    help="a NIfTI case (BraTS 2020/2021/2023+ folder, MSD imagesTr/BRATS_001.nii.gz) instead of "
                         "--data/--volume")
-    p.add_argument("--out", required=True, help="output file, *.nii.gz")
+    add_output_arg(p, "--out", required=True, help="output file, *.nii.gz")
     p.add_argument("--labels", default=None, choices=_CONVENTIONS,
                    help="label convention written (default: the --nifti case's; brats2020 for --data)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
@@ -169,8 +178,8 @@ def _add_report(sub: Any) -> None:
     p = sub.add_parser("report", help="one-page QC report (PNG) and QC CSV rows of predicted volumes")
     p.add_argument("--run", required=True, help="run folder (config.json, checkpoints/best_model.pth)")
     p.add_argument("--volume", type=int, nargs="+", required=True, metavar="ID", help="cached volume id(s)")
-    p.add_argument("--out", default=None, help="the PNG of one volume (default RUN/reports/volume_<id>.png)")
-    p.add_argument("--csv", default=None, help="QC CSV, one row per volume (default qc.csv beside the PNG)")
+    add_output_arg(p, "--out", default=None, help="the PNG of one volume (default RUN/reports/volume_<id>.png)")
+    add_output_arg(p, "--csv", default=None, help="QC CSV, one row per volume (default qc.csv beside the PNG)")
     _add_run_inputs(p)
     p.set_defaults(func=_cmd_report)
 

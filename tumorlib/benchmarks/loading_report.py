@@ -87,7 +87,7 @@ def write_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write a benchmark result as JSON (atomically) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, json.dumps(result, indent=2) + "\n")
+    return atomic_write(path, json.dumps(result, indent=2) + "\n", writer="bench")
 
 
 def format_loading_result(result: dict[str, Any]) -> str:

@@ -1,10 +1,19 @@
-"""Outputs that never land on another command's files: folders and files tumorlib made, recognised by name.
+"""Outputs that never land on another command's files: one guard every output path goes through.
 
+- ``guard_output``: the one check of a path a command will write (a file or a folder), before anything is
+  written. It refuses a path that is, holds or lies inside something tumorlib reads or another command made
+  (Kaggle slices and ``meta_data.csv``, NIfTI cases, a cache's index and arrays, a run's config, splits,
+  history, checkpoints and post-processing file, an export), and an existing file tumorlib did not write.
+  Symlinks, hard links and ``..`` are judged by what they reach. ``tumorlib.app.arguments.add_output_arg``
+  declares an option as an output and ``tumorlib.app.cli`` calls this guard on each one.
+- ``record_written``/``written_by``: the record tumorlib keeps of the files it wrote, one
+  ``.tumorlib-outputs.json`` per folder (writer, size, time); an existing file is replaced only while it is
+  still what that record says, and only by the command that wrote it. ``atomic_write(..., writer=...)``
+  records as it writes.
+- ``record_folder``/``folder_record_problem``: the same for a folder written whole (``synth``):
+  ``--overwrite`` replaces it only while it holds exactly what was recorded.
 - ``folder_kind``: which tumorlib folder a path is (data, slice folder, cache, run, NIfTI data), by its files.
-- ``check_output_folder``: an output folder that is a file or another command's folder is refused.
-- ``check_output_file``: an output file that is a folder, an input, or a file another command made (a
-  run's config, splits, history or checkpoints; a cache's index or ``.npy``; Kaggle slices and
-  ``meta_data.csv``) is refused; an earlier output of the same command may be replaced.
+- ``check_output_folder``/``check_output_file``: the guard for library callers (the same rules).
 - ``reserve_space``: a full disk is found before the work, not after it.
 
 Every error is one line naming the option and the path.
@@ -13,33 +22,75 @@ Every error is one line naming the option and the path.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tumorlib.core.folders import check_not_input
-from tumorlib.core.safety import LOCK_NAME, DiskFullError, OutputIsInputError, is_disk_full
+from tumorlib.core.integrity import file_record, record_problem
+from tumorlib.core.safety import LOCK_NAME, DiskFullError, OutputIsInputError, atomic_write, is_disk_full
 
-__all__ = ["check_output_file", "check_output_folder", "folder_kind", "reserve_space"]
+__all__ = ["OUTPUT_RECORD", "check_output_file", "check_output_folder", "folder_kind", "folder_record_problem",
+           "guard_output", "record_folder", "record_written", "reserve_space", "written_by"]
 
+#: The record tumorlib keeps, in each folder it writes outputs to, of the files it wrote there.
+OUTPUT_RECORD = ".tumorlib-outputs.json"
+_RECORD_MARK = "tumorlib.core.outputs"
 _SLICE_RE = re.compile(r"^volume_\d+_slice_\d+\.h5$")
 _CACHE_RE = re.compile(r"^(index\.json|v\d+_(img|mask)\.npy|v\d+_meta\.json)$")
-_RUN_FILES = frozenset({"config.json", "splits.json", "history.csv", "training_curves.png"})
+_CACHE_ARRAY_RE = re.compile(r"^v\d+_img\.npy$")
+_FLAIR_RE = re.compile(r"_flair\.nii(\.gz)?$")
+_RUN_FILES = frozenset({"config.json", "splits.json", "history.csv", "training_curves.png", "postprocessing.json"})
 _KINDS = {"dataset": "a Kaggle dataset folder", "slices": "a Kaggle slice folder", "cache": "a cache folder",
-          "run": "a run folder", "nifti": "a NIfTI data folder"}
+          "run": "a run folder", "nifti": "a NIfTI data folder", "nifti-case": "a NIfTI case folder",
+          "checkpoints": "a run's checkpoints folder", "export": "an export folder"}
+#: Folders nothing may be written into by another command (a run folder takes evaluate's and report's files).
+_SEALED = frozenset({"slices", "cache", "nifti-case", "checkpoints", "export"})
+_SCAN_LIMIT = 2000
 
 
 def _is_slice_folder(folder: Path) -> bool:
-    if (folder / "meta_data.csv").is_file():
-        return True
-    with contextlib.suppress(OSError), os.scandir(folder) as entries:
-        for k, entry in enumerate(entries):
-            if _SLICE_RE.match(entry.name):
-                return True
-            if k > 2000:  # a large folder of other files: not a slice folder
-                break
-    return False
+    return _mark(folder) == "slices"
+
+
+def _mark(folder: Path) -> str | None:
+    """The kind a folder is by its own files, looked at once (at most ``_SCAN_LIMIT`` entries), or None."""
+    try:
+        if (folder / "config.json").is_file() and any((folder / n).exists()
+                                                      for n in ("checkpoints", "splits.json", "history.csv")):
+            return "run"
+        if folder.name == "checkpoints" and (folder.parent / "config.json").is_file():
+            return "checkpoints"
+        if (folder / "contract.json").is_file() and _is_export(folder / "contract.json"):
+            return "export"
+        if (folder / "index.json").is_file():
+            return "cache"
+        if (folder / "meta_data.csv").is_file():
+            return "slices"
+        with os.scandir(folder) as entries:
+            for k, entry in enumerate(entries):
+                if _SLICE_RE.match(entry.name):
+                    return "slices"
+                if _CACHE_ARRAY_RE.match(entry.name):
+                    return "cache"
+                if _FLAIR_RE.search(entry.name):
+                    return "nifti-case"
+                if k > _SCAN_LIMIT:  # a large folder of other files: none of these
+                    break
+    except OSError:
+        return None
+    return None
+
+
+def _is_export(contract: Path) -> bool:
+    try:
+        data = json.loads(contract.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get("written_by", "")).startswith("tumorlib")
 
 
 def folder_kind(folder: str | os.PathLike) -> str | None:
@@ -49,31 +100,223 @@ def folder_kind(folder: str | os.PathLike) -> str | None:
         folder: any path.
 
     Returns:
-        ``"run"`` (``config.json`` with ``checkpoints/``, ``splits.json`` or ``history.csv``), ``"cache"``
+        ``"run"`` (``config.json`` with ``checkpoints/``, ``splits.json`` or ``history.csv``),
+        ``"checkpoints"`` (a run's), ``"export"`` (tumorlib's ``contract.json``), ``"cache"``
         (``index.json`` or ``v<id>_img.npy``), ``"slices"`` (``volume_<id>_slice_<s>.h5`` or
-        ``meta_data.csv``), ``"dataset"`` (a slice folder up to three levels below), ``"nifti"`` (case
-        folders with ``*_flair.nii.gz``), or None (missing, a file, empty, or other files only).
+        ``meta_data.csv``), ``"nifti-case"`` (a ``*_flair.nii.gz`` in it), ``"dataset"`` (a slice folder up
+        to three levels below), ``"nifti"`` (case folders with ``*_flair.nii.gz``), or None (missing, a file,
+        empty, or other files only).
     """
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    if (folder / "config.json").is_file() and any((folder / n).exists()
-                                                  for n in ("checkpoints", "splits.json", "history.csv")):
-        return "run"
-    if (folder / "index.json").is_file() or any(folder.glob("v*_img.npy")):
-        return "cache"
-    if _is_slice_folder(folder):
-        return "slices"
+    found = _mark(folder)
+    if found is not None:
+        return found
     for depth in ("*", "*/*", "*/*/*"):
         if any(folder.glob(f"{depth}/meta_data.csv")) or any(folder.glob(f"{depth}/volume_*_slice_0.h5")):
             return "dataset"
-    if any(folder.glob("*_flair.nii*")) or any(folder.glob("*/*_flair.nii*")):
+    if any(folder.glob("*/*_flair.nii*")):
         return "nifti"
     return None
 
 
+# ---------------------------------------------------------------- the record of what tumorlib wrote
+
+
+def _load_record(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / OUTPUT_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("written_by") == _RECORD_MARK else {}
+
+
+def _save_record(folder: Path, record: dict[str, Any]) -> None:
+    record["written_by"] = _RECORD_MARK
+    atomic_write(folder / OUTPUT_RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def record_written(path: str | os.PathLike, writer: str) -> None:
+    """Record that tumorlib's ``writer`` (a subcommand name) has just written ``path``.
+
+    The record (``OUTPUT_RECORD`` in the file's folder) keeps the writer, size and time, so a later file
+    at that path is recognised as tumorlib's only while it is unchanged. A record that cannot be written
+    (read-only folder) or that loses a concurrent update only makes a later replacement refused: the safe side.
+
+    Args:
+        path: an existing file tumorlib wrote.
+        writer: who wrote it (``"evaluate"``, ``"predict"``, ...).
+    """
+    path = Path(path).absolute()
+    with contextlib.suppress(OSError):
+        record = _load_record(path.parent)
+        files = {n: e for n, e in record.get("files", {}).items() if (path.parent / n).exists()}
+        files[path.name] = {"writer": writer, **file_record(path)}
+        record["files"] = files
+        _save_record(path.parent, record)
+
+
+def written_by(path: str | os.PathLike) -> str | None:
+    """The tumorlib writer that wrote ``path`` (by the record beside it), or None: no record, or the file
+    changed since (size or time) or is not a plain file."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return None
+    entry = _load_record(path.absolute().parent).get("files", {}).get(path.name)
+    if not isinstance(entry, dict) or record_problem(path, entry) is not None:
+        return None
+    return entry.get("writer")
+
+
+def _folder_files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.lstat().st_size for p in sorted(folder.rglob("*"))
+            if not p.is_dir() and p.name != OUTPUT_RECORD}
+
+
+def record_folder(folder: str | os.PathLike, writer: str) -> None:
+    """Record that ``writer`` wrote the whole ``folder`` (every file below it, by relative path and size).
+
+    Args:
+        folder: a folder tumorlib has just filled.
+        writer: who wrote it (``"synth"``).
+    """
+    folder = Path(folder)
+    record = _load_record(folder)
+    record["folder"] = {"writer": writer, "files": _folder_files(folder)}
+    _save_record(folder, record)
+
+
+def folder_record_problem(folder: str | os.PathLike, writer: str) -> str | None:
+    """Why ``folder`` is not (or no longer) exactly what ``writer`` recorded writing, or None when it is.
+
+    Returns:
+        None, or a short reason: no record, another writer, a file added, missing or of another size.
+    """
+    folder = Path(folder)
+    entry = _load_record(folder).get("folder")
+    if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
+        return "tumorlib did not write it (no record of tumorlib's in it)"
+    if entry.get("writer") != writer:
+        return f"it was written by tumorlib {entry.get('writer')}, not {writer}"
+    recorded, present = entry["files"], _folder_files(folder)
+    added = sorted(set(present) - set(recorded))
+    if added:
+        return f"it holds {', '.join(added[:3])}{' ...' if len(added) > 3 else ''}, which tumorlib did not write"
+    changed = sorted(n for n in recorded if present.get(n) != recorded[n])
+    if changed:
+        return f"{', '.join(changed[:3])} changed or went missing since tumorlib wrote it"
+    return None
+
+
+# ---------------------------------------------------------------- the guard
+
+
+def _protected_file(path: Path) -> str | None:
+    """What ``path`` (resolved) is when it is a file tumorlib reads or another command made, else None."""
+    name, parent = path.name, path.parent
+    if name == LOCK_NAME:
+        return "a tumorlib lock file"
+    if name == OUTPUT_RECORD:
+        return "tumorlib's record of the files it wrote"
+    if name.endswith((".pth", ".pt")):
+        return "a checkpoint of a run"
+    if _SLICE_RE.match(name):
+        return "a file of a Kaggle slice folder"
+    kind = _mark(parent)
+    if kind == "nifti-case" and name.endswith((".nii", ".nii.gz")):
+        return f"an input file (of the NIfTI case folder {parent})"
+    if kind in _SEALED:
+        return f"a file of {_KINDS[kind]} ({parent})"
+    if kind == "run" and name in _RUN_FILES:
+        return f"a file of {_KINDS['run']} ({parent})"
+    return None
+
+
+def _sealed_above(path: Path) -> tuple[str, Path] | None:
+    """The nearest folder at or above ``path`` nothing else may be written into, as (kind, folder)."""
+    for folder in (path, *path.parents):
+        kind = _mark(folder) if folder.is_dir() else None
+        if kind in _SEALED:
+            return kind, folder
+    return None
+
+
+def guard_output(path: str | os.PathLike, kind: str = "file", option: str = "--out", writer: str | None = None,
+                 makes: str | None = None, overwrite: bool = False, replaces: bool = False) -> Path:
+    """The one check of a path a command will write, before anything is written.
+
+    Refused: a path that is, or (through a symlink or ``..``) reaches, a file tumorlib reads or another
+    command made; one lying inside a slice folder, a cache, a NIfTI case folder, a run's checkpoints or an
+    export; a folder of another kind than the command makes. For a file: an existing file tumorlib did not
+    write (no record of it, changed since, a symlink, or a hard link), or one another command wrote. For a
+    folder replaced whole (``replaces``) with ``overwrite``: anything but exactly what this command wrote.
+
+    Args:
+        path: the output path as given.
+        kind: ``"file"`` or ``"folder"``.
+        option: the option that named it, for the message.
+        writer: the command writing it (``"evaluate"``); None accepts any tumorlib writer's earlier file.
+        makes: for a folder, the kind of folder the command makes there (``"run"``, ``"cache"``,
+            ``"dataset"``, ``"export"``); a folder of that kind is the command's own.
+        overwrite: the command was given ``--overwrite``.
+        replaces: ``--overwrite`` replaces the whole folder (``synth``).
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        OutputIsInputError: a protected file or folder (names it and what it is).
+        FileExistsError: a file or folder tumorlib did not write, or another command's.
+        IsADirectoryError, NotADirectoryError: a folder given for a file, or a file for a folder.
+    """
+    given = Path(path).expanduser()
+    real = given.resolve()
+    via = f" (through {real})" if real != Path(os.path.abspath(given)) else ""
+    what = _protected_file(real) if real.is_file() else None
+    if what is not None:
+        raise OutputIsInputError(f"{option} {given} is {what}{via}; writing it would destroy it: choose another "
+                                 "output path")
+    if kind == "folder" and real.exists() and not real.is_dir():
+        raise NotADirectoryError(f"{option} {given} is a file, not a folder{via}; choose a folder")
+    if kind == "file" and real.is_dir():
+        raise IsADirectoryError(f"{option} {given} is a folder{via}; give a file name")
+    sealed = _sealed_above(real if kind == "folder" else real.parent)
+    if sealed is not None and not (kind == "folder" and sealed == (makes, real)):
+        inside = "is" if sealed[1] == real else "lies inside"
+        raise OutputIsInputError(f"{option} {given} {inside} {_KINDS[sealed[0]]} ({sealed[1]}){via}; writing "
+                                 "there would mix with (or replace) its files: choose another path")
+    if kind == "folder":
+        found = folder_kind(real)
+        if found is not None and found != makes:
+            raise FileExistsError(f"{option} {given} is {_KINDS[found]}, not {_KINDS.get(makes, makes)}{via}; "
+                                  "writing there would mix with (or replace) its files: choose another folder")
+        if replaces and overwrite and real.is_dir() and any(real.iterdir()):
+            problem = folder_record_problem(real, writer or "")
+            if problem is not None:
+                raise FileExistsError(f"{option} {given}: --overwrite replaces only a folder tumorlib {writer} "
+                                      f"wrote, and {problem}; never replaced: choose another folder")
+        return given
+    if given.is_symlink():
+        raise FileExistsError(f"{option} {given} is a symbolic link (to {real}), not a file tumorlib wrote; "
+                              "never replaced: choose another output path")
+    if real.exists():
+        links = real.stat().st_nlink
+        if links > 1:
+            raise FileExistsError(f"{option} {given} has {links} hard links (another name shares its bytes), so "
+                                  "tumorlib did not write it; never replaced: choose another output path")
+        by = written_by(real)
+        if by is None:
+            raise FileExistsError(f"{option} {given} exists and was not written by tumorlib (or was changed "
+                                  "since); never replaced: choose another output path, or move it away")
+        if writer is not None and by != writer:
+            raise FileExistsError(f"{option} {given} was written by tumorlib {by}, not {writer}; it is that "
+                                  "command's output: choose another output path")
+    return given
+
+
 def check_output_folder(folder: str | os.PathLike, kind: str, option: str = "--out") -> Path:
-    """Refuse an output folder that is a file or another command's folder.
+    """Refuse an output folder that is a file, another command's folder, or inside a protected one.
 
     Args:
         folder: the folder a command writes (created when missing).
@@ -85,60 +328,29 @@ def check_output_folder(folder: str | os.PathLike, kind: str, option: str = "--o
         ``folder`` as a ``Path``.
 
     Raises:
-        NotADirectoryError: ``folder`` is a file.
-        FileExistsError: ``folder`` is a tumorlib folder of another kind (names it and the kind).
+        NotADirectoryError, FileExistsError, OutputIsInputError: see ``guard_output``.
     """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{option} {folder} is a file, not a folder; choose a folder")
-    found = folder_kind(folder)
-    if found is not None and found != kind:
-        raise FileExistsError(f"{option} {folder} is {_KINDS[found]}, not {_KINDS.get(kind, kind)}; writing "
-                              f"there would mix with (or replace) its files: choose another folder")
-    return folder
-
-
-def _made_by(path: Path) -> str | None:
-    """The kind of folder whose own file ``path`` is (by its name and folder), or None."""
-    name, parent = path.name, path.parent
-    if name == LOCK_NAME:
-        return "tumorlib"
-    if name.endswith((".pth", ".pt")):
-        return "run"
-    if _SLICE_RE.match(name) or (name == "meta_data.csv" and _is_slice_folder(parent)):
-        return "slices"
-    if _CACHE_RE.match(name) and folder_kind(parent) == "cache":
-        return "cache"
-    if name in _RUN_FILES and folder_kind(parent) == "run":
-        return "run"
-    return None
+    return guard_output(folder, "folder", option, makes=kind)
 
 
 def check_output_file(out_path: str | os.PathLike, input_paths: Iterable[str | os.PathLike] = (),
-                      option: str = "--out") -> Path:
-    """Refuse an output file that is a folder, an input, or a file another tumorlib command made.
+                      option: str = "--out", writer: str | None = None) -> Path:
+    """Refuse an output file that is an input or fails ``guard_output`` (the library callers' guard).
 
     Args:
         out_path: where a command will write one file.
         input_paths: the files it reads (see ``check_not_input``).
         option: the option that named ``out_path``, for the message.
+        writer: the command writing it; its own earlier file may be replaced.
 
     Returns:
         ``out_path`` as a ``Path``.
 
     Raises:
-        IsADirectoryError: ``out_path`` is a folder.
-        OutputIsInputError: ``out_path`` is an input or a file tumorlib made (names it).
+        IsADirectoryError, OutputIsInputError, FileExistsError: see ``guard_output``.
     """
-    out = check_not_input(out_path, input_paths, option)
-    if out.is_dir():
-        raise IsADirectoryError(f"{option} {out} is a folder; give a file name")
-    made = _made_by(out.resolve())
-    if made is not None:
-        what = "a tumorlib lock file" if made == "tumorlib" else f"a file of {_KINDS[made]}"
-        raise OutputIsInputError(f"{option} {out} is {what}; writing it would destroy it: choose another "
-                                 "output path")
-    return out
+    check_not_input(out_path, input_paths, option)
+    return guard_output(out_path, "file", option, writer=writer)
 
 
 def reserve_space(path: str | os.PathLike, nbytes: int = 65536) -> None:

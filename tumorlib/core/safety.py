@@ -170,12 +170,17 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, writer: str | None = None) -> Iterator[Path]:
     """A temporary path beside ``path`` (same suffix) that replaces ``path`` when the block succeeds.
 
     For writers that take a file name (``nib.save``, ``np.save``, ``h5py.File``). The file is
     ``fsync``-ed, then renamed over ``path`` in one step; on any exception it is removed and ``path``
     is left as it was.
+
+    Args:
+        path: the file to write (its folder must exist).
+        writer: the command writing an output (``"evaluate"``): once in place the file is recorded as
+            its (``tumorlib.core.outputs.record_written``), so a later run may replace it; None: no record.
 
     Yields:
         The temporary path (``.tmp-<pid>-<n>.<name>`` in the same folder).
@@ -200,10 +205,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise PermissionError(f"cannot write {path}: its folder is read-only ({err.strerror})") from err
         raise
     fsync_dir(path.parent)
+    if writer is not None:
+        from tumorlib.core.outputs import record_written
+
+        record_written(path, writer)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", writer: str | None = None, **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` in one step.
 
     A reader (or a crash) sees either the old file or the complete new one (see ``atomic_path``).
@@ -211,6 +220,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
     Args:
         path: the file to write (its folder must exist).
         mode: ``"wb"`` or ``"w"`` (text); ``**kwargs`` go to ``open`` (``encoding``, ``newline``).
+        writer: record the file as this command's output (see ``atomic_path``).
 
     Yields:
         The open temporary file.
@@ -224,12 +234,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', got {mode!r}")
     if "b" not in mode:
         kwargs.setdefault("encoding", "utf-8")
-    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+    with atomic_path(path, writer) as tmp, open(tmp, mode, **kwargs) as f:
         yield f
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` atomically (see ``atomic_open``); str is written as UTF-8.
+def atomic_write(path: str | os.PathLike, data: bytes | str, writer: str | None = None) -> Path:
+    """Write ``data`` to ``path`` atomically (see ``atomic_open``); str is written as UTF-8; ``writer``
+    records it as that command's output (see ``atomic_path``).
 
     Returns:
         The path written.
@@ -237,6 +248,6 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     Raises:
         DiskFullError: no space left; the old file is intact.
     """
-    with atomic_open(path, "w" if isinstance(data, str) else "wb") as f:
+    with atomic_open(path, "w" if isinstance(data, str) else "wb", writer=writer) as f:
         f.write(data)
     return Path(path)

@@ -134,6 +134,12 @@ def baseline(config: Config, data_dir: str | os.PathLike | None = None, cache_di
     from tumorlib.data.cache import CacheError, load_cache_index, load_cached_volume, open_source
     from tumorlib.data.resolve import resolve_cache
     from tumorlib.data.splits import run_splits
+    from tumorlib.core.outputs import check_output_file
+    from tumorlib.core.safety import atomic_path
+
+    out_path = Path(out) if out is not None else workspace(config).out_dir / "baseline_test.csv"
+    for path in (out_path, summary_path(out_path)):  # before any work (the one guard)
+        check_output_file(path, writer="baseline")
 
     cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
     index = load_cache_index(cache)
@@ -156,10 +162,11 @@ def baseline(config: Config, data_dir: str | os.PathLike | None = None, cache_di
         rows.append({"volume": vid, **volume_scores(pred, np.asarray(mask), spacing), "et_min_voxels": 0,
                      "seconds": seconds})
     frame = pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
-    out_path = Path(out) if out is not None else workspace(config).out_dir / "baseline_test.csv"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_path, index=False)
-    summarize(frame).to_csv(summary_path(out_path), index_label="statistic")
+    with (atomic_path(out_path, writer="baseline") as tmp_csv,
+          atomic_path(summary_path(out_path), writer="baseline") as tmp_summary):
+        frame.to_csv(tmp_csv, index=False)
+        summarize(frame).to_csv(tmp_summary, index_label="statistic")
     if progress:
         print(f"intensity baseline: fitted on {len(train_ids)} volumes, scored {len(frame)} test volumes -> {out_path}")
         print(summarize(frame).round(4).to_string())

@@ -167,8 +167,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     run_dir = runs[0]  # splits, post-processing and the default output: the first run's
     name = f"metrics_{split}.csv" if len(runs) == 1 else f"metrics_{split}_ensemble{len(runs)}.csv"
     out_path = Path(out) if out is not None else Path(run_dir) / name
-    for path in (out_path, summary_path(out_path)):  # before any work: never replace another command's file
-        check_output_file(path)
+    for path in (out_path, summary_path(out_path), inference_path(out_path)):  # before any work (the one guard)
+        check_output_file(path, writer="evaluate")
     if out_path.parent.is_dir():
         reserve_space(out_path)  # a full disk is found now, not after the volumes are scored
     dev = resolve_device(device)
@@ -219,10 +219,11 @@ def _write_results(out_path: Path, frame: pd.DataFrame, summary: pd.DataFrame, r
     from tumorlib.core.safety import atomic_path, atomic_write
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp_csv, atomic_path(summary_path(out_path)) as tmp_summary:
+    with (atomic_path(out_path, writer="evaluate") as tmp_csv,
+          atomic_path(summary_path(out_path), writer="evaluate") as tmp_summary):
         frame.to_csv(tmp_csv, index=False)
         summary.to_csv(tmp_summary, index_label="statistic")
-    atomic_write(inference_path(out_path), json.dumps(record, indent=2) + "\n")
+    atomic_write(inference_path(out_path), json.dumps(record, indent=2) + "\n", writer="evaluate")
 
 
 def metric_table(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from tumorlib.io.nifti import nifti_spacing
 __all__ = [
     "LABEL_FILE_COLUMNS",
     "NIFTI_SUFFIXES",
+    "check_label_files_out",
     "case_name",
     "evaluate_label_files",
     "match_label_files",
@@ -58,6 +59,25 @@ def case_name(path: str | os.PathLike) -> str | None:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return None
+
+
+def check_label_files_out(out: str | os.PathLike, pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> None:
+    """The rules of the label files' metrics CSV, checked before anything else (``tumorlib.core.outputs`` after).
+
+    Raises:
+        ValueError: ``out`` does not end in ``.csv``, lies inside the prediction or reference folder (a CSV
+            there would be read as a stray file next time), or is one of their files under another name.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise ValueError(f"--out {out}: the metrics file must end in .csv")
+    for folder in (Path(pred_dir), Path(ref_dir)):
+        if out.absolute().resolve().is_relative_to(folder.resolve()):
+            raise ValueError(f"--out {out} is inside the input folder {folder}; write the CSV elsewhere")
+    from tumorlib.core.folders import check_not_input
+
+    folders = [Path(pred_dir), Path(ref_dir)]
+    check_not_input(out, [p for f in folders if f.is_dir() for p in f.iterdir() if p.is_file()])  # a hard link
 
 
 def _folder(path: str | os.PathLike, role: str) -> Path:
@@ -231,29 +251,23 @@ def evaluate_label_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike
     Raises:
         ValueError: one line naming the file (see the module text, or the refused ``--out``).
     """
-    from tumorlib.core.folders import check_not_input
     from tumorlib.core.safety import atomic_write
     from tumorlib.evaluation.evaluate import summarize, summary_path
 
     out_path, pred, ref = Path(out), _folder(pred_dir, "prediction"), _folder(ref_dir, "reference")
-    if out_path.suffix.lower() != ".csv":
-        raise ValueError(f"--out {out_path}: the metrics file must end in .csv")
-    for folder in (pred, ref):
-        if out_path.absolute().resolve().is_relative_to(folder.resolve()):
-            raise ValueError(f"--out {out_path} is inside the input folder {folder}; write the CSV elsewhere")
+    check_label_files_out(out_path, pred, ref)
     pairs = match_label_files(pred, ref)
     inputs = [p for _, pred_path, ref_path in pairs for p in (pred_path, ref_path)]
     from tumorlib.core.outputs import check_output_file
 
     for path in (out_path, summary_path(out_path)):
-        check_not_input(path, inputs)
-        check_output_file(path)  # never another command's file (a run's history.csv, ...)
+        check_output_file(path, inputs, writer="evaluate")  # never an input, nor a file tumorlib did not write
     rows = [{"case": case, **score_label_file_pair(p, r, pred_labels, ref_labels)} for case, p, r in pairs]
     frame = pd.DataFrame(rows, columns=list(LABEL_FILE_COLUMNS))
     summary = summarize(frame)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_path, frame.to_csv(index=False))
-    atomic_write(summary_path(out_path), summary.to_csv(index_label="statistic"))
+    atomic_write(out_path, frame.to_csv(index=False), writer="evaluate")
+    atomic_write(summary_path(out_path), summary.to_csv(index_label="statistic"), writer="evaluate")
     if progress:
         from tumorlib.core.sources import display_path
 

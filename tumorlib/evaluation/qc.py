@@ -243,12 +243,13 @@ def qc_row(labels: Any, spacing: Sequence[float], uncertainty: Any = None, train
     return {k: row[k] for k in QC_COLUMNS}
 
 
-def write_qc_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+def write_qc_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, writer: str | None = None) -> Path:
     """Write QC rows as a CSV (columns ``QC_COLUMNS``), atomically.
 
     Args:
         rows: ``qc_row`` results.
         path: the CSV file.
+        writer: record it as this command's output (``tumorlib.core.safety.atomic_path``).
 
     Returns:
         The path written.
@@ -256,9 +257,9 @@ def write_qc_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> 
     from tumorlib.core.safety import atomic_open
 
     path = Path(path)
-    with atomic_open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(QC_COLUMNS))
-        writer.writeheader()
+    with atomic_open(path, "w", writer=writer, newline="") as handle:
+        table = csv.DictWriter(handle, fieldnames=list(QC_COLUMNS))
+        table.writeheader()
         for row in rows:
-            writer.writerow({k: row.get(k, "") for k in QC_COLUMNS})
+            table.writerow({k: row.get(k, "") for k in QC_COLUMNS})
     return path

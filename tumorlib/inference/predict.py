@@ -14,7 +14,7 @@ from tumorlib.core.regions import decode_outputs, output_keys, targets_of
 from tumorlib.core.device import resolve_device
 from tumorlib.inference.postprocess import run_postprocessing
 from tumorlib.inference.predictor import inference_engine, load_runs, predict_volume, run_checkpoint
-from tumorlib.core.folders import check_not_input
+from tumorlib.core.outputs import check_output_file
 from tumorlib.core.safety import atomic_path
 
 __all__ = ["UNCERTAINTY_MAPS", "output_convention", "predict", "probabilities_description", "probabilities_path", "uncertainty_paths"]
@@ -59,7 +59,7 @@ def _write_uncertainty(paths: dict[str, Path], header: object, model: torch.nn.M
 
     maps = uncertainty_maps(model_members(model, config, image_c, dev, amp, engine), targets=config)
     for name in UNCERTAINTY_MAPS:
-        with atomic_path(paths[name]) as tmp:
+        with atomic_path(paths[name], writer="predict") as tmp:
             save_map_nifti(uncrop(maps[name], entry, fill=0.0), tmp, header=header)
 
 
@@ -127,10 +127,10 @@ def _write_outputs(out: Path, labels: np.ndarray, prob: np.ndarray | None, heade
     from tumorlib.io.nifti_write import save_probabilities_nifti, save_segmentation_nifti
 
     labels = relabel(labels, "brats2020", convention)
-    with atomic_path(out) as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
+    with atomic_path(out, writer="predict") as tmp:  # a failure or a kill leaves an earlier file at ``out`` whole
         save_segmentation_nifti(labels, tmp, header=header, convention=convention)
     if prob is not None:
-        with atomic_path(probabilities_path(out)) as tmp:
+        with atomic_path(probabilities_path(out), writer="predict") as tmp:
             save_probabilities_nifti(prob, tmp, header=header, description=description)
     return out
 
@@ -224,7 +224,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     sidecars = [*([probabilities_path(out)] if save_probabilities else []),
                 *(uncertainty_paths(out).values() if uncertainty else [])]
     for path in (out, *sidecars):
-        check_not_input(path, _input_files(data_dir, volume_id, nifti_case))  # before any work: never an input
+        check_output_file(path, _input_files(data_dir, volume_id, nifti_case), writer="predict")  # the one guard
     if image.shape[0] != config.in_channels:
         raise ValueError(f"{name}: {image.shape[0]} channels, the run's model expects {config.in_channels}")
     image_c, _, entry = prepare_volume(image, None, cache_hw=config.cache_hw, margin=config.cache_margin,
