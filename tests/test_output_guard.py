@@ -37,6 +37,7 @@ NOT_OUTPUTS = {
     "data", "cache", "run", "nifti", "pred", "ref", "dir", "only", "preset", "device", "volume", "volumes",
     "shape", "seed", "timeout", "workers", "repeats", "patches", "train_steps", "train_warmup", "loss_steps",
     "compile_mode", "split", "engine", "kaggle_channel_order", "format", "stop_after_epoch",
+    "layout", "labels", "pred_labels", "ref_labels",  # label conventions and layouts (names, not paths)
 }
 NOT_OUTPUT_PREFIXES = ("cfg_", "cpu_")  # config fields, the CPU table's sizes and counts
 

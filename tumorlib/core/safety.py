@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import sys
 import time
@@ -24,8 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from tumorlib.core.integrity import file_record, record_problem
+
 __all__ = [
     "LOCK_NAME",
+    "OUTPUT_RECORD",
     "READ_ONLY_ERRNOS",
     "DiskFullError",
     "FolderBusyError",
@@ -36,7 +40,11 @@ __all__ = [
     "atomic_write",
     "fsync_dir",
     "folder_lock",
+    "folder_record_problem",
     "is_disk_full",
+    "record_folder",
+    "record_written",
+    "written_by",
 ]
 
 #: Name of the lock file a writer holds inside its folder (left in place, empty, when released).
@@ -180,7 +188,7 @@ def atomic_path(path: str | os.PathLike, writer: str | None = None) -> Iterator[
     Args:
         path: the file to write (its folder must exist).
         writer: the command writing an output (``"evaluate"``): once in place the file is recorded as
-            its (``tumorlib.core.outputs.record_written``), so a later run may replace it; None: no record.
+            its (``record_written``), so a later run may replace it; None: no record.
 
     Yields:
         The temporary path (``.tmp-<pid>-<n>.<name>`` in the same folder).
@@ -206,8 +214,6 @@ def atomic_path(path: str | os.PathLike, writer: str | None = None) -> Iterator[
         raise
     fsync_dir(path.parent)
     if writer is not None:
-        from tumorlib.core.outputs import record_written
-
         record_written(path, writer)
 
 
@@ -251,3 +257,97 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, writer: str | None 
     with atomic_open(path, "w" if isinstance(data, str) else "wb", writer=writer) as f:
         f.write(data)
     return Path(path)
+
+
+# ---------------------------------------------------------------- the record of what tumorlib wrote
+# Here, beside the atomic writers that keep it (``writer=``), so the guard in ``tumorlib.core.outputs``
+# reads it without an import circle.
+
+#: The record tumorlib keeps, in each folder it writes outputs to, of the files it wrote there.
+OUTPUT_RECORD = ".tumorlib-outputs.json"
+_RECORD_MARK = "tumorlib.core.outputs"
+
+
+def _load_record(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / OUTPUT_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("written_by") == _RECORD_MARK else {}
+
+
+def _save_record(folder: Path, record: dict[str, Any]) -> None:
+    record["written_by"] = _RECORD_MARK
+    atomic_write(folder / OUTPUT_RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def record_written(path: str | os.PathLike, writer: str) -> None:
+    """Record that tumorlib's ``writer`` (a subcommand name) has just written ``path``.
+
+    The record (``OUTPUT_RECORD`` in the file's folder) keeps the writer, size and time, so a later file
+    at that path is recognised as tumorlib's only while it is unchanged. A record that cannot be written
+    (read-only folder) or that loses a concurrent update only makes a later replacement refused: the safe side.
+
+    Args:
+        path: an existing file tumorlib wrote.
+        writer: who wrote it (``"evaluate"``, ``"predict"``, ...).
+    """
+    path = Path(path).absolute()
+    with contextlib.suppress(OSError):
+        record = _load_record(path.parent)
+        files = {n: e for n, e in record.get("files", {}).items() if (path.parent / n).exists()}
+        files[path.name] = {"writer": writer, **file_record(path)}
+        record["files"] = files
+        _save_record(path.parent, record)
+
+
+def written_by(path: str | os.PathLike) -> str | None:
+    """The tumorlib writer that wrote ``path`` (by the record beside it), or None: no record, or the file
+    changed since (size or time) or is not a plain file."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return None
+    entry = _load_record(path.absolute().parent).get("files", {}).get(path.name)
+    if not isinstance(entry, dict) or record_problem(path, entry) is not None:
+        return None
+    return entry.get("writer")
+
+
+def _folder_files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.lstat().st_size for p in sorted(folder.rglob("*"))
+            if not p.is_dir() and p.name != OUTPUT_RECORD}
+
+
+def record_folder(folder: str | os.PathLike, writer: str) -> None:
+    """Record that ``writer`` wrote the whole ``folder`` (every file below it, by relative path and size).
+
+    Args:
+        folder: a folder tumorlib has just filled.
+        writer: who wrote it (``"synth"``).
+    """
+    folder = Path(folder)
+    record = _load_record(folder)
+    record["folder"] = {"writer": writer, "files": _folder_files(folder)}
+    _save_record(folder, record)
+
+
+def folder_record_problem(folder: str | os.PathLike, writer: str) -> str | None:
+    """Why ``folder`` is not (or no longer) exactly what ``writer`` recorded writing, or None when it is.
+
+    Returns:
+        None, or a short reason: no record, another writer, a file added, missing or of another size.
+    """
+    folder = Path(folder)
+    entry = _load_record(folder).get("folder")
+    if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
+        return "tumorlib did not write it (no record of tumorlib's in it)"
+    if entry.get("writer") != writer:
+        return f"it was written by tumorlib {entry.get('writer')}, not {writer}"
+    recorded, present = entry["files"], _folder_files(folder)
+    added = sorted(set(present) - set(recorded))
+    if added:
+        return f"it holds {', '.join(added[:3])}{' ...' if len(added) > 3 else ''}, which tumorlib did not write"
+    changed = sorted(n for n in recorded if present.get(n) != recorded[n])
+    if changed:
+        return f"{', '.join(changed[:3])} changed or went missing since tumorlib wrote it"
+    return None
