@@ -63,3 +63,49 @@ def test_too_many_consecutive_nan_gradient_steps_stop_the_run():
             trainer.train_step(_batch(k))
     with pytest.raises(FloatingPointError, match=f"non-finite gradients in {MAX_SKIPPED_STEPS + 1} consecutive"):
         trainer.train_step(_batch(9))
+
+
+class _Patches(torch.utils.data.Dataset):
+    """Deterministic random patches per (epoch, index), with a mask of about 30 % ones."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, item):
+        epoch, index = item if isinstance(item, tuple) else (self.epoch, item)  # the sampler may pass (epoch, index)
+        g = torch.Generator().manual_seed(1000 * self.seed + 100 * epoch + index)
+        return (torch.randn(4, *CI.patch_size, generator=g),
+                (torch.rand(3, *CI.patch_size, generator=g) > 0.7).to(torch.uint8))
+
+
+def test_history_records_the_skipped_steps_of_each_epoch(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import tumorlib.training.engine as engine
+    from tumorlib.training.history import HISTORY_COLUMNS
+    from tumorlib.training.loop import fit
+
+    real = engine.forward_backward
+    calls = {"n": 0}
+
+    def poisoned(net, *args, **kwargs):  # the first backward of the run leaves a NaN gradient
+        loss = real(net, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            next(net.parameters()).grad.fill_(math.nan)
+        return loss
+
+    monkeypatch.setattr(engine, "forward_backward", poisoned)
+    cfg = CI.replace(epochs=2, warmup_epochs=1, samples_per_epoch=4, val_samples=2, batch_size=2, num_workers=0)
+    with pytest.warns(RuntimeWarning, match="optimizer step skipped"):
+        history = fit(cfg, _Patches(4), _Patches(2, seed=1), tmp_path / "run", progress=False)
+    assert HISTORY_COLUMNS[-1] == "skipped_steps" and calls["n"] == 4  # 2 epochs x 2 steps
+    assert history.skipped_steps.tolist() == [1, 0]
+    written = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert written.columns.tolist() == HISTORY_COLUMNS and written.skipped_steps.tolist() == [1, 0]

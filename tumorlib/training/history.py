@@ -21,8 +21,11 @@ from tumorlib.core.safety import atomic_open, atomic_path
 
 __all__ = ["HISTORY_COLUMNS", "TIMING_COLUMNS", "plot_training_curves", "write_history"]
 
+#: One row per finished epoch. ``skipped_steps``: the epoch's optimizer steps skipped for non-finite gradients
+#: (``Trainer.skipped_steps``; bf16 on some CPUs), so their sum is the run's total; histories written before
+#: the column existed have no value there.
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice_mean", "val_dice_ncr", "val_dice_ed",
-                   "val_dice_et", "val_volume_dice", "epoch_s", "patches_per_s"]
+                   "val_dice_et", "val_volume_dice", "epoch_s", "patches_per_s", "skipped_steps"]
 #: The columns that vary between identical runs (wall-clock time).
 TIMING_COLUMNS = ["epoch_s", "patches_per_s"]
 

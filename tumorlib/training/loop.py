@@ -291,12 +291,14 @@ class TrainingLoop:
         with self.trainer.backend_flags(), explain_interrupt(self.last_path, self.config.epochs, self.prev):
             for epoch in range(self.start_epoch, self.last_epoch):
                 self.on_epoch_start(epoch)
+                skipped = self.trainer.skipped_steps
                 train_loss, patches, lr_used, train_s = self.train_epoch(epoch)
                 metrics = self.validation_epoch(epoch)
                 epoch_s = time.perf_counter() - self.epoch_t0
                 row = {"epoch": epoch + 1, "lr": lr_used, "train_loss": train_loss,
                        **{k: metrics[k] for k in HISTORY_COLUMNS if k.startswith("val_")},
-                       "epoch_s": epoch_s, "patches_per_s": patches / max(train_s, 1e-9)}
+                       "epoch_s": epoch_s, "patches_per_s": patches / max(train_s, 1e-9),
+                       "skipped_steps": self.trainer.skipped_steps - skipped}
                 if self.on_epoch_end(epoch, row, metrics):
                     break
         return self.on_train_end()
