@@ -216,3 +216,40 @@ def test_predict_writes_the_input_convention_and_header(tmp_path, phantoms, layo
     assert main(["predict", "--run", str(run), "--nifti", str(case), "--out", str(other), "--quiet",
                  "--device", "cpu", "--labels", "brats2020"]) == 0
     assert set(np.unique(np.asarray(nib.load(str(other)).dataobj)).tolist()) == {0, 4}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_layout_end_to_end_cache_train_predict_score(tmp_path, layout):
+    """Cached, trained on (ci, one epoch), predicted and scored: `evaluate --pred/--ref` on the label files
+    `predict` wrote, in the layout's own convention, gives the Dice `evaluate --run` gives on the cache."""
+    import pandas as pd
+
+    from tumorlib.app.cli import main
+    from tumorlib.data.synthetic import make_phantom
+
+    root, refs, preds = tmp_path / "data", tmp_path / "refs", tmp_path / "preds"
+    refs.mkdir()
+    for vid in range(1, 6):
+        image, mask = make_phantom(SHAPE, seed=11, volume_id=vid)
+        write_case(root, layout, vid, image, mask)
+        _save(channels_to_convention(mask, LAYOUT_CONVENTIONS[layout]), refs / f"{case_name(layout, vid)}.nii.gz",
+              np.uint8)
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    quiet = ["--quiet"]
+    assert main(["cache", "--nifti", str(root), "--out", str(cache), "--workers", "1", *quiet]) == 0
+    assert main(["train", "--preset", "ci", "--cache", str(cache), "--out", str(run), "--epochs", "1",
+                 "--device", "cpu", *quiet]) == 0
+    assert main(["evaluate", "--run", str(run), "--cache", str(cache), "--split", "all", "--device", "cpu",
+                 "--out", str(tmp_path / "run.csv"), *quiet]) == 0
+    for case in list_cases(root).values():
+        target = root / "imagesTr" / f"{case.name}.nii.gz" if layout == "msd" else root / case.name
+        assert main(["predict", "--run", str(run), "--nifti", str(target), "--device", "cpu",
+                     "--out", str(preds / f"{case.name}.nii.gz"), *quiet]) == 0
+    assert main(["evaluate", "--pred", str(preds), "--ref", str(refs), "--out", str(tmp_path / "files.csv"),
+                 "--pred-labels", LAYOUT_CONVENTIONS[layout], "--ref-labels", LAYOUT_CONVENTIONS[layout], *quiet]) == 0
+    by_run = pd.read_csv(tmp_path / "run.csv")
+    by_files = pd.read_csv(tmp_path / "files.csv")
+    assert len(by_files) == len(by_run) == 5
+    for column in ("dice_wt", "dice_tc", "dice_et"):
+        np.testing.assert_allclose(sorted(by_files[column]), sorted(by_run[column]), atol=1e-3, err_msg=column)
