@@ -12,16 +12,15 @@ The run folder ``out_dir`` (``RUN``)::
     RUN/splits.json                 train / val / test volume ids
     RUN/history.csv                 one row per epoch (``HISTORY_COLUMNS``)
     RUN/checkpoints/last.pth        everything needed to resume, written atomically every epoch
-    RUN/checkpoints/best_model.pth  the weights with the best selection score (``val_volume_dice`` or
-                                    ``val_dice_mean``)
+    RUN/checkpoints/best_model.pth  the weights of the best ``val_volume_dice`` (or ``val_dice_mean``)
     RUN/training_curves.png         loss, mean Dice, per-class Dice
 
 Design choices from the reference design: ``0.5 * weighted Dice + 0.5 * focal BCE`` (overlap and a dense per-voxel
-signal), batch 2 with 2 accumulation steps (effective 4) because a 64x160x160 patch fills a GPU, a
-linear warmup before the cosine decay, gradient clipping at 1.0. The step itself is
-``tumorlib.training.engine.Trainer``; on a GPU it runs tumorlib's default (bf16 autocast where supported, else fp16
-with a ``GradScaler``; ``torch.compile`` with a fallback to eager; cuDNN autotuning; the cache resident on
-the GPU when it fits), each a config field with ``auto`` as default; the CPU trains in float32, eager.
+signal), batch 2 with 2 accumulation steps (effective 4) because a 64x160x160 patch fills a GPU, a linear
+warmup before the cosine decay, gradient clipping at 1.0. The step is ``tumorlib.training.engine.Trainer``; on
+a GPU it runs tumorlib's default (bf16 autocast where supported, else fp16 with a ``GradScaler``;
+``torch.compile`` with a fallback to eager; cuDNN autotuning; the cache resident on the GPU when it fits),
+each a config field with ``auto`` as default; a CPU trains eager, in bf16 where it computes bf16 natively.
 
 ``fit`` runs ``TrainingLoop``, whose named steps follow nnU-Net's trainer: ``on_train_start`` (settings,
 loaders, the ``Trainer``, resume, the run folder), then per epoch ``on_epoch_start``, ``train_epoch``
@@ -64,12 +63,7 @@ from tumorlib.training.validator import Validator, ValidatorFactory, check_valid
 from tumorlib.training.run_folder import (check_resumable, config_diff, discard_previous_runs, explain_interrupt,
                                          prepare_run_folder, stop_reason)
 
-__all__ = [
-    "RESUME_IGNORED_FIELDS",
-    "TrainingLoop",
-    "fit",
-    "train",
-]
+__all__ = ["RESUME_IGNORED_FIELDS", "TrainingLoop", "fit", "train"]
 
 #: Fields that may differ when resuming (marked runtime in ``Config``): speed or later stages only.
 RESUME_IGNORED_FIELDS = runtime_fields()
