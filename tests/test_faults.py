@@ -26,7 +26,7 @@ import pytest
 
 from tumorlib.app.cli import main
 from tumorlib.data import KAGGLE_SUBDIR, list_volumes, load_volume
-from tumorlib.core.safety import DiskFullError, FolderBusyError, atomic_write, folder_lock
+from tumorlib.core.safety import OUTPUT_RECORD, DiskFullError, FolderBusyError, atomic_write, folder_lock, record_written
 
 SHAPE = ("8", "24", "24")
 
@@ -262,8 +262,10 @@ def test_read_only_folder(small_tmpfs, capsys):
             atomic_write(out / "keep.txt", "new")
         assert main(["synth", "--out", str(out), "--volumes", "1", "--shape", "8", "8", "8", "--overwrite"]) == 2
         err = capsys.readouterr().err
-        assert err == (f"tumorlib synth: error: cannot write {out}: its folder {small_tmpfs} is read-only "
-                       f"(Read-only file system)\n")
+        # a folder holding a user's file is refused before anything is tried, read-only or not (the output guard)
+        assert err == (f"tumorlib synth: error: --out {out}: --overwrite replaces only a folder tumorlib synth wrote, "
+                       "and tumorlib did not write it (no record of tumorlib's in it); never replaced: choose another "
+                       "folder\n")
         assert tree_hash(small_tmpfs) == digest
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
@@ -1778,6 +1780,7 @@ def test_h3_predict_sigkill_keeps_the_old_output_whole(h3, tmp_path, delay):
 def test_h3_evaluate_sigterm_keeps_the_old_metrics(h3, tmp_path):
     out = tmp_path / "m.csv"
     out.write_text("volume,dice_wt\n1,0.5\n")
+    record_written(out, "evaluate")  # an earlier evaluate's output: the one kind of file evaluate may replace
     proc = run_cli("evaluate", "--run", str(h3["run"]), "--data", str(h3["data"]), "--cache", str(h3["cache"]),
                    "--split", "all", "--tta", "--out", str(out), "--quiet")
     time.sleep(2.5)
@@ -1791,7 +1794,7 @@ def test_h3_evaluate_sigterm_keeps_the_old_metrics(h3, tmp_path):
     elif code != 0:
         assert code == 143 and len(_message_lines(err)) == 1, err
         assert out.read_text() == "volume,dice_wt\n1,0.5\n"
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != OUTPUT_RECORD]
     assert not leftovers
 
 
@@ -1866,6 +1869,7 @@ def test_h3_disk_full_keeps_the_previous_output(h3, tmpfs_2m, command):
         out = tmpfs_2m / "i.json"
         out.write_text('{"old": true}')
         args = ["inspect-modalities", "--data", h3["data"], "--json", out]
+    record_written(out, command)  # that command's earlier output: the one kind of file it may replace
     before = tree_hash(tmpfs_2m)
     _fill(tmpfs_2m)
     code, err = _h3(*args)
@@ -1917,7 +1921,7 @@ def test_h3_two_predicts_into_one_file(h3, tmp_path):
         assert code == 0 or (code == 2 and len(_message_lines(err)) == 1), err
     ref = np.asarray(nib.load(h3["pred"]).dataobj)
     np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), ref)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != OUTPUT_RECORD) == ["p.nii.gz"]
 
 
 @pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load

@@ -93,8 +93,9 @@ def _one(folder: Path, names: list[str], pattern: re.Pattern, what: str) -> Path
     return folder / hits[0] if hits else None
 
 
-def _folder_case(folder: Path, layout: str) -> NiftiCase:
-    """The case in one folder of a brats2020/2021/2023 layout (every modality file required)."""
+def _folder_case(folder: Path, layout: str, need_id: bool = True) -> NiftiCase:
+    """The case in one folder of a brats2020/2021/2023 layout (every modality file required); a case read on
+    its own (``need_id`` False: ``predict --nifti``) may have a folder name without a number (id 0)."""
     family = "brats2023" if layout == "brats2023" else "brats2020"
     names = _nifti_names(folder)
     images = []
@@ -112,9 +113,9 @@ def _folder_case(folder: Path, layout: str) -> NiftiCase:
         vid = int(match.group(1)) * 1000 + int(match.group(2))
     else:
         match = re.search(r"(\d+)$", folder.name)
-        if match is None:
+        if match is None and need_id:
             raise ValueError(f"{folder}: case folder name must end in its number (e.g. BraTS20_Training_001)")
-        vid = int(match.group(1))
+        vid = int(match.group(1)) if match is not None else 0
     return NiftiCase(vid, folder.name, layout, tuple(images), seg)
 
 
@@ -275,4 +276,4 @@ def case_from_path(path: str | os.PathLike | NiftiCase, layout: str | None = Non
     found = _folder_layout(path, _nifti_names(path)) if layout is None else check_layout(layout)
     if found is None or found == "msd":
         raise FileNotFoundError(f"{path}: no case of a known layout in the folder ({_KNOWN})")
-    return _folder_case(path, found)
+    return _folder_case(path, found, need_id=False)
