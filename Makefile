@@ -12,7 +12,7 @@ demo: setup
 	TUMORLIB_DATA=$${TUMORLIB_DATA:-embedded} TUMORLIB_PRESET=$(PRESET) TUMORLIB_OUT=$(CURDIR)/$(OUT) $(PY) -m tumorlib notebooks --out $(OUT)
 
 test: setup
-	TUMORLIB_DATA=embedded TUMORLIB_PRESET=ci TUMORLIB_HOME=$(CURDIR)/.tumorlib/test $(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg tests notebooks -p no:cacheprovider
+	TUMORLIB_DATA=embedded TUMORLIB_PRESET=ci TUMORLIB_HOME=$(CURDIR)/.tumorlib/test $(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg tests notebooks -p no:cacheprovider --durations=30
 
 test-fast: setup
 	TUMORLIB_DATA=embedded TUMORLIB_PRESET=ci TUMORLIB_HOME=$(CURDIR)/.tumorlib/test $(PY) -m pytest tests -m "not slow and not browser"
