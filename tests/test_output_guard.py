@@ -305,3 +305,25 @@ def test_outputs_are_recorded_where_they_are_written(tmp_path):
     atomic_write(tmp_path / "b.json", "{}\n")
     assert outputs.written_by(tmp_path / "b.json") is None
 
+
+
+def test_brats2023_and_msd_data_are_protected_too(tmp_path):
+    """The guard knows every layout tumorlib reads: a 2023 case folder and an MSD set's folders are data."""
+    from tumorlib.core.outputs import guard_output
+
+    case = tmp_path / "gli" / "BraTS-GLI-00001-000"
+    case.mkdir(parents=True)
+    for m in ("t1n", "t1c", "t2w", "t2f"):
+        (case / f"BraTS-GLI-00001-000-{m}.nii.gz").write_bytes(b"x")
+    msd = tmp_path / "Task01_BrainTumour"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (msd / sub).mkdir(parents=True)
+    (msd / "dataset.json").write_text("{}")
+    (msd / "imagesTr" / "BRATS_001.nii.gz").write_bytes(b"x")
+    for path in (case / "BraTS-GLI-00001-000-seg.nii.gz", case / "BraTS-GLI-00001-000-t2f.nii.gz",
+                 msd / "labelsTr" / "BRATS_485.nii.gz", msd / "imagesTs" / "pred.nii.gz",
+                 msd / "imagesTr" / "BRATS_001.nii.gz"):
+        with pytest.raises(ValueError):
+            guard_output(path, writer="predict")
+        assert not path.exists() or path.read_bytes() == b"x"
+    assert guard_output(tmp_path / "preds" / "BRATS_485.nii.gz", writer="predict")  # beside the data: fine

@@ -39,7 +39,10 @@ __all__ = ["OUTPUT_RECORD", "check_output_file", "check_output_folder", "folder_
 _SLICE_RE = re.compile(r"^volume_\d+_slice_\d+\.h5$")
 _CACHE_RE = re.compile(r"^(index\.json|v\d+_(img|mask)\.npy|v\d+_meta\.json)$")
 _CACHE_ARRAY_RE = re.compile(r"^v\d+_img\.npy$")
-_FLAIR_RE = re.compile(r"_flair\.nii(\.gz)?$")
+#: A modality file that makes a folder a NIfTI case: BraTS 2020/2021 ``*_flair``, BraTS 2023+ ``*-t2f``.
+_FLAIR_RE = re.compile(r"(_flair|-t2f)\.nii(\.gz)?$", re.I)
+#: The folders of a Medical Segmentation Decathlon set (beside its ``dataset.json``).
+_MSD_FOLDERS = ("imagesTr", "labelsTr", "imagesTs")
 _RUN_FILES = frozenset({"config.json", "splits.json", "history.csv", "training_curves.png", "postprocessing.json"})
 _KINDS = {"dataset": "a Kaggle dataset folder", "slices": "a Kaggle slice folder", "cache": "a cache folder",
           "run": "a run folder", "nifti": "a NIfTI data folder", "nifti-case": "a NIfTI case folder",
@@ -67,6 +70,8 @@ def _mark(folder: Path) -> str | None:
             return "cache"
         if (folder / "meta_data.csv").is_file():
             return "slices"
+        if folder.name in _MSD_FOLDERS and (folder.parent / "dataset.json").is_file():
+            return "nifti-case"  # an MSD set's images or labels: every file in it is data
         with os.scandir(folder) as entries:
             for k, entry in enumerate(entries):
                 if _SLICE_RE.match(entry.name):
@@ -100,9 +105,10 @@ def folder_kind(folder: str | os.PathLike) -> str | None:
         ``"run"`` (``config.json`` with ``checkpoints/``, ``splits.json`` or ``history.csv``),
         ``"checkpoints"`` (a run's), ``"export"`` (tumorlib's ``contract.json``), ``"cache"``
         (``index.json`` or ``v<id>_img.npy``), ``"slices"`` (``volume_<id>_slice_<s>.h5`` or
-        ``meta_data.csv``), ``"nifti-case"`` (a ``*_flair.nii.gz`` in it), ``"dataset"`` (a slice folder up
-        to three levels below), ``"nifti"`` (case folders with ``*_flair.nii.gz``), or None (missing, a file,
-        empty, or other files only).
+        ``meta_data.csv``), ``"nifti-case"`` (a ``*_flair.nii.gz`` or ``*-t2f.nii.gz`` in it, or an MSD set's
+        ``imagesTr``/``labelsTr``/``imagesTs``), ``"dataset"`` (a slice folder up to three levels below),
+        ``"nifti"`` (case folders of such files, or an MSD ``dataset.json`` with its folders), or None (missing,
+        a file, empty, or other files only).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -113,7 +119,9 @@ def folder_kind(folder: str | os.PathLike) -> str | None:
     for depth in ("*", "*/*", "*/*/*"):
         if any(folder.glob(f"{depth}/meta_data.csv")) or any(folder.glob(f"{depth}/volume_*_slice_0.h5")):
             return "dataset"
-    if any(folder.glob("*/*_flair.nii*")):
+    if (folder / "dataset.json").is_file() and any((folder / n).is_dir() for n in _MSD_FOLDERS):
+        return "nifti"
+    if any(_FLAIR_RE.search(p.name) for p in folder.glob("*/*.nii*")):
         return "nifti"
     return None
 
