@@ -253,3 +253,15 @@ def test_each_layout_end_to_end_cache_train_predict_score(tmp_path, layout):
     assert len(by_files) == len(by_run) == 5
     for column in ("dice_wt", "dice_tc", "dice_et"):
         np.testing.assert_allclose(sorted(by_files[column]), sorted(by_run[column]), atol=1e-3, err_msg=column)
+
+
+def test_hidden_files_are_skipped_and_an_msd_test_image_is_a_case(tmp_path, phantoms):
+    root = write_set(tmp_path / "msd", "msd", phantoms)
+    (root / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"AppleDouble")  # as macOS archives carry them
+    assert sorted(list_cases(root)) == [1, 2]
+    image, _ = phantoms[1]
+    test_image = root / "imagesTs" / "BRATS_485.nii.gz"
+    _save(image[[("t1", "t1ce", "t2", "flair").index(k) for k in MSD_ORDER]], test_image)
+    case = case_from_path(test_image)
+    assert case.layout == "msd" and case.volume_id == 485 and case.seg is None
+    np.testing.assert_allclose(load_nifti_case(test_image)[0], image, atol=1e-5)

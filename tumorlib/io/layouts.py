@@ -83,7 +83,9 @@ class NiftiCase:
 
 
 def _nifti_names(folder: Path) -> list[str]:
-    return sorted(f.name for f in folder.iterdir() if f.is_file() and re.search(_EXT, f.name, re.I))
+    """The NIfTI file names in ``folder``; hidden files (macOS ``._*`` copies in archives) are not data."""
+    return sorted(f.name for f in folder.iterdir()
+                  if f.is_file() and not f.name.startswith(".") and re.search(_EXT, f.name, re.I))
 
 
 def _one(folder: Path, names: list[str], pattern: re.Pattern, what: str) -> Path | None:
@@ -166,7 +168,7 @@ def _msd_cases(root: Path) -> dict[int, NiftiCase]:
     cases: dict[int, NiftiCase] = {}
     for name in _nifti_names(images):
         match = re.fullmatch(r"(BRATS_(\d+))(_0000)?" + _EXT, name)
-        if match is None or name.startswith("."):
+        if match is None:
             raise ValueError(f"{images / name}: not an msd image name (BRATS_001.nii.gz)")
         seg = [labels / f"{match.group(1)}{e}" for e in (".nii.gz", ".nii")]
         seg = [p for p in seg if p.is_file()]
@@ -271,6 +273,10 @@ def case_from_path(path: str | os.PathLike | NiftiCase, layout: str | None = Non
         cases = [c for c in _msd_cases(path.parent.parent).values() if c.images[0] == path]
         if cases:
             return cases[0]
+        match = re.fullmatch(r"(BRATS_(\d+))(_0000)?" + _EXT, path.name)
+        if match is not None:  # an image outside imagesTr (imagesTs: the unlabelled test cases)
+            order = msd_channel_order(path.parent.parent / "dataset.json")
+            return NiftiCase(int(match.group(2)), match.group(1), "msd", (path,), None, order)
     if not path.is_dir():
         raise FileNotFoundError(f"NIfTI case folder {path} does not exist")
     found = _folder_layout(path, _nifti_names(path)) if layout is None else check_layout(layout)
