@@ -1,7 +1,7 @@
 """What the post-processing chosen on validation does to the test split, over several runs (seeds).
 
 For each run: ``tune_postprocessing`` chooses the rule on the validation split (written to
-``RUN/postprocessing.json``), then the test volumes are predicted once and scored before and after it:
+``RUN/postprocessing.json``, replacing an earlier choice), then the test volumes are predicted once and scored before and after it:
 legacy Dice, BraTS 2023 lesion-wise Dice of WT, TC and ET, lesion-wise HD95 of WT, the predicted WT
 components per case and the false-positive lesions per case of each region. The table gives each run and the
 mean and spread (max - min) over the runs.
@@ -74,7 +74,7 @@ def benchmark_postprocessing(runs: Sequence[str], device: Any = None, progress: 
         rule = run_postprocessing(run, config)
         if progress:
             print(f"{run}: {rule.describe()} (tuned in {seconds:.1f} s)", flush=True)
-        for with_rule, applied in ((False, PostProcessing(et_min_voxels=config.et_min_voxels)), (True, rule)):
+        for with_rule, applied in ((False, PostProcessing()), (True, rule)):
             rows.append({"run": str(run), "with": with_rule, "rule": applied.describe(), "tune_seconds": seconds,
                          **rule_scores(applied, test), **case_counts(applied, test)})
     return pd.DataFrame(rows)

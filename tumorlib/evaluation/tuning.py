@@ -102,7 +102,7 @@ def choose_postprocessing(cases: Sequence[LabelCase], base: PostProcessing = Pos
     if not sizes or min(sizes) < 0:
         raise ValueError(f"the size grid must hold sizes >= 0 (mm^3), got {list(grid)}")
     rule = PostProcessing(et_min_voxels=base.et_min_voxels)
-    raw = rule_scores(rule, cases)
+    raw = rule_scores(PostProcessing(), cases)  # the labels without any post-processing, as evaluate's raw_*
     candidates: list[dict[str, Any]] = []
     for stage, region in enumerate(REGION_KEYS):
         best_rule, best_score = rule, rule_scores(rule, cases)["mean_lesion_dice"]
@@ -181,11 +181,11 @@ def tune_postprocessing(run_dir: str | os.PathLike, data_dir: str | os.PathLike 
     without = with_ = None
     if test_ids:
         test_cases = label_cases(model, config, cache, test_ids, dev, index, amp)
-        without, with_ = rule_scores(base, test_cases), rule_scores(rule, test_cases)
+        without, with_ = rule_scores(PostProcessing(), test_cases), rule_scores(rule, test_cases)
     record = {"rule": rule.to_dict(), "rule_text": rule.describe(),
               "score": "mean lesion-wise Dice of WT, TC, ET (BraTS 2023)", "max_legacy_dice_drop": MAX_DICE_DROP,
               "split": "val", "volumes": [int(v) for v in val_ids],
-              "val_without": rule_scores(base, val_cases), "val_with": rule_scores(rule, val_cases),
+              "val_without": rule_scores(PostProcessing(), val_cases), "val_with": rule_scores(rule, val_cases),
               "candidates": candidates, "test_without": without, "test_with": with_}
     path = write_postprocessing(run_dir, record)
     if progress:

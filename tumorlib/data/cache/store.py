@@ -301,7 +301,8 @@ def load_cached_volume(cache_dir: str | os.PathLike, volume_id: int, mmap: bool 
                              f"{expected}; the cache does not match its index: rebuild it")
         arrays.append(arr)
     if check:
-        check_plausible_image(arrays[0], f"cache {cache}: volume {volume_id}", channels=MODALITIES)
+        names = MODALITIES if arrays[0].shape[:1] == (len(MODALITIES),) else None  # custom readers: other counts
+        check_plausible_image(arrays[0], f"cache {cache}: volume {volume_id}", channels=names)
     return arrays[0], arrays[1]
 
 
