@@ -327,3 +327,17 @@ def test_brats2023_and_msd_data_are_protected_too(tmp_path):
             guard_output(path, writer="predict")
         assert not path.exists() or path.read_bytes() == b"x"
     assert guard_output(tmp_path / "preds" / "BRATS_485.nii.gz", writer="predict")  # beside the data: fine
+
+
+def test_predict_out_name_rule_comes_before_the_guard(tmp_path, capsys):
+    from tumorlib.app.cli import main
+
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    assert main(["predict", "--run", str(tmp_path), "--data", str(tmp_path), "--volume", "1",
+                 "--out", str(existing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "must end in .nii.gz or .nii" in err and existing.read_text() == "mine"
+    with pytest.raises(SystemExit) as stop:  # argparse refuses it before the training rows run
+        main(["bench", "--cpu", "--cpu-repeats", "0"])
+    assert stop.value.code == 2 and "--cpu-repeats: 0 is below 1" in capsys.readouterr().err

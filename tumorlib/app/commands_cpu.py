@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tumorlib.app.arguments import add_output_arg
+from tumorlib.app.arguments import add_output_arg, int_at_least
 
 __all__ = ["add_cpu_bench_args", "add_engine_arg", "register_cpu_commands", "run_cpu_bench"]
 
@@ -43,14 +43,14 @@ def add_cpu_bench_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu-infer-patch", default=None, metavar="D,H,W", help="window (the full preset's)")
     g.add_argument("--cpu-infer-features", default=None, metavar="F,...", help="U-Net widths (the full preset's)")
     g.add_argument("--cpu-skip", default=None, choices=["train", "infer"], help="leave one row out")
-    g.add_argument("--cpu-sw-batch", type=int, default=None, metavar="N",
+    g.add_argument("--cpu-sw-batch", type=int_at_least(1), default=None, metavar="N",
                    help="windows per call (the full preset's; OpenVINO's static batch: a case of fewer windows "
                         "than N computes N)")
-    g.add_argument("--cpu-repeats", type=int, default=3, metavar="N",
+    g.add_argument("--cpu-repeats", type=int_at_least(1), default=3, metavar="N",
                    help="timed runs of the case per engine after a warm-up call, interleaved across engines "
                         "(min and median reported)")
     g.add_argument("--cpu-no-tta", dest="cpu_tta", action="store_false", help="skip the 8-flip TTA row")
-    g.add_argument("--cpu-tta-repeats", type=int, default=1, metavar="N", help="timed TTA runs per engine")
+    g.add_argument("--cpu-tta-repeats", type=int_at_least(1), default=1, metavar="N", help="timed TTA runs per engine")
 
 
 def run_cpu_bench(args: argparse.Namespace) -> dict[str, Any]:

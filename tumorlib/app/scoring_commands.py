@@ -46,6 +46,12 @@ def _check_evaluate_out(out: str, args: argparse.Namespace) -> None:
         check_label_files_out(out, args.pred, args.ref)
 
 
+def _check_predict_out(out: str, args: argparse.Namespace) -> None:
+    """The label file's name rule comes before the guard: ``--out x.txt`` says what it must end in."""
+    if not out.endswith((".nii.gz", ".nii")):
+        raise ValueError(f"output {out} must end in .nii.gz or .nii")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tumorlib.inference.predict import predict
 
@@ -136,7 +142,7 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--nifti", default=None, metavar="CASE_DIR",
                    help="a NIfTI case (BraTS 2020/2021/2023+ folder, MSD imagesTr/BRATS_001.nii.gz) instead of "
                         "--data/--volume")
-    add_output_arg(p, "--out", required=True, help="output file, *.nii.gz")
+    add_output_arg(p, "--out", required=True, check=_check_predict_out, help="output file, *.nii.gz")
     p.add_argument("--labels", default=None, choices=_CONVENTIONS,
                    help="label convention written (default: the --nifti case's; brats2020 for --data)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips")
