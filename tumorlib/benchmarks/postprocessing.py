@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from tumorlib.core.brats import REGION_KEYS
 from tumorlib.core.device import resolve_device
 from tumorlib.evaluation.evaluate import run_split
 from tumorlib.evaluation.lesions import lesion_scores
+from tumorlib.evaluation.qc import count_lesions
 from tumorlib.evaluation.tuning import LabelCase, label_cases, rule_scores, tune_postprocessing
 from tumorlib.inference.postprocess import PostProcessing, run_postprocessing
 from tumorlib.inference.predictor import load_run
@@ -39,7 +39,7 @@ def case_counts(rule: PostProcessing, cases: Sequence[LabelCase]) -> dict[str, f
         labels = rule.apply(case.pred, case.spacing)
         found = lesion_scores(labels, case.ref, case.spacing)
         row = {"lesion_hd95_wt": found["lesion_hd95_wt"],
-               "wt_components": ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))[1]}
+               "wt_components": count_lesions(labels > 0)}
         row.update({f"fp_{r}": found[f"lesions_fp_{r}"] for r in REGION_KEYS})
         rows.append(row)
     return {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}

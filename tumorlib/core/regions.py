@@ -33,6 +33,7 @@ from tumorlib.core.brats import (
 )
 
 __all__ = [
+    "COMPONENT_STRUCTURE",
     "TARGETS",
     "decode_outputs",
     "decode_outputs_batch",
@@ -43,6 +44,10 @@ __all__ = [
     "regions_to_labels",
     "targets_of",
 ]
+
+#: The neighbourhood of a connected component (a lesion) wherever tumorlib counts or removes them:
+#: 26-connectivity, as the BraTS 2023 lesion-wise metrics.
+COMPONENT_STRUCTURE = np.ones((3, 3, 3), bool)
 
 #: What the network's three sigmoid outputs are (config field ``targets``): the classes ncr, ed, et
 #: (disjoint), or the BraTS regions wt, tc, et (nested).

@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from tumorlib.core.brats import REGION_KEYS, labels_to_regions
+from tumorlib.core.regions import COMPONENT_STRUCTURE
 from tumorlib.evaluation.surface_distance import robust_hausdorff
 
 __all__ = [
@@ -57,7 +58,7 @@ MIN_LESION_VOLUME = 50.0
 #: HD95 of a false-positive or false-negative lesion (BraTS 2023).
 LESION_MISS_HD95 = 374.0
 
-_COMPONENTS = ndimage.generate_binary_structure(3, 3)  # 26-connectivity
+_COMPONENTS = COMPONENT_STRUCTURE  # 26-connectivity
 _DILATION = ndimage.generate_binary_structure(3, 2)  # the official dilation element (18 neighbours)
 
 

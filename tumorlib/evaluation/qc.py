@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from tumorlib.core.brats import REGION_KEYS, channels_to_labels, labels_to_regions
+from tumorlib.core.regions import COMPONENT_STRUCTURE
 
 __all__ = [
     "DEFAULT_MAX_UNCERTAIN_FRACTION",
@@ -68,7 +69,6 @@ QC_COLUMNS: tuple[str, ...] = (
     "flags",
     *(f"volume_range_{r}" for r in REGION_KEYS),
 )
-_STRUCTURE_26 = np.ones((3, 3, 3), bool)
 
 
 def _labels(labels: Any) -> np.ndarray:
@@ -116,7 +116,7 @@ def count_lesions(mask: Any, min_voxels: int = 1) -> int:
     Returns:
         The number of components with at least ``min_voxels`` voxels.
     """
-    components, n = ndimage.label(np.asarray(mask) != 0, structure=_STRUCTURE_26)
+    components, n = ndimage.label(np.asarray(mask) != 0, structure=COMPONENT_STRUCTURE)
     if n == 0 or min_voxels <= 1:
         return int(n)
     sizes = np.bincount(components.ravel())[1:]

@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from tumorlib.core.brats import BRATS_LABELS, CLASS_KEYS, REGION_KEYS
+from tumorlib.core.regions import COMPONENT_STRUCTURE
 
 __all__ = [
     "POSTPROCESSING_FILE",
@@ -52,7 +53,7 @@ _NCR, _ED, _ET = (BRATS_LABELS[CLASS_KEYS.index(k)] for k in ("ncr", "ed", "et")
 #: Per region: the labels it holds and what a removed component of it becomes.
 _REGION_RULES: tuple[tuple[str, tuple[int, ...], int], ...] = (
     ("wt", (_NCR, _ED, _ET), 0), ("tc", (_NCR, _ET), _ED), ("et", (_ET,), _NCR))
-_COMPONENTS = ndimage.generate_binary_structure(3, 3)  # 26-connectivity, as the lesion-wise metrics
+_COMPONENTS = COMPONENT_STRUCTURE  # 26-connectivity, as the lesion-wise metrics
 
 
 def _check_threshold(min_voxels: Any, name: str = "min_voxels") -> int:

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tumorlib.core.brats import MODALITIES
+from tumorlib.core.regions import COMPONENT_STRUCTURE
 from tumorlib.viz.colors import ERROR_COLORS, add_class_legend, check_image, class_legend_handles, rgb01, to_label_map
 from tumorlib.viz.figures import modality_index
 from tumorlib.viz.notebook_figure import new_figure
@@ -164,7 +165,7 @@ def plot_postprocessing(image: Any, raw: Any, post: Any, affine: Any | None = No
     from scipy import ndimage
 
     raw_l, post_l = to_label_map(raw, spatial_ndim=3), to_label_map(post, spatial_ndim=3)
-    changed, n = ndimage.label(raw_l != post_l, structure=np.ones((3, 3, 3), bool))
+    changed, n = ndimage.label(raw_l != post_l, structure=COMPONENT_STRUCTURE)
     position = None
     if n:
         largest = int(np.argmax(np.bincount(changed.ravel())[1:])) + 1
