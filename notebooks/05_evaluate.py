@@ -151,7 +151,7 @@ image, gt, prob, post = predictor.predict_cached_volume(model, run_config, cache
                                                         postprocessing=rule)
 fig = viz.plot_postprocessing(image, decode_outputs_to_channels(prob, run_config, run_config.threshold), post,
                               affine=data.cache_affine(data.load_cache_index(cache_dir), case_id),
-                              title=f"volume {case_id}: {int(removed.max())} component(s) removed by {rule.describe()}")
+                              title=f"volume {case_id}: {int(removed.max())} component(s) removed by the rule")
 fig.savefig(ws.fig_dir / "05_postprocessing.png", dpi=100)
 fig
 
