@@ -139,7 +139,7 @@ def test_command(py: Path, fast: bool, extra: list[str]) -> tuple[list[str], dic
         cmd = [str(py), "-m", "pytest", "tests", "-m", "not slow and not browser"]
     else:
         cmd = [str(py), "-m", "pytest", "--nbval", "--nbval-sanitize-with", "tests/nbval_sanitize.cfg", "tests",
-               "notebooks", "-p", "no:cacheprovider"]
+               "notebooks", "-p", "no:cacheprovider", "--durations=30"]
     return cmd + extra, env
 
 
