@@ -39,8 +39,6 @@
 # `tumorlib.inference.sliding_window` compute exactly what MONAI computes (the tests compare them).
 
 # %%
-import time
-
 import matplotlib
 import nibabel as nib
 import numpy as np
@@ -52,7 +50,8 @@ from tumorlib.app.notebook import dice_comparison, notebook_setup, postprocessin
 from tumorlib.core.device import resolve_device
 from tumorlib.core.regions import decode_outputs_to_channels
 from tumorlib.evaluation import baseline, evaluate, tuning
-from tumorlib.inference import predict, predictor
+from tumorlib.evaluation.calibration import CalibrationMetric
+from tumorlib.inference import predict
 from tumorlib.app import workflows
 
 matplotlib.rcParams["figure.dpi"] = 80
@@ -114,13 +113,17 @@ print("rule:", rule.describe())
 # (`raw_` columns), and the inference time in seconds (sliding window + sigmoid + decoding, without the
 # metrics). The summary
 # (mean, median, std) is written beside the CSV, and the engine and precision used in a JSON beside it.
+# Each volume is predicted **once**, with the 8 flip passes: the unflipped pass gives the labels scored here,
+# all 8 give the uncertainty columns used further down (`uncertainty=True`), and `kept` keeps the
+# probabilities for the calibration and the figures below instead of predicting the volumes again.
 # `ENGINE` chooses what runs the windows (`--engine` on the command line): `torch`, or `openvino` (the
 # model converted once and kept beside its checkpoint; bf16 on CPUs that compute it natively), or `auto`
 # (OpenVINO on a CPU where it is installed). The sliding window, TTA and decoding are the same for each.
 
 # %% tags=["nbval-ignore-output"]
+kept = evaluate.KeptPredictions(run_config, cache_dir, rule, CalibrationMetric(targets=run_config.targets))
 frame = evaluate.evaluate(run.run_dir, cache_dir=cache_dir, split=SPLIT, tta=TTA, device=DEVICE, progress=True,
-                          engine=ENGINE)
+                          engine=ENGINE, uncertainty=True, on_volume=kept)
 print("columns:", ", ".join(frame.columns))
 frame.round(3)
 
@@ -147,8 +150,7 @@ postprocessing_table(frame)
 # %% tags=["nbval-ignore-output"]
 removed = frame[["components_removed_wt", "components_removed_tc", "components_removed_et"]].sum(axis=1)
 case_id = int(frame["volume"][removed.idxmax()])
-image, gt, prob, post = predictor.predict_cached_volume(model, run_config, cache_dir, case_id, device=DEVICE,
-                                                        postprocessing=rule)
+image, gt, prob, post = kept.volume(case_id)  # predicted by evaluate above
 fig = viz.plot_postprocessing(image, decode_outputs_to_channels(prob, run_config, run_config.threshold), post,
                               affine=data.cache_affine(data.load_cache_index(cache_dir), case_id),
                               title=f"volume {case_id}: {int(removed.max())} component(s) removed by the rule")
@@ -174,7 +176,7 @@ fig
 
 # %% [markdown]
 # ## How sure the model is: calibration and uncertainty
-# `evaluate(..., uncertainty=True)` (command line `tumorlib evaluate --uncertainty`) adds per volume the
+# `evaluate(..., uncertainty=True)` above (command line `tumorlib evaluate --uncertainty`) added per volume the
 # mean predictive entropy inside the predicted tumour and the fraction of uncertain voxels (normalised
 # entropy above 0.5), both from the 8 flip members, and the expected calibration error of each region
 # (15 equal-width bins, every voxel of the brain crop). The reliability diagram pools the voxels of all
@@ -183,15 +185,10 @@ fig
 
 # %% tags=["nbval-ignore-output"]
 from tumorlib.core.brats import REGION_KEYS
-from tumorlib.evaluation.calibration import CalibrationMetric
 from tumorlib.viz.confidence import dice_uncertainty_correlation, plot_dice_vs_uncertainty, plot_reliability
 
-unsure = evaluate.evaluate(run.run_dir, cache_dir=cache_dir, split=SPLIT, device=DEVICE, progress=False,
-                           uncertainty=True, out=run.run_dir / f"metrics_{SPLIT}_uncertainty.csv")
-calibration = CalibrationMetric(targets=run_config.targets)  # what the outputs are: classes or regions
-for vid in test_ids:
-    _, gt_v, prob_v, _ = predictor.predict_cached_volume(model, run_config, cache_dir, vid, device=DEVICE)
-    calibration.update(prob_v, gt_v)
+unsure = frame  # the uncertainty columns came with the scores
+calibration = kept.calibration  # updated with each volume's probabilities as evaluate predicted it
 pooled = calibration.aggregate("pooled")
 print("ECE per region, mean over volumes:", {k: round(v, 4) for k, v in calibration.aggregate().items()})
 print("ECE per region, pooled voxels:    ", {k: round(v, 4) for k, v in pooled.items()})
@@ -237,10 +234,8 @@ volume_id = test_ids[0]
 print(f"volume {volume_id}: windows of {run_config.patch_size}")
 
 # %% tags=["nbval-ignore-output"]
-start = time.perf_counter()
-image, gt, prob, pred = predictor.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE,
-                                                        engine=ENGINE, postprocessing=rule)
-seconds = time.perf_counter() - start
+image, gt, prob, pred = kept.volume(volume_id)  # predicted once, by evaluate above
+seconds = float(frame.set_index("volume").loc[volume_id, "seconds"])  # its labels' inference time
 print(f"full-volume inference on {DEVICE}: {seconds:.2f} s ({torch.get_num_threads()} CPU threads)")
 
 # %% tags=["nbval-ignore-output"]

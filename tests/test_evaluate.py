@@ -442,3 +442,58 @@ def test_report_applies_the_runs_rule_and_counts_what_it_removed(ci_cache, tmp_p
     assert rows[0]["et_postprocessing"] == rule.describe() and rows[0]["components_removed_wt"] == 1
     assert rows[0]["volume_wt_ml"] == 0.0 and "empty_tumour" in rows[0]["flags"]
     assert pd.read_csv(csv_path)["components_removed_wt"].tolist() == [1]
+
+
+def test_one_prediction_per_volume_gives_scores_uncertainty_calibration_and_figures(ci_run, ci_cache, tmp_path,
+                                                                                    monkeypatch):
+    """``evaluate(uncertainty=True, on_volume=KeptPredictions(...))`` predicts each volume with the 8 flip
+    passes only (not 9): its scores equal the plain evaluate's, its kept volumes equal
+    ``predict_cached_volume``'s, and its calibration the one of a separate loop over the volumes."""
+    import tumorlib.inference.uncertainty as uncertainty_module
+    from tumorlib.evaluation.calibration import CalibrationMetric
+    from tumorlib.evaluation.evaluate import KeptPredictions
+    from tumorlib.inference.postprocess import run_postprocessing
+    from tumorlib.inference.predictor import predict_cached_volume
+
+    run, _ = ci_run
+    model, cfg = load_run(run, "cpu")
+    plain = evaluate(run, cache_dir=ci_cache, device="cpu", progress=False, out=tmp_path / "plain.csv")
+    passes = []
+    counted = uncertainty_module.predict_volume
+    monkeypatch.setattr(uncertainty_module, "predict_volume", lambda *a, **k: passes.append(1) or counted(*a, **k))
+    kept = KeptPredictions(cfg, ci_cache, run_postprocessing(run, cfg), CalibrationMetric(targets=cfg.targets))
+    frame = evaluate(run, cache_dir=ci_cache, device="cpu", progress=False, out=tmp_path / "u.csv",
+                     uncertainty=True, on_volume=kept)
+    monkeypatch.undo()
+    assert len(passes) == 8 * len(frame)  # the identity flip gives the labels
+    scores = [c for c in EVAL_COLUMNS if c != "seconds"]
+    pd.testing.assert_frame_equal(plain[scores], frame[scores])
+    assert frame["mean_entropy_tumour"].notna().any()
+    loop = CalibrationMetric(targets=cfg.targets)
+    for vid in frame["volume"]:
+        expected = predict_cached_volume(model, cfg, ci_cache, int(vid), device="cpu",
+                                         postprocessing=run_postprocessing(run, cfg))
+        for got, want in zip(kept.volume(int(vid)), expected):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        loop.update(expected[2], expected[1])
+    assert kept.calibration.aggregate("pooled") == loop.aggregate("pooled")
+    assert kept.calibration.aggregate() == loop.aggregate()
+    with pytest.raises(KeyError, match="not evaluated"):
+        kept.volume(10_000)
+
+
+def test_predict_with_uncertainty_of_an_ensemble_is_its_plain_prediction(ci_run, ci_cache):
+    """For an ensemble of runs, the labels' probabilities from the flip members (each run's identity pass,
+    averaged) equal ``predict_volume``'s mean of the runs' predictions, bit for bit."""
+    from tumorlib.inference.predictor import load_runs, predict_volume
+    from tumorlib.inference.uncertainty import predict_with_uncertainty
+
+    run, _ = ci_run
+    model, cfg = load_runs([run, run], "cpu")
+    image, _ = load_cached_volume(ci_cache, int(sorted(load_cache_index(ci_cache)["volumes"], key=int)[0]))
+    expected = predict_volume(model, image, cfg, "cpu")
+    prob, maps, extra = predict_with_uncertainty(model, image, cfg, "cpu", uncertainty=True)
+    torch.testing.assert_close(prob, expected, rtol=0, atol=0)
+    assert maps["members"] == 16 and extra > 0.0
+    tta, _, _ = predict_with_uncertainty(model, image, cfg, "cpu", tta=True, uncertainty=True)
+    torch.testing.assert_close(tta, predict_volume(model, image, cfg, "cpu", tta=True), rtol=0, atol=0)

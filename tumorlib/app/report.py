@@ -26,8 +26,8 @@ from tumorlib.core.device import resolve_device
 from tumorlib.evaluation.evaluate import run_split
 from tumorlib.evaluation.qc import qc_row, region_volumes_ml, write_qc_csv
 from tumorlib.inference.postprocess import run_postprocessing
-from tumorlib.inference.predictor import load_run, predict_volume
-from tumorlib.inference.uncertainty import model_members, uncertainty_maps
+from tumorlib.inference.predictor import load_run
+from tumorlib.inference.uncertainty import predict_with_uncertainty
 from tumorlib.data.cache.geometry import cache_affine, cache_spacing
 from tumorlib.viz.orientation import display_transform
 
@@ -125,11 +125,10 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
     rows = []
     for vid, png in zip((int(v) for v in volume_ids), pngs):
         image = load_cached_volume(cache, vid, index=index, check=True)[0]
-        prob = predict_volume(model, image, config, dev, amp=amp)
+        prob, maps, _ = predict_with_uncertainty(model, image, config, dev, amp=amp, uncertainty=True)
         done = rule.apply_with_removed(decode_outputs(prob, config, config.threshold), spacing(vid))
         labels = done.labels
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32))
-        entropy = uncertainty_maps(model_members(model, config, x, dev, amp), targets=config)["entropy"]
+        entropy = maps["entropy"]
         row = qc_row(labels, spacing(vid), uncertainty=entropy, train_volumes_ml=train, case=vid,
                      et_postprocessing=rule.describe(), components_removed=done.components)
         transform = display_transform(cache_affine(index, vid), labels.shape)

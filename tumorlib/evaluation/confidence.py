@@ -25,8 +25,7 @@ import torch
 
 from tumorlib.core.brats import REGION_KEYS
 from tumorlib.evaluation.calibration import DEFAULT_BINS, expected_calibration_error
-from tumorlib.inference.uncertainty import (DEFAULT_UNCERTAIN_THRESHOLD, model_members, uncertainty_maps,
-                                            uncertainty_summary)
+from tumorlib.inference.uncertainty import DEFAULT_UNCERTAIN_THRESHOLD, uncertainty_summary
 
 __all__ = ["UNCERTAINTY_COLUMNS", "confidence_scores"]
 
@@ -35,24 +34,19 @@ UNCERTAINTY_COLUMNS: tuple[str, ...] = ("mean_entropy_tumour", "uncertain_fracti
                                         *(f"ece_{r}" for r in REGION_KEYS))
 
 
-def confidence_scores(model: torch.nn.Module, config: Any, image: Any, prob: Any, pred: Any, target: Any,
-                      device: str | torch.device | None = None, amp: bool = True,
+def confidence_scores(maps: dict[str, Any], config: Any, prob: Any, pred: Any, target: Any,
                       bins: int = DEFAULT_BINS,
-                      threshold: float = DEFAULT_UNCERTAIN_THRESHOLD, engine: Any = "torch") -> dict[str, float]:
+                      threshold: float = DEFAULT_UNCERTAIN_THRESHOLD) -> dict[str, float]:
     """The uncertainty and calibration columns of one volume (see the module text).
 
     Args:
-        model: the network, in eval mode, or a ``RunEnsemble`` (8 flip members per run).
-        config: the run's config (sliding window).
-        image: (C, D, H, W) normalised image in the cache's frame.
+        maps: ``uncertainty_maps`` of the volume's flip members (``predict_with_uncertainty``; 8 per run).
+        config: the run's config (its ``targets``).
         prob: (3, D, H, W) sigmoid probabilities of the prediction that is scored.
         pred: (3, D, H, W) decoded class channels (or (D, H, W) labels) of ``prob``.
         target: (3, D, H, W) binary ground-truth class channels, same frame.
-        device: where the windows run; None: the model's device.
-        amp: autocast on CUDA.
         bins: calibration bins.
         threshold: normalised entropy above which a voxel is uncertain.
-        engine: what runs the windows (``tumorlib.inference.predictor.inference_engine``).
 
     Returns:
         ``{column: value}`` for ``UNCERTAINTY_COLUMNS`` (``mean_entropy_tumour`` NaN when no tumour is
@@ -61,8 +55,6 @@ def confidence_scores(model: torch.nn.Module, config: Any, image: Any, prob: Any
     Raises:
         ValueError: shapes that differ.
     """
-    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.asarray(image, dtype=np.float32))
-    maps = uncertainty_maps(model_members(model, config, x.float(), device, amp, engine), targets=config)
     labels = np.asarray(pred.cpu() if isinstance(pred, torch.Tensor) else pred)
     tumour = labels.any(axis=0) if labels.ndim == 4 else labels != 0
     summary = uncertainty_summary(maps["entropy"], tumour, threshold)

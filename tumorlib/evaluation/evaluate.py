@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,16 +25,19 @@ import torch
 from tumorlib.core.brats import CLASS_KEYS, REGION_KEYS
 from tumorlib.core.config import Config
 from tumorlib.core.device import resolve_device
+from tumorlib.evaluation.calibration import CalibrationMetric
 from tumorlib.evaluation.confidence import UNCERTAINTY_COLUMNS
 from tumorlib.evaluation.lesions import LESION_COLUMNS
 from tumorlib.evaluation.metrics import METRIC_COLUMNS
-from tumorlib.evaluation.scoring import RAW_COLUMNS, REMOVED_COLUMNS, score_volumes
-from tumorlib.inference.predictor import (engine_record, inference_engine, inference_precision, load_runs,
-                                          make_predictor, run_checkpoint)
+from tumorlib.evaluation.scoring import RAW_COLUMNS, REMOVED_COLUMNS, Predicted, score_volumes
+from tumorlib.inference.postprocess import PostProcessing
+from tumorlib.inference.predictor import (cache_frame_channels, engine_record, inference_engine, inference_precision,
+                                          load_runs, make_predictor, run_checkpoint)
 
 __all__ = [
     "EVAL_COLUMNS",
     "SPLITS",
+    "KeptPredictions",
     "evaluate",
     "inference_path",
     "metric_table",
@@ -120,7 +123,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
              out: str | os.PathLike | None = None, device: str | torch.device | None = None,
              amp: bool = True, progress: bool = True,
              volume_ids: Sequence[int] | None = None, engine: str = "torch",
-             uncertainty: bool = False) -> pd.DataFrame:
+             uncertainty: bool = False,
+             on_volume: Callable[[int, Predicted], None] | None = None) -> pd.DataFrame:
     """Score a trained run on whole volumes of one split.
 
     Each volume of the split is read from the cache (normalised, cropped to the brain), predicted
@@ -145,14 +149,13 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         volume_ids: score these volumes instead of the split's.
         engine: ``"torch"``, ``"openvino"`` or ``"auto"`` (OpenVINO on the CPU when installed); the engine
             and precision used go to ``inference_path(out)`` (JSON) beside the CSV.
-        uncertainty: add the columns ``mean_entropy_tumour``, ``uncertain_fraction`` and the ECE per
-            region ``ece_wt``, ``ece_tc``, ``ece_et`` (``tumorlib.evaluation.confidence``; 8 flip passes
-            more per volume); their mean, median and std join the summary.
+        uncertainty: add ``UNCERTAINTY_COLUMNS`` (``tumorlib.evaluation.confidence``) from the 8 flip passes
+            of each volume, which without ``tta`` also give its labels (scores as without); summarised too.
+        on_volume: called with each volume's id and prediction (``KeptPredictions``).
 
     Returns:
         One row per volume, columns ``EVAL_COLUMNS`` (then ``UNCERTAINTY_COLUMNS`` with ``uncertainty``);
-        ``seconds`` is the inference time (sliding
-        window, sigmoid, decoding) without the metrics.
+        ``seconds`` is the inference time (sliding window, sigmoid, decoding) without the metrics.
 
     Raises:
         FileNotFoundError, ValueError: see ``load_run``; unknown split; volumes not in the cache.
@@ -181,7 +184,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
     rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
                          progress=progress, desc=f"evaluate {split}", postprocessing=rule, engine=runner,
-                         uncertainty=uncertainty)
+                         uncertainty=uncertainty, on_volume=on_volume)
     columns = list(EVAL_COLUMNS) + (list(UNCERTAINTY_COLUMNS) if uncertainty else [])
     frame = pd.DataFrame([{**r, "et_min_voxels": rule.et_min_voxels} for r in rows], columns=columns)
     summary = summarize(frame)
@@ -195,6 +198,49 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
               f"post-processing: {rule.describe()}")
         print(summary.round(4).to_string())
     return frame
+
+
+class KeptPredictions:
+    """What ``evaluate(..., on_volume=kept)`` predicted, kept for figures, with calibration on the way: each
+    volume is predicted once however many figures and tables show it.
+
+    Each volume's (3, D, H, W) float32 probabilities are kept in memory (about 100 MB a volume at BraTS
+    size; the ``ci``/``demo`` volumes take a few MB).
+
+    Args:
+        config: the run's config (decoding).
+        cache_dir: the cache ``evaluate`` read (the images and ground truth are read again from it).
+        postprocessing: the run's rule, applied in the cache's frame (``cache_frame_channels``).
+        calibration: updated with each volume's probabilities and cache-frame ground truth (None: none).
+    """
+
+    def __init__(self, config: Config, cache_dir: str | os.PathLike, postprocessing: PostProcessing | None = None,
+                 calibration: CalibrationMetric | None = None) -> None:
+        self.config, self.cache_dir, self.postprocessing = config, Path(cache_dir), postprocessing
+        self.calibration = calibration
+        self.prob: dict[int, torch.Tensor] = {}
+
+    def __call__(self, volume_id: int, done: Predicted) -> None:
+        prob = done.prob.detach().float().cpu()
+        if self.calibration is not None:
+            self.calibration.update(prob, done.mask)
+        self.prob[int(volume_id)] = prob
+
+    def volume(self, volume_id: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor, np.ndarray]:
+        """``predict_cached_volume``'s ``(image, gt, prob, pred)`` of a kept volume, without predicting it.
+
+        Raises:
+            KeyError: the volume was not evaluated.
+        """
+        from tumorlib.data.cache import load_cache_index, load_cached_volume
+
+        if int(volume_id) not in self.prob:
+            raise KeyError(f"volume {volume_id} was not evaluated (kept: {sorted(self.prob)})")
+        index = load_cache_index(self.cache_dir)
+        image, gt = load_cached_volume(self.cache_dir, volume_id, index=index)
+        prob = self.prob[int(volume_id)]
+        pred = cache_frame_channels(prob, self.config, index, volume_id, self.postprocessing)
+        return np.array(image, dtype=np.float32), np.array(gt), prob, pred
 
 
 def _volumes_to_score(run_dir: str | os.PathLike, config: Config, cache: Path, index: dict[str, Any], split: str,

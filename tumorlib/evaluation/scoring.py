@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,7 +25,8 @@ from tumorlib.evaluation.lesions import LESION_COLUMNS, lesion_scores
 from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
 from tumorlib.inference.engines import Engine
 from tumorlib.inference.postprocess import PostProcessing
-from tumorlib.inference.predictor import inference_engine, predict_volume
+from tumorlib.inference.predictor import inference_engine
+from tumorlib.inference.uncertainty import predict_with_uncertainty
 
 __all__ = ["RAW_COLUMNS", "REMOVED_COLUMNS", "Predicted", "predicted_channels", "score_volumes", "volume_dice",
            "volume_scores"]
@@ -50,6 +51,10 @@ class Predicted(NamedTuple):
     raw: np.ndarray
     #: per region, the components the post-processing rule removed
     components_removed: dict[str, int]
+    #: ``uncertainty_maps`` of the flip members in the cache's frame (None unless asked)
+    maps: dict[str, Any] | None = None
+    #: seconds spent on the uncertainty's passes beyond those that gave ``prob``
+    extra_seconds: float = 0.0
 
 
 #: The scores of the labels before post-processing, beside the post-processed ones: ``raw_<column>``.
@@ -96,7 +101,8 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
                   volume_ids: Sequence[int], device: torch.device, tta: bool = False, amp: bool = True,
                   index: dict[str, Any] | None = None, progress: bool = False,
                   desc: str = "score", lesions: bool = True, postprocessing: PostProcessing | None = None,
-                  engine: str | Engine = "torch", uncertainty: bool = False) -> list[dict[str, float]]:
+                  engine: str | Engine = "torch", uncertainty: bool = False,
+                  on_volume: Callable[[int, Predicted], None] | None = None) -> list[dict[str, float]]:
     """Predict whole cached volumes and score the decoded labels: the one scoring path of ``evaluate``
     and of whole-volume model selection during training.
 
@@ -123,14 +129,17 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         postprocessing: the rule applied after decoding (``tumorlib.inference.postprocess``; None: none);
             the ``RAW_COLUMNS`` score the labels before it.
         engine: ``"torch"``, ``"openvino"``, ``"auto"`` or an ``Engine`` (built once for all volumes).
-        uncertainty: add ``tumorlib.evaluation.confidence.UNCERTAINTY_COLUMNS`` (8 more passes a volume,
-            per run of an ensemble; in the cache's frame).
+        uncertainty: add ``tumorlib.evaluation.confidence.UNCERTAINTY_COLUMNS`` from the 8 flip passes of
+            each run (``predict_with_uncertainty``: without TTA the labels come from the same passes; in the
+            cache's frame).
+        on_volume: called with each volume's id and its ``Predicted`` (e.g. ``KeptPredictions``), so that
+            figures and calibration reuse the prediction instead of predicting again.
 
     Returns:
         One dict per volume: ``volume``, the ``METRIC_COLUMNS``, the ``LESION_COLUMNS``, the ``RAW_COLUMNS``,
         the ``REMOVED_COLUMNS`` (those three with ``lesions``) and ``seconds``
-        (reading, sliding window, sigmoid and decoding, without the metrics), with ``uncertainty`` the
-        uncertainty columns.
+        (reading, sliding window, sigmoid and decoding, without the metrics and without the uncertainty's
+        extra passes), with ``uncertainty`` the uncertainty columns.
 
     Raises:
         CacheError: a resampled cache whose source cannot be reopened.
@@ -145,8 +154,8 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
     for vid in tqdm(list(volume_ids), desc=desc, unit="vol", disable=not progress):
         start = time.perf_counter()
         done = predicted_channels(model, config, cache_dir, vid, device, index, tta=tta, amp=amp,
-                                  postprocessing=postprocessing, engine=engine)
-        seconds = time.perf_counter() - start
+                                  postprocessing=postprocessing, engine=engine, uncertainty=uncertainty)
+        seconds = time.perf_counter() - start - done.extra_seconds
         raw = done.raw if done.raw is not done.pred else None
         rows.append({"volume": int(vid), **volume_scores(done.pred, done.target, done.spacing, lesions=lesions,
                                                          raw=raw, components_removed=done.components_removed),
@@ -154,15 +163,16 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
         if uncertainty:
             scored = (done.pred if done.pred.shape == done.mask.shape
                       else decode_outputs_to_channels(done.prob, config, config.threshold))
-            rows[-1].update(confidence_scores(model, config, done.image, done.prob, scored, done.mask, device, amp,
-                                              engine=engine))
+            rows[-1].update(confidence_scores(done.maps, config, done.prob, scored, done.mask))
+        if on_volume is not None:
+            on_volume(int(vid), done)
     return rows
 
 
 def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_id: int,
                        device: torch.device, index: dict[str, Any], tta: bool = False, amp: bool = True,
                        postprocessing: PostProcessing | None = None,
-                       engine: str | Engine = "torch") -> Predicted:
+                       engine: str | Engine = "torch", uncertainty: bool = False) -> Predicted:
     """One cached volume predicted and decoded as ``evaluate`` scores it, with its ground truth.
 
     Args:
@@ -170,12 +180,14 @@ def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | 
         volume_id: the volume.
         index: the cache index.
         postprocessing: the rule applied after decoding, in the scoring frame at its voxel size (None: none).
+        uncertainty: also the flip members' ``uncertainty_maps`` (``predict_with_uncertainty``).
 
     Returns:
-        ``Predicted(pred, target, spacing, image, prob, mask, raw, components_removed)``: the class channels
-        of the prediction and of the ground truth (the cache's frame, or the source's for a resampled cache),
-        the voxel size, the cache-frame image, probabilities and ground truth, and the prediction before
-        post-processing with the components the rule removed per region.
+        ``Predicted(pred, target, spacing, image, prob, mask, raw, components_removed, maps, extra_seconds)``:
+        the class channels of the prediction and of the ground truth (the cache's frame, or the source's for
+        a resampled cache), the voxel size, the cache-frame image, probabilities and ground truth, the
+        prediction before post-processing with the components the rule removed per region, and the
+        uncertainty maps with the seconds their extra passes took.
 
     Raises:
         CacheError: a resampled cache whose source cannot be reopened.
@@ -189,7 +201,8 @@ def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | 
     except CacheError:
         source = None  # a cache from a custom reader: 1 mm voxels, scored in the cache frame only
     image, mask = load_cached_volume(cache_dir, volume_id, index=index, check=True)
-    prob = predict_volume(model, image, config, device, tta=tta, amp=amp, engine=engine)
+    prob, maps, extra_seconds = predict_with_uncertainty(model, image, config, device, tta=tta, amp=amp,
+                                                         engine=engine, uncertainty=uncertainty)
     resampled = not all(abs(z - 1.0) < 1e-9 for z in entry["zoom"])
     if resampled:
         if source is None:
@@ -204,7 +217,8 @@ def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | 
         done = postprocessing.apply_with_removed(channels_to_labels(pred), spacing)
         pred, removed = labels_to_channels(done.labels), done.components
     target = source.read(volume_id)[1] if resampled else np.asarray(mask)
-    return Predicted(pred, target, spacing, np.asarray(image), prob, np.asarray(mask), raw, removed)
+    return Predicted(pred, target, spacing, np.asarray(image), prob, np.asarray(mask), raw, removed, maps,
+                     extra_seconds)
 
 
 def volume_dice(model: torch.nn.Module, config: Config, cache_dir: str | os.PathLike, volume_ids: Sequence[int],

@@ -13,7 +13,8 @@ from tumorlib.core.brats import check_order
 from tumorlib.core.regions import decode_outputs, output_keys, targets_of
 from tumorlib.core.device import resolve_device
 from tumorlib.inference.postprocess import run_postprocessing
-from tumorlib.inference.predictor import inference_engine, load_runs, predict_volume, run_checkpoint
+from tumorlib.inference.predictor import inference_engine, load_runs, run_checkpoint
+from tumorlib.inference.uncertainty import predict_with_uncertainty
 from tumorlib.core.outputs import check_output_file
 from tumorlib.core.safety import atomic_path
 
@@ -49,15 +50,12 @@ def uncertainty_paths(out: str | os.PathLike) -> dict[str, Path]:
     return {name: out.with_name(f"{stem}_{name}{suffix}") for name in UNCERTAINTY_MAPS}
 
 
-def _write_uncertainty(paths: dict[str, Path], header: object, model: torch.nn.Module, config: object,
-                       image_c: np.ndarray, entry: dict, dev: torch.device, amp: bool, engine: object) -> None:
+def _write_uncertainty(paths: dict[str, Path], header: object, maps: dict, entry: dict) -> None:
     """Entropy and tumour-probability variance of the 8 flip members (of each run of an ensemble), uncropped
     to the full grid (0 outside the crop) and written with the label file's header."""
     from tumorlib.data.cache import uncrop
-    from tumorlib.inference.uncertainty import model_members, uncertainty_maps
     from tumorlib.io.nifti_write import save_map_nifti
 
-    maps = uncertainty_maps(model_members(model, config, image_c, dev, amp, engine), targets=config)
     for name in UNCERTAINTY_MAPS:
         with atomic_path(paths[name], writer="predict") as tmp:
             save_map_nifti(uncrop(maps[name], entry, fill=0.0), tmp, header=header)
@@ -195,8 +193,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         save_probabilities: also write the network's 3 sigmoid outputs (ncr, ed, et; wt, tc, et for
             ``targets`` regions: the ``descrip``) to ``probabilities_path(out)`` (same grid and header).
         uncertainty: also write the flip members' entropy and tumour-probability variance (float32 NIfTI,
-            the labels' header and grid, 0 outside the crop) at ``uncertainty_paths(out)``; 8 more passes
-            (per run of an ensemble).
+            the labels' header and grid, 0 outside the crop) at ``uncertainty_paths(out)``, from the 8 flip
+            passes (per run of an ensemble) that, without ``tta``, also give the labels.
         labels: the convention written (brats2020, brats2023, msd); None: the case's (``output_convention``).
 
     Returns:
@@ -230,7 +228,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     image_c, _, entry = prepare_volume(image, None, cache_hw=config.cache_hw, margin=config.cache_margin,
                                        dtype=np.float16)  # the cache's dtype: the labels evaluate scores
     runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
-    prob = predict_volume(model, image_c, config, dev, tta=tta, amp=amp, progress=progress, engine=runner)
+    prob, maps, _ = predict_with_uncertainty(model, image_c, config, dev, tta=tta, amp=amp, engine=runner,
+                                             uncertainty=uncertainty, progress=progress)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
     header = nifti_header(nifti_case) if nifti_case is not None else brats2020_header()
     decoded = run_postprocessing(run_dir, config).apply(decode_outputs(full, config, config.threshold),
@@ -238,5 +237,5 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     _write_outputs(out, decoded, full if save_probabilities else None, header, probabilities_description(config),
                    convention)
     if uncertainty:
-        _write_uncertainty(uncertainty_paths(out), header, model, config, image_c, entry, dev, amp, runner)
+        _write_uncertainty(uncertainty_paths(out), header, maps, entry)
     return out

@@ -22,8 +22,9 @@ from tumorlib.inference.engines import Engine, make_engine
 from tumorlib.inference.postprocess import PostProcessing
 from tumorlib.inference.sliding_window import sliding_window_inference
 
-__all__ = ["ENSEMBLE_FIELDS", "RunEnsemble", "engine_record", "inference_engine", "inference_precision", "load_run",
-           "load_runs", "make_predictor", "predict_cached_volume", "predict_volume", "run_checkpoint"]
+__all__ = ["ENSEMBLE_FIELDS", "RunEnsemble", "cache_frame_channels", "engine_record", "inference_engine",
+           "inference_precision", "load_run", "load_runs", "make_predictor", "predict_cached_volume", "predict_volume",
+           "run_checkpoint"]
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = "cpu") -> tuple[torch.nn.Module, Config]:
     """The trained model of a run folder, in eval mode, and the run's config.
@@ -257,17 +258,36 @@ def predict_cached_volume(model: torch.nn.Module, config: Config, cache_dir: str
         ``config.threshold``), post-processed by ``postprocessing``: with the run's rule, what ``predict``
         writes and ``evaluate`` scores.
     """
-    from tumorlib.core.brats import channels_to_labels, labels_to_channels
-    from tumorlib.core.regions import decode_outputs_to_channels
-    from tumorlib.data.cache import cache_spacing, load_cache_index, load_cached_volume
+    from tumorlib.data.cache import load_cache_index, load_cached_volume
 
     index = load_cache_index(cache_dir)
     image, gt = load_cached_volume(cache_dir, volume_id, index=index, check=True)
     image = np.array(image, dtype=np.float32)  # copies out of the read-only memory map
     gt = np.array(gt)
     prob = predict_volume(model, image, config, device=device, tta=tta, engine=engine)
+    return image, gt, prob, cache_frame_channels(prob, config, index, volume_id, postprocessing)
+
+
+def cache_frame_channels(prob: torch.Tensor | np.ndarray, config: Config, index: dict, volume_id: int,
+                         postprocessing: PostProcessing | None = None) -> np.ndarray:
+    """A cached volume's probabilities decoded by the run's rule and post-processed at the cache's voxel size.
+
+    Args:
+        prob: (3, D, H, W) sigmoid probabilities in the cache's frame.
+        config: the run's config (``targets``, ``threshold``).
+        index: the cache index (the voxel size).
+        volume_id: the volume.
+        postprocessing: the run's rule; None: the decoded labels as they are.
+
+    Returns:
+        (3, D, H, W) uint8 disjoint class channels (``predict_cached_volume``'s ``pred``).
+    """
+    from tumorlib.core.brats import channels_to_labels, labels_to_channels
+    from tumorlib.core.regions import decode_outputs_to_channels
+    from tumorlib.data.cache import cache_spacing
+
     pred = decode_outputs_to_channels(prob, config, config.threshold)
     if postprocessing is not None and postprocessing.active:
         labels = postprocessing.apply(channels_to_labels(pred), cache_spacing(index, volume_id))
         pred = labels_to_channels(labels)
-    return image, gt, prob, pred
+    return pred

@@ -46,15 +46,17 @@ logits before the sigmoid); labels should still come from ``predict``. Several r
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from tumorlib.core.brats import CLASS_KEYS, tumour_probability
 from tumorlib.core.regions import targets_of
-from tumorlib.inference.sliding_window import mirrored_predictions
+from tumorlib.inference.predictor import inference_engine, predict_volume
+from tumorlib.inference.sliding_window import FLIP_AXES, mirrored_predictions
 
 __all__ = [
     "DEFAULT_UNCERTAIN_THRESHOLD",
@@ -63,6 +65,8 @@ __all__ = [
     "entropy",
     "flip_members",
     "model_members",
+    "predict_with_uncertainty",
+    "VolumePrediction",
     "uncertainty_maps",
     "uncertainty_summary",
     "volume_predictor",
@@ -244,8 +248,6 @@ def volume_predictor(model: torch.nn.Module, config: Any, device: str | torch.de
     Returns:
         ``predict(image) -> (3, D, H, W)`` float32 probabilities for a (C, D, H, W) tensor.
     """
-    from tumorlib.inference.predictor import inference_engine, predict_volume
-
     runner = inference_engine(model, config, engine, device, amp)  # built once for the 8 members
 
     def predict(image: torch.Tensor) -> torch.Tensor:
@@ -268,8 +270,6 @@ def model_members(model: torch.nn.Module, config: Any, image: Any, device: str |
     Yields:
         (3, D, H, W) float32 numpy maps.
     """
-    from tumorlib.inference.predictor import inference_engine
-
     members = getattr(model, "members", None)
     if members is None:
         yield from flip_members(volume_predictor(model, config, device, amp, engine), image)
@@ -277,6 +277,73 @@ def model_members(model: torch.nn.Module, config: Any, image: Any, device: str |
     engines = inference_engine(model, config, engine, device, amp)
     yield from ensemble_members([volume_predictor(m, config, device, amp, e) for m, e in zip(members, engines)],
                                 image)
+
+
+class VolumePrediction(NamedTuple):
+    """One volume predicted once (``predict_with_uncertainty``)."""
+
+    #: (3, D, H, W) float32 sigmoid probabilities the labels are decoded from, on the prediction's device
+    prob: torch.Tensor
+    #: ``uncertainty_maps`` of the flip members (None without uncertainty)
+    maps: dict[str, Any] | None
+    #: seconds spent on the uncertainty's passes beyond those that gave ``prob`` (0.0 without uncertainty)
+    extra_seconds: float
+
+
+def predict_with_uncertainty(model: torch.nn.Module, image: Any, config: Any,
+                             device: str | torch.device | None = None, tta: bool = False, amp: bool = True,
+                             engine: Any = "torch", uncertainty: bool = False,
+                             progress: bool = False) -> VolumePrediction:
+    """The one prediction of a volume: its probabilities and, from the same passes, its uncertainty maps.
+
+    Without ``tta`` the probabilities are the flip members' identity pass (a run's first member; for an
+    ensemble, the mean of each run's first member, as ``predict_volume`` averages them), bit-equal with
+    ``predict_volume(tta=False)``: uncertainty costs the 8 flip passes, not 9. With ``tta`` the window-wise
+    TTA prediction (logits of each window averaged over its 8 mirrorings) runs its own passes, since the
+    members mirror the whole volume (see the module text).
+
+    Args:
+        model: the trained network or a ``RunEnsemble`` (``load_runs``).
+        image: (C, D, H, W) normalised image, numpy or torch.
+        config: the run's config (sliding window, ``targets``).
+        device, amp, engine: see ``volume_predictor``.
+        tta: window-wise flip TTA for the probabilities.
+        uncertainty: also compute ``uncertainty_maps`` of the flip members (8 per run).
+        progress: tqdm bar over the windows (without uncertainty).
+
+    Returns:
+        ``VolumePrediction(prob, maps, extra_seconds)``.
+
+    Raises:
+        ValueError: the image does not have ``config.in_channels`` channels.
+    """
+    if not uncertainty:
+        prob = predict_volume(model, image, config, device, tta=tta, amp=amp, progress=progress, engine=engine)
+        return VolumePrediction(prob, None, 0.0)
+    if image.shape[0] != config.in_channels:
+        raise ValueError(f"image has {image.shape[0]} channels, the model expects {config.in_channels} "
+                         f"(shape {tuple(image.shape)})")
+    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image, dtype=np.float32))
+    prob = predict_volume(model, x, config, device, tta=True, amp=amp, engine=engine) if tta else None
+    labelled = time.perf_counter()
+    runs = len(getattr(model, "members", None) or (model,))
+    identity: list[torch.Tensor] = []
+
+    def members() -> Iterator[np.ndarray]:
+        nonlocal labelled
+        for i, member in enumerate(model_members(model, config, x.float(), device, amp, engine)):
+            if prob is None and i % len(FLIP_AXES) == 0:  # each run's identity pass comes first
+                identity.append(torch.from_numpy(member))
+                if len(identity) == runs:
+                    labelled = time.perf_counter()
+            yield member
+
+    maps = uncertainty_maps(members(), targets=config)
+    extra = time.perf_counter() - labelled
+    if prob is None:
+        dev = torch.device(device) if device is not None else next(model.parameters()).device
+        prob = (identity[0] if runs == 1 else torch.stack(identity).mean(dim=0)).to(dev)
+    return VolumePrediction(prob, maps, extra)
 
 
 def uncertainty_summary(entropy_map: Any, labels: Any,
