@@ -16,6 +16,15 @@
 # %% [markdown]
 # # 01 · Explore the BraTS2020 data
 #
+# **You learn** what a BraTS case holds (four MRI modalities, three tumour sub-regions), how small and how
+# unevenly visible the tumour is, and how tumorlib checks the data's conventions against the data itself.
+# **You need** nothing: the embedded data is generated on first use (a minute); no GPU.
+#
+# Words used throughout: the **reference design** is the published configuration this project starts from
+# (the seed's 3D U-Net 32-64-128-256 with a 512 bottleneck, 64×160×160 patches, weighted Dice + focal
+# loss); tumorlib's `full` preset is that design, and `demo` / `ci` are smaller versions that a laptop CPU
+# trains in minutes or seconds.
+#
 # BraTS2020 gives four MRI modalities per patient — **T1**, **T1ce** (T1 after contrast agent),
 # **T2** and **FLAIR** — and a segmentation of three tumour sub-regions: **necrosis / non-enhancing
 # core**, **edema** and **enhancing tumour**. The Kaggle copy (`awsaf49/brats2020-training-data`)
@@ -95,7 +104,7 @@ fig
 # Fractions are over **brain** voxels (nonzero in any modality), not the whole 240×240×155 box,
 # most of which is background. The seed quotes about 3 % necrosis, 15 % edema and 1 % enhancing on
 # real BraTS. Small classes are why training samples patches *centred on tumour* 60 % of the time,
-# and why the loss weights enhancing (2.0) and necrosis (1.5) above edema (1.0).
+# and why the loss can weight enhancing tumour and necrosis above edema (`class_weights`, shown in 04_train).
 
 # %%
 stats = data.volume_stats(data_dir, volume_ids, stored_order=config.kaggle_channel_order)

@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 02 · Pre-cache the volumes
 #
+# **You learn** why training reads a compact `.npy` cache instead of the original slices, and what the cache
+# holds (normalised, cropped volumes and an index). **You need** the data of 01 (generated on first use).
+#
 # The Kaggle copy of BraTS2020 stores a volume as 155 HDF5 files, one per axial slice. Reading a
 # volume means opening 155 files and converting 155 float64 arrays: about half a second to a second
 # when the files are in the page cache, many seconds when they are not. Training reads volumes

@@ -16,7 +16,10 @@
 # %% [markdown]
 # # 03 · How fast is the data path?
 #
-# A GPU that trains the reference design's model at 35–55 patches per second must never wait for data. This
+# **You learn** how to measure a data path fairly (warm and cold, interleaved, in one run) and whether the
+# cache keeps a GPU busy. **You need** the cache of 02 (built on first use). The timings are this machine's.
+#
+# A GPU that trains the reference design's model (the seed's published configuration, the `full` preset) at 35–55 patches per second must never wait for data. This
 # notebook measures, live on this machine and in one run:
 #
 # - **volume loading**: one volume from its HDF5 slices against the same volume from the `.npy`

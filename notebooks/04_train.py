@@ -16,7 +16,11 @@
 # %% [markdown]
 # # 04 · Train the 3D U-Net
 #
-# This notebook trains the reference design's 3D U-Net on tumour-centred patches cut from the `.npy` cache
+# **You learn** what each part of the training recipe is for, and how a run is written so that it can be
+# resumed and reproduced. **You need** the cache of 02 (built on first use); minutes on a CPU for `demo`.
+#
+# This notebook trains the reference design's 3D U-Net (the seed's published configuration, tumorlib's `full`
+# preset) on tumour-centred patches cut from the `.npy` cache
 # (02_cache) and writes the **run folder** that 05_evaluate and 06_visualize read:
 #
 # | file | content |
@@ -39,10 +43,11 @@
 # %%
 import matplotlib
 import pandas as pd
+from IPython.display import Markdown
 
 import tumorlib
 from tumorlib import viz
-from tumorlib.app.notebook import notebook_setup, preset_table
+from tumorlib.app.notebook import notebook_setup, preset_table, recipe_text
 from tumorlib.app import workflows
 from tumorlib.data.resolve import make_datasets, resolve_cache
 from tumorlib.nn import checkpoint, schedule, unet
@@ -89,29 +94,32 @@ pd.DataFrame({"volumes": [len(v) for v in splits.values()],
 #   skip connection at the same resolution (fine detail for the borders), then a `DoubleConv3D`.
 # - **Head**: a 1×1×1 convolution to 3 logits, one **sigmoid** per class (necrosis/NET, edema, enhancing).
 #
-# Why these choices (the reference design's reasons):
+# Why these choices (the reference design's reasons; this preset's own values are printed below the list):
 #
 # - **InstanceNorm, not BatchNorm**: a 64×160×160 patch fills a GPU, so a batch holds 1–2 patches, too
 #   few for batch statistics; instance norm normalises each patch on its own and is the same in
 #   training and inference.
-# - **Tumour-centred sampling**: tumour is under 1 % of the voxels; with `tumor_prob = 0.6` most patches
-#   are centred on tumour, the rest placed uniformly so the network also sees healthy brain. tumorlib
+# - **Tumour-centred sampling**: tumour is under 1 % of the voxels, so a share `tumor_prob` of the patches
+#   is centred on tumour, the rest placed uniformly so the network also sees healthy brain. tumorlib
 #   picks the **class first** (among those present), then a voxel of it (`tumor_sampling = "class"`), so
 #   necrosis and enhancing tumour are centred as often as edema; `"voxel"` is the reference design's rule.
 # - **Random flips** of all three axes (`augment`), the axes the flip test-time augmentation mirrors, so
 #   training sees what inference assumes; a per-channel intensity scale/shift is optional (`intensity_aug`).
-# - **Dice + focal loss** (0.5 / 0.5): soft Dice optimises overlap directly and ignores the imbalance;
-#   class weights (1.5, 1.0, 2.0) favour the small necrotic and enhancing regions. Focal BCE (γ = 2)
-#   adds a dense per-voxel gradient and down-weights the many easy background voxels.
-# - **Gradient accumulation**: batch 2 × 2 steps = an effective batch of 4 on one GPU.
-# - **Warmup then cosine**: 5 epochs of linear warmup keep the first updates of a freshly initialised
+# - **Dice + BCE**: soft Dice (share `dice_weight`) optimises overlap directly and ignores the imbalance;
+#   `class_weights` favour the small necrotic and enhancing regions. The BCE term adds a dense per-voxel
+#   gradient; with `focal_gamma` above 0 it is focal BCE, which down-weights the many easy background voxels.
+# - **Gradient accumulation**: `batch_size` × `accumulation_steps` = the effective batch on one GPU.
+# - **Warmup then cosine**: `warmup_epochs` of linear warmup keep the first updates of a freshly initialised
 #   network small; a cosine decay to 1 % of the peak fine-tunes at the end. Stepped per optimizer step.
 #
 # Sides that are not multiples of 16 (four poolings) are zero-padded inside the network and cropped back.
 #
-# **Parameters.** With the default features the network holds **22,577,987** parameters. The reference design's
-# text says "about 11 million"; its own diagram, rebuilt layer by layer below, gives 22.6 million (the
-# bottleneck alone holds 10.6 million).
+# **Parameters.** The reference design's text says "about 11 million"; its own diagram, rebuilt layer by
+# layer below, holds twice that (the bottleneck alone about half). The cells below print this preset's
+# recipe, then count the parameters.
+
+# %%
+Markdown(recipe_text(config))  # this preset's recipe, read from its config
 
 # %%
 reference_config = tumorlib.get_config("full")

@@ -16,6 +16,10 @@
 # %% [markdown]
 # # 05 · Evaluate on whole volumes
 #
+# **You learn** how BraTS scores a segmentation (regions, Dice, HD95, then lesion-wise), how a whole volume
+# is predicted from a patch-trained network, and, as refinements, post-processing, uncertainty and
+# calibration. **You need** the run of 04 (trained first here when missing).
+#
 # Training reported Dice on **patches**, most of them centred on tumour. A user judges a model on
 # **whole volumes** it has never seen, scored the way the BraTS challenge scores them:
 #
@@ -136,94 +140,6 @@ frame.round(3)
 evaluate.metric_table(frame)
 
 # %% [markdown]
-# ## What post-processing changed
-# The test volumes' mean scores without and with the rule chosen on validation (the test split played no
-# part in choosing it), and the mean number of components it removed per volume.
-
-# %% tags=["nbval-ignore-output"]
-postprocessing_table(frame)
-
-# %% [markdown]
-# The test volume where the rule removed most, in three planes through the largest piece it changed:
-# the prediction before, after, and the changed voxels (cyan: removed from the tumour; white: relabelled).
-
-# %% tags=["nbval-ignore-output"]
-removed = frame[["components_removed_wt", "components_removed_tc", "components_removed_et"]].sum(axis=1)
-case_id = int(frame["volume"][removed.idxmax()])
-image, gt, prob, post = kept.volume(case_id)  # predicted by evaluate above
-fig = viz.plot_postprocessing(image, decode_outputs_to_channels(prob, run_config, run_config.threshold), post,
-                              affine=data.cache_affine(data.load_cache_index(cache_dir), case_id),
-                              title=f"volume {case_id}: {int(removed.max())} component(s) removed by the rule")
-fig.savefig(ws.fig_dir / "05_postprocessing.png", dpi=100)
-fig
-
-# %% [markdown]
-# ## Against an intensity-only baseline
-# A per-voxel classifier that sees only the four intensities of one voxel (a quadratic discriminant,
-# no spatial context), fitted on the training split (`tumorlib baseline`). On real BraTS intensity alone
-# is far from enough (vessels, dura and choroid plexus enhance too, FLAIR hyperintensities are not all
-# tumour), and the embedded data is built so that it is not enough there either: the U-Net has to beat
-# this lookup on every class and region for its Dice to say anything about the method.
-
-# %% tags=["nbval-ignore-output"]
-base = baseline.baseline(run_config, cache_dir=cache_dir, progress=False)
-dice_comparison({"U-Net": frame, "intensity baseline": base})
-
-# %% tags=["nbval-ignore-output"]
-fig = viz.plot_metric_boxes(frame, title=f"{PRESET}: {SPLIT} split, {len(frame)} volume(s)")
-fig.savefig(ws.fig_dir / "05_metrics_boxplot.png", dpi=100)
-fig
-
-# %% [markdown]
-# ## How sure the model is: calibration and uncertainty
-# `evaluate(..., uncertainty=True)` above (command line `tumorlib evaluate --uncertainty`) added per volume the
-# mean predictive entropy inside the predicted tumour and the fraction of uncertain voxels (normalised
-# entropy above 0.5), both from the 8 flip members, and the expected calibration error of each region
-# (15 equal-width bins, every voxel of the brain crop). The reliability diagram pools the voxels of all
-# test volumes: a well-calibrated model's dots lie on the diagonal. A model that is unsure where it is
-# wrong shows falling Dice with rising entropy.
-
-# %% tags=["nbval-ignore-output"]
-from tumorlib.core.brats import REGION_KEYS
-from tumorlib.viz.confidence import dice_uncertainty_correlation, plot_dice_vs_uncertainty, plot_reliability
-
-unsure = frame  # the uncertainty columns came with the scores
-calibration = kept.calibration  # updated with each volume's probabilities as evaluate predicted it
-pooled = calibration.aggregate("pooled")
-print("ECE per region, mean over volumes:", {k: round(v, 4) for k, v in calibration.aggregate().items()})
-print("ECE per region, pooled voxels:    ", {k: round(v, 4) for k, v in pooled.items()})
-print("Pearson r of Dice and mean entropy in the tumour:",
-      {r: round(dice_uncertainty_correlation(unsure, r), 3) for r in REGION_KEYS})
-unsure[["volume", "dice_wt", "dice_tc", "dice_et", "mean_entropy_tumour", "uncertain_fraction",
-        "ece_wt", "ece_tc", "ece_et"]].round(3)
-
-# %% tags=["nbval-ignore-output"]
-fig = plot_reliability({r: calibration.reliability(r) for r in REGION_KEYS},
-                       title=f"{PRESET}: reliability over the {len(test_ids)} {SPLIT} volume(s)")
-fig.savefig(ws.fig_dir / "05_reliability.png", dpi=100)
-fig
-
-# %% tags=["nbval-ignore-output"]
-fig = plot_dice_vs_uncertainty(unsure, title=f"{PRESET}: Dice against mean entropy in the predicted tumour")
-fig.savefig(ws.fig_dir / "05_dice_vs_uncertainty.png", dpi=100)
-fig
-
-# %% [markdown]
-# ## The reference design's figure: patches
-# One patch per test volume, centred on its tumour and predicted in a single forward pass, as the
-# training notebook of the reference design showed it: image, ground truth, prediction (Dice per class of the
-# whole patch in its title) and errors.
-
-# %% tags=["nbval-ignore-output"]
-patches = evaluate.patch_predictions(model, run_config, cache_dir, test_ids[:4])
-cache_index = data.load_cache_index(cache_dir)  # the volumes' geometry: radiological display
-fig = viz.plot_predictions(patches["images"], patches["gts"], patches["preds"], titles=patches["titles"],
-                           affine=data.cache_affine(cache_index, test_ids[0]),
-                           title="Test patches: ground truth vs prediction")
-fig.savefig(ws.fig_dir / "05_patch_predictions.png", dpi=100)
-fig
-
-# %% [markdown]
 # ## The same on a whole volume
 # The first test volume, predicted by the sliding window and post-processed by the run's rule, shown in
 # three planes through its tumour: ground truth, prediction and errors (magenta: predicted where there is no tumour; cyan: tumour
@@ -264,6 +180,94 @@ seg = nib.load(str(seg_path))
 labels = np.asarray(seg.dataobj)
 print(f"{seg_path.name}: shape {labels.shape} (H, W, D), dtype {labels.dtype}")
 print("labels present are BraTS labels:", set(np.unique(labels).tolist()) <= {0, 1, 2, 4})
+
+# %% [markdown]
+# ## The reference design's figure: patches
+# One patch per test volume, centred on its tumour and predicted in a single forward pass, as the
+# training notebook of the reference design showed it: image, ground truth, prediction (Dice per class of the
+# whole patch in its title) and errors.
+
+# %% tags=["nbval-ignore-output"]
+patches = evaluate.patch_predictions(model, run_config, cache_dir, test_ids[:4])
+cache_index = data.load_cache_index(cache_dir)  # the volumes' geometry: radiological display
+fig = viz.plot_predictions(patches["images"], patches["gts"], patches["preds"], titles=patches["titles"],
+                           affine=data.cache_affine(cache_index, test_ids[0]),
+                           title="Test patches: ground truth vs prediction")
+fig.savefig(ws.fig_dir / "05_patch_predictions.png", dpi=100)
+fig
+
+# %% [markdown]
+# ## Against an intensity-only baseline
+# A per-voxel classifier that sees only the four intensities of one voxel (a quadratic discriminant,
+# no spatial context), fitted on the training split (`tumorlib baseline`). On real BraTS intensity alone
+# is far from enough (vessels, dura and choroid plexus enhance too, FLAIR hyperintensities are not all
+# tumour), and the embedded data is built so that it is not enough there either: the U-Net has to beat
+# this lookup on every class and region for its Dice to say anything about the method.
+
+# %% tags=["nbval-ignore-output"]
+base = baseline.baseline(run_config, cache_dir=cache_dir, progress=False)
+dice_comparison({"U-Net": frame, "intensity baseline": base})
+
+# %% tags=["nbval-ignore-output"]
+fig = viz.plot_metric_boxes(frame, title=f"{PRESET}: {SPLIT} split, {len(frame)} volume(s)")
+fig.savefig(ws.fig_dir / "05_metrics_boxplot.png", dpi=100)
+fig
+
+# %% [markdown]
+# ## What post-processing changed
+# The test volumes' mean scores without and with the rule chosen on validation (the test split played no
+# part in choosing it), and the mean number of components it removed per volume.
+
+# %% tags=["nbval-ignore-output"]
+postprocessing_table(frame)
+
+# %% [markdown]
+# The test volume where the rule removed most, in three planes through the largest piece it changed:
+# the prediction before, after, and the changed voxels (cyan: removed from the tumour; white: relabelled).
+
+# %% tags=["nbval-ignore-output"]
+removed = frame[["components_removed_wt", "components_removed_tc", "components_removed_et"]].sum(axis=1)
+case_id = int(frame["volume"][removed.idxmax()])
+image, gt, prob, post = kept.volume(case_id)  # predicted by evaluate above
+fig = viz.plot_postprocessing(image, decode_outputs_to_channels(prob, run_config, run_config.threshold), post,
+                              affine=data.cache_affine(data.load_cache_index(cache_dir), case_id),
+                              title=f"volume {case_id}: {int(removed.max())} component(s) removed by the rule")
+fig.savefig(ws.fig_dir / "05_postprocessing.png", dpi=100)
+fig
+
+# %% [markdown]
+# ## How sure the model is: calibration and uncertainty
+# `evaluate(..., uncertainty=True)` above (command line `tumorlib evaluate --uncertainty`) added per volume the
+# mean predictive entropy inside the predicted tumour and the fraction of uncertain voxels (normalised
+# entropy above 0.5), both from the 8 flip members, and the expected calibration error of each region
+# (15 equal-width bins, every voxel of the brain crop). The reliability diagram pools the voxels of all
+# test volumes: a well-calibrated model's dots lie on the diagonal. A model that is unsure where it is
+# wrong shows falling Dice with rising entropy.
+
+# %% tags=["nbval-ignore-output"]
+from tumorlib.core.brats import REGION_KEYS
+from tumorlib.viz.confidence import dice_uncertainty_correlation, plot_dice_vs_uncertainty, plot_reliability
+
+unsure = frame  # the uncertainty columns came with the scores
+calibration = kept.calibration  # updated with each volume's probabilities as evaluate predicted it
+pooled = calibration.aggregate("pooled")
+print("ECE per region, mean over volumes:", {k: round(v, 4) for k, v in calibration.aggregate().items()})
+print("ECE per region, pooled voxels:    ", {k: round(v, 4) for k, v in pooled.items()})
+print("Pearson r of Dice and mean entropy in the tumour:",
+      {r: round(dice_uncertainty_correlation(unsure, r), 3) for r in REGION_KEYS})
+unsure[["volume", "dice_wt", "dice_tc", "dice_et", "mean_entropy_tumour", "uncertain_fraction",
+        "ece_wt", "ece_tc", "ece_et"]].round(3)
+
+# %% tags=["nbval-ignore-output"]
+fig = plot_reliability({r: calibration.reliability(r) for r in REGION_KEYS},
+                       title=f"{PRESET}: reliability over the {len(test_ids)} {SPLIT} volume(s)")
+fig.savefig(ws.fig_dir / "05_reliability.png", dpi=100)
+fig
+
+# %% tags=["nbval-ignore-output"]
+fig = plot_dice_vs_uncertainty(unsure, title=f"{PRESET}: Dice against mean entropy in the predicted tumour")
+fig.savefig(ws.fig_dir / "05_dice_vs_uncertainty.png", dpi=100)
+fig
 
 # %% [markdown]
 # ## Speed

@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 06 · Visualize a segmentation in three planes
 #
+# **You learn** to read a 3-D segmentation in the axial, coronal and sagittal planes and to find its errors.
+# **You need** the run of 04 (trained first here when missing); the viewer needs a live Jupyter kernel.
+#
 # A Dice score says *how much* of a tumour a model found; only looking says *where* it went wrong:
 # a missed satellite lesion, edema leaking along a sulcus, a necrotic core labelled as enhancing.
 # Tumours are 3-D objects, and a single axial slice hides most of that, so radiologists scroll through

@@ -89,3 +89,38 @@ def test_notebook_tables():
     scores = volume_scores(pred, gt)
     assert list(scores.index) == ["necrosis", "edema", "enhancing"]
     assert scores.loc["necrosis"].tolist() == [round(8 / 12, 3), 4, 8]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_written_for_a_student(path):
+    """Each notebook opens with what it teaches and what it needs; its code cells hold no loop (library code
+    belongs in tumorlib); its prose never hard-codes a preset's training value (``tumor_prob = 0.6``): the
+    preset that runs is printed from its config (``recipe_text``, ``preset_table``)."""
+    import re
+
+    from tumorlib.app.notebook import TRAINING_FIELDS
+
+    nb = nbformat.read(path, as_version=4)
+    opening = nb.cells[0].source
+    assert "**You learn**" in opening and "**You need**" in opening, f"{path.name}: say what it teaches and needs"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            tree = ast.parse("\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith(("%", "!"))))
+            loops = [type(n).__name__ for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While, ast.AsyncFor))]
+            assert not loops, f"{path.name}: a {loops[0]} loop in a code cell belongs in tumorlib"
+        else:
+            quoted = re.findall(rf"`(?:{'|'.join(TRAINING_FIELDS)})\s*=\s*[\d(]", cell.source)
+            assert not quoted, f"{path.name}: prose quotes {quoted}; print the running preset's value instead"
+
+
+@pytest.mark.parametrize("preset", ["ci", "demo", "full"])
+def test_recipe_text_describes_the_preset_that_runs(preset):
+    from tumorlib.app.notebook import recipe_text
+    from tumorlib.core.config import get_config
+
+    config = get_config(preset)
+    text = recipe_text(config)
+    assert f"`{preset}`" in text and f"{config.tumor_prob:.0%}" in text
+    assert ("focal BCE" in text) == bool(config.focal_gamma) and ("plain BCE" in text) != bool(config.focal_gamma)
+    assert " / ".join(f"{v:g}" for v in config.class_weights) in text
+    assert f"{config.epochs} epochs" in text and f"{config.lr:g}" in text

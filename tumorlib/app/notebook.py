@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from tumorlib.core.config import Config, Workspace, get_config, workspace
 
 __all__ = ["TRAINING_FIELDS", "NotebookSetup", "dice_comparison", "notebook_setup", "postprocessing_table",
-           "preset_table", "volume_scores"]
+           "preset_table", "recipe_text", "volume_scores"]
 
 #: Config fields that shape training, in the order 04_train lists them.
 TRAINING_FIELDS: tuple[str, ...] = (
@@ -68,6 +68,38 @@ def preset_table(config: Config, reference: str = "full", fields: Sequence[str] 
     ref = get_config(reference)
     return pd.DataFrame({config.preset: [str(getattr(config, f)) for f in fields],
                          f"{reference} (reference)": [str(getattr(ref, f)) for f in fields]}, index=list(fields))
+
+
+def recipe_text(config: Config) -> str:
+    """The training recipe of ``config`` in a few Markdown bullets, so that a notebook's prose describes the
+    preset that runs (read from the config, never written by hand).
+
+    Args:
+        config: the run's config.
+
+    Returns:
+        Markdown: patches and tumour-centred sampling, loss (Dice weight, BCE or focal BCE, class weights),
+        optimiser steps and schedule, precision.
+    """
+    def fmt(values: Any) -> str:
+        return " / ".join(f"{v:g}" for v in values)
+
+    outputs = "WT, TC, ET regions" if config.targets == "regions" else "necrosis, edema, enhancing classes"
+    bce = f"focal BCE (γ = {config.focal_gamma:g})" if config.focal_gamma else "plain BCE"
+    sampling = ("a class present in the volume first, then one of its voxels" if config.tumor_sampling == "class"
+                else "a tumour voxel drawn uniformly")
+    effective = config.batch_size * config.accumulation_steps
+    return "\n".join([
+        f"**The `{config.preset}` preset** (what this notebook runs):",
+        f"- patches of {' × '.join(map(str, config.patch_size))} voxels, {config.tumor_prob:.0%} of them centred on "
+        f"tumour ({sampling}), the rest placed uniformly;",
+        f"- 3 sigmoid outputs ({outputs}); loss {config.dice_weight:g} × soft Dice + "
+        f"{1 - config.dice_weight:g} × {bce}, output weights {fmt(config.class_weights)};",
+        f"- U-Net features {fmt(config.features)}; batch {config.batch_size} × {config.accumulation_steps} "
+        f"accumulation step(s) = effective batch {effective};",
+        f"- {config.epochs} epochs, learning rate {config.lr:g} with {config.warmup_epochs} warm-up epoch(s), "
+        f"then cosine to {config.min_lr_ratio:g} × the peak; precision `amp_dtype={config.amp_dtype}`.",
+    ])
 
 
 def dice_comparison(tables: Mapping[str, Any], decimals: int = 3) -> Any:
