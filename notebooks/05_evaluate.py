@@ -105,7 +105,7 @@ print(f"{SPLIT} volumes: {len(test_ids)}  patch {run_config.patch_size}  overlap
 # here `evaluate` does that next.)
 
 # %% tags=["nbval-ignore-output"]
-chosen = tuning.tune_postprocessing(run.run_dir, cache_dir=cache_dir, device=DEVICE, score_test=False)
+chosen = tuning.tune_postprocessing(run, cache_dir=cache_dir, score_test=False)  # the run opened above
 rule = run.postprocessing  # what every command now applies
 print("rule:", rule.describe())
 
@@ -126,7 +126,7 @@ print("rule:", rule.describe())
 
 # %% tags=["nbval-ignore-output"]
 kept = evaluate.KeptPredictions(run_config, cache_dir, rule, CalibrationMetric(targets=run_config.targets))
-frame = evaluate.evaluate(run.run_dir, cache_dir=cache_dir, split=SPLIT, tta=TTA, device=DEVICE, progress=True,
+frame = evaluate.evaluate(run, cache_dir=cache_dir, split=SPLIT, tta=TTA, device=DEVICE, progress=True,
                           engine=ENGINE, uncertainty=True, on_volume=kept)
 print("columns:", ", ".join(frame.columns))
 frame.round(3)

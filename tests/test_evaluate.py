@@ -497,3 +497,34 @@ def test_predict_with_uncertainty_of_an_ensemble_is_its_plain_prediction(ci_run,
     assert maps["members"] == 16 and extra > 0.0
     tta, _, _ = predict_with_uncertainty(model, image, cfg, "cpu", tta=True, uncertainty=True)
     torch.testing.assert_close(tta, predict_volume(model, image, cfg, "cpu", tta=True), rtol=0, atol=0)
+
+
+def test_run_opens_once_for_every_command(ci_run, ci_cache, tmp_path):
+    """``Run``: the one opener. Its split is ``splits.json``'s, its engine is built once, an unknown volume or
+    split is refused naming it, and ``evaluate``/``tune_postprocessing`` given the open run score what they
+    score given the folder."""
+    from tumorlib.evaluation.tuning import tune_postprocessing
+    from tumorlib.inference.run import Run
+
+    run_dir, _ = ci_run
+    run = Run.open(run_dir, "cpu")
+    with pytest.raises(RuntimeError, match="cache first"):
+        run.split("test")
+    assert run.cache(cache_dir=ci_cache) == ci_cache.resolve() and run.index is not None
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert run.split("test") == splits["test"] and run.split("val") == splits["val"]
+    assert run.engine("torch") is run.engine("torch") and run.engine("torch", amp=False) is not run.engine("torch")
+    with pytest.raises(ValueError, match=r"volumes \[10000\] are not in the cache"):
+        run.split("test", [10_000])
+    with pytest.raises(ValueError, match="unknown split"):
+        run.split("nope")
+    scores = [c for c in EVAL_COLUMNS if c != "seconds"]
+    by_folder = evaluate(run_dir, cache_dir=ci_cache, device="cpu", progress=False, out=tmp_path / "a.csv")
+    by_run = evaluate(run, cache_dir=ci_cache, progress=False, out=tmp_path / "b.csv")
+    pd.testing.assert_frame_equal(by_folder[scores], by_run[scores])
+    import shutil
+
+    copy = shutil.copytree(run_dir, tmp_path / "copy")  # tuning writes RUN/postprocessing.json: not into ci_run
+    record = tune_postprocessing(Run.open(copy, "cpu"), cache_dir=ci_cache, progress=False, score_test=False)
+    assert record["volumes"] == splits["val"] and (copy / "postprocessing.json").is_file()
+    assert not (run_dir / "postprocessing.json").exists()

@@ -22,11 +22,9 @@ import torch
 
 from tumorlib.core.brats import REGION_KEYS
 from tumorlib.core.regions import decode_outputs
-from tumorlib.core.device import resolve_device
-from tumorlib.evaluation.evaluate import run_split
+from tumorlib.data.splits import run_split
 from tumorlib.evaluation.qc import qc_row, region_volumes_ml, write_qc_csv
-from tumorlib.inference.postprocess import run_postprocessing
-from tumorlib.inference.predictor import load_run
+from tumorlib.inference.run import Run
 from tumorlib.inference.uncertainty import predict_with_uncertainty
 from tumorlib.data.cache.geometry import cache_affine, cache_spacing
 from tumorlib.viz.orientation import display_transform
@@ -99,8 +97,7 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
         ValueError: a volume not in the cache, ``out`` with several volumes; see ``load_run``.
         CacheError: a cache read in another channel order than the run's.
     """
-    from tumorlib.data.cache import check_cache_order, load_cache_index, load_cached_volume
-    from tumorlib.data.resolve import resolve_cache
+    from tumorlib.data.cache import load_cached_volume
     from tumorlib.viz.report import plot_case_report
 
     from tumorlib.core.outputs import check_output_file
@@ -108,20 +105,17 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
     pngs, csv_path = report_paths(run_dir, volume_ids, out, csv)
     for path, option in [*((p, "--out") for p in pngs), (csv_path, "--csv")]:
         check_output_file(path, option=option, writer="report")  # the one guard, for the default paths too
-    dev = resolve_device(device)
-    model, config = load_run(run_dir, dev)
-    cache = Path(resolve_cache(config, data_dir, cache_dir, progress=progress))
-    index = load_cache_index(cache)
-    check_cache_order(cache, index, config.kaggle_channel_order)
-    missing = sorted(set(int(v) for v in volume_ids) - {int(k) for k in index["volumes"]})
-    if missing:
-        raise ValueError(f"volumes {missing} are not in the cache {cache}")
+    run = Run.open(run_dir, device)
+    model, config, dev = run.model, run.config, run.device
+    cache = run.cache(data_dir, cache_dir, progress=progress)
+    index = run.index
+    run.split("all", volume_ids)  # every volume asked is in the cache
 
     def spacing(vid: int) -> tuple[float, ...]:
         return cache_spacing(index, vid)
 
     train = _train_volumes(Path(run_dir), config, cache, index, spacing)
-    rule = run_postprocessing(run_dir, config)  # what evaluate and predict apply
+    rule = run.postprocessing  # what evaluate and predict apply
     rows = []
     for vid, png in zip((int(v) for v in volume_ids), pngs):
         image = load_cached_volume(cache, vid, index=index, check=True)[0]

@@ -5,15 +5,13 @@ run, and the notebooks' bootstrap of a trained run.
   (training never imports evaluation); ``tumorlib train`` and the notebooks call this.
 - ``train_or_resume``: what 04_train calls: continue an unfinished run of the same config (here, or from
   an earlier Kaggle session attached as input: ``tumorlib.training.resume.prepare_resume``), else train.
-- ``ensure_run`` / ``RunContext``: what 05 and 06 start with: the preset's run (trained first when
-  missing, as 04_train trains it), its model, its cache and its splits.
+- ``ensure_run``: what 05 and 06 start with: the preset's run (trained first when missing, as 04_train
+  trains it), opened as every command opens one (``tumorlib.inference.run.Run``, its cache opened).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -21,10 +19,11 @@ import torch
 
 from tumorlib.core.config import Config, workspace
 from tumorlib.evaluation.validation import VolumeValidator
+from tumorlib.inference.run import Run
 from tumorlib.training import loop
 from tumorlib.training.resume import prepare_resume
 
-__all__ = ["RunContext", "ensure_run", "train", "train_or_resume"]
+__all__ = ["ensure_run", "train", "train_or_resume"]
 
 
 def train(config: Config, data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
@@ -86,38 +85,7 @@ def train_or_resume(config: Config, cache_dir: str | os.PathLike | None = None,
                  overwrite=check.resume and check.finished)  # never replace a run of another config
 
 
-@dataclass(frozen=True)
-class RunContext:
-    """What a notebook needs of a preset's trained run.
-
-    Attributes:
-        model: the trained network, in eval mode.
-        config: the run's config (``RUN/config.json``).
-        run_dir: the run folder.
-        cache_dir: the cache it was trained on.
-    """
-
-    model: torch.nn.Module
-    config: Config
-    run_dir: Path
-    cache_dir: Path
-
-    @property
-    def postprocessing(self) -> Any:
-        """The run's post-processing rule (``RUN/postprocessing.json`` or the config), as ``predict`` applies it."""
-        from tumorlib.inference.postprocess import run_postprocessing
-
-        return run_postprocessing(self.run_dir, self.config)
-
-    def split(self, name: str = "test") -> list[int]:
-        """The volume ids of one split of the run (``train``, ``val``, ``test`` or ``all``)."""
-        from tumorlib.data.cache import cached_volume_ids
-        from tumorlib.evaluation.evaluate import run_split
-
-        return run_split(self.run_dir, self.config, cached_volume_ids(self.cache_dir), name)
-
-
-def ensure_run(config: Config, device: str | torch.device | None = "cpu", progress: bool = False) -> RunContext:
+def ensure_run(config: Config, device: str | torch.device | None = "cpu", progress: bool = False) -> Run:
     """The workspace's run of ``config``, trained first (as 04_train trains it) when it is missing.
 
     An unfinished run of the same config (``checkpoints/last.pth`` with fewer than ``config.epochs``), in
@@ -130,14 +98,13 @@ def ensure_run(config: Config, device: str | torch.device | None = "cpu", progre
         progress: progress bars and lines while training or building the cache.
 
     Returns:
-        The ``RunContext``.
+        The ``Run`` (``tumorlib.inference.run``), its cache opened: model, config, run folder, cache, splits
+        and post-processing, as every command opens a run.
 
     Raises:
         FileNotFoundError, ValueError: see ``tumorlib.inference.predictor.load_run``.
     """
     from tumorlib.core.sources import display_path
-    from tumorlib.data.resolve import resolve_cache
-    from tumorlib.inference.predictor import load_run
     from tumorlib.nn.checkpoint import BEST_NAME
 
     run_dir = workspace(config).run_dir
@@ -149,5 +116,6 @@ def ensure_run(config: Config, device: str | torch.device | None = "cpu", progre
             print(f"no trained run in {display_path(run_dir)}: training one with the {config.preset!r} preset "
                   "(as 04_train does)")
         train(config, resume=check.resume, progress=progress)  # never replaces a run of another config
-    model, run_config = load_run(run_dir, device=device)
-    return RunContext(model, run_config, run_dir, resolve_cache(run_config, progress=progress))
+    run = Run.open(run_dir, device)
+    run.cache(progress=progress)
+    return run

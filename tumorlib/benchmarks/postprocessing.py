@@ -21,13 +21,11 @@ import numpy as np
 import pandas as pd
 
 from tumorlib.core.brats import REGION_KEYS
-from tumorlib.core.device import resolve_device
-from tumorlib.evaluation.evaluate import run_split
 from tumorlib.evaluation.lesions import lesion_scores
 from tumorlib.evaluation.qc import count_lesions
 from tumorlib.evaluation.tuning import LabelCase, label_cases, rule_scores, tune_postprocessing
-from tumorlib.inference.postprocess import PostProcessing, run_postprocessing
-from tumorlib.inference.predictor import load_run
+from tumorlib.inference.postprocess import PostProcessing
+from tumorlib.inference.run import Run
 
 __all__ = ["benchmark_postprocessing", "case_counts"]
 
@@ -57,25 +55,19 @@ def benchmark_postprocessing(runs: Sequence[str], device: Any = None, progress: 
         One row per run and post-processing (``with`` False/True): ``run``, ``rule``, ``tune_seconds``, the
         ``rule_scores`` and ``case_counts`` of the test split.
     """
-    from tumorlib.data.cache import load_cache_index
-    from tumorlib.data.resolve import resolve_cache
-
-    dev = resolve_device(device)
     rows = []
-    for run in runs:
+    for run_dir in runs:
+        run = Run.open(run_dir, device)
+        run.cache(progress=False)
         start = time.perf_counter()
-        tune_postprocessing(run, device=dev, progress=False, score_test=False)
+        tune_postprocessing(run, progress=False, score_test=False)
         seconds = time.perf_counter() - start
-        model, config = load_run(run, dev)
-        cache = resolve_cache(config, None, None, progress=False)
-        index = load_cache_index(cache)
-        test = label_cases(model, config, cache, run_split(run, config, [int(k) for k in index["volumes"]], "test"),
-                           dev, index, True)
-        rule = run_postprocessing(run, config)
+        test = label_cases(run.model, run.config, run.cache_dir, run.split("test"), run.device, run.index, True)
+        rule = run.postprocessing
         if progress:
-            print(f"{run}: {rule.describe()} (tuned in {seconds:.1f} s)", flush=True)
+            print(f"{run_dir}: {rule.describe()} (tuned in {seconds:.1f} s)", flush=True)
         for with_rule, applied in ((False, PostProcessing()), (True, rule)):
-            rows.append({"run": str(run), "with": with_rule, "rule": applied.describe(), "tune_seconds": seconds,
+            rows.append({"run": str(run_dir), "with": with_rule, "rule": applied.describe(), "tune_seconds": seconds,
                          **rule_scores(applied, test), **case_counts(applied, test)})
     return pd.DataFrame(rows)
 

@@ -18,10 +18,13 @@ import numpy as np
 if TYPE_CHECKING:
     from tumorlib.core.config import Config
 
-__all__ = ["SPLIT_NAMES", "fold_split", "load_splits", "run_splits", "split_ids", "split_volumes"]
+__all__ = ["SPLITS", "SPLIT_NAMES", "fold_split", "load_splits", "run_split", "run_splits", "split_ids",
+           "split_volumes"]
 
 #: The keys of ``splits.json``.
 SPLIT_NAMES = ("train", "val", "test")
+#: The split names a run's volumes are asked by (``run_split``): the three, or ``all``.
+SPLITS = (*SPLIT_NAMES, "all")
 
 
 def split_volumes(
@@ -175,3 +178,37 @@ def load_splits(path: str | os.PathLike, volume_ids: Iterable[int] | None = None
                 raise ValueError(f"{path}: {name} volumes {absent} are not in the cache; was the run trained "
                                  "on other data?")
     return splits
+
+
+def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[int], split: str) -> list[int]:
+    """The volume ids of one split of a run.
+
+    Uses ``RUN/splits.json`` when present, else recomputes ``split_ids`` with the config's
+    fractions and seed (what training does).
+
+    Args:
+        run_dir: the run folder.
+        config: the run's config.
+        volume_ids: the volumes in the cache.
+        split: ``train``, ``val``, ``test`` or ``all``.
+
+    Returns:
+        Sorted ids.
+
+    Raises:
+        ValueError: an unknown split name, or split volumes missing from the cache.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    ids = sorted(int(v) for v in volume_ids)
+    if split == "all":
+        return ids
+    path = Path(run_dir) / "splits.json"
+    if path.is_file():
+        chosen = load_splits(path)[split]
+        missing = sorted(set(chosen) - set(ids))
+        if missing:
+            raise ValueError(f"{path}: {split} volumes {missing} are not in the cache; was the run trained "
+                             "on other data?")
+        return chosen
+    return split_ids(config, ids)[split]

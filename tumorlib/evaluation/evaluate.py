@@ -24,25 +24,22 @@ import torch
 
 from tumorlib.core.brats import CLASS_KEYS, REGION_KEYS
 from tumorlib.core.config import Config
-from tumorlib.core.device import resolve_device
 from tumorlib.evaluation.calibration import CalibrationMetric
 from tumorlib.evaluation.confidence import UNCERTAINTY_COLUMNS
 from tumorlib.evaluation.lesions import LESION_COLUMNS
 from tumorlib.evaluation.metrics import METRIC_COLUMNS
 from tumorlib.evaluation.scoring import RAW_COLUMNS, REMOVED_COLUMNS, Predicted, score_volumes
 from tumorlib.inference.postprocess import PostProcessing
-from tumorlib.inference.predictor import (cache_frame_channels, engine_record, inference_engine, inference_precision,
-                                          load_runs, make_predictor, run_checkpoint)
+from tumorlib.inference.predictor import cache_frame_channels, engine_record, inference_precision, make_predictor
+from tumorlib.inference.run import Run
 
 __all__ = [
     "EVAL_COLUMNS",
-    "SPLITS",
     "KeptPredictions",
     "evaluate",
     "inference_path",
     "metric_table",
     "patch_predictions",
-    "run_split",
     "summarize",
     "summary_path",
 ]
@@ -53,46 +50,6 @@ __all__ = [
 #: total-ET part of the rule (0: off).
 EVAL_COLUMNS = ("volume", *METRIC_COLUMNS, *LESION_COLUMNS, *RAW_COLUMNS, *REMOVED_COLUMNS, "et_min_voxels",
                 "seconds")
-#: Split names ``evaluate`` accepts.
-SPLITS = ("train", "val", "test", "all")
-
-
-def run_split(run_dir: str | os.PathLike, config: Config, volume_ids: Sequence[int], split: str) -> list[int]:
-    """The volume ids of one split of a run.
-
-    Uses ``RUN/splits.json`` when present, else recomputes ``split_ids`` with the config's
-    fractions and seed (what training does).
-
-    Args:
-        run_dir: the run folder.
-        config: the run's config.
-        volume_ids: the volumes in the cache.
-        split: ``train``, ``val``, ``test`` or ``all``.
-
-    Returns:
-        Sorted ids.
-
-    Raises:
-        ValueError: an unknown split name, or split volumes missing from the cache.
-    """
-    from tumorlib.data.splits import load_splits, split_ids
-
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    ids = sorted(int(v) for v in volume_ids)
-    if split == "all":
-        return ids
-    path = Path(run_dir) / "splits.json"
-    if path.is_file():
-        chosen = load_splits(path)[split]
-        missing = sorted(set(chosen) - set(ids))
-        if missing:
-            raise ValueError(f"{path}: {split} volumes {missing} are not in the cache; was the run trained "
-                             "on other data?")
-        return chosen
-    return split_ids(config, ids)[split]
-
-
 def summary_path(csv_path: str | os.PathLike) -> Path:
     """Where the summary of a metrics CSV goes: ``metrics.csv`` -> ``metrics_summary.csv``."""
     path = Path(csv_path)
@@ -118,7 +75,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=[c for c in ("volume", "case") if c in frame]).agg(["mean", "median", "std"])
 
 
-def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+def evaluate(run_dir: str | os.PathLike | Sequence[str | os.PathLike] | Run, data_dir: str | os.PathLike | None = None,
              cache_dir: str | os.PathLike | None = None, split: str = "test", tta: bool = False,
              out: str | os.PathLike | None = None, device: str | torch.device | None = None,
              amp: bool = True, progress: bool = True,
@@ -135,7 +92,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     run's rule (``run_postprocessing``): the labels ``predict`` writes; ``raw_`` columns score them before it.
 
     Args:
-        run_dir: the run folder.
+        run_dir: the run folder, several (an ensemble), or a ``Run`` already open (its model is reused).
         data_dir: Kaggle-format data the cache is built from when it is missing; None: the
             workspace's data.
         cache_dir: the ``.npy`` cache; None: the workspace's. Built when missing.
@@ -161,28 +118,21 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         FileNotFoundError, ValueError: see ``load_run``; unknown split; volumes not in the cache.
         CacheError: the cache folder holds other data, or its Kaggle channel order differs from the run's.
     """
-    from tumorlib.data.cache import check_cache_order, load_cache_index
-    from tumorlib.data.resolve import resolve_cache
     from tumorlib.core.outputs import check_output_file, reserve_space
-    from tumorlib.inference.postprocess import run_postprocessing
 
-    runs = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
-    run_dir = runs[0]  # splits, post-processing and the default output: the first run's
+    runs = run_dir.run_dirs if isinstance(run_dir, Run) else (
+        [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir))
     name = f"metrics_{split}.csv" if len(runs) == 1 else f"metrics_{split}_ensemble{len(runs)}.csv"
-    out_path = Path(out) if out is not None else Path(run_dir) / name
+    out_path = Path(out) if out is not None else Path(runs[0]) / name  # the first run's folder
     for path in (out_path, summary_path(out_path), inference_path(out_path)):  # before any work (the one guard)
         check_output_file(path, writer="evaluate")
     if out_path.parent.is_dir():
         reserve_space(out_path)  # a full disk is found now, not after the volumes are scored
-    dev = resolve_device(device)
-    model, config = load_runs(runs, dev)
-    cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
-    index = load_cache_index(cache)
-    check_cache_order(cache, index, config.kaggle_channel_order)
-    ids = _volumes_to_score(run_dir, config, cache, index, split, volume_ids)
-    rule = run_postprocessing(run_dir, config)
-    runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
-    rows = score_volumes(model, config, cache, ids, dev, tta=tta, amp=amp, index=index,
+    run = run_dir if isinstance(run_dir, Run) else Run.open(runs, device)
+    cache = run.cache(data_dir, cache_dir, progress=progress)
+    ids = run.split(split, volume_ids)
+    rule, runner, dev = run.postprocessing, run.engine(engine, amp), run.device
+    rows = score_volumes(run.model, run.config, cache, ids, dev, tta=tta, amp=amp, index=run.index,
                          progress=progress, desc=f"evaluate {split}", postprocessing=rule, engine=runner,
                          uncertainty=uncertainty, on_volume=on_volume)
     columns = list(EVAL_COLUMNS) + (list(UNCERTAINTY_COLUMNS) if uncertainty else [])
@@ -241,22 +191,6 @@ class KeptPredictions:
         prob = self.prob[int(volume_id)]
         pred = cache_frame_channels(prob, self.config, index, volume_id, self.postprocessing)
         return np.array(image, dtype=np.float32), np.array(gt), prob, pred
-
-
-def _volumes_to_score(run_dir: str | os.PathLike, config: Config, cache: Path, index: dict[str, Any], split: str,
-                      volume_ids: Sequence[int] | None) -> list[int]:
-    """The split's volumes (or ``volume_ids``), each checked to be in the cache."""
-    cached = sorted(int(k) for k in index["volumes"])
-    if volume_ids is None:
-        ids = run_split(run_dir, config, cached, split)
-    else:
-        ids = [int(v) for v in volume_ids]
-        missing = sorted(set(ids) - set(cached))
-        if missing:
-            raise ValueError(f"volumes {missing} are not in the cache {cache}")
-    if not ids:
-        raise ValueError(f"the {split} split of {run_dir} is empty")
-    return ids
 
 
 def _write_results(out_path: Path, frame: pd.DataFrame, summary: pd.DataFrame, record: dict[str, Any]) -> None:

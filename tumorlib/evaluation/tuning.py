@@ -25,13 +25,12 @@ import numpy as np
 import torch
 
 from tumorlib.core.brats import REGION_KEYS, channels_to_labels, labels_to_regions
-from tumorlib.core.device import resolve_device
-from tumorlib.evaluation.evaluate import run_split
+from tumorlib.data.splits import run_split
 from tumorlib.evaluation.lesions import region_lesion_scores
 from tumorlib.evaluation.metrics import dice
 from tumorlib.evaluation.scoring import predicted_channels
 from tumorlib.inference.postprocess import PostProcessing, write_postprocessing
-from tumorlib.inference.predictor import load_run
+from tumorlib.inference.run import Run
 
 __all__ = ["MAX_DICE_DROP", "MIN_MM3_GRID", "LabelCase", "choose_postprocessing", "label_cases", "rule_scores",
            "tune_postprocessing"]
@@ -138,13 +137,13 @@ def _line(scores: dict[str, float]) -> str:
     return f"Dice WT/TC/ET {three('dice')}, lesion-wise {three('lesion_dice')}"
 
 
-def tune_postprocessing(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+def tune_postprocessing(run_dir: str | os.PathLike | Run, data_dir: str | os.PathLike | None = None,
                         cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
                         amp: bool = True, progress: bool = True, score_test: bool = True) -> dict[str, Any]:
     """Choose the post-processing rule on the run's validation split and write ``RUN/postprocessing.json``.
 
     Args:
-        run_dir: the run folder.
+        run_dir: the run folder, or a ``Run`` already open (its model is reused).
         data_dir: Kaggle-format data the cache is built from when missing; None: the workspace's.
         cache_dir: the ``.npy`` cache; None: the workspace's.
         device: None: CUDA when available, else CPU.
@@ -162,22 +161,17 @@ def tune_postprocessing(run_dir: str | os.PathLike, data_dir: str | os.PathLike 
     Raises:
         ValueError: an empty validation split; see ``evaluate`` for the run and cache errors.
     """
-    from tumorlib.data.cache import check_cache_order, load_cache_index
-    from tumorlib.data.resolve import resolve_cache
-
-    dev = resolve_device(device)
-    model, config = load_run(run_dir, dev)
+    run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir, device)
+    model, config, dev, run_dir = run.model, run.config, run.device, run.run_dir
     base = PostProcessing(et_min_voxels=config.et_min_voxels)  # the config's total-ET rule, kept
-    cache = resolve_cache(config, data_dir, cache_dir, progress=progress)
-    index = load_cache_index(cache)
-    check_cache_order(cache, index, config.kaggle_channel_order)
-    cached = sorted(int(k) for k in index["volumes"])
-    val_ids = run_split(run_dir, config, cached, "val")
+    cache = run.cache(data_dir, cache_dir, progress=progress)
+    index = run.index
+    val_ids = run_split(run_dir, config, run.cached_ids(), "val")
     if not val_ids:
         raise ValueError(f"the validation split of {run_dir} is empty: nothing to tune the post-processing on")
     val_cases = label_cases(model, config, cache, val_ids, dev, index, amp)
     rule, candidates = choose_postprocessing(val_cases, base)
-    test_ids = run_split(run_dir, config, cached, "test") if score_test else []
+    test_ids = run_split(run_dir, config, run.cached_ids(), "test") if score_test else []
     without = with_ = None
     if test_ids:
         test_cases = label_cases(model, config, cache, test_ids, dev, index, amp)

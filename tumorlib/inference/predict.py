@@ -11,9 +11,7 @@ import torch
 
 from tumorlib.core.brats import check_order
 from tumorlib.core.regions import decode_outputs, output_keys, targets_of
-from tumorlib.core.device import resolve_device
-from tumorlib.inference.postprocess import run_postprocessing
-from tumorlib.inference.predictor import inference_engine, load_runs, run_checkpoint
+from tumorlib.inference.run import Run
 from tumorlib.inference.uncertainty import predict_with_uncertainty
 from tumorlib.core.outputs import check_output_file
 from tumorlib.core.safety import atomic_path
@@ -213,9 +211,8 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     from tumorlib.io.nifti_write import brats2020_header
 
     out = _check_request(out, data_dir, volume_id, nifti_case)
-    dev = resolve_device(device)
-    model, config = load_runs(run_dir, dev)
-    run_dir = run_dir if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)[0]
+    run = Run.open(run_dir, device)
+    model, config, dev, run_dir = run.model, run.config, run.device, run.run_dir
     _check_stored_order(stored_order, config, run_dir, data_dir or nifti_case)
     convention = output_convention(nifti_case, labels)  # before any work: a bad name is refused at once
     image, name = _read_input(data_dir, volume_id, nifti_case, config.kaggle_channel_order)
@@ -227,13 +224,13 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
         raise ValueError(f"{name}: {image.shape[0]} channels, the run's model expects {config.in_channels}")
     image_c, _, entry = prepare_volume(image, None, cache_hw=config.cache_hw, margin=config.cache_margin,
                                        dtype=np.float16)  # the cache's dtype: the labels evaluate scores
-    runner = inference_engine(model, config, engine, dev, amp, checkpoint=run_checkpoint(run_dir))
-    prob, maps, _ = predict_with_uncertainty(model, image_c, config, dev, tta=tta, amp=amp, engine=runner,
-                                             uncertainty=uncertainty, progress=progress)
+    prob, maps, _ = predict_with_uncertainty(model, image_c, config, dev, tta=tta, amp=amp,
+                                             engine=run.engine(engine, amp), uncertainty=uncertainty,
+                                             progress=progress)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
     header = nifti_header(nifti_case) if nifti_case is not None else brats2020_header()
-    decoded = run_postprocessing(run_dir, config).apply(decode_outputs(full, config, config.threshold),
-                                                        nifti_spacing(header.get_best_affine()))
+    decoded = run.postprocessing.apply(decode_outputs(full, config, config.threshold),
+                                       nifti_spacing(header.get_best_affine()))
     _write_outputs(out, decoded, full if save_probabilities else None, header, probabilities_description(config),
                    convention)
     if uncertainty:
