@@ -56,7 +56,9 @@ def test_to_label_map_from_channels_and_priority():
     ch2[[0, 1], 0, 0, 0] = 1  # necrosis over edema
     assert to_label_map(ch2)[0, 0, 0] == 1
     probs = np.array([0.2, 0.7, 0.4], dtype=np.float32).reshape(3, 1, 1, 1)
-    assert to_label_map(probs)[0, 0, 0] == 2  # thresholded at 0.5
+    with pytest.raises(ValueError, match="probabilities: decode them with the run's rule"):
+        to_label_map(probs)  # classes or regions? only the run knows: no second decoder in the figures
+    assert to_label_map(np.array([0.0, 1.0, 0.0], np.float32).reshape(3, 1, 1, 1))[0, 0, 0] == 2  # binary floats
 
 
 def test_to_label_map_label_maps_and_errors():
@@ -72,8 +74,8 @@ def test_to_label_map_label_maps_and_errors():
 
 def test_to_label_map_accepts_torch_tensors():
     torch = pytest.importorskip("torch")
-    t = torch.zeros(3, 2, 2, 2)
-    t[1, 0, 0, 0] = 0.9
+    t = torch.zeros(3, 2, 2, 2, dtype=torch.bool)
+    t[1, 0, 0, 0] = True
     assert to_label_map(t)[0, 0, 0] == 2
 
 

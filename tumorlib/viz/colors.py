@@ -7,8 +7,8 @@ but of a different class are white.
 
 Masks arrive in two forms, both accepted everywhere:
 
-- class channels ``(3, ...)``: binary (or probabilities, decoded at 0.5 by
-  ``tumorlib.core.brats.decode_classes``) in the order necrosis,
+- class channels ``(3, ...)``: binary (probabilities are refused: only the run knows whether its outputs
+  are classes or regions) in the order necrosis,
   edema, enhancing, as ``tumorlib.data.load_volume`` returns them;
 - a label map ``(...)`` of integers 0 background, 1 necrosis, 2 edema, 3 enhancing (BraTS label 4 is
   read as enhancing too).
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tumorlib.core.brats import CLASS_NAMES, MODALITIES, channels_to_classes, decode_classes
+from tumorlib.core.brats import CLASS_NAMES, MODALITIES, channels_to_classes
 from tumorlib.core.colors import CLASS_COLORS, rgb01
 
 __all__ = [
@@ -86,15 +86,13 @@ def to_label_map(mask: Any, spatial_ndim: int | None = None) -> np.ndarray:
     """Turn a mask into a label map 0 background, 1 necrosis, 2 edema, 3 enhancing.
 
     Args:
-        mask: class channels ``(3, *spatial)`` (binary, boolean, or probabilities decoded by ``decode_classes``) or a
-            label map ``(*spatial)`` with values in {0, 1, 2, 3} or BraTS labels {0, 1, 2, 4}.
+        mask: class channels ``(3, *spatial)`` (binary or boolean; probabilities are refused: decode them with
+            the run's rule, ``tumorlib.core.regions.decode_outputs_to_channels``) or a label map ``(*spatial)`` with values in {0, 1, 2, 3} or BraTS labels {0, 1, 2, 4}.
         spatial_ndim: number of spatial axes expected (3 for a volume, 2 for a slice); ``None`` guesses:
             a leading axis of length 3 with 3 or more axes in total means class channels.
 
     Returns:
-        ``(*spatial)`` uint8 label map. Probabilities are decoded by ``tumorlib.core.brats.decode_classes``
-        (the rule ``tumorlib predict`` uses); where binary channels overlap, enhancing wins over
-        necrosis over edema.
+        ``(*spatial)`` uint8 label map; where binary channels overlap, enhancing wins over necrosis over edema.
 
     Raises:
         ValueError: if the shape or the label values cannot be read as a mask.
@@ -114,8 +112,10 @@ def to_label_map(mask: Any, spatial_ndim: int | None = None) -> np.ndarray:
     if channels:
         if arr.shape[0] != 3:
             raise ValueError(f"mask of shape {arr.shape}: class channels must be 3 (necrosis, edema, enhancing)")
-        if arr.dtype.kind == "f":  # probabilities, of a volume or a slice: decode voxel by voxel
-            return decode_classes(arr.reshape(3, 1, 1, -1), 0.5).reshape(arr.shape[1:])
+        if arr.dtype.kind == "f" and np.any((arr != 0) & (arr != 1)):
+            raise ValueError(f"mask of shape {arr.shape} holds probabilities: decode them with the run's rule first "
+                             "(tumorlib.core.regions.decode_outputs_to_channels(prob, config)); a figure never "
+                             "guesses whether the outputs are classes or regions")
         return channels_to_classes(arr)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
