@@ -35,10 +35,10 @@
 # **sliding window**: windows overlap by half, and the overlapping predictions are blended with a
 # Gaussian weight that trusts the centre of a window more than its border (where the network saw
 # less context). Then the sigmoid, and **one decoding rule** turns the three outputs into labels, here, in
-# `predict`, in the training-time validation and in the viewer (`tumorlib.core.brats.decode_probabilities`): tumour
+# `predict`, in the training-time validation and in the viewer (`tumorlib.core.regions.Decoder`): tumour
 # where the union probability `1 − (1 − p_ncr)(1 − p_ed)(1 − p_et)` passes the threshold (0.5), then the
 # most probable class there (a run trained with `--targets regions` outputs WT, TC, ET instead, decoded as ET,
-# TC minus ET, WT minus TC: `tumorlib.core.regions.decode_outputs` picks the run's rule). Every score below is
+# TC minus ET, WT minus TC: `Decoder.of(config)` picks the run's rule). Every score below is
 # that of the labels `predict` writes. `tumorlib.evaluation.metrics` and
 # `tumorlib.inference.sliding_window` compute exactly what MONAI computes (the tests compare them).
 
@@ -52,7 +52,7 @@ import tumorlib
 from tumorlib import data, viz
 from tumorlib.app.notebook import dice_comparison, notebook_setup, postprocessing_table
 from tumorlib.core.device import resolve_device
-from tumorlib.core.regions import decode_outputs_to_channels
+from tumorlib.core.regions import Decoder
 from tumorlib.evaluation import baseline, evaluate, tuning
 from tumorlib.evaluation.calibration import CalibrationMetric
 from tumorlib.inference import predict
@@ -229,7 +229,7 @@ postprocessing_table(frame)
 removed = frame[["components_removed_wt", "components_removed_tc", "components_removed_et"]].sum(axis=1)
 case_id = int(frame["volume"][removed.idxmax()])
 image, gt, prob, post = kept.volume(case_id)  # predicted by evaluate above
-fig = viz.plot_postprocessing(image, decode_outputs_to_channels(prob, run_config, run_config.threshold), post,
+fig = viz.plot_postprocessing(image, Decoder.of(run_config).channels(prob), post,
                               affine=data.cache_affine(data.load_cache_index(cache_dir), case_id),
                               title=f"volume {case_id}: {int(removed.max())} component(s) removed by the rule")
 fig.savefig(ws.fig_dir / "05_postprocessing.png", dpi=100)

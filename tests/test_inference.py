@@ -14,8 +14,12 @@ from tumorlib.inference.sliding_window import (
     sliding_window_inference,
     window_starts,
 )
-from tumorlib.core.brats import decode_probabilities as labels_from_probabilities
+from tumorlib.core.regions import Decoder
 from tumorlib.core.brats import labels_to_channels
+
+
+# the one decoder (tumorlib.core.regions.Decoder), under the names these tests read best with
+
 
 
 @pytest.fixture(scope="module")
@@ -166,21 +170,21 @@ def test_labels_precedence_enhancing_over_necrosis_over_edema():
                    [0, 1, 0, 0, 1, 0, 1, 1],
                    [0, 0, 0, 1, 0, 1, 1, 1]], dtype=np.float32)
     prob = np.where(on, 0.9, 0.1).reshape(3, 1, 1, 8)
-    labels = labels_from_probabilities(torch.from_numpy(prob))
+    labels = Decoder("classes").labels(torch.from_numpy(prob))
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels[0, 0], [0, 2, 1, 4, 1, 4, 4, 4])
     single = np.array([0.5, 0.0, 0.0]).reshape(3, 1, 1, 1)
-    assert labels_from_probabilities(single)[0, 0, 0] == 0  # strictly above
+    assert Decoder("classes").labels(single)[0, 0, 0] == 0  # strictly above
     # the union of three 0.5s passes (no hole where classes share); the tie goes to enhancing
-    assert labels_from_probabilities(np.full((3, 1, 1, 1), 0.5))[0, 0, 0] == 4
+    assert Decoder("classes").labels(np.full((3, 1, 1, 1), 0.5))[0, 0, 0] == 4
 
 
 def test_labels_round_trip_and_errors():
     labels = np.array([0, 1, 2, 4, 4, 0], np.uint8).reshape(1, 2, 3)
     channels = labels_to_channels(labels)
     assert channels.shape == (3, 1, 2, 3) and channels.sum(0).max() == 1
-    np.testing.assert_array_equal(labels_from_probabilities(channels.astype(np.float32)), labels)
+    np.testing.assert_array_equal(Decoder("classes").labels(channels.astype(np.float32)), labels)
     with pytest.raises(ValueError, match=r"\[3\]"):
         labels_to_channels(np.array([[[0, 3]]]))
     with pytest.raises(ValueError, match="3, D, H, W"):
-        labels_from_probabilities(np.zeros((2, 1, 1, 1)))
+        Decoder("classes").labels(np.zeros((2, 1, 1, 1)))

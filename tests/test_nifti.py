@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tumorlib.data.cache import load_cache_index, load_cached_volume
-from tumorlib.core.brats import channels_to_labels, decode_probabilities
+from tumorlib.core.brats import channels_to_labels
+from tumorlib.core.regions import Decoder
 from tumorlib.data import load_volume, make_phantom
 from tumorlib.data.cache.nifti import build_nifti_cache
 from tumorlib.io.nifti import (
@@ -27,6 +28,12 @@ from tumorlib.io.nifti_write import (
     save_nifti_case,
     save_segmentation_nifti,
 )
+
+
+# the one decoder (tumorlib.core.regions.Decoder), under the names these tests read best with
+def decode_probabilities(prob, threshold=0.5):
+    return Decoder("classes", threshold).labels(prob)
+
 
 H, W, D = 6, 5, 4  # a NIfTI array is (H, W, D): slice index last
 AFFINE = np.array([[-1.0, 0, 0, 90], [0, -1.2, 0, 126], [0, 0, 2.5, -72], [0, 0, 0, 1]])

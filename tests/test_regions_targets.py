@@ -17,18 +17,40 @@ import pytest
 import torch
 
 from tumorlib.app.cli import main
-from tumorlib.core.brats import channels_to_regions, decode_probabilities, decode_to_channels, labels_to_channels
+from tumorlib.core.brats import channels_to_regions, labels_to_channels
 from tumorlib.core.config import PRESETS, get_config, load_config
 from tumorlib.core.regions import (
     TARGETS,
-    decode_outputs,
-    decode_outputs_batch,
-    decode_outputs_to_channels,
-    decode_regions,
+    Decoder,
     loss_targets,
     output_keys,
 )
 from constant_runs import make_run as _make_run
+
+
+# the one decoder (tumorlib.core.regions.Decoder), under the names these tests read best with
+def decode_probabilities(prob, threshold=0.5):
+    return Decoder("classes", threshold).labels(prob)
+
+
+def decode_to_channels(prob, threshold=0.5):
+    return Decoder("classes", threshold).channels(prob)
+
+
+def decode_regions(prob, threshold=0.5):
+    return Decoder("regions", threshold).labels(prob)
+
+
+def decode_outputs(prob, config_or_targets, threshold=0.5):
+    return Decoder.of(config_or_targets, threshold).labels(prob)
+
+
+def decode_outputs_to_channels(prob, config_or_targets, threshold=0.5):
+    return Decoder.of(config_or_targets, threshold).channels(prob)
+
+
+def decode_outputs_batch(prob, config_or_targets, threshold=0.5):
+    return Decoder.of(config_or_targets, threshold).batch(prob)
 
 
 def _region_map():
@@ -219,7 +241,7 @@ def test_export_contract_names_the_outputs(tmp_path):
         run = _make_run(tmp_path / targets, [0.0, 0.0, 0.0], targets=targets)
         contract = json.loads(export_model(run, "onnx", tmp_path / f"export-{targets}").read_text())
         assert contract["output"]["targets"] == targets and contract["output"]["channels"] == channels
-        reference = "decode_regions" if targets == "regions" else "decode_probabilities"
+        reference = f"Decoder(targets='{targets}')"
         assert contract["output"]["decoding"]["reference"].endswith(reference)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from tumorlib.core.brats import REGION_KEYS
-from tumorlib.core.regions import decode_outputs
+from tumorlib.core.regions import Decoder
 from tumorlib.data.splits import run_split
 from tumorlib.evaluation.qc import qc_row, region_volumes_ml, write_qc_csv
 from tumorlib.inference.run import Run
@@ -120,7 +120,7 @@ def case_report(run_dir: str | os.PathLike, volume_ids: Sequence[int], out: str 
     for vid, png in zip((int(v) for v in volume_ids), pngs):
         image = load_cached_volume(cache, vid, index=index, check=True)[0]
         prob, maps, _ = predict_with_uncertainty(model, image, config, dev, amp=amp, uncertainty=True)
-        done = rule.apply_with_removed(decode_outputs(prob, config, config.threshold), spacing(vid))
+        done = rule.apply_with_removed(Decoder.of(config).labels(prob), spacing(vid))
         labels = done.labels
         entropy = maps["entropy"]
         row = qc_row(labels, spacing(vid), uncertainty=entropy, train_volumes_ml=train, case=vid,

@@ -12,7 +12,7 @@
   then ``repeats`` runs of the whole case per engine, interleaved across engines (A, B, C, D, A, B, ...) so
   that a slow spell of a shared machine falls on all of them; minimum (``seconds``) and median reported.
   Then the same with 8-flip TTA (``tta_rows``). Beside them the labels agreement of each with torch float32
-  (decoded with ``tumorlib.core.brats.decode_probabilities``) and the largest logit difference.
+  (decoded with ``tumorlib.core.regions.Decoder``) and the largest logit difference.
 
 The result records the CPU's bf16 capability (``tumorlib.core.device.cpu_bf16_support``, and whether
 OpenVINO lists BF16), its name and the threads each engine computes with (``torch.get_num_threads()``,
@@ -125,9 +125,9 @@ def _build_engines(model: torch.nn.Module, config: Any, image: torch.Tensor, eng
 
 
 def _labels(logits: torch.Tensor, threshold: float) -> np.ndarray:
-    from tumorlib.core.brats import decode_probabilities
+    from tumorlib.core.regions import Decoder
 
-    return decode_probabilities(torch.sigmoid(logits[0]), threshold)
+    return Decoder("classes", threshold).labels(torch.sigmoid(logits[0]))
 
 
 def _timed_runs(predictors: dict[str, Any], image: torch.Tensor, config: Any, repeats: int, tta: bool,

@@ -7,7 +7,7 @@ split the way ``tumorlib evaluate`` does (``predict_volume``'s sliding window, s
 ``brats_scores`` on the decoded labels).
 
 Recipes (``RECIPES``), both on the three overlapping regions WT, TC, ET (sigmoid outputs, decoded by
-``tumorlib.core.regions.decode_regions``), both with MONAI's tutorial augmentation (random flips on the
+``tumorlib.core.regions.Decoder``), both with MONAI's tutorial augmentation (random flips on the
 three axes, ``RandScaleIntensity(0.1)`` and ``RandShiftIntensity(0.1)`` with probability 1):
 
 - ``dynunet``: an nnU-Net-like ``DynUNet`` of the preset U-Net's size: the U-Net's widths plus its
@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tumorlib.core.brats import channels_to_regions, labels_to_channels
+from tumorlib.core.brats import channels_to_regions
 from tumorlib.core.config import Config, get_config
-from tumorlib.core.regions import decode_regions
+from tumorlib.core.regions import Decoder
 from tumorlib.core.safety import atomic_write
 
 __all__ = [
@@ -265,7 +265,7 @@ def score_peer(model: nn.Module, config: Config, cache_dir: str | os.PathLike,
 
     Each cached volume goes through ``predict_volume`` (the run's sliding window, ``sw_overlap``,
     ``sw_blend``; logits blended, then the sigmoid; float32), is decoded per region at
-    ``config.threshold`` (``decode_regions``) and scored by ``brats_scores`` in the cache frame.
+    ``config.threshold`` (``Decoder``) and scored by ``brats_scores`` in the cache frame.
 
     Args:
         model: the trained recipe (eval mode, CPU).
@@ -291,7 +291,7 @@ def score_peer(model: nn.Module, config: Config, cache_dir: str | os.PathLike,
                 raise ValueError(f"volume {vid} of {cache_dir} is resampled (cache_hw); score it at 1 mm")
             image, mask = load_cached_volume(cache_dir, vid, index=index, check=True)
             prob = predict_volume(model, image, config, torch.device("cpu"), amp=False)
-            pred = labels_to_channels(decode_regions(prob, config.threshold))
+            pred = Decoder("regions", config.threshold).channels(prob)
             rows.append(brats_scores(pred, np.asarray(mask)))
     return {k: float(np.mean([r[k] for r in rows])) for k in ("dice_wt", "dice_tc", "dice_et")}
 

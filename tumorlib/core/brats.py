@@ -12,8 +12,8 @@ Classes and labels. The three mask channels are necrosis/non-enhancing tumour co
 The evaluation regions are WT (whole tumour: all three), TC (tumour core: ncr + et) and ET (et). Other
 releases' labels (BraTS 2023+ 1/2/3, MSD 2/1/3, the 2024 resection cavity): ``tumorlib.core.label_conventions``.
 
-Decoding. The network has three independent sigmoid outputs, one per class. ``decode_probabilities``
-turns them into one label per voxel:
+Decoding (``tumorlib.core.regions.Decoder``, the one decoder). A network with three independent sigmoid
+outputs, one per class, is decoded into one label per voxel:
 
 1. tumour where the union probability ``1 - (1 - p_ncr)(1 - p_ed)(1 - p_et)`` is above the threshold;
 2. there, the most probable class; exact ties go to enhancing, then necrosis, then edema
@@ -52,10 +52,6 @@ __all__ = [
     "channels_to_regions",
     "check_order",
     "classes_to_labels",
-    "decode_batch",
-    "decode_classes",
-    "decode_probabilities",
-    "decode_to_channels",
     "labels_to_channels",
     "labels_to_regions",
     "modality_key",
@@ -318,79 +314,3 @@ def tumour_probability(prob: Any) -> np.ndarray:
     """
     p = np.clip(_probabilities(prob), 0.0, 1.0)
     return 1.0 - np.prod(1.0 - p, axis=0)
-
-
-def decode_classes(prob: Any, threshold: float = 0.5) -> np.ndarray:
-    """The decoding rule, as class codes: 0 background, k + 1 for channel k (see the module text).
-
-    Args:
-        prob: (3, D, H, W) sigmoid probabilities (ncr, ed, et), numpy or torch.
-        threshold: tumour where the union probability is strictly above it.
-
-    Returns:
-        (D, H, W) uint8 in {0, 1, 2, 3}.
-
-    Raises:
-        ValueError: ``prob`` is not (3, D, H, W).
-    """
-    p = _probabilities(prob)
-    tumour = tumour_probability(p) > threshold
-    ranked = p[list(_PRECEDENCE_IDX)]  # argmax keeps the first maximum: ties follow CLASS_PRECEDENCE
-    best = np.asarray(_PRECEDENCE_IDX, np.uint8)[np.argmax(ranked, axis=0)]
-    return np.where(tumour, best + 1, 0).astype(np.uint8)
-
-
-def decode_probabilities(prob: Any, threshold: float = 0.5) -> np.ndarray:
-    """The decoding rule: BraTS labels from the three sigmoid outputs (see the module text).
-
-    Args:
-        prob: (3, D, H, W) sigmoid probabilities (ncr, ed, et), numpy or torch.
-        threshold: tumour where the union probability is strictly above it.
-
-    Returns:
-        (D, H, W) uint8 labels in {0, 1, 2, 4}.
-
-    Raises:
-        ValueError: ``prob`` is not (3, D, H, W).
-    """
-    return _LABEL_OF_CLASS[decode_classes(prob, threshold)]
-
-
-def decode_to_channels(prob: Any, threshold: float = 0.5) -> np.ndarray:
-    """The decoded labels as disjoint class channels, the form the metrics score.
-
-    Args:
-        prob: (3, D, H, W) sigmoid probabilities (ncr, ed, et), numpy or torch.
-        threshold: see ``decode_probabilities``.
-
-    Returns:
-        (3, D, H, W) uint8 disjoint channels (ncr, ed, et).
-    """
-    classes = decode_classes(prob, threshold)
-    return np.stack([classes == k + 1 for k in range(len(CLASS_KEYS))]).astype(np.uint8)
-
-
-def decode_batch(prob: Any, threshold: float = 0.5) -> Any:
-    """The decoding rule on a batch of torch tensors, on their device (training-time validation).
-
-    Args:
-        prob: (B, 3, d, h, w) sigmoid probabilities (ncr, ed, et), a torch tensor.
-        threshold: tumour where the union probability is strictly above it.
-
-    Returns:
-        (B, 3, d, h, w) bool tensor: the disjoint class channels ``decode_to_channels`` gives for each
-        sample.
-
-    Raises:
-        ValueError: ``prob`` is not (B, 3, ...).
-    """
-    import torch
-
-    if prob.ndim < 3 or prob.shape[1] != len(CLASS_KEYS):
-        raise ValueError(f"prob must be (B, 3, ...) (ncr, ed, et), got shape {tuple(prob.shape)}")
-    p = prob.float()
-    tumour = (1.0 - torch.prod(1.0 - p.clamp(0.0, 1.0), dim=1)) > threshold
-    order = torch.tensor(_PRECEDENCE_IDX, device=p.device)
-    best = order[torch.argmax(p.index_select(1, order), dim=1)]  # the first maximum: CLASS_PRECEDENCE
-    classes = torch.arange(len(CLASS_KEYS), device=p.device).view(1, -1, *([1] * (p.ndim - 2)))
-    return (best.unsqueeze(1) == classes) & tumour.unsqueeze(1)

@@ -1,22 +1,24 @@
-"""Region outputs to BraTS labels: the decoding rule for networks trained on WT, TC and ET.
+"""A network's three outputs: what they are (``targets``), the one decoder, and what the loss compares with.
 
-The other half of the label authority ``tumorlib.core.brats`` (which decodes the three class outputs; it
-holds the labels, classes and regions used here and stays under the module size limit without this).
-A network trained on the overlapping regions (three sigmoids WT, TC, ET, as nnU-Net and MONAI train for
-BraTS) is decoded by ``decode_regions``: each region where its probability is above the threshold, then
-ET = ET, NCR = TC minus ET, ED = WT minus TC (``regions_to_labels``). An inner region outside its outer
-one keeps the inner label (nnU-Net's order: ET over TC over WT), so ``regions_to_labels`` inverts
-``tumorlib.core.brats.labels_to_regions``.
+What the three sigmoid outputs mean is the config field ``targets`` (``TARGETS``): ``classes`` (necrosis,
+edema, enhancing) or ``regions`` (WT, TC, ET, as nnU-Net and MONAI train for BraTS). ``Decoder`` is the one
+object that turns them into a segmentation (nnU-Net's label manager), one rule per kind:
 
-What the three outputs mean is the config field ``targets`` (``TARGETS``): ``classes`` (necrosis, edema,
-enhancing; decoded by ``tumorlib.core.brats.decode_probabilities``) or ``regions`` (WT, TC, ET; decoded by
-``decode_regions``). ``decode_outputs`` is the one place that picks the rule: every consumer (evaluate,
-predict, the report, the viewer, training-time validation through ``decode_outputs_batch``) calls it with
-the run's config. ``loss_targets`` turns the cached class channels into what the loss compares with.
+- classes: tumour where the union probability passes the threshold, then the most probable class (the rule
+  of ``tumorlib.core.brats``' module text; ties follow ``CLASS_PRECEDENCE``);
+- regions: each region where its probability passes the threshold, then ET = ET, NCR = TC minus ET,
+  ED = WT minus TC (``regions_to_labels``); an inner region outside its outer one keeps the inner label
+  (nnU-Net's order: ET over TC over WT), so ``regions_to_labels`` inverts ``labels_to_regions``.
+
+``Decoder.of(config)`` picks the run's rule; every consumer (evaluate, predict, the report, the viewer's
+predictions, training-time validation through ``Decoder.batch``) decodes through it, as class codes,
+BraTS labels, class channels or a torch batch. ``loss_targets`` turns the cached class channels into what
+the loss compares with.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,21 +26,16 @@ import numpy as np
 from tumorlib.core.brats import (
     BRATS_LABELS,
     CLASS_KEYS,
+    CLASS_PRECEDENCE,
     REGION_KEYS,
     channels_to_regions,
-    decode_batch,
-    decode_probabilities,
-    decode_to_channels,
-    labels_to_channels,
+    tumour_probability,
 )
 
 __all__ = [
     "COMPONENT_STRUCTURE",
     "TARGETS",
-    "decode_outputs",
-    "decode_outputs_batch",
-    "decode_outputs_to_channels",
-    "decode_regions",
+    "Decoder",
     "loss_targets",
     "output_keys",
     "regions_to_labels",
@@ -54,6 +51,10 @@ COMPONENT_STRUCTURE = np.ones((3, 3, 3), bool)
 TARGETS: tuple[str, ...] = ("classes", "regions")
 
 _NCR, _ED, _ET = (BRATS_LABELS[CLASS_KEYS.index(k)] for k in ("ncr", "ed", "et"))
+_PRECEDENCE_IDX = tuple(CLASS_KEYS.index(k) for k in CLASS_PRECEDENCE)
+_LABEL_OF_CLASS = np.array((0, *BRATS_LABELS), np.uint8)  # class code 0..3 -> BraTS label
+#: class code (0 background, k + 1 for class k) of each region's inside, innermost last: ED, NCR, ET
+_REGION_CODES = tuple(CLASS_KEYS.index(k) + 1 for k in ("ed", "ncr", "et"))
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -87,25 +88,6 @@ def regions_to_labels(regions: Any) -> np.ndarray:
     return out
 
 
-def decode_regions(prob: Any, threshold: float = 0.5) -> np.ndarray:
-    """The decoding rule of region outputs: BraTS labels from the WT, TC, ET sigmoids.
-
-    Args:
-        prob: (3, D, H, W) sigmoid probabilities (wt, tc, et), numpy or torch.
-        threshold: each region where its probability is strictly above it.
-
-    Returns:
-        (D, H, W) uint8 labels in {0, 1, 2, 4} (see ``regions_to_labels``).
-
-    Raises:
-        ValueError: ``prob`` is not (3, D, H, W).
-    """
-    p = _as_numpy(prob)
-    if p.ndim != 4 or p.shape[0] != len(REGION_KEYS):
-        raise ValueError(f"prob must be (3, D, H, W) ({', '.join(REGION_KEYS)}), got shape {p.shape}")
-    return regions_to_labels(p.astype(np.float32, copy=False) > threshold)
-
-
 def targets_of(config_or_targets: Any) -> str:
     """The target kind of a config (its ``targets``; ``classes`` for an object without one) or a name.
 
@@ -131,56 +113,87 @@ def output_keys(config_or_targets: Any) -> tuple[str, ...]:
     return CLASS_KEYS if targets_of(config_or_targets) == "classes" else REGION_KEYS
 
 
-def decode_outputs(prob: Any, config_or_targets: Any, threshold: float = 0.5) -> np.ndarray:
-    """The decoding rule of a run: BraTS labels from its three sigmoid outputs.
+@dataclass(frozen=True)
+class Decoder:
+    """The one decoding rule of a network's three sigmoid outputs (see the module text).
 
-    Args:
-        prob: (3, D, H, W) sigmoid probabilities, numpy or torch, in the order ``output_keys`` gives.
-        config_or_targets: the run's config or its ``targets`` (see ``targets_of``).
-        threshold: ``classes``: tumour where the union probability is strictly above it
-            (``tumorlib.core.brats.decode_probabilities``); ``regions``: each region where its
-            probability is strictly above it (``decode_regions``).
-
-    Returns:
-        (D, H, W) uint8 labels in {0, 1, 2, 4}.
-
-    Raises:
-        ValueError: ``prob`` is not (3, D, H, W), or unknown targets.
+    Attributes:
+        targets: ``"classes"`` or ``"regions"`` (what the outputs are).
+        threshold: tumour (classes: the union probability) or each region strictly above it.
     """
-    if targets_of(config_or_targets) == "classes":
-        return decode_probabilities(prob, threshold)
-    return decode_regions(prob, threshold)
 
+    targets: str = "classes"
+    threshold: float = 0.5
 
-def decode_outputs_to_channels(prob: Any, config_or_targets: Any, threshold: float = 0.5) -> np.ndarray:
-    """``decode_outputs`` as (3, D, H, W) uint8 disjoint class channels (ncr, ed, et), the form scored."""
-    if targets_of(config_or_targets) == "classes":
-        return decode_to_channels(prob, threshold)
-    return labels_to_channels(decode_regions(prob, threshold))
+    def __post_init__(self) -> None:
+        targets_of(self.targets)  # an unknown kind is refused here, once
 
+    @classmethod
+    def of(cls, config_or_targets: Any, threshold: float | None = None) -> Decoder:
+        """The rule of a run's config (its ``targets`` and ``threshold``) or of a ``targets`` name.
 
-def decode_outputs_batch(prob: Any, config_or_targets: Any, threshold: float = 0.5) -> Any:
-    """``decode_outputs`` on a torch batch, on its device (training-time validation).
+        Raises:
+            ValueError: unknown targets.
+        """
+        if threshold is None:
+            threshold = getattr(config_or_targets, "threshold", 0.5)
+        return cls(targets_of(config_or_targets), float(threshold))
 
-    Args:
-        prob: (B, 3, d, h, w) sigmoid probabilities, a torch tensor.
-        config_or_targets: the run's config or its ``targets``.
-        threshold: as for ``decode_outputs``.
+    def classes(self, prob: Any) -> np.ndarray:
+        """Class codes: (3, D, H, W) probabilities (numpy or torch) -> (D, H, W) uint8 0 background, k + 1
+        for class k (ncr, ed, et).
 
-    Returns:
-        (B, 3, d, h, w) bool tensor: the disjoint class channels (ncr, ed, et) of the decoded labels.
+        Raises:
+            ValueError: ``prob`` is not (3, D, H, W).
+        """
+        p = _as_numpy(prob)
+        if p.ndim != 4 or p.shape[0] != 3:
+            raise ValueError(f"prob must be (3, D, H, W) ({', '.join(output_keys(self.targets))}), got shape {p.shape}")
+        p = p.astype(np.float32, copy=False)
+        if self.targets == "regions":
+            out = np.zeros(p.shape[1:], np.uint8)
+            for region, code in zip(p > self.threshold, _REGION_CODES):  # WT, TC, ET: the inner one wins
+                out[region] = code
+            return out
+        tumour = tumour_probability(p) > self.threshold
+        best = np.asarray(_PRECEDENCE_IDX, np.uint8)[np.argmax(p[list(_PRECEDENCE_IDX)], axis=0)]  # first max
+        return np.where(tumour, best + 1, 0).astype(np.uint8)
 
-    Raises:
-        ValueError: ``prob`` is not (B, 3, ...), or unknown targets.
-    """
-    import torch
+    def labels(self, prob: Any) -> np.ndarray:
+        """BraTS labels: (D, H, W) uint8 in {0, 1, 2, 4} (what ``predict`` writes)."""
+        return _LABEL_OF_CLASS[self.classes(prob)]
 
-    if targets_of(config_or_targets) == "classes":
-        return decode_batch(prob, threshold)
-    if prob.ndim < 3 or prob.shape[1] != len(REGION_KEYS):
-        raise ValueError(f"prob must be (B, 3, ...) (wt, tc, et), got shape {tuple(prob.shape)}")
-    wt, tc, et = (prob.float() > threshold).unbind(1)
-    return torch.stack([tc & ~et, wt & ~tc & ~et, et], dim=1)
+    def channels(self, prob: Any) -> np.ndarray:
+        """Disjoint class channels: (3, D, H, W) uint8 (ncr, ed, et), the form the metrics score."""
+        classes = self.classes(prob)
+        return np.stack([classes == k + 1 for k in range(len(CLASS_KEYS))]).astype(np.uint8)
+
+    def batch(self, prob: Any) -> Any:
+        """``channels`` of a torch batch, on its device (training-time validation).
+
+        Args:
+            prob: (B, 3, d, h, w) sigmoid probabilities, a torch tensor.
+
+        Returns:
+            (B, 3, d, h, w) bool tensor.
+
+        Raises:
+            ValueError: ``prob`` is not (B, 3, ...).
+        """
+        import torch  # core stays importable without torch for the numpy rules
+
+        if prob.ndim < 3 or prob.shape[1] != 3:
+            raise ValueError(f"prob must be (B, 3, ...) ({', '.join(output_keys(self.targets))}), "
+                             f"got shape {tuple(prob.shape)}")
+        p = prob.float()
+        if self.targets == "regions":
+            wt, tc, et = (p > self.threshold).unbind(1)
+            return torch.stack([tc & ~et, wt & ~tc & ~et, et], dim=1)
+        tumour = (1.0 - torch.prod(1.0 - p.clamp(0.0, 1.0), dim=1)) > self.threshold
+        order = torch.tensor(_PRECEDENCE_IDX, device=p.device)
+        best = order[torch.argmax(p.index_select(1, order), dim=1)]  # the first maximum: CLASS_PRECEDENCE
+        classes = torch.arange(len(CLASS_KEYS), device=p.device).view(1, -1, *([1] * (p.ndim - 2)))
+        return (best.unsqueeze(1) == classes) & tumour.unsqueeze(1)
 
 
 def loss_targets(mask: Any, config_or_targets: Any) -> Any:

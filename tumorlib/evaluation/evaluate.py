@@ -2,7 +2,7 @@
 
 ``evaluate(run_dir, data_dir, cache_dir, split="test")`` predicts every volume of a split with the
 sliding window (``tumorlib.inference.sliding_window``), decodes the sigmoid outputs into labels by the run's rule
-``tumorlib.core.regions.decode_outputs_to_channels`` (its ``targets``; the labels ``predict`` writes) and scores them with
+``tumorlib.core.regions.Decoder`` (its ``targets``; the labels ``predict`` writes) and scores them with
 ``tumorlib.evaluation.scoring`` (the legacy ``tumorlib.evaluation.metrics.brats_scores`` and the BraTS 2023
 lesion-wise ``tumorlib.evaluation.lesions.lesion_scores``); it writes one CSV row per volume (``EVAL_COLUMNS``) and a summary
 (mean, median, std of each column) beside it. Loading a run lives in ``tumorlib.inference.predictor``, NIfTI label
@@ -87,7 +87,7 @@ def evaluate(run_dir: str | os.PathLike | Sequence[str | os.PathLike] | Run, dat
     Each volume of the split is read from the cache (normalised, cropped to the brain), predicted
     with the sliding window (the config's ``patch_size``, ``sw_overlap``, ``sw_blend``,
     ``sw_batch_size``), passed through the sigmoid and decoded into labels by the run's rule
-    (``tumorlib.core.regions.decode_outputs_to_channels`` with its ``targets``; for ``classes`` tumour where
+    (``tumorlib.core.regions.Decoder`` with its ``targets``; for ``classes`` tumour where
     the union probability passes ``config.threshold``, then the most probable class), then post-processed by the
     run's rule (``run_postprocessing``): the labels ``predict`` writes; ``raw_`` columns score them before it.
 
@@ -263,11 +263,11 @@ def patch_predictions(model: torch.nn.Module, config: Config, cache_dir: str | o
         ``{"images": (N, 4, d, h, w) float32, "gts": (N, 3, d, h, w) uint8,
         "probs": (N, 3, d, h, w) float32 sigmoid outputs (in the order of the run's ``targets``),
         "preds": (N, 3, d, h, w) uint8 class channels decoded by the run's rule
-        (``tumorlib.core.regions.decode_outputs_to_channels`` at ``config.threshold``), "titles":
+        (``tumorlib.core.regions.Decoder`` at ``config.threshold``), "titles":
         ["volume 3", ...]}``; patches are cut at the config's ``patch_size`` (smaller where the volume is
         smaller).
     """
-    from tumorlib.core.regions import decode_outputs_to_channels
+    from tumorlib.core.regions import Decoder
     from tumorlib.data.cache import load_cache_index, load_cached_volume
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
@@ -282,6 +282,6 @@ def patch_predictions(model: torch.nn.Module, config: Config, cache_dir: str | o
         probs.append(torch.sigmoid(predictor(x))[0].cpu().numpy())
         images.append(patch)
         gts.append(np.asarray(mask[window]))
-    preds = [decode_outputs_to_channels(p, config, config.threshold) for p in probs]
+    preds = [Decoder.of(config).channels(p) for p in probs]
     return {"images": np.stack(images), "gts": np.stack(gts), "probs": np.stack(probs), "preds": np.stack(preds),
             "titles": [f"volume {v}" for v in volume_ids]}

@@ -1,7 +1,7 @@
 """Scoring one predicted volume: the one path from a cached volume to its scores.
 
 ``score_volumes`` predicts whole cached volumes (``tumorlib.inference.predictor.predict_volume``), decodes them by
-``tumorlib.core.regions.decode_outputs_to_channels`` (the run's ``targets``) at its threshold, applies the small-ET
+``tumorlib.core.regions.Decoder`` (the run's ``targets``) at its threshold, applies the small-ET
 rule when asked (``predicted_channels``) and scores them with ``volume_scores`` (the legacy BraTS 2020 metrics and the BraTS 2023
 lesion-wise ones). ``evaluate`` writes these rows, training selects its model by ``volume_dice`` (the same scores),
 and ``tune-postprocessing`` reads ``predicted_channels`` before the rule.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tumorlib.core.brats import REGION_KEYS, channels_to_labels
-from tumorlib.core.regions import decode_outputs_to_channels
+from tumorlib.core.regions import Decoder
 from tumorlib.core.config import Config
 from tumorlib.evaluation.confidence import confidence_scores
 from tumorlib.evaluation.lesions import LESION_COLUMNS, lesion_scores
@@ -107,7 +107,7 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
     and of whole-volume model selection during training.
 
     Each volume is predicted with the sliding window (``predict_volume``), decoded by
-    ``tumorlib.core.regions.decode_outputs_to_channels`` (the run's ``targets``) at ``config.threshold`` (the
+    ``tumorlib.core.regions.Decoder`` (the run's ``targets``) at ``config.threshold`` (the
     labels ``predict`` writes) and
     scored with ``volume_scores`` (legacy and lesion-wise metrics). Dice and HD95 are computed in the cache's frame: the crop holds every
     tumour voxel, so they equal the full-volume values. A cache resampled in-plane (``cache_hw`` below
@@ -162,7 +162,7 @@ def score_volumes(model: torch.nn.Module, config: Config, cache_dir: str | os.Pa
                      "seconds": seconds})
         if uncertainty:
             scored = (done.pred if done.pred.shape == done.mask.shape
-                      else decode_outputs_to_channels(done.prob, config, config.threshold))
+                      else Decoder.of(config).channels(done.prob))
             rows[-1].update(confidence_scores(done.maps, config, done.prob, scored, done.mask))
         if on_volume is not None:
             on_volume(int(vid), done)
@@ -207,10 +207,9 @@ def predicted_channels(model: torch.nn.Module, config: Config, cache_dir: str | 
     if resampled:
         if source is None:
             open_source(index)  # raises CacheError naming the reader
-        pred = decode_outputs_to_channels(uncrop(prob.cpu().numpy(), entry, fill=0.0), config,
-                                          config.threshold)
+        pred = Decoder.of(config).channels(uncrop(prob.cpu().numpy(), entry, fill=0.0))
     else:
-        pred = decode_outputs_to_channels(prob, config, config.threshold)
+        pred = Decoder.of(config).channels(prob)
     spacing = tuple(source.spacing(volume_id)) if source is not None else (1.0, 1.0, 1.0)
     raw, removed = pred, {}
     if postprocessing is not None and postprocessing.active:

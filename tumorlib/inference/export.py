@@ -10,8 +10,8 @@
   (nonzero in any channel) with 0 outside the brain (``tumorlib.data.cache.normalize_volume``); a whole
   volume is predicted window by window (the run's sliding-window settings are listed);
 - output: ``(1, 3, D, H, W)`` logits, a sigmoid per channel: with the run's ``targets`` ``classes`` of
-  necrosis/NET, edema, enhancing (the decoding rule of ``tumorlib.core.brats.decode_probabilities`` gives
-  BraTS labels 0, 1, 2, 4), with ``regions`` of WT, TC, ET (``tumorlib.core.regions.decode_regions``);
+  necrosis/NET, edema, enhancing (the decoding rule of ``tumorlib.core.regions.Decoder`` gives
+  BraTS labels 0, 1, 2, 4), with ``regions`` of WT, TC, ET (the same ``Decoder``, ``targets='regions'``);
   ``output.targets`` and ``output.channels`` say which;
 - the tumorlib version and the checkpoint's fingerprint (size, mtime, blake2b).
 
@@ -125,13 +125,13 @@ def _output_contract(config: Any, patch: list[int]) -> dict[str, Any]:
         decoding = {"threshold": config.threshold, "labels": labels,
                     "rule": "tumour where 1 - prod_c(1 - p_c) > threshold; there the most probable class, "
                             f"exact ties in the order {', '.join(CLASS_PRECEDENCE)}; background 0",
-                    "reference": "tumorlib.core.brats.decode_probabilities"}
+                    "reference": "tumorlib.core.regions.Decoder(targets='classes')"}
     else:
         channels, names = list(REGION_KEYS), list(REGION_NAMES)
         decoding = {"threshold": config.threshold, "labels": labels,
                     "rule": "each region where p > threshold; et = ET, ncr = TC minus ET, ed = WT minus TC "
                             "(an inner region outside its outer one keeps the inner label); background 0",
-                    "reference": "tumorlib.core.regions.decode_regions"}
+                    "reference": "tumorlib.core.regions.Decoder(targets='regions')"}
     return {"name": "logits", "dtype": "float32", "shape": [1, int(config.num_classes), *patch],
             "targets": targets, "channels": channels, "channel_names": names,
             "activation": "sigmoid per channel (independent outputs, not a softmax)",

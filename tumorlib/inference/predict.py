@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from tumorlib.core.brats import check_order
-from tumorlib.core.regions import decode_outputs, output_keys, targets_of
+from tumorlib.core.regions import Decoder, output_keys, targets_of
 from tumorlib.inference.run import Run
 from tumorlib.inference.uncertainty import predict_with_uncertainty
 from tumorlib.core.outputs import check_output_file
@@ -167,7 +167,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
     The input is prepared exactly as the cache prepares it (``prepare_volume``: optional in-plane
     zoom to ``cache_hw``, crop to the brain plus ``cache_margin``, per-channel z-score), predicted by
     sliding window, mapped back to the full input size (``uncrop``, probabilities outside the crop
-    are 0) and decoded by the run's rule (``tumorlib.core.regions.decode_outputs``, its ``targets``, at
+    are 0) and decoded by the run's rule (``tumorlib.core.regions.Decoder``, its ``targets``, at
     ``config.threshold``), then post-processed by the run's rule at the input's voxel size
     (``run_postprocessing``), the labels ``evaluate`` scores. Kaggle HDF5 input is read with the run's ``kaggle_channel_order`` and
     written on the BraTS2020 grid with the BraTS2020 header (``brats2020_header``, as
@@ -229,7 +229,7 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, data_dir: str | 
                                              progress=progress)
     full = uncrop(prob.cpu().numpy(), entry, fill=0.0)
     header = nifti_header(nifti_case) if nifti_case is not None else brats2020_header()
-    decoded = run.postprocessing.apply(decode_outputs(full, config, config.threshold),
+    decoded = run.postprocessing.apply(Decoder.of(config).labels(full),
                                        nifti_spacing(header.get_best_affine()))
     _write_outputs(out, decoded, full if save_probabilities else None, header, probabilities_description(config),
                    convention)

@@ -254,7 +254,7 @@ def predict_cached_volume(model: torch.nn.Module, config: Config, cache_dir: str
     Returns:
         ``(image, gt, prob, pred)``: image (4, D, H, W) float32, gt (3, D, H, W) uint8, prob (3, D, H, W)
         float32 tensor of sigmoid probabilities, pred (3, D, H, W) uint8 disjoint class channels of the
-        decoded labels (``tumorlib.core.regions.decode_outputs_to_channels`` with the run's ``targets`` at
+        decoded labels (``tumorlib.core.regions.Decoder`` with the run's ``targets`` at
         ``config.threshold``), post-processed by ``postprocessing``: with the run's rule, what ``predict``
         writes and ``evaluate`` scores.
     """
@@ -283,10 +283,10 @@ def cache_frame_channels(prob: torch.Tensor | np.ndarray, config: Config, index:
         (3, D, H, W) uint8 disjoint class channels (``predict_cached_volume``'s ``pred``).
     """
     from tumorlib.core.brats import channels_to_labels, labels_to_channels
-    from tumorlib.core.regions import decode_outputs_to_channels
+    from tumorlib.core.regions import Decoder
     from tumorlib.data.cache import cache_spacing
 
-    pred = decode_outputs_to_channels(prob, config, config.threshold)
+    pred = Decoder.of(config).channels(prob)
     if postprocessing is not None and postprocessing.active:
         labels = postprocessing.apply(channels_to_labels(pred), cache_spacing(index, volume_id))
         pred = labels_to_channels(labels)

@@ -1,5 +1,5 @@
 """Full-volume inference: sliding windows with Gaussian blending and flip test-time augmentation (the
-conversion of sigmoid outputs to BraTS labels is ``tumorlib.core.brats.decode_probabilities``).
+conversion of sigmoid outputs to BraTS labels is ``tumorlib.core.regions.Decoder``).
 
 ``sliding_window_inference`` computes what MONAI's function of the same name computes with
 ``overlap=overlap, mode=blend, sigma_scale=0.125, padding_mode="constant", cval=0`` (the tests compare

@@ -12,11 +12,11 @@ is defined on the four-way distribution ``q = (background, ncr, ed, et)`` built 
     q_bg = prod_c (1 - p_c)                       # 1 - tumour_probability: the decoder's first step
     q_c  = (1 - q_bg) * p_c / sum_c' p_c'         # the tumour mass shared in proportion to p_c
 
-so the tumour/background split is exactly the one ``decode_probabilities`` thresholds, and the most
+so the tumour/background split is exactly the one ``tumorlib.core.regions.Decoder`` thresholds, and the most
 probable tumour class is the one it picks. Where every ``p_c`` is 0, ``q = (1, 0, 0, 0)``.
 
 For a run trained on regions (``targets = "regions"``: the members are WT, TC, ET probabilities) the
-distribution follows the nesting ``tumorlib.core.regions.decode_regions`` decodes, each region inside the
+distribution follows the nesting the ``Decoder`` of ``regions`` decodes, each region inside the
 one before it:
 
     q_bg  = 1 - p_wt

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tumorlib.core.brats import CLASS_KEYS
-from tumorlib.core.regions import decode_outputs_batch
+from tumorlib.core.regions import Decoder
 from tumorlib.core.config import Config
 from tumorlib.training.distributed import DistInfo, all_reduce_sum
 from tumorlib.nn.precision import autocast
@@ -139,7 +139,7 @@ def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
     """Loss and Dice on validation patches, pooled over all patches (and ranks).
 
     Dice per class is ``2 |P & G| / (|P| + |G|)`` with ``P`` the decoded labels
-    (``tumorlib.core.regions.decode_outputs_batch`` with the run's ``targets``: the rule ``predict`` and
+    (``tumorlib.core.regions.Decoder.batch`` with the run's ``targets``: the rule ``predict`` and
     ``evaluate`` use), counted over every validation voxel at once (1.0 when both are empty); whole tumour
     (WT) is the union of the three channels. The Dice are those of the decoded classes whatever the
     network's outputs are, so the history's columns mean the same for ``classes`` and ``regions`` runs.
@@ -170,7 +170,7 @@ def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
         logits = logits.float()
         sums[0] += criterion(logits, mask).double() * image.shape[0]
         sums[1] += image.shape[0]
-        pred = decode_outputs_batch(torch.sigmoid(logits), targets, threshold).float()
+        pred = Decoder(targets, threshold).batch(torch.sigmoid(logits)).float()
         pred = torch.cat([pred, pred.amax(1, keepdim=True)], 1)
         gt = torch.cat([mask, mask.amax(1, keepdim=True)], 1)
         dims = (0, 2, 3, 4)

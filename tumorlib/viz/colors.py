@@ -87,7 +87,7 @@ def to_label_map(mask: Any, spatial_ndim: int | None = None) -> np.ndarray:
 
     Args:
         mask: class channels ``(3, *spatial)`` (binary or boolean; probabilities are refused: decode them with
-            the run's rule, ``tumorlib.core.regions.decode_outputs_to_channels``) or a label map ``(*spatial)`` with values in {0, 1, 2, 3} or BraTS labels {0, 1, 2, 4}.
+            the run's rule, ``tumorlib.core.regions.Decoder``) or a label map ``(*spatial)`` with values in {0, 1, 2, 3} or BraTS labels {0, 1, 2, 4}.
         spatial_ndim: number of spatial axes expected (3 for a volume, 2 for a slice); ``None`` guesses:
             a leading axis of length 3 with 3 or more axes in total means class channels.
 
@@ -114,7 +114,7 @@ def to_label_map(mask: Any, spatial_ndim: int | None = None) -> np.ndarray:
             raise ValueError(f"mask of shape {arr.shape}: class channels must be 3 (necrosis, edema, enhancing)")
         if arr.dtype.kind == "f" and np.any((arr != 0) & (arr != 1)):
             raise ValueError(f"mask of shape {arr.shape} holds probabilities: decode them with the run's rule first "
-                             "(tumorlib.core.regions.decode_outputs_to_channels(prob, config)); a figure never "
+                             "(tumorlib.core.regions.Decoder.of(config).channels(prob)); a figure never "
                              "guesses whether the outputs are classes or regions")
         return channels_to_classes(arr)
     if arr.dtype.kind == "f":

@@ -69,9 +69,8 @@ def plot_predictions(
     Args:
         images: ``(N, 4, d, h, w)`` patches (array, tensor or sequence of ``(4, d, h, w)``).
         gts: ``(N, 3, d, h, w)`` ground-truth class channels (or ``(N, d, h, w)`` label maps).
-        preds: ``(N, 3, d, h, w)`` predictions: binary, or sigmoid probabilities (decoded by
-            ``tumorlib.core.brats.decode_classes`` at 0.5); not
-            logits.
+        preds: ``(N, 3, d, h, w)`` binary predictions (probabilities are refused: decode them first with
+            ``tumorlib.core.regions.Decoder``).
         slice_index: axial slice per patch (one int for all, or one per patch); default per patch: the slice
             with the most ground-truth tumour (or predicted tumour when the ground truth is empty).
         modality: the grey image (name or channel index).

@@ -74,8 +74,8 @@ class ThreePlaneViewer:
         image: ``(4, D, H, W)`` float intensities, channels T1, T1ce, T2, FLAIR (array or tensor).
         gt: ground truth, ``(3, D, H, W)`` class channels (necrosis, edema, enhancing) or ``(D, H, W)``
             label map 0..3 (BraTS 4 accepted), or None.
-        pred: prediction in the same forms (probabilities are decoded by
-            ``tumorlib.core.brats.decode_classes`` at 0.5), or None.
+        pred: prediction in the same forms (probabilities are refused: decode them first with
+            ``tumorlib.core.regions.Decoder``), or None.
         spacing: voxel size along (D, H, W) in mm; anisotropic spacing is shown to scale. None: the
             affine's voxel sizes, or 1 mm without an affine.
         modality: modality shown first (name or channel index).

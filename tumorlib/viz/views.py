@@ -78,8 +78,8 @@ def plot_three_views(
     Args:
         image: ``(4, D, H, W)`` in T1, T1ce, T2, FLAIR order.
         gt: ground truth, ``(3, D, H, W)`` class channels or ``(D, H, W)`` label map, or None.
-        pred: prediction in the same forms (probabilities are decoded by
-            ``tumorlib.core.brats.decode_classes`` at 0.5), or None.
+        pred: prediction in the same forms (probabilities are refused: decode them first with
+            ``tumorlib.core.regions.Decoder``), or None.
         position: ``(z, y, x)`` voxel the three planes pass through; default: the centre of mass of the
             ground-truth tumour, else of the predicted tumour, else of the brain.
         modality: the grey image (name or channel index).
