@@ -265,3 +265,73 @@ def test_hidden_files_are_skipped_and_an_msd_test_image_is_a_case(tmp_path, phan
     case = case_from_path(test_image)
     assert case.layout == "msd" and case.volume_id == 485 and case.seg is None
     np.testing.assert_allclose(load_nifti_case(test_image)[0], image, atol=1e-5)
+
+
+# --- TUMORLIB_DATA: a NIfTI folder of any layout is the workspace's data -----------------------------------
+
+def test_data_layout_tells_kaggle_nifti_and_neither(tmp_path, phantoms):
+    from tumorlib.io.layouts import data_layout
+
+    for layout in LAYOUTS:
+        assert data_layout(write_set(tmp_path / layout, layout, phantoms)) == layout
+    (tmp_path / "kaggle").mkdir()
+    (tmp_path / "kaggle" / "volume_1_slice_0.h5").write_bytes(b"")
+    assert data_layout(tmp_path / "kaggle") == "kaggle"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "scan.nii.gz").write_bytes(b"")
+    with pytest.raises(FileNotFoundError) as err:
+        data_layout(tmp_path / "other")
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "other") in message
+    assert all(name in message for name in LAYOUTS)
+
+
+@pytest.mark.parametrize("layout", ["brats2021", "msd"])
+def test_tumorlib_data_nifti_folder_is_cached_as_cache_nifti_does(tmp_path, phantoms, monkeypatch, layout):
+    from tumorlib.core.config import Config
+    from tumorlib.data.cache import load_cache_index
+    from tumorlib.data.cache.nifti import build_nifti_cache
+    from tumorlib.data.resolve import resolve_cache
+
+    root = write_set(tmp_path / layout, layout, phantoms)
+    monkeypatch.setenv("TUMORLIB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TUMORLIB_DATA", str(root))
+    monkeypatch.delenv("TUMORLIB_CACHE", raising=False)
+    config = Config(cache_workers=1)
+    cache = resolve_cache(config, progress=False)
+    index = load_cache_index(cache)
+    assert index["layout"] == layout and index["label_convention"] == LAYOUT_CONVENTIONS[layout]
+    assert index["source"] == str(root.resolve())
+    direct = load_cache_index(build_nifti_cache(root, tmp_path / "direct", workers=1, progress=False,
+                                                cache_hw=config.cache_hw, margin=config.cache_margin))
+    assert index["volumes"] == direct["volumes"]
+    assert resolve_cache(config, progress=False) == cache  # the finished cache is reused
+
+
+def test_tumorlib_data_of_no_known_layout_is_a_one_line_error(tmp_path, monkeypatch):
+    from tumorlib.core.config import Config
+    from tumorlib.data.resolve import resolve_cache
+
+    (tmp_path / "data" / "case1").mkdir(parents=True)
+    (tmp_path / "data" / "case1" / "sub-01_T1w.nii.gz").write_bytes(b"")
+    monkeypatch.setenv("TUMORLIB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TUMORLIB_DATA", str(tmp_path / "data"))
+    with pytest.raises(FileNotFoundError, match="known layouts: brats2020, brats2021") as err:
+        resolve_cache(Config(cache_workers=1), progress=False)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_ci_train_through_tumorlib_data_on_a_brats2023_folder(tmp_path, phantoms, monkeypatch):
+    from tumorlib.app.cli import main
+    from tumorlib.data.synthetic import make_phantom
+
+    root = tmp_path / "data"
+    for vid in range(1, 6):
+        write_case(root, "brats2023", vid, *make_phantom(SHAPE, seed=11, volume_id=vid))
+    monkeypatch.setenv("TUMORLIB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TUMORLIB_DATA", str(root))
+    monkeypatch.delenv("TUMORLIB_CACHE", raising=False)
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "ci", "--out", str(run), "--epochs", "1", "--device", "cpu", "--quiet"]) == 0
+    assert (run / "config.json").is_file()

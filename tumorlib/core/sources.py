@@ -2,7 +2,8 @@
 
 Order of precedence, first match wins:
 
-1. ``TUMORLIB_DATA`` (kind ``"env"``): any folder above ``volume_{id}_slice_{s}.h5`` files; the value
+1. ``TUMORLIB_DATA`` (kind ``"env"``): any folder above ``volume_{id}_slice_{s}.h5`` files, or a
+   NIfTI folder of a known layout (``tumorlib.io.layouts.data_layout``); the value
    ``embedded`` skips the searches below and picks the embedded set (``make test`` sets it, so a local
    download never changes what the notebook checks compare).
 2. A Kaggle notebook's input mount (kind ``"kaggle-mount"``): the first folder, in sorted order, below

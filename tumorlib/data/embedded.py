@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tumorlib.core.config import Config, workspace
 from tumorlib.core.safety import atomic_write
-from tumorlib.io.kaggle import list_volumes
+from tumorlib.io.layouts import data_layout
 from tumorlib.data.synthetic import make_synthetic
 
 __all__ = ["ensure_data", "SYNTH_MARKER"]
@@ -29,7 +29,7 @@ def ensure_data(config: Config, progress: bool = True) -> Path:
     """The data folder for ``config``, generating the embedded dataset when it is missing.
 
     With ``TUMORLIB_DATA`` set, or a Kaggle mount or kagglehub download found, that folder is checked
-    (it must hold Kaggle-format volumes) and returned. Otherwise the embedded set described by ``config.synth_volumes``, ``synth_shape`` and
+    (it must hold Kaggle-format volumes or NIfTI cases of a known layout, ``data_layout``) and returned. Otherwise the embedded set described by ``config.synth_volumes``, ``synth_shape`` and
     ``synth_seed`` is written once into the workspace's data folder: first into a temporary sibling,
     then renamed, so an interrupted generation never leaves a half-written set behind.
 
@@ -41,11 +41,13 @@ def ensure_data(config: Config, progress: bool = True) -> Path:
         The dataset root (pass it to ``list_volumes``/``load_volume``).
 
     Raises:
-        FileNotFoundError: ``TUMORLIB_DATA`` points at a folder without volumes (names the folder).
+        FileNotFoundError: ``TUMORLIB_DATA`` points at a folder with neither Kaggle volumes nor NIfTI
+            cases of a known layout (names the folder and lists the layouts).
+        ValueError: NIfTI cases of several layouts in it.
     """
     ws = workspace(config)
     if not ws.synthetic:
-        list_volumes(ws.data_dir)
+        data_layout(ws.data_dir)
         return ws.data_dir
     marker = ws.data_dir / SYNTH_MARKER
     params = {"version": SYNTH_VERSION, "volumes": config.synth_volumes, "shape": list(config.synth_shape), "seed": config.synth_seed}

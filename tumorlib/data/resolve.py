@@ -17,6 +17,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from tumorlib.core.config import Config, Workspace, workspace
+from tumorlib.io.layouts import data_layout
 
 __all__ = ["make_datasets", "resolve_cache"]
 
@@ -27,8 +28,8 @@ def resolve_cache(config: Config, data_dir: str | os.PathLike | None = None,
 
     Args:
         config: the run's config (``cache_hw``, ``cache_margin``, ``cache_workers``, ``synth_*``).
-        data_dir: a Kaggle-format folder; None: the workspace's data (``TUMORLIB_DATA`` or the embedded
-            synthetic set, generated on first use).
+        data_dir: a Kaggle-format folder; None: the workspace's data (``TUMORLIB_DATA``: a Kaggle folder or
+            NIfTI cases of a known layout; or the embedded synthetic set, generated on first use).
         cache_dir: the cache folder; None: the workspace's (``TUMORLIB_CACHE`` or ``OUT/cache``). A folder
             that already holds a finished cache is used as it is when ``data_dir`` is None.
         progress: tqdm bars while building.
@@ -58,23 +59,30 @@ def resolve_cache(config: Config, data_dir: str | os.PathLike | None = None,
 
 
 def _workspace_cache(config: Config, ws: Workspace, progress: bool) -> Path:
-    """``ws.cache_dir`` built from the workspace's data (the embedded set is generated first); a cache
-    there of other settings, another channel order or other data is refused (CacheError)."""
+    """``ws.cache_dir`` built from the workspace's data (the embedded set is generated first; a NIfTI folder
+    of any known layout is cached exactly as ``cache --nifti ROOT`` does); a cache there of other settings,
+    another channel order or other data is refused (CacheError)."""
     from tumorlib.data.cache import INDEX_NAME, CacheError, build_cache, check_cache_order, load_cache_index
     from tumorlib.data.cache.layout import build_settings
+    from tumorlib.data.cache.nifti import build_nifti_cache
     from tumorlib.data.cache.store import check_settings
     from tumorlib.data.embedded import ensure_data
 
     data = Path(ensure_data(config, progress=progress)).resolve()
+    layout = "kaggle" if ws.synthetic else data_layout(data)
     cache = Path(ws.cache_dir)
     if (cache / INDEX_NAME).is_file():
         index = load_cache_index(cache)
-        check_settings(cache, index, build_settings(config.cache_hw, config.cache_margin, "kaggle"))
+        reader = "kaggle" if layout == "kaggle" else "nifti"
+        check_settings(cache, index, build_settings(config.cache_hw, config.cache_margin, reader))
         check_cache_order(cache, index, config.kaggle_channel_order)
         if index.get("source") != str(data):
             raise CacheError(f"cache {cache} was built from {index.get('source')}, not {data}; delete it, "
                              "or set TUMORLIB_CACHE to another folder")
     # an intact finished cache is returned after a stat of its files; anything else is (re)built
+    if layout != "kaggle":
+        return Path(build_nifti_cache(data, cache, workers=config.cache_workers, cache_hw=config.cache_hw,
+                                      margin=config.cache_margin, progress=progress, layout=layout))
     return Path(build_cache(data, cache, workers=config.cache_workers, cache_hw=config.cache_hw,
                             margin=config.cache_margin, progress=progress, stored_order=config.kaggle_channel_order))
 

@@ -29,7 +29,10 @@ from pathlib import Path
 
 from tumorlib.core.brats import CANONICAL_ORDER, check_order
 
-__all__ = ["LAYOUTS", "LAYOUT_CONVENTIONS", "NiftiCase", "case_from_path", "check_layout", "detect_layout", "list_cases",
+from .kaggle_scan import find_slices
+
+__all__ = ["LAYOUTS", "LAYOUT_CONVENTIONS", "NiftiCase", "case_from_path", "check_layout", "data_layout", "detect_layout",
+           "list_cases",
            "msd_channel_order"]
 
 #: The layouts tumorlib reads.
@@ -215,6 +218,35 @@ def detect_layout(root: str | os.PathLike) -> str:
     if not found:
         raise FileNotFoundError(f"{root}: no NIfTI case of a known layout ({_KNOWN})")
     return next(iter(found))
+
+
+def data_layout(root: str | os.PathLike) -> str:
+    """What a data folder holds: ``"kaggle"`` (the per-slice HDF5 pack) or one of ``LAYOUTS`` (NIfTI cases).
+
+    The one test ``TUMORLIB_DATA`` and the workspace's data go through; a NIfTI folder's layout is
+    ``detect_layout``'s answer, so it is read exactly as ``cache --nifti ROOT`` reads it.
+
+    Args:
+        root: the data folder.
+
+    Returns:
+        ``"kaggle"`` or a layout name.
+
+    Raises:
+        FileNotFoundError: no such folder, or neither Kaggle slices nor NIfTI cases of a known layout in it
+            (one line listing the layouts).
+        ValueError: NIfTI cases of several layouts (``detect_layout``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    if find_slices(root):
+        return "kaggle"
+    try:
+        return detect_layout(root)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{root}: neither Kaggle volume_{{id}}_slice_{{s}}.h5 files nor NIfTI cases "
+                                f"of a known layout ({_KNOWN})") from None
 
 
 def list_cases(root: str | os.PathLike, layout: str | None = None) -> dict[int, NiftiCase]:
