@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv at the repo root and install tumorlib with its dev extras (idempotent), then the
-# optional openvino extra (the CPU inference engine) where wheels exist; a failure there is one note.
+# Create .venv at the repo root and install tumorlib with its dev extras (idempotent); the CPU inference
+# engine OpenVINO is a dependency where wheels exist (a platform without one gets a one-line note).
 #
 # torch: a CPU build where no NVIDIA GPU is visible, the default (CUDA) build where one is.
 # Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.5.1") and TORCH_INDEX_URL (e.g. a CUDA wheel index).
@@ -47,10 +47,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -c "import tumorlib, jupytext, nbval" || { echo "[setup] install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
-# the optional CPU inference engine (TUMORLIB_OPENVINO=1), where wheels exist; everything works without it.
-# Not by default: the whole test suite in one process with OpenVINO loaded once crashed (SIGSEGV) here.
-if [ "${TUMORLIB_OPENVINO:-0}" = 1 ] && ! "$VENV/bin/python" -c "import openvino" 2>/dev/null; then
-  "${PIP[@]}" -e ".[openvino]" >/dev/null 2>&1 \
-    || echo "[setup] note: no openvino wheel here; inference runs on torch (--engine torch), which is fine"
-fi
+# OpenVINO (the CPU inference engine) comes with the dependencies where wheels exist; say when it did not.
+"$VENV/bin/python" -c "import openvino" 2>/dev/null \
+  || echo "[setup] note: no openvino wheel for this platform; inference runs on torch (--engine auto says so)"
 echo "[setup] $VENV ready: torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"

@@ -124,7 +124,8 @@ def test_openvino_cache_is_kept_reused_and_rebuilt(tmp_path, monkeypatch):
     engine = make_engine(model, "openvino", "cpu", "float32", PATCH, batch_size=2, checkpoint=ckpt)
     folder = openvino_cache_dir(ckpt)
     assert engine.cache == folder == tmp_path / "checkpoints" / "best_model.openvino"
-    assert sorted(p.name for p in folder.iterdir()) == ["model.bin", "model.xml", "source.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["compiled", "model.bin", "model.xml", "source.json"]
+    assert any((folder / "compiled").iterdir())  # OpenVINO's CACHE_DIR: the compiled model, for later runs
     source = json.loads((folder / "source.json").read_text())
     assert source["patch_size"] == list(PATCH) and source["checkpoint_record"]["blake2b"]
     x = torch.randn(2, 4, *PATCH)

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["AMP_DTYPES", "PRECISION_NAMES", "auto_amp_dtype", "cpu_bf16_support", "precision_name",
-           "resolve_device"]
+__all__ = ["AMP_DTYPES", "PRECISION_NAMES", "auto_amp_dtype", "cpu_bf16_support", "cpu_signature",
+           "precision_name", "resolve_device"]
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 PRECISION_NAMES = {"bfloat16": "bf16", "float16": "fp16", None: "fp32"}
@@ -95,6 +97,30 @@ def cpu_bf16_support(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> tuple[bool
     if forced in ("0", "1"):
         return forced == "1", f"{CPU_BF16_ENV}={forced}"
     return _probe_cpu_bf16(str(cpuinfo))
+
+
+def cpu_signature(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:
+    """What a CPU speed measurement holds for: the CPU model, its bf16 flags and the thread counts.
+
+    Args:
+        cpuinfo: Linux's CPU listing (its first ``model name``); elsewhere ``platform.processor()`` or
+            ``platform.machine()`` names the CPU.
+
+    Returns:
+        ``{"model", "bf16_flags", "torch_threads", "cpu_count"}``; equal signatures: the same kind of CPU.
+    """
+    model = ""
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    flags = _cpu_flags(cpuinfo)
+    return {"model": model or platform.processor() or platform.machine(),
+            "bf16_flags": [f for f in _BF16_FLAGS if f in flags],
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
 
 
 def auto_amp_dtype(device: str | torch.device | None = None) -> tuple[str | None, str]:

@@ -8,7 +8,8 @@ as they are around it). Engines:
 - ``"openvino"``: the model converted by ``openvino.convert_model`` and compiled for the CPU with a static
   input shape (``batch_size`` windows of ``patch_size``; a smaller last batch is zero-padded and cropped
   back), ``INFERENCE_PRECISION_HINT`` ``bf16`` where the CPU computes bf16 natively, else ``f32``.
-- ``"auto"``: OpenVINO on the CPU when ``openvino`` imports, else torch.
+- ``"auto"``: on the CPU, the fastest of the allowed engines and precisions, measured on first use
+  (``tumorlib.inference.engine_choice``); torch where openvino is not installed or off the CPU.
 
 Precisions: ``"auto"`` (``tumorlib.core.device.auto_amp_dtype``), ``"float32"``, ``"bfloat16"``,
 ``"float16"`` (torch on CUDA only).
@@ -16,7 +17,8 @@ Precisions: ``"auto"`` (``tumorlib.core.device.auto_amp_dtype``), ``"float32"``,
 The converted model of a checkpoint is cached beside it, ``best_model.pth`` ->
 ``best_model.openvino/{model.xml, model.bin, source.json}``, as float32 IR (the precision is chosen when it
 is compiled, so one cache serves both). ``source.json`` holds the checkpoint's fingerprint (size, mtime,
-blake2b), the patch size and the records of the two model files; a cache that does not match is rebuilt,
+blake2b), the patch size and the records of the two model files; OpenVINO's compiled-model cache
+(``CACHE_DIR``) is its ``compiled/`` subfolder, so later runs skip the compilation. A cache that does not match is rebuilt,
 each file written atomically. Files in that folder that tumorlib did not write are never replaced: the
 model is then converted in memory and a warning says why (as where the folder cannot be written).
 """
@@ -36,6 +38,7 @@ import torch
 from tumorlib.core.device import AMP_DTYPES, auto_amp_dtype, cpu_bf16_support, precision_name, resolve_device
 from tumorlib.core.integrity import file_record, record_problem
 from tumorlib.core.safety import atomic_write
+from tumorlib.inference.engine_choice import choose_engine
 
 __all__ = [
     "CACHE_FILES",
@@ -94,7 +97,8 @@ def resolve_engine(engine: str = "auto", device: str | torch.device | None = "cp
         device: where the windows run (OpenVINO runs on the CPU only).
 
     Returns:
-        ``"openvino"`` for ``"openvino"``, and for ``"auto"`` on the CPU when openvino is installed; else ``"torch"``.
+        ``"openvino"`` for ``"openvino"``, and for ``"auto"`` on the CPU when openvino is installed (where
+        ``make_engine`` then measures which candidate is fastest); else ``"torch"``.
 
     Raises:
         ValueError: an unknown engine, openvino asked for but not installed, or asked for on a GPU.
@@ -331,7 +335,10 @@ def _openvino_engine(model: torch.nn.Module, patch_size: Sequence[int], batch_si
     channels = int(ov_model.inputs[0].get_partial_shape()[1].get_length())
     shape = (int(batch_size), channels, *(int(p) for p in patch_size))
     ov_model.reshape({0: list(shape)})
-    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    options = {"INFERENCE_PRECISION_HINT": hint}
+    if folder is not None and os.access(folder, os.W_OK):  # the compiled-model cache: later runs skip compiling
+        options["CACHE_DIR"] = str(folder / "compiled")
+    compiled = ov.Core().compile_model(ov_model, "CPU", options)
     request = compiled.create_infer_request()
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -362,7 +369,7 @@ def make_engine(model: torch.nn.Module, engine: str = "auto", device: str | torc
 
     Args:
         model: the trained network, in eval mode, on ``device`` (torch engine) or the CPU.
-        engine: ``"auto"``, ``"torch"`` or ``"openvino"`` (see ``resolve_engine``).
+        engine: ``"auto"`` (measured: ``engine_choice.choose_engine``), ``"torch"`` or ``"openvino"``.
         device: where the windows run.
         precision: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"`` (torch on CUDA).
         patch_size: the window (d, h, w) (OpenVINO compiles for it).
@@ -380,6 +387,11 @@ def make_engine(model: torch.nn.Module, engine: str = "auto", device: str | torc
     name = resolve_engine(engine, device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if engine == "auto" and resolve_device(device).type == "cpu":  # measured: engine_choice.choose_engine
+        folder = Path(cache_dir) if cache_dir is not None else checkpoint and openvino_cache_dir(checkpoint)
+        return choose_engine(lambda e, p, b: make_engine(model, e, "cpu", p, patch_size, b, checkpoint, cache_dir),
+                             precision, (int(getattr(model, "in_channels", 4)), *patch_size), openvino_available(),
+                             checkpoint, folder or None, lambda f: _read_source(f) is not None, batch_size)
     if name == "openvino":
         return _openvino_engine(model, patch_size, batch_size, precision, checkpoint, cache_dir)
     return _torch_engine(model, resolve_device(device), precision)
