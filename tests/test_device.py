@@ -124,3 +124,24 @@ def test_precision_names():
     assert precision_name(torch.float16) == "fp16"
     assert precision_name(None) == "fp32"
     assert precision_name(torch.float32) == "fp32"
+
+
+def test_worker_processes_never_fork_a_process_running_openvino(monkeypatch):
+    """``process_context``: the default start method until a fork-unsafe library (OpenVINO) is loaded in
+    this process, then ``forkserver``; the cache build and the DataLoader both start workers with it."""
+    import multiprocessing
+    import sys
+    import types
+
+    from tumorlib.core.device import FORK_UNSAFE_MODULES, process_context
+
+    for name in FORK_UNSAFE_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert process_context().get_start_method() == multiprocessing.get_context().get_start_method()
+    monkeypatch.setitem(sys.modules, "openvino", types.ModuleType("openvino"))
+    assert process_context().get_start_method() in ("forkserver", "spawn")
+    from tumorlib.core.config import get_config
+    from tumorlib.data.dataset import make_loader
+
+    loader = make_loader(list(range(4)), get_config("ci"), num_workers=1)
+    assert loader.multiprocessing_context.get_start_method() in ("forkserver", "spawn")

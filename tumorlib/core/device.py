@@ -25,12 +25,32 @@ from typing import Any
 
 import torch
 
-__all__ = ["AMP_DTYPES", "PRECISION_NAMES", "auto_amp_dtype", "cpu_bf16_support", "cpu_signature",
-           "precision_name", "resolve_device"]
+__all__ = ["AMP_DTYPES", "FORK_UNSAFE_MODULES", "PRECISION_NAMES", "auto_amp_dtype", "cpu_bf16_support",
+           "cpu_signature", "precision_name", "process_context", "resolve_device"]
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 PRECISION_NAMES = {"bfloat16": "bf16", "float16": "fp16", None: "fp32"}
 CPU_BF16_ENV = "TUMORLIB_CPU_BF16"
+#: Libraries whose thread pools do not survive a ``fork``: once one is imported in this process (OpenVINO's
+#: engine, ``--engine auto``), worker processes start by ``forkserver`` instead (a child forked from a
+#: process with a running OpenVINO pool can crash, SIGSEGV).
+FORK_UNSAFE_MODULES: tuple[str, ...] = ("openvino",)
+
+
+def process_context() -> Any:
+    """The ``multiprocessing`` context tumorlib starts worker processes with (cache build, DataLoader).
+
+    The platform's default (``fork`` on Linux: fast, nothing re-imported), except after a library of
+    ``FORK_UNSAFE_MODULES`` was loaded in this process, where ``forkserver`` starts workers from a clean
+    server process instead (``spawn`` where there is no ``forkserver``, on Windows).
+    """
+    import multiprocessing
+    import sys
+
+    if any(name in sys.modules for name in FORK_UNSAFE_MODULES):
+        methods = multiprocessing.get_all_start_methods()
+        return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    return multiprocessing.get_context()
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 

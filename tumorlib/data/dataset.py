@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tumorlib.core.config_checks import TUMOR_SAMPLING
+from tumorlib.core.device import process_context
 
 from .cache import load_cache_index, load_cached_volume
 from .cache.normalise import single_thread_torch
@@ -368,4 +369,4 @@ def make_loader(dataset: Dataset, config: Config, shuffle: bool = False, batch_s
                            world_size=world_size)
     return DataLoader(dataset, batch_size=batch_size or config.batch_size, sampler=sampler,
                       num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
-                      drop_last=drop_last)
+                      drop_last=drop_last, multiprocessing_context=process_context() if workers > 0 else None)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from tumorlib.core.brats import KAGGLE_STORED_ORDER, MODALITIES, check_order
+from tumorlib.core.device import process_context
 from tumorlib.core.plausibility import check_plausible_image
 from tumorlib.core.safety import atomic_open, atomic_write
 
@@ -322,7 +322,7 @@ def _build_volumes(job: _Job, ids: Sequence[int], todo: Sequence[int], workers: 
                 entries[vid] = _cache_one(*args[vid])
                 bar.update(1)
         else:
-            ctx = multiprocessing.get_context()
+            ctx = process_context()  # never a fork of a process running OpenVINO's thread pool
             with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
                 futures = {pool.submit(_cache_one, *args[vid]): vid for vid in todo}
                 try:
