@@ -65,7 +65,7 @@ PRESET, config, ws = notebook_setup()  # $TUMORLIB_PRESET: ci, demo or full (def
 SPLIT = "test"  # the volumes held out from training and model selection
 TTA = False  # average each window over its 8 flips (8x slower, usually a little better)
 DEVICE = str(resolve_device())  # inference on the GPU when there is one (the one device rule)
-ENGINE = "torch" if PRESET == "ci" else "auto"  # auto: OpenVINO on a CPU where it is installed, else torch
+ENGINE = "torch" if PRESET == "ci" else "auto"  # auto: the fastest engine on this CPU, measured once
 
 # %% tags=["nbval-ignore-output"]
 print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
@@ -122,7 +122,8 @@ print("rule:", rule.describe())
 # probabilities for the calibration and the figures below instead of predicting the volumes again.
 # `ENGINE` chooses what runs the windows (`--engine` on the command line): `torch`, or `openvino` (the
 # model converted once and kept beside its checkpoint; bf16 on CPUs that compute it natively), or `auto`
-# (OpenVINO on a CPU where it is installed). The sliding window, TTA and decoding are the same for each.
+# (the fastest engine and precision on this CPU, timed once on one window of this run's model and kept beside
+# the converted model with the CPU it was measured on). The sliding window, TTA and decoding are the same for each.
 
 # %% tags=["nbval-ignore-output"]
 kept = evaluate.KeptPredictions(run_config, cache_dir, rule, CalibrationMetric(targets=run_config.targets))

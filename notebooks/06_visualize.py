@@ -59,6 +59,7 @@ PRESET, config, ws = notebook_setup()  # $TUMORLIB_PRESET: ci, demo or full (def
 VOLUME = None  # a test volume id to show; None picks the first volume of the test split
 MODALITY = "FLAIR"  # the grey image under the overlays: T1, T1ce, T2 or FLAIR
 DEVICE = str(resolve_device())  # inference on the GPU when there is one (the one device rule)
+ENGINE = "torch" if PRESET == "ci" else "auto"  # auto: the fastest engine on this CPU, measured once (05_evaluate)
 
 # %% tags=["nbval-ignore-output"]
 print(tumorlib.describe_setup(config))  # the data, volumes, channel order, device and precision in use
@@ -89,7 +90,7 @@ print(f"test volumes: {test_ids}; showing volume {volume_id}")
 
 # %% tags=["nbval-ignore-output"]
 image, gt, prob, pred = predictor.predict_cached_volume(model, run_config, cache_dir, volume_id, device=DEVICE,
-                                                        postprocessing=run.postprocessing)
+                                                        engine=run.engine(ENGINE), postprocessing=run.postprocessing)
 affine = data.cache_affine(data.load_cache_index(cache_dir), volume_id)  # its geometry: which way is left
 print(f"image {image.shape} {image.dtype}, ground truth {gt.shape} {gt.dtype}")
 volume_scores(pred, gt)
