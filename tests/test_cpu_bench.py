@@ -108,7 +108,7 @@ def test_warm_up_then_interleaved_repeats(monkeypatch):
     monkeypatch.setattr(engines_module, "make_engine", make_engine)
     monkeypatch.setattr(engines_module, "openvino_available", lambda: True)
     monkeypatch.setattr(cpu_bench, "time", clock)
-    monkeypatch.setattr(cpu_bench, "_openvino_bf16", lambda ov: True)
+    monkeypatch.setattr(cpu_bench, "_openvino_bf16", lambda: True)
     monkeypatch.setitem(sys.modules, "openvino", SimpleNamespace(__version__="2099.1-fake"))
     result = benchmark_cpu(**{**TINY, "repeats": 3, "tta_repeats": 1}, train=False, infer_sw_batch=9)
     infer = result["infer"]

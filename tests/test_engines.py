@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -84,6 +85,33 @@ def test_without_openvino_auto_is_torch_and_openvino_names_the_install(no_openvi
 @needs_openvino
 def test_auto_is_openvino_on_the_cpu_when_installed():
     assert resolve_engine("auto", "cpu") == "openvino"
+
+
+_SIGNAL_AFTER_ENGINES = """
+import gc, os, signal, sys
+import torch
+from tumorlib.inference.engines import make_engine
+from tumorlib.nn.unet import UNet3D
+model = UNet3D(4, 3, (4, 8, 16)).eval()
+first = make_engine(model, "openvino", "cpu", "float32", (16, 16, 16), batch_size=1)
+second = make_engine(model, "openvino", "cpu", "float32", (16, 16, 16), batch_size=2)
+del first; gc.collect()  # freed in the order made, not the reverse
+del second; gc.collect()
+signal.signal(signal.SIGUSR1, lambda *args: print("handled"))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("alive")
+"""
+
+
+@needs_openvino
+def test_engines_freed_in_any_order_leave_signal_handlers_working():
+    """Two OpenVINO Cores freed in the order made left a freed signal stack: the next Python signal handler
+    (Ctrl-C, a child process ending) was a SIGSEGV. Engines share the process's one Core."""
+    assert engines.openvino_core() is engines.openvino_core()
+    result = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_ENGINES], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, f"rc {result.returncode}: {result.stderr[-2000:]}"
+    assert result.stdout.split() == ["handled", "alive"]
 
 
 @needs_openvino

@@ -15,6 +15,7 @@ from tumorlib.app.cli import main
 from tumorlib.core.brats import CANONICAL_ORDER, CLASS_KEYS
 from tumorlib.core.config import get_config
 from tumorlib.core.safety import OutputIsInputError
+from tumorlib.inference.engines import openvino_core
 from tumorlib.inference.export import CONTRACT_NAME, export_model, read_contract
 from tumorlib.nn.checkpoint import atomic_torch_save
 from tumorlib.nn.unet import model_from_config
@@ -60,9 +61,7 @@ def _runtime_logits(out, fmt: str, x: np.ndarray) -> np.ndarray:
 
         session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
         return session.run(["logits"], {"image": x})[0]
-    import openvino as ov
-
-    core = ov.Core()
+    core = openvino_core()
     model = core.read_model(str(out / ("model.xml" if fmt == "openvino" else "model.onnx")))
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return compiled(x)[compiled.outputs[0]]

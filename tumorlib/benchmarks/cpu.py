@@ -209,10 +209,12 @@ def _infer_rows(preset: str, volume: Sequence[int], patch: Sequence[int] | None,
     return infer
 
 
-def _openvino_bf16(openvino: Any) -> bool | None:
+def _openvino_bf16() -> bool | None:
     """Whether OpenVINO lists ``BF16`` among the CPU's ``OPTIMIZATION_CAPABILITIES`` (None: it cannot say)."""
+    from tumorlib.inference.engines import openvino_core
+
     try:
-        return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except (RuntimeError, TypeError):
         return None
 
@@ -266,7 +268,7 @@ def benchmark_cpu(train_preset: str = "demo", train_patch: Sequence[int] = (32, 
     if openvino_available():
         import openvino
 
-        ov_version, ov_bf16 = openvino.__version__.split("-")[0], _openvino_bf16(openvino)
+        ov_version, ov_bf16 = openvino.__version__.split("-")[0], _openvino_bf16()
     result: dict[str, Any] = {"cpu": cpu_name(), "bf16": native, "bf16_reason": reason,
                               "threads": torch.get_num_threads(), "openvino_threads": None,
                               "openvino_bf16": ov_bf16, "torch": torch.__version__, "openvino": ov_version}

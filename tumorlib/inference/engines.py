@@ -25,6 +25,7 @@ model is then converted in memory and a warning says why (as where the folder ca
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -78,6 +79,18 @@ def import_openvino() -> Any:
         raise ValueError(f"engine 'openvino' asked for, but openvino is not installed ({err}); "
                          f"install it with {OPENVINO_INSTALL}, or use --engine torch") from err
     return openvino
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, made on first use and kept until exit.
+
+    Every ``Core`` loads its own CPU plugin, and each plugin swaps in its own signal stack and puts back the
+    one it found when it is freed. Two Cores freed in the order they were made leave the thread's signal stack
+    pointing at freed memory, and the next Python signal handler (Ctrl-C, a child process ending) kills the
+    process with SIGSEGV. One Core, never freed, cannot leave the stacks out of order.
+    """
+    return import_openvino().Core()
 
 
 def openvino_available() -> bool:
@@ -292,7 +305,6 @@ def load_openvino_model(model: torch.nn.Module, patch_size: Sequence[int], check
     Returns:
         ``(openvino.Model, cache folder or None)``.
     """
-    ov = import_openvino()
     if checkpoint is None:
         return convert_openvino(model, patch_size), None
     checkpoint = Path(checkpoint)
@@ -300,7 +312,7 @@ def load_openvino_model(model: torch.nn.Module, patch_size: Sequence[int], check
     wanted = _source(checkpoint, patch_size)
     source = _read_source(folder)
     if _cache_valid(folder, source, wanted):
-        return ov.Core().read_model(str(folder / "model.xml")), folder
+        return openvino_core().read_model(str(folder / "model.xml")), folder
     ov_model = convert_openvino(model, patch_size)
     foreign = _foreign_files(folder, source)
     if foreign:
@@ -329,7 +341,6 @@ def _openvino_hint(precision: str) -> tuple[str, str]:
 
 def _openvino_engine(model: torch.nn.Module, patch_size: Sequence[int], batch_size: int, precision: str,
                      checkpoint: str | os.PathLike | None, cache_dir: str | os.PathLike | None) -> Engine:
-    ov = import_openvino()
     hint, why = _openvino_hint(precision)
     ov_model, folder = load_openvino_model(model, patch_size, checkpoint, cache_dir)
     channels = int(ov_model.inputs[0].get_partial_shape()[1].get_length())
@@ -338,7 +349,7 @@ def _openvino_engine(model: torch.nn.Module, patch_size: Sequence[int], batch_si
     options = {"INFERENCE_PRECISION_HINT": hint}
     if folder is not None and os.access(folder, os.W_OK):  # the compiled-model cache: later runs skip compiling
         options["CACHE_DIR"] = str(folder / "compiled")
-    compiled = ov.Core().compile_model(ov_model, "CPU", options)
+    compiled = openvino_core().compile_model(ov_model, "CPU", options)
     request = compiled.create_infer_request()
 
     def run(x: torch.Tensor) -> torch.Tensor:
