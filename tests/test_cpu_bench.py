@@ -11,6 +11,7 @@ import torch
 
 import tumorlib.benchmarks.cpu as cpu_bench
 import tumorlib.inference.engines as engines_module
+import tumorlib.inference.openvino_model as openvino_model
 from tumorlib.app.cli import main
 from tumorlib.benchmarks.cpu import INFER_COLUMNS, benchmark_cpu, cpu_name, format_cpu_table
 from tumorlib.core.device import CPU_BF16_ENV
@@ -106,7 +107,7 @@ def test_warm_up_then_interleaved_repeats(monkeypatch):
         return FakeEngine(next(c for c, e, p in INFER_COLUMNS if (e, p) == (engine, precision)))
 
     monkeypatch.setattr(engines_module, "make_engine", make_engine)
-    monkeypatch.setattr(engines_module, "openvino_available", lambda: True)
+    monkeypatch.setattr(openvino_model, "openvino_available", lambda: True)
     monkeypatch.setattr(cpu_bench, "time", clock)
     monkeypatch.setattr(cpu_bench, "_openvino_bf16", lambda: True)
     monkeypatch.setitem(sys.modules, "openvino", SimpleNamespace(__version__="2099.1-fake"))

@@ -15,13 +15,13 @@ from tumorlib.app.cli import main
 from tumorlib.core.config import get_config
 from tumorlib.core.device import CPU_BF16_ENV
 from tumorlib.evaluation.evaluate import evaluate, inference_path
-from tumorlib.inference import engines
+from tumorlib.inference.openvino_model import openvino_available
 from tumorlib.inference.predictor import inference_engine, inference_precision
 from tumorlib.nn.checkpoint import atomic_torch_save
 from tumorlib.nn.unet import model_from_config
 from tumorlib.training.settings import pick_amp_dtype, resolve_settings, resolved_config
 
-HAS_OPENVINO = engines.openvino_available()
+HAS_OPENVINO = openvino_available()
 
 
 def _run(folder, config=None):

@@ -11,12 +11,13 @@ import torch
 from tumorlib.core.device import CPU_BF16_ENV, cpu_signature
 from tumorlib.inference import engine_choice, engines
 from tumorlib.inference.engine_choice import CHOICE_FILE, engine_candidates
-from tumorlib.inference.engines import make_engine, openvino_cache_dir
+from tumorlib.inference.engines import make_engine
+from tumorlib.inference.openvino_model import openvino_available, openvino_cache_dir
 from tumorlib.nn.checkpoint import atomic_torch_save
 from tumorlib.nn.unet import UNet3D
 
 PATCH = (16, 16, 16)
-needs_openvino = pytest.mark.skipif(not engines.openvino_available(), reason="openvino is not installed")
+needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
 
 
 def _model(seed: int = 0) -> UNet3D:

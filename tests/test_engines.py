@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from tumorlib.core.device import CPU_BF16_ENV
-from tumorlib.inference import engines
-from tumorlib.inference.engines import make_engine, openvino_cache_dir, resolve_engine
+from tumorlib.inference import engines, openvino_model
+from tumorlib.inference.engines import make_engine, resolve_engine
+from tumorlib.inference.openvino_model import openvino_cache_dir
 from tumorlib.inference.sliding_window import sliding_window_inference
 from tumorlib.nn.checkpoint import atomic_torch_save
 from tumorlib.nn.unet import UNet3D
 
 PATCH = (16, 16, 16)
-HAS_OPENVINO = engines.openvino_available()
+HAS_OPENVINO = openvino_model.openvino_available()
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed "
                                     "(pip install 'tumorlib[openvino]')")
 
@@ -74,7 +75,7 @@ def test_openvino_asked_for_on_a_gpu_is_refused(monkeypatch):
 
 
 def test_without_openvino_auto_is_torch_and_openvino_names_the_install(no_openvino):
-    assert not engines.openvino_available()
+    assert not openvino_model.openvino_available()
     assert resolve_engine("auto", "cpu") == "torch"
     engine = make_engine(_model(), "auto", "cpu", "float32", PATCH)
     assert engine.name == "torch"
@@ -107,7 +108,7 @@ print("alive")
 def test_engines_freed_in_any_order_leave_signal_handlers_working():
     """Two OpenVINO Cores freed in the order made left a freed signal stack: the next Python signal handler
     (Ctrl-C, a child process ending) was a SIGSEGV. Engines share the process's one Core."""
-    assert engines.openvino_core() is engines.openvino_core()
+    assert openvino_model.openvino_core() is openvino_model.openvino_core()
     result = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_ENGINES], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, f"rc {result.returncode}: {result.stderr[-2000:]}"
@@ -162,7 +163,7 @@ def test_openvino_cache_is_kept_reused_and_rebuilt(tmp_path, monkeypatch):
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again although the cache matches")
 
-    monkeypatch.setattr(engines, "convert_openvino", no_conversion)
+    monkeypatch.setattr(openvino_model, "convert_openvino", no_conversion)
     again = make_engine(model, "openvino", "cpu", "float32", PATCH, batch_size=3, checkpoint=ckpt)
     torch.testing.assert_close(again(x), first)  # the same IR serves another batch size
     monkeypatch.undo()
@@ -213,7 +214,7 @@ def test_openvino_cache_in_a_read_only_folder_converts_in_memory(tmp_path, monke
     def read_only(*args, **kwargs):
         raise PermissionError(f"cannot write {tmp_path}: its folder is read-only")
 
-    monkeypatch.setattr(engines, "_write_cache", read_only)
+    monkeypatch.setattr(openvino_model, "_write_cache", read_only)
     with pytest.warns(UserWarning, match="converted in memory"):
         engine = make_engine(model, "openvino", "cpu", "float32", PATCH, batch_size=1, checkpoint=ckpt)
     assert engine.cache is None and engine(torch.randn(1, 4, *PATCH)).shape == (1, 3, *PATCH)

@@ -15,7 +15,7 @@ from tumorlib.app.cli import main
 from tumorlib.core.brats import CANONICAL_ORDER, CLASS_KEYS
 from tumorlib.core.config import get_config
 from tumorlib.core.safety import OutputIsInputError
-from tumorlib.inference.engines import openvino_core
+from tumorlib.inference.openvino_model import openvino_core
 from tumorlib.inference.export import CONTRACT_NAME, export_model, read_contract
 from tumorlib.nn.checkpoint import atomic_torch_save
 from tumorlib.nn.unet import model_from_config

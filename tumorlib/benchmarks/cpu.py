@@ -97,7 +97,8 @@ def _build_engines(model: torch.nn.Module, config: Any, image: torch.Tensor, eng
         compilation), ``first_call_s`` (the first call, on ``sw_batch_size`` windows: OpenVINO compiles its
         kernels there), ``engine`` and ``threads``; or ``{"skipped": why}``.
     """
-    from tumorlib.inference.engines import make_engine, openvino_available
+    from tumorlib.inference.engines import make_engine
+    from tumorlib.inference.openvino_model import openvino_available
 
     gen = torch.Generator().manual_seed(config.seed + 1)
     windows = torch.randn(config.sw_batch_size, image.shape[1], *config.patch_size, generator=gen)
@@ -211,7 +212,7 @@ def _infer_rows(preset: str, volume: Sequence[int], patch: Sequence[int] | None,
 
 def _openvino_bf16() -> bool | None:
     """Whether OpenVINO lists ``BF16`` among the CPU's ``OPTIMIZATION_CAPABILITIES`` (None: it cannot say)."""
-    from tumorlib.inference.engines import openvino_core
+    from tumorlib.inference.openvino_model import openvino_core
 
     try:
         return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -261,7 +262,7 @@ def benchmark_cpu(train_preset: str = "demo", train_patch: Sequence[int] = (32, 
         and ``engine``; ``infer["order"]`` lists the columns in the order they ran; with ``tta``,
         ``infer["tta_rows"]`` holds the same timing keys for the TTA runs.
     """
-    from tumorlib.inference.engines import openvino_available
+    from tumorlib.inference.openvino_model import openvino_available
 
     native, reason = cpu_bf16_support()
     ov_version = ov_bf16 = None

@@ -184,7 +184,7 @@ def _write_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path) -> dic
 
 
 def _write_openvino(model: torch.nn.Module, patch: tuple[int, ...], out: Path) -> dict[str, Any]:
-    from tumorlib.inference.engines import convert_openvino, save_openvino
+    from tumorlib.inference.openvino_model import convert_openvino, save_openvino
 
     return save_openvino(convert_openvino(model, patch), out)
 
@@ -216,7 +216,7 @@ def export_model(run_dir: str | os.PathLike, fmt: str = "onnx", out_dir: str | o
     if fmt == "onnx":
         import_onnx()
     else:
-        from tumorlib.inference.engines import import_openvino
+        from tumorlib.inference.openvino_model import import_openvino
 
         import_openvino()
     run = Path(run_dir).expanduser()
