@@ -180,6 +180,15 @@ def test_foreign_files_are_never_replaced(run_dir, tmp_path):
     assert (other / "model.onnx").read_bytes() == b"someone else's model"
 
 
+def test_overwrite_never_replaces_a_model_put_in_place_of_the_exported_one(run_dir, tmp_path):
+    out = tmp_path / "e"
+    export_model(run_dir, "onnx", out)
+    (out / "model.onnx").write_bytes(b"my fine-tuned model")  # the contract still names model.onnx
+    with pytest.raises(FileExistsError, match="never replaced"):
+        export_model(run_dir, "onnx", out, overwrite=True)
+    assert (out / "model.onnx").read_bytes() == b"my fine-tuned model"
+
+
 def test_an_earlier_export_needs_overwrite(run_dir, tmp_path):
     out = tmp_path / "e"
     export_model(run_dir, "onnx", out)

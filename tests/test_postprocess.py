@@ -138,6 +138,7 @@ def test_run_rule_from_the_record_the_old_record_or_the_config(tmp_path):
     (tmp_path / POSTPROCESSING_FILE).write_text('{"et_min_voxels": 30, "split": "val", "table": []}')
     assert run_postprocessing(tmp_path, config) == PostProcessing(et_min_voxels=30)  # a record of before
     rule = PostProcessing(min_mm3=(100, 0, 0))
+    (tmp_path / POSTPROCESSING_FILE).unlink()  # the hand-written record is the user's: tuning never replaces it
     write_postprocessing(tmp_path, {"rule": rule.to_dict()})
     assert run_postprocessing(tmp_path, config) == rule
     (tmp_path / POSTPROCESSING_FILE).write_text('{"rule": {"min_mm3": {"wt": -5, "tc": 0, "et": 0}}}')
@@ -206,3 +207,21 @@ def test_postprocessing_table_means_before_and_after():
     assert list(table.index) == ["without", "with"]
     assert table.loc["with", "lesion Dice WT"] == 0.75 and table.loc["without", "Dice ET"] == 0.25
     assert table.loc["with", "components removed"] == 2.0 and table.loc["without", "components removed"] == 0.0
+
+
+def test_tuning_replaces_only_its_own_unchanged_record(tmp_path):
+    path = tmp_path / POSTPROCESSING_FILE
+    path.write_text('{"rule": {"min_mm3": {"wt": 50, "tc": 0, "et": 0}}}\n')  # written by hand
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="not written by tune-postprocessing"):
+        write_postprocessing(tmp_path, {"rule": PostProcessing(min_mm3=(100, 0, 0)).to_dict()})
+    assert path.read_bytes() == before
+    path.unlink()
+    write_postprocessing(tmp_path, {"rule": PostProcessing(min_mm3=(100, 0, 0)).to_dict()})
+    write_postprocessing(tmp_path, {"rule": PostProcessing(min_mm3=(200, 0, 0)).to_dict()})  # its own: replaced
+    assert json.loads(path.read_text())["rule"]["min_mm3"]["wt"] == 200
+    path.write_text(path.read_text().replace("200", "300"))  # edited by hand since
+    edited = path.read_bytes()
+    with pytest.raises(FileExistsError, match="edited since"):
+        write_postprocessing(tmp_path, {"rule": PostProcessing().to_dict()})
+    assert path.read_bytes() == edited

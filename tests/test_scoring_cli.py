@@ -153,6 +153,17 @@ def test_cli_tune_postprocessing_writes_the_run_and_evaluate_predict_apply_it(ti
     assert 4 not in np.unique(labels) and 1 in np.unique(labels)
 
 
+def test_cli_tune_postprocessing_never_replaces_a_hand_written_rule(tiny_data, tiny_cache, tmp_path, capsys):
+    run = _constant_run(tmp_path / "run", [-10.0, -10.0, 10.0])
+    (run / POSTPROCESSING_FILE).write_text('{"rule": {"min_mm3": {"wt": 50, "tc": 0, "et": 0}}}\n')
+    before = (run / POSTPROCESSING_FILE).read_bytes()
+    assert main(["tune-postprocessing", "--run", str(run), "--data", str(tiny_data), "--cache", str(tiny_cache),
+                 "--device", "cpu", "--quiet"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and POSTPROCESSING_FILE in err[0] and "never replaced" in err[0]
+    assert (run / POSTPROCESSING_FILE).read_bytes() == before
+
+
 def test_a_bad_postprocessing_record_is_named(tiny_data, tiny_cache, tmp_path, capsys):
     run = _constant_run(tmp_path / "run", [-10.0, -10.0, 10.0])
     (run / POSTPROCESSING_FILE).write_text('{"et_min_voxels": -3}')  # a record of before the per-region rule

@@ -29,7 +29,7 @@ from tumorlib.data.splits import run_split
 from tumorlib.evaluation.lesions import region_lesion_scores
 from tumorlib.evaluation.metrics import dice
 from tumorlib.evaluation.scoring import predicted_channels
-from tumorlib.inference.postprocess import PostProcessing, write_postprocessing
+from tumorlib.inference.postprocess import PostProcessing, check_postprocessing_replaceable, write_postprocessing
 from tumorlib.inference.run import Run
 
 __all__ = ["MAX_DICE_DROP", "MIN_MM3_GRID", "LabelCase", "choose_postprocessing", "label_cases", "rule_scores",
@@ -160,9 +160,11 @@ def tune_postprocessing(run_dir: str | os.PathLike | Run, data_dir: str | os.Pat
 
     Raises:
         ValueError: an empty validation split; see ``evaluate`` for the run and cache errors.
+        FileExistsError: ``RUN/postprocessing.json`` is there and tuning did not write it (never replaced).
     """
     run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir, device)
     model, config, dev, run_dir = run.model, run.config, run.device, run.run_dir
+    check_postprocessing_replaceable(run_dir)  # before the predictions, not after them
     base = PostProcessing(et_min_voxels=config.et_min_voxels)  # the config's total-ET rule, kept
     cache = run.cache(data_dir, cache_dir, progress=progress)
     index = run.index

@@ -103,7 +103,11 @@ def _check_out_dir(out: Path, run: Path, inputs: list[Path], names: tuple[str, .
     if not out.is_dir():
         return
     contract = read_contract(out)
-    ours = set((contract or {}).get("files", {})) | ({CONTRACT_NAME} if contract else set())
+    records = (contract or {}).get("files", {})
+    # a file is the earlier export's only while it is still the bytes the contract recorded, not by its name
+    ours = {n for n, r in records.items() if isinstance(r, dict) and (out / n).is_file()
+            and not (out / n).is_symlink() and record_problem(out / n, r, mtime=False) is None}
+    ours |= {CONTRACT_NAME} if contract else set()
     present = sorted(p.name for p in out.iterdir())
     foreign = [n for n in present if n not in ours]
     clash = [n for n in names if n in foreign]

@@ -39,8 +39,10 @@ from tumorlib.core.regions import COMPONENT_STRUCTURE
 
 __all__ = [
     "POSTPROCESSING_FILE",
+    "POSTPROCESSING_WRITER",
     "PostProcessed",
     "PostProcessing",
+    "check_postprocessing_replaceable",
     "remove_small_et",
     "run_postprocessing",
     "write_postprocessing",
@@ -266,18 +268,42 @@ def run_postprocessing(run_dir: str | os.PathLike, config: Any) -> PostProcessin
     return PostProcessing.from_dict({"et_min_voxels": record["et_min_voxels"]}, str(path))
 
 
+#: The command whose record marks ``RUN/postprocessing.json`` as its own (it may replace only that).
+POSTPROCESSING_WRITER = "tune-postprocessing"
+
+
+def check_postprocessing_replaceable(run_dir: str | os.PathLike) -> Path:
+    """``RUN/postprocessing.json``, refused when it exists and tuning did not write it as it is now.
+
+    A rule written by hand, or a tuned one edited since, is the user's: tuning never replaces it.
+
+    Raises:
+        FileExistsError: the file is not the one ``tune-postprocessing`` wrote (names it).
+    """
+    from tumorlib.core.safety import written_by
+
+    path = Path(run_dir) / POSTPROCESSING_FILE
+    if (path.exists() or path.is_symlink()) and written_by(path) != POSTPROCESSING_WRITER:
+        raise FileExistsError(f"{path} was not written by tune-postprocessing (or was edited since): never "
+                              "replaced; move it away to tune again, or keep it as the run's rule")
+    return path
+
+
 def write_postprocessing(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
-    """Write ``RUN/postprocessing.json`` atomically (``record["rule"]`` is a ``PostProcessing.to_dict``).
+    """Write ``RUN/postprocessing.json`` atomically (``record["rule"]`` is a ``PostProcessing.to_dict``),
+    replacing only an earlier choice of tuning (``check_postprocessing_replaceable``).
 
     Returns:
         The path written.
 
     Raises:
         ValueError: ``record`` holds no valid rule.
+        FileExistsError: a ``postprocessing.json`` tuning did not write is there.
     """
     from tumorlib.core.safety import atomic_write
 
     if "rule" not in record:
         raise ValueError("a post-processing record needs its rule")
     PostProcessing.from_dict(record["rule"])
-    return atomic_write(Path(run_dir) / POSTPROCESSING_FILE, json.dumps(record, indent=2) + "\n")
+    path = check_postprocessing_replaceable(run_dir)
+    return atomic_write(path, json.dumps(record, indent=2) + "\n", writer=POSTPROCESSING_WRITER)
