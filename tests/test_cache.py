@@ -560,3 +560,19 @@ def test_index_pointing_volumes_at_one_file_is_refused_naming_both(built, tmp_pa
     with pytest.raises(CacheError, match=rf"^{work / INDEX_NAME}: {message}") as info:
         load_cache_index(work)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("volumes,message", [
+    ([], r"'volumes' is list \[\], not an object"),
+    ("v1", r"'volumes' is str v1, not an object"),
+    ({"one": {}}, r"volume id 'one' is not a number"),
+    ({"1": [1, 2]}, r"volume 1's entry is list, not an object"),
+])
+def test_index_volumes_of_the_wrong_shape_are_one_line(built, tmp_path, volumes, message):
+    work = _copy_cache(built[1], tmp_path / "w")
+    index = json.loads((work / INDEX_NAME).read_text())
+    index["volumes"] = volumes
+    (work / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(CacheError, match=rf"^{work / INDEX_NAME}: {message}") as info:
+        load_cache_index(work)
+    assert "\n" not in str(info.value)

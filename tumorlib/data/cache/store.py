@@ -213,8 +213,8 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
         ``margin``, ``volume_ids``, ...) and ``volumes``, a dict from ``str(volume_id)`` to its entry.
 
     Raises:
-        CacheError: no index (an unfinished build), not a tumorlib cache, another format version, a
-            volume entry whose shape is not three positive integers, or entries pointing two volumes at one
+        CacheError: no index (an unfinished build), not a tumorlib cache, another format version, volumes
+            that are not an object of numbered entries, a volume entry whose shape is not three positive integers, or entries pointing two volumes at one
             file or a volume at another volume's arrays (names both volumes).
     """
     cache = Path(cache_dir)
@@ -232,14 +232,20 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
         raise CacheError(f"{path} has cache format version {index.get('version')}, this tumorlib reads "
                          f"version {CACHE_VERSION}; delete the folder and build the cache again")
     volumes = index.get("volumes")
-    for key, entry in (volumes.items() if isinstance(volumes, dict) else ()):
-        shape = entry.get("shape") if isinstance(entry, dict) else None
+    if not isinstance(volumes, dict):
+        raise CacheError(f"{path}: 'volumes' is {type(volumes).__name__} {str(volumes)[:40]}, not an object from "
+                         "volume id to entry; delete the cache and build it again")
+    for key, entry in volumes.items():
+        if not (key.isascii() and key.isdigit()) or not isinstance(entry, dict):
+            what = f"volume id {key!r} is not a number" if not (key.isascii() and key.isdigit()) else \
+                f"volume {key}'s entry is {type(entry).__name__}, not an object"
+            raise CacheError(f"{path}: {what}; delete the cache and build it again")
+        shape = entry.get("shape")
         if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(
                 isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
             raise CacheError(f"{path}: volume {key} has shape {shape!r}, not three positive integers; delete "
                              "the cache and build it again")
-    if isinstance(volumes, dict):
-        _check_file_owners(path, volumes)
+    _check_file_owners(path, volumes)
     return index
 
 
