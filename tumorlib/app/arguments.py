@@ -109,6 +109,7 @@ def int_at_least(minimum: int) -> Any:
         return value
 
     parse.__name__ = "integer"
+    parse.minimum = minimum  # type: ignore[attr-defined]  # read by the parser-generated range test
     return parse
 
 

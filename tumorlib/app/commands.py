@@ -194,8 +194,8 @@ def _add_synth(sub: Any) -> None:
     p = sub.add_parser("synth", help="write the embedded synthetic dataset in the Kaggle layout")
     add_output_arg(p, "--out", kind="folder", makes="dataset", replaces=True, required=True,
                    help="dataset root to create")
-    p.add_argument("--volumes", type=int, default=10, help="number of volumes (ids 1..N)")
-    p.add_argument("--shape", type=int, nargs=3, default=(155, 240, 240), metavar=("D", "H", "W"),
+    p.add_argument("--volumes", type=int_at_least(1), default=10, help="number of volumes (ids 1..N)")
+    p.add_argument("--shape", type=int_at_least(1), nargs=3, default=(155, 240, 240), metavar=("D", "H", "W"),
                    help="slices, rows, columns")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed, >= 0")
     p.add_argument("--overwrite", action="store_true",
@@ -210,7 +210,7 @@ def _add_notebooks(sub: Any) -> None:
     add_output_arg(p, "--out", kind="folder", makes="notebooks", default="outputs/demo",
                    help="folder for the executed notebooks")
     p.add_argument("--only", nargs="*", default=None, help="notebook prefixes to run, e.g. 01 02")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    p.add_argument("--timeout", type=int_at_least(1), default=1800, help="seconds allowed per cell")
     p.set_defaults(func=_cmd_notebooks)
 
 def _add_inspect_modalities(sub: Any) -> None:
@@ -218,7 +218,7 @@ def _add_inspect_modalities(sub: Any) -> None:
     p = sub.add_parser("inspect-modalities",
                        help="infer which stored image channel is which modality from the images and masks")
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
-    p.add_argument("--volumes", type=int, default=5, help="volumes read, spread over the ids")
+    p.add_argument("--volumes", type=int_at_least(1), default=5, help="volumes read, spread over the ids")
     add_output_arg(p, "--json", default=None, metavar="OUT", help="write the votes and verdict as JSON")
     p.add_argument("--quiet", action="store_true")
     add_config_args(p)
@@ -234,7 +234,7 @@ def _add_cache(sub: Any) -> None:
                    help="the --nifti folder's layout (default: detected from its file names and dataset.json)")
     add_output_arg(p, "--out", kind="folder", makes="cache", default=None,
                    help="cache folder CACHE (default: the workspace's)")
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: cache_workers)")
+    p.add_argument("--workers", type=int_at_least(1), default=None, help="parallel processes (default: cache_workers)")
     p.add_argument("--quiet", action="store_true")
     add_config_args(p)
     p.set_defaults(func=_cmd_cache)
@@ -245,18 +245,18 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's)")
     p.add_argument("--cache", default=None, help="cache folder, built when missing (default: the workspace's)")
     add_output_arg(p, "--out", default=None, help="write the results as JSON to this file")
-    p.add_argument("--volumes", type=int, default=3, help="volumes measured (the first N)")
-    p.add_argument("--repeats", type=int, default=3, help="warm loads per volume and source")
-    p.add_argument("--patches", type=int, default=200, help="patches timed")
+    p.add_argument("--volumes", type=int_at_least(1), default=3, help="volumes measured (the first N)")
+    p.add_argument("--repeats", type=int_at_least(1), default=3, help="warm loads per volume and source")
+    p.add_argument("--patches", type=int_at_least(1), default=200, help="patches timed")
     p.add_argument("--no-cold", dest="cold", action="store_false", help="skip the cold-cache loads")
     p.add_argument("--no-build", dest="build", action="store_false", help="skip timing the cache build")
     p.add_argument("--train", action="store_true",
                    help="add training throughput (train_patches_per_s: model step alone and with data loading)")
-    p.add_argument("--train-steps", type=int, default=5, help="timed optimizer steps for --train")
+    p.add_argument("--train-steps", type=int_at_least(1), default=5, help="timed optimizer steps for --train")
     p.add_argument("--device", default=None, help="device for --train: cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--train-warmup", type=int, default=3,
+    p.add_argument("--train-warmup", type=int_at_least(0), default=3,
                    help="untimed optimizer steps before each seed/default measurement (compilation, autotuning)")
-    p.add_argument("--loss-steps", type=int, default=5,
+    p.add_argument("--loss-steps", type=int_at_least(1), default=5,
                    help="optimizer steps of the reference/default loss check (0 skips it)")
     p.add_argument("--compile-mode", default="auto",
                    help="torch.compile mode of the default variant: auto (on CUDA only), none, default, "

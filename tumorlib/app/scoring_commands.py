@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from tumorlib.app.arguments import add_output_arg
+from tumorlib.app.arguments import add_output_arg, int_at_least
 from tumorlib.app.commands_cpu import add_engine_arg
 from tumorlib.core.label_conventions import LABEL_CONVENTIONS
 
@@ -138,7 +138,7 @@ def _add_predict(sub: Any) -> None:
                    help="run folder (config.json, checkpoints/best_model.pth); repeat it to average several runs' "
                         "probabilities (same channel order, patch size, classes)")
     p.add_argument("--data", default=None, help="Kaggle-format data folder (with --volume)")
-    p.add_argument("--volume", type=int, default=None, help="volume id in --data")
+    p.add_argument("--volume", type=int_at_least(0), default=None, help="volume id in --data")
     p.add_argument("--nifti", default=None, metavar="CASE_DIR",
                    help="a NIfTI case (BraTS 2020/2021/2023+ folder, MSD imagesTr/BRATS_001.nii.gz) instead of "
                         "--data/--volume")
@@ -183,7 +183,7 @@ def _add_report(sub: Any) -> None:
     """Register ``tumorlib report``."""
     p = sub.add_parser("report", help="one-page QC report (PNG) and QC CSV rows of predicted volumes")
     p.add_argument("--run", required=True, help="run folder (config.json, checkpoints/best_model.pth)")
-    p.add_argument("--volume", type=int, nargs="+", required=True, metavar="ID", help="cached volume id(s)")
+    p.add_argument("--volume", type=int_at_least(0), nargs="+", required=True, metavar="ID", help="cached volume id(s)")
     add_output_arg(p, "--out", default=None, help="the PNG of one volume (default RUN/reports/volume_<id>.png)")
     add_output_arg(p, "--csv", default=None, help="QC CSV, one row per volume (default qc.csv beside the PNG)")
     _add_run_inputs(p)
