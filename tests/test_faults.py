@@ -1738,7 +1738,10 @@ def test_h3_signal_during_start_up_is_one_line(h3, tmp_path, command, sig):
     if code == 0:
         return
     assert code in ({signal.SIGINT: 130, signal.SIGTERM: 143}[sig], -sig), (code, err)  # -sig: a shell shows 128+sig
-    assert len(_message_lines(err)) == 1, err
+    if code == -sig:  # killed by the default action before tumorlib's handler was installed: nothing printed
+        assert "Traceback" not in err and len(_message_lines(err)) <= 1, err
+    else:
+        assert len(_message_lines(err)) == 1, err
 
 
 @pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
