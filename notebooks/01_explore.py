@@ -82,7 +82,9 @@ meta.groupby("volume").agg(slices=("slice", "size"), tumour_slices=("target", "s
 # `tumorlib inspect-modalities` checks this on the data itself, with textbook contrasts only: the two
 # most correlated channels over healthy brain are T1 and T1ce (same contrast); CSF, the tissue darkest
 # on them, is bright on T2 and suppressed on FLAIR; enhancing tumour is far brighter on T1ce than on
-# T1. Each volume votes for an order; the verdict is the majority.
+# T1. Each volume large enough to judge (`MIN_CASE_VOXELS` brain voxels) votes for an order, and the verdict
+# needs `MIN_VERDICT_VOTES` votes that agree: on volumes too small (the `ci` preset's) it says it cannot
+# judge rather than guess, since small volumes were measured to vote wrong.
 
 # %%
 from tumorlib.core.brats import CANONICAL_ORDER

@@ -106,7 +106,7 @@ def test_volume_without_enhancing_tumour_leaves_t1_pair_open():
 
 
 def test_cli_prints_votes_and_writes_json(tmp_path, capsys):
-    make_synthetic(tmp_path / "data", 3, (32, 64, 64), seed=0)
+    make_synthetic(tmp_path / "data", 3, (32, 64, 64), seed=1)  # every volume with enhancing tumour: each votes
     out = tmp_path / "report" / "modalities.json"
     assert main(["inspect-modalities", "--data", str(tmp_path / "data"), "--volumes", "2",
                  "--json", str(out), "--quiet"]) == 0
@@ -116,18 +116,34 @@ def test_cli_prints_votes_and_writes_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["inferred_order"] == ["flair", "t1", "t1ce", "t2"] and report["agrees"]
     assert [v["volume"] for v in report["volumes"]] == [1, 3]
-    assert main(["inspect-modalities", "--data", str(tmp_path / "data"), "--volumes", "1", "--quiet",
+    assert main(["inspect-modalities", "--data", str(tmp_path / "data"), "--volumes", "2", "--quiet",
                  "--kaggle_channel_order", "t1,t1ce,t2,flair"]) == 0
     text = capsys.readouterr().out
     assert "DIFFERS from the configured kaggle_channel_order T1, T1ce, T2, FLAIR" in text
     assert "--kaggle_channel_order flair,t1,t1ce,t2" in text
+    assert main(["inspect-modalities", "--data", str(tmp_path / "data"), "--volumes", "1", "--quiet",
+                 "--kaggle_channel_order", "t1,t1ce,t2,flair"]) == 0
+    text = capsys.readouterr().out  # one volume is never enough: no verdict, no fix recommended
+    assert "cannot judge the order from 1 volumes: 1 volume voted; a verdict needs 2" in text
+    assert "DIFFERS" not in text and "fix:" not in text and "neither confirmed nor contradicted" in text
+
+
+def test_volumes_too_small_to_judge_do_not_vote(tmp_path, capsys):
+    make_synthetic(tmp_path / "data", 3, (16, 32, 32), seed=1)  # about 3,500 brain voxels each
+    report = inspect_modalities(tmp_path / "data", volumes=None)
+    assert report["inferred_order"] is None and report["decided_votes"] == 0
+    assert not any(v["judged"] for v in report["volumes"]) and "too small to judge" in report["undecided_because"]
+    text = format_modality_report(report)
+    assert "verdict: undecided" in text and "fix:" not in text and "DIFFERS" not in text
+    assert text.count("(too small to vote: ") == 3
 
 
 def test_report_text_for_an_undecided_folder():
     report = {"inferred_order": None, "configured_order": list(KAGGLE_STORED_ORDER), "agrees": False,
-              "agreeing_votes": 0, "decided_votes": 0, "volumes": []}
+              "agreeing_votes": 0, "decided_votes": 0, "undecided_because": "the votes are split (1 against 1)",
+              "volumes": []}
     text = format_modality_report(report)
-    assert "verdict: undecided" in text and "DIFFERS" in text
+    assert "verdict: undecided" in text and "split (1 against 1)" in text and "DIFFERS" not in text
 
 
 def test_signature_figure(orders_root):

@@ -19,7 +19,7 @@ and says when the intensities contradict the names; step 3 needs the enhancing-t
 swap is not seen there. Measured on tumorlib's synthetic volumes: at 32x64x64 (about 30,000 brain voxels)
 every swap that moves T2 or FLAIR was seen, with no false alarm; at 8x24x24 (about 1,000 brain voxels)
 the verdicts were mostly wrong, so cases under ``MIN_CASE_VOXELS`` brain voxels are not judged. Each volume votes for a full
-order; the verdict is the order most volumes vote for. ``modality_signatures`` returns the measured
+order; the verdict is the order most volumes vote for, once ``MIN_VERDICT_VOTES`` agree. ``modality_signatures`` returns the measured
 ratios (CSF, edema, enhancing, necrosis over healthy brain) that ``tumorlib.viz.plot_modality_signatures``
 draws.
 """
@@ -39,6 +39,7 @@ from tumorlib.core.brats import CANONICAL_ORDER, KAGGLE_STORED_ORDER, MODALITY_N
 
 __all__ = [
     "MIN_CASE_VOXELS",
+    "MIN_VERDICT_VOTES",
     "SIGNATURE_TISSUES",
     "check_case_order",
     "format_modality_report",
@@ -49,8 +50,10 @@ __all__ = [
 
 #: The tissues whose median intensity (over healthy brain's) ``modality_signatures`` reports.
 SIGNATURE_TISSUES: tuple[str, ...] = ("csf", "edema", "enhancing", "necrosis")
-#: Fewer brain voxels than this: ``check_case_order`` does not judge a case (too small to be reliable).
+#: Fewer brain voxels than this: a case is not judged (too small to be reliable), nor does it vote.
 MIN_CASE_VOXELS = 20_000
+#: Complete votes that must agree before ``inspect_modalities`` names an order (one volume is never enough).
+MIN_VERDICT_VOTES = 2
 _CSF_QUANTILE = 5.0  # percent of healthy voxels, darkest on the T1 pair, taken as CSF
 _MIN_VOXELS = 10  # fewer enhancing voxels than this: T1 and T1ce stay undecided
 _MAX_SAMPLES = 200_000  # healthy voxels used for the correlations
@@ -196,9 +199,11 @@ def inspect_modalities(data_dir: str | os.PathLike, volumes: int | None = 5,
 
     Returns:
         A JSON-ready dict: ``inferred_order`` (lower-case names in stored channel order, or None when
-        the votes do not settle it), ``configured_order``, ``agrees``, ``agreeing_votes`` (volumes that
-        voted for the verdict), ``decided_votes``, and ``volumes``: one entry per volume with its
-        ``volume`` id, ``order`` vote, ``evidence`` and ``signatures``.
+        the votes do not settle it: fewer than ``MIN_VERDICT_VOTES`` agreeing, split, or every volume under
+        ``MIN_CASE_VOXELS`` brain voxels), ``undecided_because`` (why, in words; None with a verdict),
+        ``configured_order``, ``agrees``, ``agreeing_votes`` (volumes that voted for the verdict),
+        ``decided_votes``, and ``volumes``: one entry per volume with its ``volume`` id, ``order`` vote,
+        ``evidence``, ``signatures``, ``brain_voxels`` and ``judged`` (whether it was large enough to vote).
 
     Raises:
         FileNotFoundError, KeyError, ValueError: see ``tumorlib.io.kaggle.load_volume``.
@@ -214,16 +219,27 @@ def inspect_modalities(data_dir: str | os.PathLike, volumes: int | None = 5,
         # read the channels exactly as stored: the identity order
         image, mask = load_volume(data_dir, vid, stored_order=CANONICAL_ORDER)
         vote = infer_channel_order(image, mask)
-        votes.append({"volume": int(vid), **vote})
-    complete = [tuple(v["order"]) for v in votes if None not in v["order"]]
-    inferred, agreeing = None, 0
+        brain = int(image.any(axis=0).sum())
+        votes.append({"volume": int(vid), **vote, "brain_voxels": brain, "judged": brain >= MIN_CASE_VOXELS})
+    complete = [tuple(v["order"]) for v in votes if v["judged"] and None not in v["order"]]
+    inferred, agreeing, why = None, 0, None
     if complete:
         (best, agreeing), *rest = Counter(complete).most_common()
-        if not rest or rest[0][1] < agreeing:
+        if rest and rest[0][1] >= agreeing:
+            why = f"the votes are split ({agreeing} against {rest[0][1]})"
+        elif agreeing < MIN_VERDICT_VOTES:
+            why = (f"{agreeing} volume{'s' if agreeing != 1 else ''} voted; a verdict needs {MIN_VERDICT_VOTES} "
+                   "that agree (read more with --volumes)")
+        else:
             inferred = list(best)
+    elif votes and not any(v["judged"] for v in votes):
+        why = f"every volume has under {MIN_CASE_VOXELS:,} brain voxels: too small to judge"
+    else:
+        why = "no volume gave a complete order (T1 and T1ce need enhancing tumour to tell apart)"
     return {"inferred_order": inferred, "configured_order": list(configured),
             "agrees": inferred is not None and tuple(inferred) == configured,
-            "agreeing_votes": agreeing, "decided_votes": len(complete), "volumes": votes}
+            "agreeing_votes": agreeing, "decided_votes": len(complete), "undecided_because": why,
+            "volumes": votes}
 
 
 def _names(order: Sequence[str | None]) -> str:
@@ -238,16 +254,19 @@ def format_modality_report(report: dict[str, Any]) -> str:
         a, b = ev["t1_pair"]
         csf = " ".join(f"{r:.2f}" for r in ev["csf_ratio"])
         enh = " ".join("n/a" if r is None else f"{r:.2f}" for r in ev["enhancing_ratio"])
-        lines.append(f"volume {v['volume']}: {_names(v['order'])}  (T1 pair = channels {a},{b}, "
+        small = "" if v.get("judged", True) else f" (too small to vote: {v['brain_voxels']:,} brain voxels)"
+        lines.append(f"volume {v['volume']}{small}: {_names(v['order'])}  (T1 pair = channels {a},{b}, "
                      f"r = {ev['pair_correlations'][f'{a}-{b}']:.2f}; CSF/healthy per channel {csf}; "
                      f"enhancing/healthy {enh}, {ev['enhancing_voxels']} voxels)")
     inferred = report["inferred_order"]
     if inferred is None:
-        lines.append(f"verdict: undecided ({report['decided_votes']} complete votes of "
-                     f"{len(report['volumes'])} volumes)")
-    else:
-        lines.append(f"verdict: stored order {_names(inferred)} ({report['agreeing_votes']} of "
-                     f"{len(report['volumes'])} volumes)")
+        why = report.get("undecided_because") or f"{report['decided_votes']} complete votes"
+        lines.append(f"verdict: undecided, cannot judge the order from {len(report['volumes'])} volumes: {why}")
+        lines.append(f"configured kaggle_channel_order {_names(report['configured_order'])}: neither confirmed "
+                     "nor contradicted")
+        return "\n".join(lines)
+    lines.append(f"verdict: stored order {_names(inferred)} ({report['agreeing_votes']} of "
+                 f"{len(report['volumes'])} volumes)")
     verb = "agrees with" if report["agrees"] else "DIFFERS from"
     lines.append(f"{verb} the configured kaggle_channel_order {_names(report['configured_order'])}")
     if inferred is not None and not report["agrees"]:
