@@ -92,8 +92,12 @@ def test_empty_folder(dirs):
     assert "no prediction files" in _error(*dirs)
 
 
-def test_missing_folder(tmp_path):
-    assert "not found" in _error(tmp_path / "nope", tmp_path)
+def test_missing_folder_or_a_file_for_a_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"^prediction folder .*nope does not exist$"):
+        score_label_files(tmp_path / "nope", tmp_path)
+    (tmp_path / "ref.nii.gz").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match=r"^reference folder .*ref.nii.gz is a file, not a folder"):
+        score_label_files(tmp_path, tmp_path / "ref.nii.gz")
 
 
 def test_non_nifti_file(dirs):

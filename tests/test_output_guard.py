@@ -152,7 +152,8 @@ def _required(p: argparse.ArgumentParser, skip: str, dummy: Path) -> list[str]:
     for action in p._actions:
         if not action.required or not action.option_strings or action.option_strings[0] == skip:
             continue
-        value = action.choices[0] if action.choices else "1" if action.type is int else str(dummy)
+        numeric = action.type is int or hasattr(action.type, "minimum")
+        value = action.choices[0] if action.choices else "1" if numeric else str(dummy)
         argv += [action.option_strings[0], str(list(action.choices)[0]) if action.choices else value]
     return argv
 
@@ -341,3 +342,54 @@ def test_predict_out_name_rule_comes_before_the_guard(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:  # argparse refuses it before the training rows run
         main(["bench", "--cpu", "--cpu-repeats", "0"])
     assert stop.value.code == 2 and "--cpu-repeats: 0 is below 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ a file where a folder is read
+
+FOLDER_INPUTS = ("--data", "--run", "--nifti", "--cache", "--pred", "--ref")
+#: Folder options that are alternatives (given one, the others are refused as "not both").
+ALTERNATIVES = {"evaluate": ({"--pred", "--ref"}, {"--run", "--data", "--cache"}), "predict": ({"--nifti"}, {"--data"})}
+
+
+def _folder_input_cases():
+    cases = []
+    for name, p in subcommands(build_parser()).items():
+        flags = [a.option_strings[0] for a in p._actions if a.option_strings and a.option_strings[0] in FOLDER_INPUTS]
+        for flag in flags:
+            groups = ALTERNATIVES.get(name, ())
+            kept = next((g for g in groups if flag in g), groups[-1] if groups else set())  # one alternative
+            ruled_out = set().union(*(g for g in groups if g is not kept))
+            cases.append((name, flag, tuple(f for f in flags if f not in ruled_out)))
+    return cases
+
+
+FOLDER_CASES = _folder_input_cases()
+
+
+@pytest.mark.parametrize("command,flag,flags", FOLDER_CASES, ids=[f"{c}{f}" for c, f, _ in FOLDER_CASES])
+def test_a_file_given_for_a_folder_says_so(tmp_path, command, flag, flags):
+    """Every option of every subcommand that reads a folder, given a file: one line saying it is a file.
+
+    The option under test gets the file first; the subcommand's other folder options get it too (whichever
+    is read first must say so), its other required options a path that is not there."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder\n")
+    p = subcommands(build_parser())[command]
+    argv = [command]
+    for f in (flag, *(f for f in flags if f != flag)):
+        argv += [f, str(a_file)]
+    skip = {a.option_strings[0] for a in p._actions if a.option_strings and a.option_strings[0] in flags}
+    for action in p._actions:  # the other required options
+        if action.required and action.option_strings and action.option_strings[0] not in skip:
+            numeric = action.type is int or hasattr(action.type, "minimum")
+            value = list(action.choices)[0] if action.choices else "1" if numeric else tmp_path / "out" / "case.nii.gz"
+            argv += [action.option_strings[0], str(value)]
+    if command == "evaluate":
+        argv += ["--out", str(tmp_path / "out" / "m.csv")]
+    if command == "predict" and "--data" in argv:
+        argv += ["--volume", "1"]
+    code, err = _run(argv)
+    lines = [ln for ln in err.splitlines() if ln.strip() and "it/s]" not in ln]
+    assert code == 2 and len(lines) == 1 and "is a file, not a folder" in lines[0] and str(a_file) in lines[0], \
+        (code, lines)
+    assert a_file.read_text() == "not a folder\n"

@@ -33,6 +33,7 @@ from tumorlib.core.safety import (
 )
 
 __all__ = [
+    "require_folder",
     "check_empty_folder",
     "check_free_space",
     "check_not_input",
@@ -44,6 +45,26 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- previous results
+
+
+def require_folder(path: str | os.PathLike, what: str, missing_hint: str = "") -> Path:
+    """``path`` when it is a folder; otherwise one line saying it is missing or is a file.
+
+    Args:
+        path: the folder given.
+        what: what it should be, for the message (``"data folder"``, ``"run folder"``).
+        missing_hint: added to the message when it does not exist (how to make one).
+
+    Raises:
+        FileNotFoundError: nothing there.
+        NotADirectoryError: a file where a folder is expected.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{what} {path} is a file, not a folder; give the folder itself")
+    raise FileNotFoundError(f"{what} {path} does not exist" + (f"; {missing_hint}" if missing_hint else ""))
 
 
 def move_aside(folder: str | os.PathLike, names: Iterable[str], overwrite: bool = False,

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from tumorlib.core.brats import channels_to_labels
+from tumorlib.core.folders import require_folder
 from tumorlib.core.label_conventions import LabelConvention, convention_to_channels, detect_label_convention
 from tumorlib.evaluation.lesions import LESION_COLUMNS, LESION_COUNT_COLUMNS, lesion_scores
 from tumorlib.evaluation.metrics import METRIC_COLUMNS, brats_scores
@@ -81,10 +82,7 @@ def check_label_files_out(out: str | os.PathLike, pred_dir: str | os.PathLike, r
 
 
 def _folder(path: str | os.PathLike, role: str) -> Path:
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: {role} folder not found")
-    return folder
+    return require_folder(path, f"{role} folder")
 
 
 def _reference(ref_dir: Path, case: str) -> Path:

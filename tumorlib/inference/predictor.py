@@ -18,6 +18,7 @@ import torch
 
 from tumorlib.core.config import Config, load_config
 from tumorlib.core.device import resolve_device
+from tumorlib.core.folders import require_folder
 from tumorlib.inference.engines import Engine, make_engine
 from tumorlib.inference.postprocess import PostProcessing
 from tumorlib.inference.sliding_window import sliding_window_inference
@@ -45,8 +46,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = "cp
     from tumorlib.nn.checkpoint import BEST_NAME, load_model
 
     run = Path(run_dir).expanduser()
-    if not run.is_dir():
-        raise FileNotFoundError(f"run folder {run} does not exist; train one with `tumorlib train`")
+    require_folder(run, "run folder", "train one with `tumorlib train`")
     config_path = run / "config.json"
     best = run / "checkpoints" / BEST_NAME
     if config_path.is_file() and not best.is_file():

@@ -12,6 +12,8 @@ import re
 import warnings
 from pathlib import Path
 
+from tumorlib.core.folders import require_folder
+
 __all__ = ["SLICE_RE", "find_slices", "scan_slices"]
 
 #: A slice file's name: volume id and slice index.
@@ -33,11 +35,10 @@ def scan_slices(root: str | os.PathLike, stat: bool = False) -> dict[int, dict[i
         ``{volume_id: {slice_index: (path, size, mtime_ns)}}`` (size and time None without ``stat``).
 
     Raises:
-        FileNotFoundError: ``root`` does not exist.
+        FileNotFoundError, NotADirectoryError: ``root`` does not exist, or is a file.
         ValueError: the same slice found twice in different folders.
     """
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"data folder {root} does not exist")
+    require_folder(root, "data folder")
     found: dict[int, dict[int, tuple[str, int | None, int | None]]] = {}
     skipped: list[Path] = []
     stack = [os.fspath(root)]
@@ -87,12 +88,11 @@ def find_slices(root: str | os.PathLike) -> dict[int, dict[int, Path]]:
         ``{volume_id: {slice_index: path}}``.
 
     Raises:
-        FileNotFoundError: ``root`` does not exist.
+        FileNotFoundError, NotADirectoryError: ``root`` does not exist, or is a file.
         ValueError: the same slice found twice in different folders.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} does not exist")
+    require_folder(root, "data folder")
     return {vid: {s: Path(t[0]) for s, t in slices.items()} for vid, slices in scan_slices(root).items()}
 
 

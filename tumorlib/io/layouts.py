@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tumorlib.core.brats import CANONICAL_ORDER, check_order
+from tumorlib.core.folders import require_folder
 
 from .kaggle_scan import find_slices
 
@@ -207,8 +208,7 @@ def detect_layout(root: str | os.PathLike) -> str:
         ValueError: cases of several layouts (names each with an example), or a case folder with files of two.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"NIfTI data folder {root} does not exist")
+    require_folder(root, "NIfTI data folder")
     if (root / "dataset.json").is_file():
         return "msd"
     found = _scan(root)
@@ -238,8 +238,7 @@ def data_layout(root: str | os.PathLike) -> str:
         ValueError: NIfTI cases of several layouts (``detect_layout``).
     """
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} does not exist")
+    require_folder(root, "data folder")
     if find_slices(root):
         return "kaggle"
     try:
@@ -267,8 +266,7 @@ def list_cases(root: str | os.PathLike, layout: str | None = None) -> dict[int, 
     layout = detect_layout(root) if layout is None else check_layout(layout)
     if layout == "msd":
         return _msd_cases(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"NIfTI data folder {root} does not exist")
+    require_folder(root, "NIfTI data folder")
     family = "brats2023" if layout == "brats2023" else "brats2020"
     folders = [p for k, v in _scan(root).items() if (k == "brats2023") == (family == "brats2023") for p in v]
     cases: dict[int, NiftiCase] = {}
@@ -309,8 +307,7 @@ def case_from_path(path: str | os.PathLike | NiftiCase, layout: str | None = Non
         if match is not None:  # an image outside imagesTr (imagesTs: the unlabelled test cases)
             order = msd_channel_order(path.parent.parent / "dataset.json")
             return NiftiCase(int(match.group(2)), match.group(1), "msd", (path,), None, order)
-    if not path.is_dir():
-        raise FileNotFoundError(f"NIfTI case folder {path} does not exist")
+    require_folder(path, "NIfTI case folder")
     found = _folder_layout(path, _nifti_names(path)) if layout is None else check_layout(layout)
     if found is None or found == "msd":
         raise FileNotFoundError(f"{path}: no case of a known layout in the folder ({_KNOWN})")

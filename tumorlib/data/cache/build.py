@@ -27,6 +27,7 @@ import numpy as np
 
 from tumorlib.core.brats import KAGGLE_STORED_ORDER, MODALITIES, check_order
 from tumorlib.core.device import process_context
+from tumorlib.core.folders import require_folder
 from tumorlib.core.plausibility import check_plausible_image
 from tumorlib.core.safety import atomic_open, atomic_write
 
@@ -228,6 +229,8 @@ def build_cache_from_reader(reader: Reader, volume_ids: Sequence[int], cache_dir
         Exception: whatever the reader raises for bad input, unchanged.
     """
     cache = Path(cache_dir).expanduser().resolve()
+    if cache.exists():
+        require_folder(cache, "cache folder")
     ids = sorted(int(v) for v in volume_ids)
     if len(set(ids)) != len(ids):
         raise ValueError(f"build_cache: duplicate volume ids in {ids}")

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from tumorlib.core.brats import MODALITIES
+from tumorlib.core.folders import inside, require_folder
 from tumorlib.core.integrity import record_problem
-from tumorlib.core.folders import inside
 from tumorlib.core.plausibility import check_plausible_image
 from tumorlib.core.safety import UnsafePathError
 
@@ -219,6 +219,8 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
     """
     cache = Path(cache_dir)
     path = cache / INDEX_NAME
+    if cache.exists():
+        require_folder(cache, "cache folder")
     if not path.is_file():
         hint = " (an unfinished build: run it again)" if any(cache.glob("v*_meta.json")) else ""
         raise CacheError(f"no cache index at {path}{hint}; build it with `tumorlib cache --data DIR --out {cache}`")
