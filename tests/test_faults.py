@@ -2096,6 +2096,25 @@ def test_r3_a_run_folder_with_only_its_config_is_refused(command, tiny_data, tin
     assert tree_hash(run) == before and not (tmp_path / "p.nii.gz").exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_run_whose_model_waits_in_previous_says_where(command, tiny_data, tiny_cache, tmp_path, capsys):
+    """A `train --overwrite` killed before the new run's first best model: the old model is in previous-*."""
+    run = _config_only_run(tmp_path / "run")
+    waiting = run / "previous-20261207-101010" / "checkpoints"
+    waiting.mkdir(parents=True)
+    (waiting / "best_model.pth").write_bytes(b"the earlier run's model")
+    args = (["evaluate", "--run", str(run), "--cache", str(tiny_cache), "--data", str(tiny_data), "--quiet"]
+            if command == "evaluate" else
+            ["predict", "--run", str(run), "--data", str(tiny_data), "--volume", "1", "--out",
+             str(tmp_path / "p.nii.gz"), "--quiet"])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"the earlier run's model waits in {waiting.parent}: evaluate that with --run {waiting.parent}" in err
+    assert f"tumorlib train --out {run} --overwrite" in err
+    assert (waiting / "best_model.pth").read_bytes() == b"the earlier run's model"
+
+
 def test_r3_resuming_a_run_folder_with_only_its_config_is_refused(tmp_path):
     from tumorlib.core.config import get_config
     from tumorlib.training.loop import fit

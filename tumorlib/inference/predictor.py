@@ -53,6 +53,14 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = "cp
         held = ", ".join(sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()
                                 and not p.name.startswith(".") and "previous-" not in p.parts[len(run.parts)]))
         why = ": the run stopped before its first epoch finished" if "history.csv" not in held else ""
+        waiting = sorted(run.glob(f"previous-*/checkpoints/{BEST_NAME}"))  # a --overwrite stopped early
+        if waiting:
+            raise FileNotFoundError(
+                f"run folder {run} holds no trained model yet (a `train --overwrite` stopped before its first "
+                f"best model{why.replace(': ', ', ')}); the earlier run's model waits in "
+                f"{waiting[-1].parent.parent}: evaluate that with --run {waiting[-1].parent.parent}, or finish "
+                f"the new run with `tumorlib train --out {run} "
+                f"{'--resume' if (run / 'checkpoints' / 'last.pth').is_file() else '--overwrite'}`")
         raise FileNotFoundError(f"run folder {run} holds no trained model: checkpoints/{BEST_NAME} is missing "
                                 f"(it holds {held}{why}); train it with `tumorlib train --out {run}`")
     config = load_config(config_path)
