@@ -267,8 +267,11 @@ def test_evaluate_and_predict_refuse_another_channel_order(ci_run, ci_cache, tmp
     cfg = json.loads((run / "config.json").read_text())
     cfg["kaggle_channel_order"] = ["t1", "t1ce", "t2", "flair"]
     (other / "config.json").write_text(json.dumps(cfg))
-    (other / "checkpoints").mkdir()
-    (other / "checkpoints" / "best_model.pth").write_bytes((run / "checkpoints" / "best_model.pth").read_bytes())
+    from tumorlib.nn.checkpoint import atomic_torch_save, load_checkpoint
+
+    ckpt = load_checkpoint(run / "checkpoints" / "best_model.pth")  # a run trained on data stored in that order
+    ckpt["config"]["kaggle_channel_order"] = cfg["kaggle_channel_order"]
+    atomic_torch_save(ckpt, other / "checkpoints" / "best_model.pth")
     from tumorlib.data.cache import CacheError
 
     with pytest.raises(CacheError, match=r"read with kaggle_channel_order flair,t1,t1ce,t2, the run uses "

@@ -188,3 +188,22 @@ def test_labels_round_trip_and_errors():
         labels_to_channels(np.array([[[0, 3]]]))
     with pytest.raises(ValueError, match="3, D, H, W"):
         Decoder("classes").labels(np.zeros((2, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("field,value", [("kaggle_channel_order", ["t1", "t1ce", "t2", "flair"]),
+                                         ("targets", "regions"), ("patch_size", [8, 32, 32]),
+                                         ("features", [6, 12, 24, 48])])
+def test_a_config_json_that_disagrees_with_its_checkpoint_is_refused_naming_the_field(tmp_path, field, value):
+    import json
+
+    from constant_runs import make_run
+    from tumorlib.inference.predictor import load_run
+
+    run = make_run(tmp_path / "run")
+    load_run(run)  # as written: fine
+    config = json.loads((run / "config.json").read_text())
+    config[field] = value
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"does not match .*config\.json: {field}=") as info:
+        load_run(run)
+    assert "\n" not in str(info.value) and f"{field}=" in str(info.value)

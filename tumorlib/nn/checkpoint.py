@@ -27,6 +27,7 @@ __all__ = [
     "BEST_NAME",
     "LAST_NAME",
     "MODEL_FIELDS",
+    "TRAINED_FIELDS",
     "atomic_torch_save",
     "get_rng_state",
     "load_checkpoint",
@@ -134,6 +135,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 #: The config fields that fix the network's shape.
 MODEL_FIELDS = ("in_channels", "num_classes", "features")
+#: What the weights were trained to read and output: a config.json that says otherwise would predict wrongly
+#: (channels in another order, classes read as regions, another window) without any error.
+TRAINED_FIELDS = ("kaggle_channel_order", "targets", "patch_size")
+
+
+def _same(value: Any) -> Any:
+    """A config value as compared across JSON and Python (tuples and lists alike)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", config: Config | None = None,
@@ -143,8 +152,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", conf
     Args:
         path: a checkpoint file or a run folder (uses ``RUN/checkpoints/best_model.pth``).
         device: where to put the model.
-        config: build the model from this config (e.g. ``RUN/config.json``); its ``MODEL_FIELDS`` must
-            match the checkpoint's. None: the config stored in the checkpoint.
+        config: build the model from this config (e.g. ``RUN/config.json``); its ``MODEL_FIELDS`` and
+            ``TRAINED_FIELDS`` must match the checkpoint's (a field the checkpoint does not record is not compared). None: the config stored in the checkpoint.
         config_path: where ``config`` was read from (named in errors).
 
     Returns:
@@ -162,7 +171,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", conf
     else:
         saved, now = ckpt.get("config") or {}, config.to_dict()
         diffs = [f"{k}={saved.get(k)!r} in the checkpoint but {now[k]!r} in {described.name}"
-                 for k in MODEL_FIELDS if k in saved and saved[k] != now[k]]
+                 for k in (*MODEL_FIELDS, *TRAINED_FIELDS) if k in saved and _same(saved[k]) != _same(now[k])]
         if diffs:
             raise ValueError(f"{where} does not match {described}: " + "; ".join(diffs))
     model = model_from_config(config)
