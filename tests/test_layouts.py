@@ -308,6 +308,24 @@ def test_tumorlib_data_nifti_folder_is_cached_as_cache_nifti_does(tmp_path, phan
     assert resolve_cache(config, progress=False) == cache  # the finished cache is reused
 
 
+@pytest.mark.parametrize("how", ["--data", "TUMORLIB_DATA"])
+def test_cache_command_reads_a_nifti_data_folder_as_cache_nifti_does(tmp_path, phantoms, monkeypatch, how):
+    from tumorlib.app.cli import main
+    from tumorlib.data.cache import load_cache_index
+
+    root = write_set(tmp_path / "brats2023", "brats2023", phantoms)
+    monkeypatch.setenv("TUMORLIB_HOME", str(tmp_path / "home"))
+    assert main(["cache", "--nifti", str(root), "--out", str(tmp_path / "direct"), "--workers", "1", "--quiet"]) == 0
+    if how == "--data":
+        argv = ["cache", "--data", str(root)]
+    else:
+        monkeypatch.setenv("TUMORLIB_DATA", str(root))
+        argv = ["cache"]
+    assert main([*argv, "--out", str(tmp_path / "c"), "--workers", "1", "--quiet"]) == 0
+    index, direct = load_cache_index(tmp_path / "c"), load_cache_index(tmp_path / "direct")
+    assert index["layout"] == "brats2023" and index["volumes"] == direct["volumes"]
+
+
 def test_tumorlib_data_of_no_known_layout_is_a_one_line_error(tmp_path, monkeypatch):
     from tumorlib.core.config import Config
     from tumorlib.data.resolve import resolve_cache

@@ -79,13 +79,18 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     check_output_folder(out, "cache")  # never into the data, a slice folder or a run
     if args.layout and not args.nifti:
         raise ValueError(f"--layout {args.layout} describes a --nifti ROOT folder; give --nifti too")
-    if args.nifti:
-        from tumorlib.data.cache.nifti import build_nifti_cache
+    from tumorlib.data.cache.nifti import build_nifti_cache
+    from tumorlib.io.layouts import data_layout
 
-        cache = build_nifti_cache(args.nifti, out, workers=workers, cache_hw=cfg.cache_hw,
-                                  margin=cfg.cache_margin, progress=not args.quiet, layout=args.layout)
-    else:
+    data, layout = args.nifti, args.layout
+    if data is None:  # --data, or the workspace's (TUMORLIB_DATA): Kaggle slices or NIfTI cases, as detected
         data = args.data or ensure_data(cfg, progress=not args.quiet)
+        kind = data_layout(data)
+        layout = None if kind == "kaggle" else kind
+    if layout is not None or args.nifti:
+        cache = build_nifti_cache(data, out, workers=workers, cache_hw=cfg.cache_hw,
+                                  margin=cfg.cache_margin, progress=not args.quiet, layout=layout)
+    else:
         cache = build_cache(data, out, workers=workers, cache_hw=cfg.cache_hw, margin=cfg.cache_margin,
                             progress=not args.quiet, stored_order=cfg.kaggle_channel_order)
     index = load_cache_index(cache)
@@ -227,7 +232,8 @@ def _add_inspect_modalities(sub: Any) -> None:
 def _add_cache(sub: Any) -> None:
     """Register ``tumorlib cache``."""
     p = sub.add_parser("cache", help="pre-cache volumes as normalised, cropped float16 .npy files")
-    p.add_argument("--data", default=None, help="Kaggle-format data (default: the workspace's, generated if needed)")
+    p.add_argument("--data", default=None, help="data folder: Kaggle slices or NIfTI cases of a known layout, "
+                                                "detected (default: the workspace's, generated if needed)")
     p.add_argument("--nifti", default=None, metavar="ROOT",
                    help="a folder of NIfTI cases (BraTS 2020/2021/2023+, MSD Task01) instead of --data")
     p.add_argument("--layout", default=None, choices=["brats2020", "brats2021", "brats2023", "msd"],
