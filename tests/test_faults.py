@@ -1,7 +1,9 @@
 """Fault injection: kills, disk full, read-only folders, corrupt and hostile inputs, concurrent writers.
 
 Each case asserts the message the user sees AND that no earlier data changed (a hash of the folder
-before and after). Mechanisms alone are in test_safety.py; here they run through the commands.
+before and after). Mechanisms alone are in test_safety.py; here they run through the commands. The shared
+helpers (running the CLI, its command lines, clean refusals) are in faults_cli.py; the shared folders
+(h3, finished_run, small_tmpfs) in conftest.py.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import gzip
 import hashlib
 import json
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,31 +30,11 @@ import pytest
 
 from tumorlib.app.cli import main
 from tumorlib.data import KAGGLE_SUBDIR, list_volumes, load_volume
-from tumorlib.core.safety import OUTPUT_RECORD, DiskFullError, FolderBusyError, atomic_write, folder_lock, record_written
+from tumorlib.core.safety import OUTPUT_RECORD, DiskFullError, atomic_write, folder_lock, record_written
 
-SHAPE = ("8", "24", "24")
-
-
-def tree_hash(folder: Path) -> str:
-    """One hash over every file's relative path and bytes below ``folder``."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
-
-
-def synth_args(out, volumes=2, seed=0, *extra):
-    return ["synth", "--out", str(out), "--volumes", str(volumes), "--shape", *SHAPE, "--seed", str(seed),
-            "--quiet", *extra]
-
-
-def _default_sigint():  # a shell's background job starts with SIGINT ignored; a terminal's does not
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def run_cli(*args, env=None, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "tumorlib", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint, **kwargs)
+from faults_cli import (SHAPE, cache_args, clean, copy_tree, message_lines, mounted_tmpfs, nifti_case, proc_clean,
+                        refused, rewrite_slice, run_cli, run_main, slice_folder, synth, synth_args, train_args,
+                        tree_hash, valid_args, wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +43,6 @@ def old_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("old") / "data"
     assert main(synth_args(root, 2, 0)) == 0
     return root, tree_hash(root)
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 256 KiB tmpfs (root only; skipped where mounting is not allowed)."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 # ------------------------------------------------------------------ synth: refuse, replace whole, kills
@@ -464,23 +434,10 @@ def test_reader_truncated_slice_names_the_file(tmp_path):
 # ------------------------------------------------------------------ NIfTI cases
 
 
-def _nifti_case(folder: Path, zooms=None, zero=None, shape=(6, 7, 5)):
-    import nibabel as nib
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for m in ("t1", "t1ce", "t2", "flair"):
-        data = np.zeros(shape, np.float32) if m == zero else rng.uniform(1, 10, shape).astype(np.float32)
-        img = nib.Nifti1Image(data, np.eye(4))
-        img.header.set_zooms((zooms or {}).get(m, (1.0, 1.0, 1.0)))
-        nib.save(img, folder / f"case_{m}.nii.gz")
-    return folder
-
-
 def test_nifti_truncated_file_one_line(tmp_path):
     from tumorlib.io.nifti import load_nifti_case
 
-    case = _nifti_case(tmp_path / "case", shape=(40, 40, 30))  # random data: the header survives the cut
+    case = nifti_case(tmp_path / "case", shape=(40, 40, 30))  # random data: the header survives the cut
     t2 = case / "case_t2.nii.gz"
     raw = gzip.decompress(t2.read_bytes())
     t2.write_bytes(gzip.compress(raw)[: len(gzip.compress(raw)) // 2])
@@ -494,7 +451,7 @@ def test_nifti_truncated_file_one_line(tmp_path):
 def test_nifti_voxel_sizes_must_agree(tmp_path):
     from tumorlib.io.nifti import load_nifti_case
 
-    case = _nifti_case(tmp_path / "case", zooms={"t2": (1.0, 1.0, 2.0)})
+    case = nifti_case(tmp_path / "case", zooms={"t2": (1.0, 1.0, 2.0)})
     with pytest.raises(ValueError, match=rf"{case / 'case_t2.nii.gz'}: voxel size \(1.0, 1.0, 2.0\) mm differs "
                                          rf"from {case / 'case_t1.nii.gz'} \(1.0, 1.0, 1.0\) mm"):
         load_nifti_case(case)
@@ -503,7 +460,7 @@ def test_nifti_voxel_sizes_must_agree(tmp_path):
 def test_nifti_all_zero_modality_refused(tmp_path):
     from tumorlib.io.nifti import load_nifti_case
 
-    case = _nifti_case(tmp_path / "case", zero="flair")
+    case = nifti_case(tmp_path / "case", zero="flair")
     with pytest.raises(ValueError, match=f"{case / 'case_flair.nii.gz'}: every voxel is 0"):
         load_nifti_case(case)
 
@@ -511,21 +468,14 @@ def test_nifti_all_zero_modality_refused(tmp_path):
 def test_nifti_shape_mismatch_names_both_files(tmp_path):
     from tumorlib.io.nifti import load_nifti_case
 
-    case = _nifti_case(tmp_path / "case")
-    _nifti_case(tmp_path / "other", shape=(6, 7, 4))
+    case = nifti_case(tmp_path / "case")
+    nifti_case(tmp_path / "other", shape=(6, 7, 4))
     os.replace(tmp_path / "other" / "case_t1ce.nii.gz", case / "case_t1ce.nii.gz")
     with pytest.raises(ValueError, match=rf"case_t1ce.nii.gz: shape \(6, 7, 4\) differs from {case / 'case_t1.nii.gz'}"):
         load_nifti_case(case)
 
 
-
 # ------------------------------------------------------------------ training runs: splits, previous runs, locks
-
-TRAIN = ["--preset", "ci", "--epochs", "1", "--quiet"]
-
-
-def _train_args(cache, run, *extra):
-    return ["train", "--cache", str(cache), "--out", str(run), *TRAIN, *extra]
 
 
 def _hashes(folder: Path, names) -> dict[str, str]:
@@ -533,26 +483,10 @@ def _hashes(folder: Path, names) -> dict[str, str]:
     return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names if (folder / n).is_file()}
 
 
-@pytest.fixture(scope="module")
-def finished_run(ci_cache, tmp_path_factory):
-    """A finished one-epoch ci run (copied by each test that changes it)."""
-    run = tmp_path_factory.mktemp("finished") / "run"
-    assert main(_train_args(ci_cache, run)) == 0
-    return run
-
-
-def _copy_run(finished_run, tmp_path) -> Path:
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
-    return run
-
-
 def test_refused_resume_leaves_splits_unchanged(finished_run, ci_cache, tmp_path, capsys):
-    run = _copy_run(finished_run, tmp_path)
+    run = copy_tree(finished_run, tmp_path / "run")
     digest = tree_hash(run)
-    assert main(_train_args(ci_cache, run, "--resume", "--split_seed", "7")) == 2
+    assert main(train_args(ci_cache, run, "--resume", "--split_seed", "7")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot resume" in err and "split_seed=42 in the checkpoint but 7 now" in err
     assert tree_hash(run) == digest  # splits.json (and everything else) as it was
@@ -561,16 +495,16 @@ def test_refused_resume_leaves_splits_unchanged(finished_run, ci_cache, tmp_path
     splits["train"], splits["val"] = splits["train"][1:], splits["val"] + splits["train"][:1]
     (run / "splits.json").write_text(json.dumps(splits))
     digest = tree_hash(run)
-    assert main(_train_args(ci_cache, run, "--resume")) == 2
+    assert main(train_args(ci_cache, run, "--resume")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "splits.json holds other volumes than the split of this cache now" in err
     assert tree_hash(run) == digest
 
 
 def test_new_run_refused_without_overwrite(finished_run, ci_cache, tmp_path, capsys):
-    run = _copy_run(finished_run, tmp_path)
+    run = copy_tree(finished_run, tmp_path / "run")
     digest = tree_hash(run)
-    assert main(_train_args(ci_cache, run)) == 2
+    assert main(train_args(ci_cache, run)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{run} already holds a finished training run" in err
     assert "--resume" in err and "--overwrite" in err
@@ -598,10 +532,10 @@ def test_new_run_failing_at_epoch_1_keeps_the_previous_model(finished_run, ci_ca
     from tumorlib.inference.predictor import load_run
     from tumorlib.training.run_folder import RUN_FILES
 
-    run = _copy_run(finished_run, tmp_path)
+    run = copy_tree(finished_run, tmp_path / "run")
     old = _hashes(run, RUN_FILES)
     _fail_first_step(monkeypatch, _Terminated() if exc == "sigterm" else exc)
-    assert main(_train_args(ci_cache, run, "--overwrite")) == code
+    assert main(train_args(ci_cache, run, "--overwrite")) == code
     err = capsys.readouterr().err
     (prev,) = run.glob("previous-*")
     assert err.count("\n") == 1 and text in err and "Traceback" not in err, err
@@ -615,9 +549,9 @@ def test_new_run_failing_at_epoch_1_keeps_the_previous_model(finished_run, ci_ca
 def test_new_run_discards_the_previous_once_it_has_a_model(finished_run, ci_cache, tmp_path, capsys):
     from tumorlib.training.run_folder import RUN_FILES
 
-    run = _copy_run(finished_run, tmp_path)
+    run = copy_tree(finished_run, tmp_path / "run")
     old = _hashes(run, RUN_FILES)
-    assert main(_train_args(ci_cache, run, "--overwrite", "--seed", "3")) == 0
+    assert main(train_args(ci_cache, run, "--overwrite", "--seed", "3")) == 0
     assert not list(run.glob("previous-*"))
     new = _hashes(run, RUN_FILES)
     assert set(new) == set(old) and new["checkpoints/best_model.pth"] != old["checkpoints/best_model.pth"]
@@ -637,12 +571,12 @@ def test_ctrl_c_after_an_epoch_says_what_was_kept_then_resumes(ci_cache, tmp_pat
         return real(self, loader)
 
     monkeypatch.setattr(Trainer, "validation_step", interrupt_second)
-    assert main(_train_args(ci_cache, run, "--epochs", "2")) == 130
+    assert main(train_args(ci_cache, run, "--epochs", "2")) == 130
     err = capsys.readouterr().err
     assert err == (f"tumorlib train: interrupted (Ctrl-C); {run / 'checkpoints' / 'last.pth'} keeps epoch 1/2; "
                    f"rerun with --resume to continue from it\n")
     monkeypatch.setattr(Trainer, "validation_step", real)
-    assert main(_train_args(ci_cache, run, "--epochs", "2", "--resume")) == 0
+    assert main(train_args(ci_cache, run, "--epochs", "2", "--resume")) == 0
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
     import pandas as pd
 
@@ -678,9 +612,9 @@ def test_two_trainings_into_one_out_second_refused_kill_keeps_previous(finished_
     """A real second process: refused naming the holder's PID; a SIGKILL at epoch 1 keeps the old model."""
     from tumorlib.training.run_folder import RUN_FILES
 
-    run = _copy_run(finished_run, tmp_path)
+    run = copy_tree(finished_run, tmp_path / "run")
     old = _hashes(run, RUN_FILES)
-    proc = run_cli(*_train_args(ci_cache, run, "--overwrite", "--samples_per_epoch", "4000"))
+    proc = run_cli(*train_args(ci_cache, run, "--overwrite", "--samples_per_epoch", "4000"))
     try:
         deadline = time.monotonic() + 120
         lock = run / ".tumorlib.lock"
@@ -688,7 +622,7 @@ def test_two_trainings_into_one_out_second_refused_kill_keeps_previous(finished_
                 list(run.glob("previous-*")) and lock.read_text().strip() == str(proc.pid)):
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
-        assert main(_train_args(ci_cache, run, "--resume")) == 2
+        assert main(train_args(ci_cache, run, "--resume")) == 2
         err = capsys.readouterr().err
         assert err == (f"tumorlib train: error: {run} is in use by another training run (pid {proc.pid}); wait for "
                        f"it to finish or stop it, or choose another folder\n")
@@ -702,7 +636,7 @@ def test_two_trainings_into_one_out_second_refused_kill_keeps_previous(finished_
 
 def test_disk_full_during_a_checkpoint_write(ci_cache, small_tmpfs, capsys):
     run = small_tmpfs / "run"
-    assert main(_train_args(ci_cache, run)) == 2
+    assert main(train_args(ci_cache, run)) == 2
     err = capsys.readouterr().err
     assert err == f"tumorlib train: error: disk full while writing {run / 'checkpoints' / 'best_model.pth'}\n"
     assert "enforce fail" not in err
@@ -713,16 +647,12 @@ def test_disk_full_during_a_checkpoint_write(ci_cache, small_tmpfs, capsys):
 # ------------------------------------------------------------------ the cache trusts what it checked
 
 
-def _cache_args(data, cache):
-    return ["cache", "--preset", "ci", "--data", str(data), "--out", str(cache), "--workers", "1", "--quiet"]
-
-
 @pytest.fixture
 def data_and_cache(tmp_path):
     data = tmp_path / "data"
     assert main(synth_args(data, 3)) == 0
     cache = tmp_path / "cache"
-    assert main(_cache_args(data, cache)) == 0
+    assert main(cache_args(data, cache)) == 0
     return data, cache
 
 
@@ -732,7 +662,7 @@ def test_truncated_npy_is_rebuilt_not_reported_done(data_and_cache, capsys):
     reference = tree_hash(cache)
     target = cache / "v2_img.npy"
     target.write_bytes(target.read_bytes()[:-100])
-    assert main(_cache_args(data, cache)) == 0
+    assert main(cache_args(data, cache)) == 0
     err = capsys.readouterr().err
     assert f"rebuilding volume 2 (damaged: {target}: size " in err
     assert tree_hash(cache) == reference
@@ -748,10 +678,10 @@ def test_label_slice_edited_in_place_is_noticed(data_and_cache, tmp_path, capsys
         f["mask"][...] = mask
     assert slice_file.stat().st_size == size
     before = {n: (cache / n).read_bytes() for n in ("v1_img.npy", "v1_mask.npy")}
-    assert main(_cache_args(data, cache)) == 0
+    assert main(cache_args(data, cache)) == 0
     assert f"rebuilding volume 3 (changed: {slice_file}: modified since recorded)" in capsys.readouterr().err
     fresh = tmp_path / "fresh"
-    assert main(_cache_args(data, fresh)) == 0
+    assert main(cache_args(data, fresh)) == 0
     assert (cache / "v3_mask.npy").read_bytes() == (fresh / "v3_mask.npy").read_bytes()
     assert {n: (cache / n).read_bytes() for n in before} == before
 
@@ -766,7 +696,7 @@ def test_index_names_outside_the_cache_are_refused(data_and_cache, tmp_path, cap
     (cache / "index.json").write_text(json.dumps(index))
     digest, outside = tree_hash(cache), (tmp_path / "outside.npy").read_bytes()
     capsys.readouterr()
-    for args in (_cache_args(data, cache), _train_args(cache, tmp_path / "run")):
+    for args in (cache_args(data, cache), train_args(cache, tmp_path / "run")):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{cache}: index file name '../outside.npy' points outside the folder" in err
@@ -784,7 +714,7 @@ def test_volume_deleted_from_the_data_is_dropped(data_and_cache, capsys):
     data, cache = data_and_cache
     for f in Path(data).rglob("volume_2_slice_*.h5"):
         f.unlink()
-    assert main(_cache_args(data, cache)) == 0
+    assert main(cache_args(data, cache)) == 0
     assert "volume 2 dropped: its source is gone" in capsys.readouterr().err
     assert cached_volume_ids(cache) == [1, 3]
     assert not list(cache.glob("v2_*"))
@@ -797,12 +727,12 @@ def test_read_only_finished_cache_is_usable(small_tmpfs, tmp_path, capsys):
     data = tmp_path / "data"
     assert main(synth_args(data, 2)) == 0
     cache = small_tmpfs / "cache"
-    assert main(_cache_args(data, cache)) == 0
+    assert main(cache_args(data, cache)) == 0
     capsys.readouterr()
     digest = tree_hash(small_tmpfs)
     subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
     try:
-        assert main(_cache_args(data, cache)) == 0
+        assert main(cache_args(data, cache)) == 0
         assert f"cached 2 volumes" in capsys.readouterr().out
         cfg = get_config("ci")
         assert resolve_cache(cfg, data, cache, progress=False) == cache
@@ -814,7 +744,7 @@ def test_read_only_finished_cache_is_usable(small_tmpfs, tmp_path, capsys):
     target.write_bytes(target.read_bytes()[:-10])
     subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
     try:
-        assert main(_cache_args(data, cache)) == 2
+        assert main(cache_args(data, cache)) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"volume 1 needs rebuilding (damaged: {target}: size" in err
         assert "read-only" in err
@@ -829,7 +759,7 @@ def test_read_only_finished_cache_is_usable(small_tmpfs, tmp_path, capsys):
 def test_predict_out_naming_an_input_is_refused(finished_run, tmp_path, capsys, victim):
     import nibabel as nib
 
-    case = _nifti_case(tmp_path / "case", shape=(20, 40, 40))
+    case = nifti_case(tmp_path / "case", shape=(20, 40, 40))
     nib.save(nib.Nifti1Image(np.zeros((20, 40, 40), np.uint8), np.eye(4)), case / "case_seg.nii.gz")
     out = case / victim
     if victim == "link":
@@ -842,128 +772,14 @@ def test_predict_out_naming_an_input_is_refused(finished_run, tmp_path, capsys, 
     assert tree_hash(case) == digest
 
 
-# --- hostile round 3 ---
-# Written against the README and the CLI's --help only (no reading of the package source). Every case states
-# the expected behaviour: a one-line refusal on stderr naming the file or value (non-zero exit, no traceback),
-# or a correct result, and no earlier file changed. Cases that fail today are marked xfail(strict=True) with
-# "hostile: <outcome>: <what happens>".
-
-import io
-import pickle
-import shutil
-from contextlib import redirect_stderr, redirect_stdout
-
-H3_SHAPE = ("8", "24", "24")
-
-
-def _xf(outcome, text):
-    return pytest.mark.xfail(strict=True, reason=f"hostile: {outcome}: {text}")
-
-
-def _h3(*args):
-    """Run the CLI in-process; returns (exit code, stderr). An exception escaping main() counts as a traceback."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code
-        except BaseException as exc:  # noqa: BLE001 - the point is to see it
-            import traceback
-
-            err.write("Traceback (escaped main)\n" + "".join(traceback.format_exception(exc)))
-            code = "raised"
-    return code, err.getvalue()
-
-
-def _message_lines(err: str) -> list[str]:
-    """stderr without argparse's usage block (its 'usage:' line and indented continuation lines)."""
-    return [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
-
-
-def _refused(code, err, *names):
-    """Assert a clean refusal: non-zero exit, no traceback, one message line that names one of ``names``."""
-    assert code not in (0, None, "raised"), f"exit {code}, stderr: {err[-2000:]}"
-    assert "Traceback" not in err, err[-3000:]
-    lines = _message_lines(err)
-    assert len(lines) == 1, f"not one line: {lines}"
-    if names:
-        assert any(str(n) in lines[0] for n in names), f"{lines[0]!r} names none of {names}"
-    return lines[0]
-
-
-def _clean(code, err, *names):
-    """A correct result (exit 0) or a clean refusal; never a traceback."""
-    assert "Traceback" not in err, err[-3000:]
-    if code != 0:
-        _refused(code, err, *names)
-
-
-def _proc_clean(proc, timeout=120):
-    out, err = proc.communicate(timeout=timeout)
-    assert "Traceback" not in err, err[-3000:]
-    return proc.returncode, out, err
-
-
-def _h3_synth(out, volumes=3, shape=H3_SHAPE, seed=0):
-    code, err = _h3("synth", "--out", out, "--volumes", volumes, "--shape", *shape, "--seed", seed, "--quiet")
-    assert code == 0, err
-    return Path(out)
-
-
-def _h3_cache_args(data, cache, *extra):
-    return ["cache", "--preset", "ci", "--data", data, "--out", cache, "--workers", "1", "--quiet", *extra]
-
-
-def _h3_train_args(cache, run, *extra):
-    return ["train", "--preset", "ci", "--cache", cache, "--out", run, "--epochs", "1", "--quiet", *extra]
-
-
-@pytest.fixture(scope="module")
-def h3(tmp_path_factory):
-    """Three volumes of 8x24x24, their ci cache and a one-epoch ci run; shared, never changed by the cases."""
-    base = tmp_path_factory.mktemp("h3")
-    data = _h3_synth(base / "data")
-    cache = base / "cache"
-    code, err = _h3(*_h3_cache_args(data, cache))
-    assert code == 0, err
-    run = base / "run"
-    code, err = _h3(*_h3_train_args(cache, run))
-    assert code == 0, err
-    code, err = _h3("predict", "--run", run, "--data", data, "--volume", 1, "--out", base / "pred.nii.gz", "--quiet")
-    assert code == 0, err
-    digests = {name: tree_hash(base / name) for name in ("data", "cache", "run")}
-    yield {"base": base, "data": data, "cache": cache, "run": run, "pred": base / "pred.nii.gz"}
-    for name, digest in digests.items():  # the shared inputs survived every case
-        assert tree_hash(base / name) == digest, f"the shared {name} folder was changed by a case"
-
-
-def _slices(data: Path) -> Path:
-    return data / KAGGLE_SUBDIR
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def _rewrite(path: Path, image=None, mask=None, drop=()):
-    """Rewrite one slice file keeping what is not replaced."""
-    with h5py.File(path, "r") as f:
-        old = {k: f[k][()] for k in f.keys()}
-    path.unlink()
-    with h5py.File(path, "w") as f:
-        for key, value in (("image", image), ("mask", mask)):
-            if key in drop:
-                continue
-            f[key] = old[key] if value is None else value
-    return path
+# --- hostile round 3 (see faults_cli's docstring) ---
 
 
 # ------------------------------------------------------------------ round 3: bad HDF5 in the Kaggle layout
 
+
 def _img(h3_data, transform):
-    with h5py.File(_slices(h3_data) / "volume_2_slice_3.h5", "r") as f:
+    with h5py.File(slice_folder(h3_data) / "volume_2_slice_3.h5", "r") as f:
         return transform(f["image"][()], f["mask"][()])
 
 
@@ -990,27 +806,29 @@ H5_BAD = {
     "no_mask_dataset": lambda im, m: {"drop": ("mask",)},
     "empty_image": lambda im, m: {"image": np.zeros((0, 24, 4))},
 }
+
+
 H5_FINE = {"mask_bool_dtype_is_fine", "image_int16_is_fine", "image_float32_is_fine"}
 
 
 @pytest.mark.parametrize("case", sorted(H5_BAD))
 def test_h3_bad_hdf5_slice_is_named_by_cache(h3, tmp_path, case):
-    data = _copy(h3["data"], tmp_path / "data")
-    target = _slices(data) / "volume_2_slice_3.h5"
-    _rewrite(target, **_img(data, H5_BAD[case]))
+    data = copy_tree(h3["data"], tmp_path / "data")
+    target = slice_folder(data) / "volume_2_slice_3.h5"
+    rewrite_slice(target, **_img(data, H5_BAD[case]))
     digest = tree_hash(data)
-    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
+    code, err = run_main(*cache_args(data, tmp_path / "cache"))
     if case in H5_FINE:
         assert code == 0 and "Traceback" not in err, err
     else:
-        _refused(code, err, "volume_2_slice_3.h5")
+        refused(code, err, "volume_2_slice_3.h5")
     assert tree_hash(data) == digest
 
 
 @pytest.mark.parametrize("case", ["empty_file", "random_bytes", "directory", "symlink_loop", "image_is_a_group"])
 def test_h3_unreadable_slice_file_is_named(h3, tmp_path, case):
-    data = _copy(h3["data"], tmp_path / "data")
-    target = _slices(data) / "volume_2_slice_3.h5"
+    data = copy_tree(h3["data"], tmp_path / "data")
+    target = slice_folder(data) / "volume_2_slice_3.h5"
     target.unlink()
     if case == "empty_file":
         target.write_bytes(b"")
@@ -1024,28 +842,28 @@ def test_h3_unreadable_slice_file_is_named(h3, tmp_path, case):
             f["mask"] = np.zeros((24, 24, 3), np.uint8)
     else:
         target.symlink_to(target)
-    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
-    _refused(code, err, "volume_2_slice_3.h5")
+    code, err = run_main(*cache_args(data, tmp_path / "cache"))
+    refused(code, err, "volume_2_slice_3.h5")
 
 
 @pytest.mark.parametrize("missing", [0, 3])
 def test_h3_missing_slice_is_named(h3, tmp_path, missing):
-    data = _copy(h3["data"], tmp_path / "data")
-    (_slices(data) / f"volume_2_slice_{missing}.h5").unlink()
-    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
-    _refused(code, err, f"slice {missing}", f"slice_{missing}", f"slice(s) {missing}")
+    data = copy_tree(h3["data"], tmp_path / "data")
+    (slice_folder(data) / f"volume_2_slice_{missing}.h5").unlink()
+    code, err = run_main(*cache_args(data, tmp_path / "cache"))
+    refused(code, err, f"slice {missing}", f"slice_{missing}", f"slice(s) {missing}")
 
 
 def test_h3_extra_slice_beyond_meta_depth(h3, tmp_path):
     """meta_data.csv lists 8 slices; a 9th appears: refused naming it or meta_data.csv (never silently used)."""
-    data = _copy(h3["data"], tmp_path / "data")
-    shutil.copy(_slices(data) / "volume_2_slice_7.h5", _slices(data) / "volume_2_slice_8.h5")
-    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
-    _refused(code, err, "volume_2_slice_8.h5", "meta_data.csv")
+    data = copy_tree(h3["data"], tmp_path / "data")
+    shutil.copy(slice_folder(data) / "volume_2_slice_7.h5", slice_folder(data) / "volume_2_slice_8.h5")
+    code, err = run_main(*cache_args(data, tmp_path / "cache"))
+    refused(code, err, "volume_2_slice_8.h5", "meta_data.csv")
 
 
 def _meta(data: Path) -> Path:
-    return _slices(data) / "meta_data.csv"
+    return slice_folder(data) / "meta_data.csv"
 
 
 META_LIES = {
@@ -1061,71 +879,72 @@ META_LIES = {
 @pytest.mark.parametrize("lie", sorted(META_LIES))
 def test_h3_lying_meta_data_csv(h3, tmp_path, lie):
     """A meta_data.csv that lies: a refusal naming meta_data.csv, or the volumes that are really there."""
-    data = _copy(h3["data"], tmp_path / "data")
+    data = copy_tree(h3["data"], tmp_path / "data")
     meta = _meta(data)
     meta.write_text(META_LIES[lie](meta.read_text()), errors="surrogateescape")
-    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
+    code, err = run_main(*cache_args(data, tmp_path / "cache"))
     if lie == "depth_larger":
-        _refused(code, err, "meta_data.csv")
+        refused(code, err, "meta_data.csv")
     else:
-        _clean(code, err, "meta_data.csv")
+        clean(code, err, "meta_data.csv")
         if code == 0:
             index = json.loads((tmp_path / "cache" / "index.json").read_text())
             assert index["volume_ids"] == [1, 2, 3]
 
 
 def test_h3_all_zero_volume_is_named_or_cached_finite(h3, tmp_path):
-    data = _copy(h3["data"], tmp_path / "data")
+    data = copy_tree(h3["data"], tmp_path / "data")
     for s in range(8):
-        _rewrite(_slices(data) / f"volume_2_slice_{s}.h5", image=np.zeros((24, 24, 4)),
-                 mask=np.zeros((24, 24, 3), np.uint8))
-    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
-    _clean(code, err, "volume 2", "volume_2")
+        rewrite_slice(slice_folder(data) / f"volume_2_slice_{s}.h5", image=np.zeros((24, 24, 4)),
+                      mask=np.zeros((24, 24, 3), np.uint8))
+    code, err = run_main(*cache_args(data, tmp_path / "cache"))
+    clean(code, err, "volume 2", "volume_2")
     if code == 0:
         assert np.isfinite(np.load(tmp_path / "cache" / "v2_img.npy").astype(np.float32)).all()
 
 
 def test_h3_constant_channel_is_named_or_cached_finite(h3, tmp_path):
     """One modality constant over the brain: its z-score has std 0; never NaN in the cache."""
-    data = _copy(h3["data"], tmp_path / "data")
+    data = copy_tree(h3["data"], tmp_path / "data")
     for s in range(8):
-        path = _slices(data) / f"volume_2_slice_{s}.h5"
+        path = slice_folder(data) / f"volume_2_slice_{s}.h5"
         with h5py.File(path, "r") as f:
             im = f["image"][()]
         im[..., 1] = np.where(im[..., 0] > 0, 5.0, 0.0)
-        _rewrite(path, image=im)
-    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
-    _clean(code, err, "volume 2", "volume_2")
+        rewrite_slice(path, image=im)
+    code, err = run_main(*cache_args(data, tmp_path / "cache"))
+    clean(code, err, "volume 2", "volume_2")
     if code == 0:
         assert np.isfinite(np.load(tmp_path / "cache" / "v2_img.npy").astype(np.float32)).all()
 
 
 def test_h3_huge_but_float32_values_do_not_overflow_the_float16_cache(h3, tmp_path):
-    data = _copy(h3["data"], tmp_path / "data")
-    path = _slices(data) / "volume_2_slice_3.h5"
+    data = copy_tree(h3["data"], tmp_path / "data")
+    path = slice_folder(data) / "volume_2_slice_3.h5"
     with h5py.File(path, "r") as f:
         im = f["image"][()]
     im[10, 10, 0] = 1e30
-    _rewrite(path, image=im)
-    code, err = _h3(*_h3_cache_args(data, tmp_path / "cache"))
-    _clean(code, err, "volume_2_slice_3.h5")
+    rewrite_slice(path, image=im)
+    code, err = run_main(*cache_args(data, tmp_path / "cache"))
+    clean(code, err, "volume_2_slice_3.h5")
     if code == 0:
         assert np.isfinite(np.load(tmp_path / "cache" / "v2_img.npy").astype(np.float32)).all()
 
 
 def test_h3_empty_data_folder_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
-    code, err = _h3(*_h3_cache_args(tmp_path / "empty", tmp_path / "cache"))
-    _refused(code, err, tmp_path / "empty")
+    code, err = run_main(*cache_args(tmp_path / "empty", tmp_path / "cache"))
+    refused(code, err, tmp_path / "empty")
     assert not (tmp_path / "cache" / "index.json").exists()
 
 
 # ------------------------------------------------------------------ round 3: NIfTI cases
 
+
 MODS = ("t1", "t1ce", "t2", "flair")
 
 
-def _h3_nifti_from_kaggle(h3_data, case: Path, vid=1, order=MODS, affine=None, seg=True):
+def _nifti_from_kaggle(h3_data, case: Path, vid=1, order=MODS, affine=None, seg=True):
     """A NIfTI case (H, W, D) with the channels of a Kaggle volume; ``order`` names the file each channel goes to."""
     import nibabel as nib
 
@@ -1182,13 +1001,14 @@ NIFTI_XFAIL: dict = {}
 @pytest.mark.parametrize("case", [pytest.param(c, marks=NIFTI_XFAIL.get(c, ())) for c in sorted(NIFTI_BAD)])
 def test_h3_bad_nifti_case_is_named_by_cache(h3, tmp_path, case):
     root = tmp_path / "nifti"
-    folder = _h3_nifti_from_kaggle(h3["data"], root / "BraTS20_Training_001")
+    folder = _nifti_from_kaggle(h3["data"], root / "BraTS20_Training_001")
     mod, fn = NIFTI_BAD[case]
     target = folder / f"{folder.name}_{mod}.nii.gz"
     _nib_rewrite(target, fn)
     digest = tree_hash(root)
-    code, err = _h3("cache", "--preset", "ci", "--nifti", root, "--out", tmp_path / "cache", "--workers", "1", "--quiet")
-    _refused(code, err, target.name)
+    code, err = run_main("cache", "--preset", "ci", "--nifti", root, "--out", tmp_path / "cache", "--workers", "1",
+                         "--quiet")
+    refused(code, err, target.name)
     assert tree_hash(root) == digest
 
 
@@ -1196,8 +1016,8 @@ def test_h3_nifti_ras_and_lps_of_the_same_anatomy_agree_or_are_refused(h3, tmp_p
     """One modality stored flipped in x and y with an LPS affine is the same anatomy: reoriented, or refused."""
     from tumorlib.io.nifti import load_nifti_case
 
-    ras = _h3_nifti_from_kaggle(h3["data"], tmp_path / "ras" / "case", seg=False)
-    lps = _copy(ras.parent, tmp_path / "lps") / "case"
+    ras = _nifti_from_kaggle(h3["data"], tmp_path / "ras" / "case", seg=False)
+    lps = copy_tree(ras.parent, tmp_path / "lps") / "case"
     h, w = 24, 24
     flip = np.array([[-1, 0, 0, h - 1], [0, -1, 0, w - 1], [0, 0, 1, 0], [0, 0, 0, 1.0]])
     _nib_rewrite(lps / "case_t2.nii.gz", lambda d, a: (np.ascontiguousarray(d[::-1, ::-1]), flip))
@@ -1217,7 +1037,7 @@ def test_h3_nifti_ras_and_lps_of_the_same_anatomy_agree_or_are_refused(h3, tmp_p
 def test_h3_nifti_case_folder_problems_in_predict(h3, tmp_path, case):
     import nibabel as nib
 
-    folder = _h3_nifti_from_kaggle(h3["data"], tmp_path / "case", seg=False)
+    folder = _nifti_from_kaggle(h3["data"], tmp_path / "case", seg=False)
     name = "case_flair.nii.gz"
     if case == "missing_flair":
         (folder / "case_flair.nii.gz").unlink()
@@ -1236,20 +1056,20 @@ def test_h3_nifti_case_folder_problems_in_predict(h3, tmp_path, case):
     else:
         _nib_rewrite(folder / "case_t2.nii.gz", lambda d, a: ((d * 10).astype(np.int16), a))
     out = tmp_path / "seg.nii.gz"
-    code, err = _h3("predict", "--run", h3["run"], "--nifti", folder, "--out", out, "--quiet")
+    code, err = run_main("predict", "--run", h3["run"], "--nifti", folder, "--out", out, "--quiet")
     if case == "int16_is_fine":
         assert code == 0, err
         seg = np.asarray(nib.load(out).dataobj)
         assert seg.shape == (24, 24, 8) and set(np.unique(seg)) <= {0, 1, 2, 4}
     else:
-        _refused(code, err, name)
+        refused(code, err, name)
         assert not out.exists()
 
 
-def _h3_big_case(tmp_path, order):
+def _big_case(tmp_path, order):
     """A NIfTI case from one 32x64x64 synthetic volume (about 30,000 brain voxels), files named by ``order``."""
-    data = _h3_synth(tmp_path / "big", volumes=1, shape=("32", "64", "64"))
-    return _h3_nifti_from_kaggle(data, tmp_path / "-".join(order) / "case", order=order, seg=False)
+    data = synth(tmp_path / "big", volumes=1, shape=("32", "64", "64"))
+    return _nifti_from_kaggle(data, tmp_path / "-".join(order) / "case", order=order, seg=False)
 
 
 def test_h3_nifti_swapped_modalities_are_noticed(h3, tmp_path):
@@ -1259,45 +1079,27 @@ def test_h3_nifti_swapped_modalities_are_noticed(h3, tmp_path):
     least MIN_CASE_VOXELS brain voxels (at 8x24x24 its verdicts were mostly wrong), so this case is 32x64x64.
     """
     swapped = ("flair", "t1ce", "t2", "t1")
-    folder = _h3_big_case(tmp_path, swapped)
-    code, err = _h3("predict", "--run", h3["run"], "--nifti", folder, "--out", tmp_path / "seg.nii.gz", "--quiet")
+    folder = _big_case(tmp_path, swapped)
+    code, err = run_main("predict", "--run", h3["run"], "--nifti", folder, "--out", tmp_path / "seg.nii.gz", "--quiet")
     assert "Traceback" not in err
     assert code != 0 or any(w in err.lower() for w in ("modalit", "swap", "order", "contrast")), err
 
 
 def test_h3_nifti_modality_check_gives_no_false_alarm(h3, tmp_path):
     """The same case with the right names: no warning; a case too small to judge: no claim either way."""
-    folder = _h3_big_case(tmp_path, MODS)
-    code, err = _h3("predict", "--run", h3["run"], "--nifti", folder, "--out", tmp_path / "seg.nii.gz", "--quiet")
+    folder = _big_case(tmp_path, MODS)
+    code, err = run_main("predict", "--run", h3["run"], "--nifti", folder, "--out", tmp_path / "seg.nii.gz", "--quiet")
     assert code == 0 and "warning" not in err, err
     from tumorlib.data.modalities import MIN_CASE_VOXELS, check_case_order
     from tumorlib.io.nifti import load_nifti_case
 
-    small = _h3_nifti_from_kaggle(h3["data"], tmp_path / "small" / "case", order=("flair", "t1ce", "t2", "t1"),
-                                  seg=False)
+    small = _nifti_from_kaggle(h3["data"], tmp_path / "small" / "case", order=("flair", "t1ce", "t2", "t1"),
+                               seg=False)
     image = load_nifti_case(small)[0]
     assert image.any(axis=0).sum() < MIN_CASE_VOXELS and check_case_order(image) is None
 
 
 # ------------------------------------------------------------------ round 3: nonsense on the command line
-
-def _sub_args(h3, tmp_path, command):
-    """A valid command line for ``command`` that the nonsense flag is appended to."""
-    if command == "synth":
-        return ["synth", "--out", tmp_path / "new", "--volumes", "1", "--shape", *H3_SHAPE, "--quiet"]
-    if command == "cache":
-        return _h3_cache_args(h3["data"], tmp_path / "c")
-    if command == "train":
-        return _h3_train_args(h3["cache"], tmp_path / "r")
-    if command == "evaluate":
-        return ["evaluate", "--run", h3["run"], "--data", h3["data"], "--cache", h3["cache"], "--out",
-                tmp_path / "m.csv", "--quiet"]
-    if command == "predict":
-        return ["predict", "--run", h3["run"], "--data", h3["data"], "--volume", "1", "--out",
-                tmp_path / "p.nii.gz", "--quiet"]
-    if command == "inspect-modalities":
-        return ["inspect-modalities", "--data", h3["data"], "--json", tmp_path / "i.json"]
-    raise AssertionError(command)
 
 
 NONSENSE = [  # (command, flag, value or values)
@@ -1333,8 +1135,12 @@ NONSENSE = [  # (command, flag, value or values)
     ("predict", "--kaggle_channel_order", "x,y"), ("predict", "--device", "toaster"),
     ("inspect-modalities", "--volumes", "0"), ("inspect-modalities", "--volumes", "-2"),
 ]
+
+
 NONSENSE_FINE = {"cache--cache_hw=16", "train--patch_size=15,31,31",
                  "train--features=4,8"}  # accepted: a correct result is fine too
+
+
 NONSENSE_XFAIL: dict = {}
 
 
@@ -1348,22 +1154,23 @@ def _nonsense_id(case):
 def test_h3_nonsense_flag_value_is_refused_naming_it(h3, tmp_path, case):
     command, flag, value = case
     values = value if isinstance(value, list) else [value]
-    args = _sub_args(h3, tmp_path, command)
+    args = valid_args(h3, tmp_path, command)
     if flag in args:  # replace the valid value(s) that follow the flag
         i = args.index(flag)
         n = 3 if flag == "--shape" else 1
         args = args[:i] + args[i + 1 + n:]
-    code, err = _h3(*args, flag, *values)
+    code, err = run_main(*args, flag, *values)
     if _nonsense_id(case) in NONSENSE_FINE:
         assert code == 0 and "Traceback" not in err, err
         return
-    _refused(code, err, flag.lstrip("-"), flag.lstrip("-").replace("-", "_"), *values,
-             *(["channel order"] if "channel_order" in flag else []))
+    refused(code, err, flag.lstrip("-"), flag.lstrip("-").replace("-", "_"), *values,
+            *(["channel order"] if "channel_order" in flag else []))
     assert not any(p.name in ("new", "c", "r", "m.csv", "p.nii.gz", "i.json") for p in tmp_path.iterdir()), \
         sorted(p.name for p in tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------ round 3: paths that do not exist, files for folders
+
 
 def _path_case(h3, tmp_path, case):
     """(arguments, names one of which the refusal must name, a file that must stay byte-identical or None)."""
@@ -1374,16 +1181,16 @@ def _path_case(h3, tmp_path, case):
     ev = ["evaluate", "--run", run, "--data", data, "--cache", cache, "--quiet"]
     pr = ["predict", "--run", run, "--data", data, "--volume", "1", "--quiet"]
     table = {
-        "cache--data=missing": (_h3_cache_args(nowhere, tmp_path / "c"), [nowhere]),
-        "cache--data=file": (_h3_cache_args(afile, tmp_path / "c"), [afile]),
-        "cache--out=file": (_h3_cache_args(data, afile), [afile]),
+        "cache--data=missing": (cache_args(nowhere, tmp_path / "c"), [nowhere]),
+        "cache--data=file": (cache_args(afile, tmp_path / "c"), [afile]),
+        "cache--out=file": (cache_args(data, afile), [afile]),
         "cache--nifti=missing": (["cache", "--preset", "ci", "--nifti", nowhere, "--out", tmp_path / "c"], [nowhere]),
         "train--cache=missing--data=missing": (["train", "--preset", "ci", "--data", nowhere, "--cache", nowhere,
                                                 "--out", tmp_path / "r", "--quiet"], [nowhere]),
-        "train--cache=file": (_h3_train_args(afile, tmp_path / "r"), [afile]),
-        "train--out=file": (_h3_train_args(cache, afile), [afile]),
-        "train--resume-empty-folder-is-fine": (_h3_train_args(cache, tmp_path / "r", "--resume"), []),
-        "train--resume--overwrite": (_h3_train_args(cache, tmp_path / "r", "--resume", "--overwrite"),
+        "train--cache=file": (train_args(afile, tmp_path / "r"), [afile]),
+        "train--out=file": (train_args(cache, afile), [afile]),
+        "train--resume-empty-folder-is-fine": (train_args(cache, tmp_path / "r", "--resume"), []),
+        "train--resume--overwrite": (train_args(cache, tmp_path / "r", "--resume", "--overwrite"),
                                      ["--resume", "--overwrite"]),
         "evaluate--run=missing": (["evaluate", "--run", nowhere, "--data", data, "--cache", cache], [nowhere]),
         "evaluate--run=file": (["evaluate", "--run", afile, "--data", data, "--cache", cache], [afile]),
@@ -1404,8 +1211,8 @@ def _path_case(h3, tmp_path, case):
         "inspect--data=file": (["inspect-modalities", "--data", afile], [afile]),
         "inspect--json=file-in-missing-dir-is-fine": (["inspect-modalities", "--data", data, "--json",
                                                        tmp_path / "new" / "i.json"], []),
-        "synth--out=file": (["synth", "--out", afile, "--volumes", "1", "--shape", *H3_SHAPE, "--quiet"], [afile]),
-        "synth--out=file--overwrite": (["synth", "--out", afile, "--volumes", "1", "--shape", *H3_SHAPE, "--quiet",
+        "synth--out=file": (["synth", "--out", afile, "--volumes", "1", "--shape", *SHAPE, "--quiet"], [afile]),
+        "synth--out=file--overwrite": (["synth", "--out", afile, "--volumes", "1", "--shape", *SHAPE, "--quiet",
                                         "--overwrite"], [afile]),
         "bench--data=missing": (["bench", "--data", nowhere, "--cache", tmp_path / "c", "--out", tmp_path / "b.json"],
                                 [nowhere]),
@@ -1429,15 +1236,16 @@ def test_h3_paths_that_are_missing_or_the_wrong_kind(h3, tmp_path, case, request
     if case in PATH_XFAIL:
         request.applymarker(PATH_XFAIL[case])
     args, names, afile = _path_case(h3, tmp_path, case)
-    code, err = _h3(*args)
+    code, err = run_main(*args)
     if case.endswith("-is-fine"):
         assert code == 0 and "Traceback" not in err, err
     else:
-        _refused(code, err, *names)
+        refused(code, err, *names)
     assert afile.read_text() == "precious\n"
 
 
 # ------------------------------------------------------------------ round 3: corrupt and foreign checkpoints
+
 
 class _Evil:
     """Unpickling this runs a shell command that creates a marker file."""
@@ -1453,7 +1261,7 @@ class _Evil:
 def h3_other_run(h3):
     """A ci run of other features (2-4-8-16) on the same cache: its checkpoint is of another shape."""
     run = h3["base"] / "other_run"
-    code, err = _h3(*_h3_train_args(h3["cache"], run, "--features", "2,4,8,16"))
+    code, err = run_main(*train_args(h3["cache"], run, "--features", "2,4,8,16"))
     assert code == 0, err
     return run
 
@@ -1492,6 +1300,8 @@ def _spoil_checkpoint(path: Path, how: str, tmp_path: Path, other_run: Path):
 
 SPOILS = ["truncated", "random_bytes", "empty", "text", "pickled_shell_command", "plain_pickle_shell_command",
           "other_shape", "foreign_dict", "nan_weights"]
+
+
 CKPT_XFAIL: dict = {}
 
 
@@ -1500,7 +1310,7 @@ CKPT_XFAIL: dict = {}
 def test_h3_spoiled_best_model_is_refused_never_run(h3, h3_other_run, tmp_path, how, command, request):
     if (how, command) in CKPT_XFAIL:
         request.applymarker(CKPT_XFAIL[how, command])
-    run = _copy(h3["run"], tmp_path / "run")
+    run = copy_tree(h3["run"], tmp_path / "run")
     ckpt = run / "checkpoints" / "best_model.pth"
     _spoil_checkpoint(ckpt, how, tmp_path, h3_other_run)
     digest = tree_hash(run)
@@ -1508,25 +1318,26 @@ def test_h3_spoiled_best_model_is_refused_never_run(h3, h3_other_run, tmp_path, 
         args = ["evaluate", "--run", run, "--data", h3["data"], "--cache", h3["cache"], "--out", tmp_path / "m.csv"]
     else:
         args = ["predict", "--run", run, "--data", h3["data"], "--volume", "1", "--out", tmp_path / "p.nii.gz"]
-    code, err = _h3(*args, "--quiet")
+    code, err = run_main(*args, "--quiet")
     assert not (tmp_path / "PWNED").exists(), "the checkpoint's pickled command was executed"
-    _refused(code, err, ckpt, "best_model.pth")
+    refused(code, err, ckpt, "best_model.pth")
     assert tree_hash(run) == digest
 
 
 @pytest.mark.parametrize("how", ["truncated", "pickled_shell_command", "other_shape"])
 def test_h3_spoiled_last_checkpoint_on_resume(h3, h3_other_run, tmp_path, how):
-    run = _copy(h3["run"], tmp_path / "run")
+    run = copy_tree(h3["run"], tmp_path / "run")
     ckpt = run / "checkpoints" / "last.pth"
     _spoil_checkpoint(ckpt, how, tmp_path, h3_other_run)
     digest = tree_hash(run)
-    code, err = _h3(*_h3_train_args(h3["cache"], run, "--resume"))
+    code, err = run_main(*train_args(h3["cache"], run, "--resume"))
     assert not (tmp_path / "PWNED").exists(), "the checkpoint's pickled command was executed"
-    _refused(code, err, ckpt, "last.pth")
+    refused(code, err, ckpt, "last.pth")
     assert tree_hash(run) == digest
 
 
 # ------------------------------------------------------------------ round 3: hand-edited config.json / splits.json
+
 
 def _edit_json(path: Path, fn):
     text = path.read_text()
@@ -1564,7 +1375,11 @@ CONFIG_EDITS = {
     "patch_size_text": _set("patch_size", "big"),
     "in_channels_3": _set("in_channels", 3),
 }
+
+
 CONFIG_FINE = {"patch_size_missing", "preset_unknown"}  # every other field is there: evaluating is right
+
+
 CONFIG_XFAIL = {}
 
 
@@ -1572,15 +1387,15 @@ CONFIG_XFAIL = {}
 def test_h3_hand_edited_config_json_is_named_by_evaluate(h3, tmp_path, edit, request):
     if edit in CONFIG_XFAIL:
         request.applymarker(CONFIG_XFAIL[edit])
-    run = _copy(h3["run"], tmp_path / "run")
+    run = copy_tree(h3["run"], tmp_path / "run")
     _edit_json(run / "config.json", CONFIG_EDITS[edit])
     digest = tree_hash(run)
-    code, err = _h3("evaluate", "--run", run, "--data", h3["data"], "--cache", h3["cache"], "--out",
-                    tmp_path / "m.csv", "--quiet")
+    code, err = run_main("evaluate", "--run", run, "--data", h3["data"], "--cache", h3["cache"], "--out",
+                         tmp_path / "m.csv", "--quiet")
     if edit in CONFIG_FINE:
         assert code == 0 and "Traceback" not in err, err
         return
-    _refused(code, err, "config.json", "best_model.pth")
+    refused(code, err, "config.json", "best_model.pth")
     assert tree_hash(run) == digest
 
 
@@ -1593,6 +1408,8 @@ SPLIT_EDITS = {
     "test_overlaps_train": lambda d: {**d, "test": d["test"] + d["train"]},
     "no_test_key": _drop("test"),
 }
+
+
 SPLIT_XFAIL: dict = {}
 
 
@@ -1600,26 +1417,27 @@ SPLIT_XFAIL: dict = {}
 def test_h3_hand_edited_splits_json_is_named_by_evaluate(h3, tmp_path, edit, request):
     if edit in SPLIT_XFAIL:
         request.applymarker(SPLIT_XFAIL[edit])
-    run = _copy(h3["run"], tmp_path / "run")
+    run = copy_tree(h3["run"], tmp_path / "run")
     _edit_json(run / "splits.json", SPLIT_EDITS[edit])
     digest = tree_hash(run)
-    code, err = _h3("evaluate", "--run", run, "--data", h3["data"], "--cache", h3["cache"], "--split", "test",
-                    "--out", tmp_path / "m.csv", "--quiet")
-    _refused(code, err, "splits.json", *([run] if edit == "test_empty" else []))
+    code, err = run_main("evaluate", "--run", run, "--data", h3["data"], "--cache", h3["cache"], "--split", "test",
+                         "--out", tmp_path / "m.csv", "--quiet")
+    refused(code, err, "splits.json", *([run] if edit == "test_empty" else []))
     assert tree_hash(run) == digest
 
 
 @pytest.mark.parametrize("edit", ["test_overlaps_train", "not_json"])
 def test_h3_hand_edited_splits_json_is_named_by_resume(h3, tmp_path, edit):
-    run = _copy(h3["run"], tmp_path / "run")
+    run = copy_tree(h3["run"], tmp_path / "run")
     _edit_json(run / "splits.json", SPLIT_EDITS[edit])
     digest = tree_hash(run)
-    code, err = _h3(*_h3_train_args(h3["cache"], run, "--resume"))
-    _refused(code, err, "splits.json")
+    code, err = run_main(*train_args(h3["cache"], run, "--resume"))
+    refused(code, err, "splits.json")
     assert tree_hash(run) == digest
 
 
 # ------------------------------------------------------------------ round 3: hand-edited cache index.json
+
 
 def _vol(key, value, vid="1"):
     def fn(d):
@@ -1641,6 +1459,8 @@ INDEX_EDITS = {
     "files_key_escapes": (lambda d: {**d, "volumes": {**d["volumes"], "1": {**d["volumes"]["1"], "files": {
         "../../x.npy": {"blake2b": "0" * 32, "size": 1}}}}}, False),
 }
+
+
 INDEX_XFAIL: dict = {}
 
 
@@ -1650,24 +1470,24 @@ def test_h3_hand_edited_index_json(h3, tmp_path, edit, command, request):
     """Refused naming index.json (names escaping the folder must be refused), or rebuilt to the right cache."""
     if (edit, command) in INDEX_XFAIL:
         request.applymarker(INDEX_XFAIL[edit, command])
-    cache = _copy(h3["cache"], tmp_path / "cache")
+    cache = copy_tree(h3["cache"], tmp_path / "cache")
     fn, must_refuse = INDEX_EDITS[edit]
     _edit_json(cache / "index.json", fn)
     (tmp_path / "x.npy").write_bytes(b"outside")
     if command == "cache":
-        args = _h3_cache_args(h3["data"], cache)
+        args = cache_args(h3["data"], cache)
     elif command == "train":
         args = ["train", "--preset", "ci", "--data", h3["data"], "--cache", cache, "--out", tmp_path / "r",
                 "--epochs", "1", "--quiet"]
     else:
         args = ["evaluate", "--run", h3["run"], "--data", h3["data"], "--cache", cache, "--out", tmp_path / "m.csv",
                 "--quiet"]
-    code, err = _h3(*args)
+    code, err = run_main(*args)
     assert (tmp_path / "x.npy").read_bytes() == b"outside"
     if must_refuse:
-        _refused(code, err, "index.json", cache)
+        refused(code, err, "index.json", cache)
         return
-    _clean(code, err, "index.json", cache)
+    clean(code, err, "index.json", cache)
     if code == 0:  # rebuilt: the same cache as before the edit
         for ref in sorted(h3["cache"].glob("v*.npy")):
             assert (cache / ref.name).read_bytes() == ref.read_bytes(), ref.name
@@ -1675,14 +1495,8 @@ def test_h3_hand_edited_index_json(h3, tmp_path, edit, command, request):
 
 # ------------------------------------------------------------------ round 3: signals at several points, then rerun
 
-def _wait_for(predicate, proc, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None and not predicate():
-        time.sleep(0.01)
-    return proc.poll() is None
 
-
-def _h3_hist(run: Path):
+def _history_epochs(run: Path):
     import pandas as pd
 
     return pd.read_csv(run / "history.csv").epoch.tolist()
@@ -1692,37 +1506,37 @@ def _h3_hist(run: Path):
 @pytest.mark.parametrize("point", ["start-up", "config written", "after epoch 1"])
 def test_h3_train_sigkill_then_rerun(h3, tmp_path, point):
     run = tmp_path / "run"
-    args = _h3_train_args(h3["cache"], run, "--epochs", "3", "--samples_per_epoch", "64")
+    args = train_args(h3["cache"], run, "--epochs", "3", "--samples_per_epoch", "64")
     proc = run_cli(*args)
     if point == "start-up":
         time.sleep(0.4)
     elif point == "config written":
-        _wait_for(lambda: (run / "config.json").exists(), proc)
+        wait_for(lambda: (run / "config.json").exists(), proc)
     else:
-        _wait_for(lambda: (run / "checkpoints" / "last.pth").exists(), proc)
+        wait_for(lambda: (run / "checkpoints" / "last.pth").exists(), proc)
     proc.kill()
     proc.communicate(timeout=60)
     resume = (run / "checkpoints" / "last.pth").exists()
-    code, err = _h3(*args, *(["--resume"] if resume else []))
+    code, err = run_main(*args, *(["--resume"] if resume else []))
     assert code == 0 and "Traceback" not in err, err
-    assert _h3_hist(run) == [1, 2, 3]
+    assert _history_epochs(run) == [1, 2, 3]
 
 
 @pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
 @pytest.mark.parametrize("sig,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_h3_train_signal_after_epoch_1_one_line_then_resume(h3, tmp_path, sig, exit_code):
     run = tmp_path / "run"
-    args = _h3_train_args(h3["cache"], run, "--epochs", "3", "--samples_per_epoch", "64")
+    args = train_args(h3["cache"], run, "--epochs", "3", "--samples_per_epoch", "64")
     proc = run_cli(*args)
-    _wait_for(lambda: (run / "checkpoints" / "last.pth").exists(), proc)
+    wait_for(lambda: (run / "checkpoints" / "last.pth").exists(), proc)
     proc.send_signal(sig)
-    code, _, err = _proc_clean(proc)
+    code, _, err = proc_clean(proc)
     if code == 0:
         pytest.skip("training finished before the signal")
-    assert code == exit_code and len(_message_lines(err)) == 1 and "--resume" in err, err
-    code, err = _h3(*args, "--resume")
+    assert code == exit_code and len(message_lines(err)) == 1 and "--resume" in err, err
+    code, err = run_main(*args, "--resume")
     assert code == 0, err
-    assert _h3_hist(run) == [1, 2, 3]
+    assert _history_epochs(run) == [1, 2, 3]
 
 
 @pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
@@ -1730,31 +1544,31 @@ def test_h3_train_signal_after_epoch_1_one_line_then_resume(h3, tmp_path, sig, e
 @pytest.mark.parametrize("command", ["synth", "cache", "train", "evaluate", "predict", "inspect-modalities"])
 def test_h3_signal_during_start_up_is_one_line(h3, tmp_path, command, sig):
     """Ctrl-C or SIGTERM 0.3 s after the start (while Python imports): one line and 130/143, never a traceback."""
-    args = [str(a) for a in _sub_args(h3, tmp_path, command)]
+    args = [str(a) for a in valid_args(h3, tmp_path, command)]
     proc = run_cli(*args)
     time.sleep(0.3)
     proc.send_signal(sig)
-    code, _, err = _proc_clean(proc)
+    code, _, err = proc_clean(proc)
     if code == 0:
         return
     assert code in ({signal.SIGINT: 130, signal.SIGTERM: 143}[sig], -sig), (code, err)  # -sig: a shell shows 128+sig
     if code == -sig:  # killed by the default action before tumorlib's handler was installed: nothing printed
-        assert "Traceback" not in err and len(_message_lines(err)) <= 1, err
+        assert "Traceback" not in err and len(message_lines(err)) <= 1, err
     else:
-        assert len(_message_lines(err)) == 1, err
+        assert len(message_lines(err)) == 1, err
 
 
 @pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
 def test_h3_cache_sigkill_then_rerun_is_identical(h3, tmp_path):
-    data = _h3_synth(tmp_path / "data", volumes=8)
+    data = synth(tmp_path / "data", volumes=8)
     ref = tmp_path / "ref"
-    assert _h3(*_h3_cache_args(data, ref))[0] == 0
+    assert run_main(*cache_args(data, ref))[0] == 0
     cache = tmp_path / "cache"
-    proc = run_cli(*[str(a) for a in _h3_cache_args(data, cache)])
-    _wait_for(lambda: len(list(cache.glob("v*_img.npy"))) >= 2, proc)
+    proc = run_cli(*[str(a) for a in cache_args(data, cache)])
+    wait_for(lambda: len(list(cache.glob("v*_img.npy"))) >= 2, proc)
     proc.kill()
     proc.communicate(timeout=60)
-    code, err = _h3(*_h3_cache_args(data, cache))
+    code, err = run_main(*cache_args(data, cache))
     assert code == 0, err
     for r in sorted(ref.glob("v*.npy")):
         assert (cache / r.name).read_bytes() == r.read_bytes(), r.name
@@ -1789,14 +1603,14 @@ def test_h3_evaluate_sigterm_keeps_the_old_metrics(h3, tmp_path):
                    "--split", "all", "--tta", "--out", str(out), "--quiet")
     time.sleep(2.5)
     proc.send_signal(signal.SIGTERM)
-    code, _, err = _proc_clean(proc)
+    code, _, err = proc_clean(proc)
     if code == -signal.SIGTERM and not err.strip():
         # on a quiet machine the tiny evaluation can finish first: the signal then lands while the process
         # exits, after its handler is gone; the metrics are then the old file or the complete new one
         text = out.read_text()
         assert text == "volume,dice_wt\n1,0.5\n" or text.startswith("volume,dice_ncr"), text[:200]
     elif code != 0:
-        assert code == 143 and len(_message_lines(err)) == 1, err
+        assert code == 143 and len(message_lines(err)) == 1, err
         assert out.read_text() == "volume,dice_wt\n1,0.5\n"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != OUTPUT_RECORD]
     assert not leftovers
@@ -1807,28 +1621,24 @@ def test_h3_evaluate_sigterm_keeps_the_old_metrics(h3, tmp_path):
 def test_h3_synth_sigkill_into_a_new_folder_then_rerun(tmp_path, delay):
     """A killed first `synth` must not block the same command afterwards ('is not empty')."""
     out = tmp_path / "d"
-    args = ["synth", "--out", str(out), "--volumes", "40", "--shape", *H3_SHAPE, "--seed", "0", "--quiet"]
+    args = ["synth", "--out", str(out), "--volumes", "40", "--shape", *SHAPE, "--seed", "0", "--quiet"]
     proc = run_cli(*args)
     time.sleep(delay)
     proc.kill()
     proc.communicate(timeout=60)
-    code, err = _h3(*args)
+    code, err = run_main(*args)
     assert code == 0, err
     assert list_volumes(out) == list(range(1, 41))
 
 
 # ------------------------------------------------------------------ round 3: disk full on a real 2 MiB tmpfs
 
+
 @pytest.fixture
 def tmpfs_2m(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    """A 2 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+    with mounted_tmpfs(tmp_path / "small", "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def _fill(folder: Path, leave: int = 0) -> Path:
@@ -1849,12 +1659,12 @@ def _no_temp_files(folder: Path):
 def test_h3_cache_disk_full_then_rerun_after_freeing(h3, tmpfs_2m):
     cache = tmpfs_2m / "cache"
     filler = _fill(tmpfs_2m, leave=90_000)
-    code, err = _h3(*_h3_cache_args(h3["data"], cache))
-    line = _refused(code, err, "disk full")
+    code, err = run_main(*cache_args(h3["data"], cache))
+    line = refused(code, err, "disk full")
     assert str(tmpfs_2m) in line
     _no_temp_files(tmpfs_2m)
     filler.unlink()
-    assert _h3(*_h3_cache_args(h3["data"], cache))[0] == 0
+    assert run_main(*cache_args(h3["data"], cache))[0] == 0
     for r in sorted(h3["cache"].glob("v*.npy")):
         assert (cache / r.name).read_bytes() == r.read_bytes(), r.name
 
@@ -1876,27 +1686,28 @@ def test_h3_disk_full_keeps_the_previous_output(h3, tmpfs_2m, command):
     record_written(out, command)  # that command's earlier output: the one kind of file it may replace
     before = tree_hash(tmpfs_2m)
     _fill(tmpfs_2m)
-    code, err = _h3(*args)
+    code, err = run_main(*args)
     (tmpfs_2m / "filler").unlink()
-    _refused(code, err, "disk full")
+    refused(code, err, "disk full")
     assert tree_hash(tmpfs_2m) == before
     _no_temp_files(tmpfs_2m)
 
 
 # ------------------------------------------------------------------ round 3: two commands on one folder at once
 
+
 @pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
 def test_h3_two_caches_into_one_folder(h3, tmp_path):
-    data = _h3_synth(tmp_path / "data", volumes=6)
+    data = synth(tmp_path / "data", volumes=6)
     ref = tmp_path / "ref"
-    assert _h3(*_h3_cache_args(data, ref))[0] == 0
+    assert run_main(*cache_args(data, ref))[0] == 0
     cache = tmp_path / "cache"
-    procs = [run_cli(*[str(a) for a in _h3_cache_args(data, cache)]) for _ in range(2)]
-    results = [_proc_clean(p) for p in procs]
+    procs = [run_cli(*[str(a) for a in cache_args(data, cache)]) for _ in range(2)]
+    results = [proc_clean(p) for p in procs]
     for code, _, err in results:
-        assert code == 0 or (code == 2 and "in use" in err and len(_message_lines(err)) == 1), err
+        assert code == 0 or (code == 2 and "in use" in err and len(message_lines(err)) == 1), err
     assert any(code == 0 for code, _, _ in results)
-    assert _h3(*_h3_cache_args(data, cache))[0] == 0
+    assert run_main(*cache_args(data, cache))[0] == 0
     for r in sorted(ref.glob("v*.npy")):
         assert (cache / r.name).read_bytes() == r.read_bytes(), r.name
 
@@ -1904,11 +1715,11 @@ def test_h3_two_caches_into_one_folder(h3, tmp_path):
 @pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
 def test_h3_two_synths_into_one_new_folder(tmp_path):
     out = tmp_path / "d"
-    args = ["synth", "--out", str(out), "--volumes", "6", "--shape", *H3_SHAPE, "--seed", "0", "--quiet"]
-    ref = _h3_synth(tmp_path / "ref", volumes=6)
-    results = [_proc_clean(p) for p in [run_cli(*args) for _ in range(2)]]
+    args = ["synth", "--out", str(out), "--volumes", "6", "--shape", *SHAPE, "--seed", "0", "--quiet"]
+    ref = synth(tmp_path / "ref", volumes=6)
+    results = [proc_clean(p) for p in [run_cli(*args) for _ in range(2)]]
     for code, _, err in results:
-        assert code == 0 or (code == 2 and len(_message_lines(err)) == 1), err
+        assert code == 0 or (code == 2 and len(message_lines(err)) == 1), err
     assert any(code == 0 for code, _, _ in results)
     assert tree_hash(out) == tree_hash(ref)
 
@@ -1920,9 +1731,9 @@ def test_h3_two_predicts_into_one_file(h3, tmp_path):
     out = tmp_path / "p.nii.gz"
     args = ["predict", "--run", str(h3["run"]), "--data", str(h3["data"]), "--volume", "1", "--out", str(out),
             "--quiet"]
-    results = [_proc_clean(p) for p in [run_cli(*args) for _ in range(2)]]
+    results = [proc_clean(p) for p in [run_cli(*args) for _ in range(2)]]
     for code, _, err in results:
-        assert code == 0 or (code == 2 and len(_message_lines(err)) == 1), err
+        assert code == 0 or (code == 2 and len(message_lines(err)) == 1), err
     ref = np.asarray(nib.load(h3["pred"]).dataobj)
     np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), ref)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != OUTPUT_RECORD) == ["p.nii.gz"]
@@ -1931,46 +1742,47 @@ def test_h3_two_predicts_into_one_file(h3, tmp_path):
 @pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
 def test_h3_train_while_the_cache_is_rebuilt(h3, tmp_path):
     """A `cache` rebuilding a volume while `train` reads the folder: train refuses or trains on whole files."""
-    cache = _copy(h3["cache"], tmp_path / "cache")
+    cache = copy_tree(h3["cache"], tmp_path / "cache")
     victim = cache / "v2_img.npy"
     victim.write_bytes(victim.read_bytes()[:-64])  # the cache will rebuild volume 2
-    p_cache = run_cli(*[str(a) for a in _h3_cache_args(h3["data"], cache)])
-    p_train = run_cli(*[str(a) for a in _h3_train_args(cache, tmp_path / "run")])
-    for code, _, err in (_proc_clean(p_cache), _proc_clean(p_train)):
-        assert code == 0 or len(_message_lines(err)) == 1, err
+    p_cache = run_cli(*[str(a) for a in cache_args(h3["data"], cache)])
+    p_train = run_cli(*[str(a) for a in train_args(cache, tmp_path / "run")])
+    for code, _, err in (proc_clean(p_cache), proc_clean(p_train)):
+        assert code == 0 or len(message_lines(err)) == 1, err
     for r in sorted(h3["cache"].glob("v*.npy")):
         assert (cache / r.name).read_bytes() == r.read_bytes(), r.name
 
 
 # ------------------------------------------------------------------ round 3: silent wrongness
 
+
 @pytest.fixture(scope="module")
 def h3_other_order_cache(h3):
     cache = h3["base"] / "cache_t1_first"
-    code, err = _h3(*_h3_cache_args(h3["data"], cache, "--kaggle_channel_order", "t1,t1ce,t2,flair"))
+    code, err = run_main(*cache_args(h3["data"], cache, "--kaggle_channel_order", "t1,t1ce,t2,flair"))
     assert code == 0, err
     return cache
 
 
 def test_h3_evaluate_with_a_cache_of_another_channel_order_is_refused(h3, h3_other_order_cache, tmp_path):
-    code, err = _h3("evaluate", "--run", h3["run"], "--cache", h3_other_order_cache, "--out", tmp_path / "m.csv",
-                    "--quiet")
-    _refused(code, err, "kaggle_channel_order", "channel order")
+    code, err = run_main("evaluate", "--run", h3["run"], "--cache", h3_other_order_cache, "--out", tmp_path / "m.csv",
+                         "--quiet")
+    refused(code, err, "kaggle_channel_order", "channel order")
     assert not (tmp_path / "m.csv").exists()
 
 
 def test_h3_resume_with_a_cache_of_another_channel_order_is_refused(h3, h3_other_order_cache, tmp_path):
-    run = _copy(h3["run"], tmp_path / "run")
+    run = copy_tree(h3["run"], tmp_path / "run")
     digest = tree_hash(run)
-    code, err = _h3(*_h3_train_args(h3_other_order_cache, run, "--resume", "--epochs", "2"))
-    _refused(code, err, "kaggle_channel_order", "channel order")
+    code, err = run_main(*train_args(h3_other_order_cache, run, "--resume", "--epochs", "2"))
+    refused(code, err, "kaggle_channel_order", "channel order")
     assert tree_hash(run) == digest
 
 
 def test_h3_predict_with_another_channel_order_is_refused(h3, tmp_path):
-    code, err = _h3("predict", "--run", h3["run"], "--data", h3["data"], "--volume", 1, "--out",
-                    tmp_path / "p.nii.gz", "--kaggle_channel_order", "t1,t1ce,t2,flair", "--quiet")
-    _refused(code, err, "kaggle_channel_order", "channel order")
+    code, err = run_main("predict", "--run", h3["run"], "--data", h3["data"], "--volume", 1, "--out",
+                         tmp_path / "p.nii.gz", "--kaggle_channel_order", "t1,t1ce,t2,flair", "--quiet")
+    refused(code, err, "kaggle_channel_order", "channel order")
 
 
 def _metrics(path: Path):
@@ -1982,11 +1794,12 @@ def _metrics(path: Path):
 def test_h3_evaluate_with_a_resampled_cache_is_refused_or_equal(h3, tmp_path):
     """A cache built with other geometry (--cache_hw 32) than the run's: refused, or the same scores."""
     cache = tmp_path / "cache32"
-    assert _h3(*_h3_cache_args(h3["data"], cache, "--cache_hw", "32"))[0] == 0
+    assert run_main(*cache_args(h3["data"], cache, "--cache_hw", "32"))[0] == 0
     ref, got = tmp_path / "ref.csv", tmp_path / "got.csv"
-    assert _h3("evaluate", "--run", h3["run"], "--cache", h3["cache"], "--split", "all", "--out", ref, "--quiet")[0] == 0
-    code, err = _h3("evaluate", "--run", h3["run"], "--cache", cache, "--split", "all", "--out", got, "--quiet")
-    _clean(code, err, "cache_hw", cache)
+    assert run_main("evaluate", "--run", h3["run"], "--cache", h3["cache"], "--split", "all", "--out", ref,
+                    "--quiet")[0] == 0
+    code, err = run_main("evaluate", "--run", h3["run"], "--cache", cache, "--split", "all", "--out", got, "--quiet")
+    clean(code, err, "cache_hw", cache)
     if code == 0:
         a, b = _metrics(ref), _metrics(got)
         cols = [c for c in a.columns if c.startswith("dice")]
@@ -1994,25 +1807,25 @@ def test_h3_evaluate_with_a_resampled_cache_is_refused_or_equal(h3, tmp_path):
 
 
 def test_h3_train_on_a_cache_of_another_geometry_than_the_resumed_run(h3, tmp_path):
-    run = _copy(h3["run"], tmp_path / "run")
+    run = copy_tree(h3["run"], tmp_path / "run")
     cache = tmp_path / "cache32"
-    assert _h3(*_h3_cache_args(h3["data"], cache, "--cache_hw", "32"))[0] == 0
+    assert run_main(*cache_args(h3["data"], cache, "--cache_hw", "32"))[0] == 0
     digest = tree_hash(run)
-    code, err = _h3(*_h3_train_args(cache, run, "--resume"))
-    _refused(code, err, "cache_hw", cache)
+    code, err = run_main(*train_args(cache, run, "--resume"))
+    refused(code, err, "cache_hw", cache)
     assert tree_hash(run) == digest
 
 
 def test_h3_empty_regions_are_scored_not_crashed(h3, tmp_path):
     """No tumour at all in any volume: evaluate still writes one row per volume (Dice of empty vs empty)."""
-    data = _copy(h3["data"], tmp_path / "data")
-    for path in _slices(data).glob("volume_*_slice_*.h5"):
-        _rewrite(path, mask=np.zeros((24, 24, 3), np.uint8))
+    data = copy_tree(h3["data"], tmp_path / "data")
+    for path in slice_folder(data).glob("volume_*_slice_*.h5"):
+        rewrite_slice(path, mask=np.zeros((24, 24, 3), np.uint8))
     cache = tmp_path / "cache"
-    assert _h3(*_h3_cache_args(data, cache))[0] == 0
+    assert run_main(*cache_args(data, cache))[0] == 0
     out = tmp_path / "m.csv"
-    code, err = _h3("evaluate", "--run", h3["run"], "--data", data, "--cache", cache, "--split", "all", "--out", out,
-                    "--quiet")
+    code, err = run_main("evaluate", "--run", h3["run"], "--data", data, "--cache", cache, "--split", "all",
+                         "--out", out, "--quiet")
     assert code == 0 and "Traceback" not in err, err
     assert len(_metrics(out)) == 3
 
@@ -2020,6 +1833,8 @@ def test_h3_empty_regions_are_scored_not_crashed(h3, tmp_path):
 OUT_VICTIMS = ["run/checkpoints/best_model.pth", "run/checkpoints/last.pth", "run/config.json", "run/splits.json",
                "run/history.csv", "cache/index.json", "cache/v1_img.npy",
                f"data/{KAGGLE_SUBDIR}/volume_1_slice_0.h5", f"data/{KAGGLE_SUBDIR}/meta_data.csv"]
+
+
 OUT_XFAIL: dict = {}
 
 
@@ -2039,10 +1854,10 @@ def test_h3_out_naming_an_input_or_another_output_is_refused(h3, tmp_path, comma
         request.applymarker(OUT_XFAIL[command, victim])
     base = tmp_path / "w"
     for name in ("run", "cache", "data"):
-        _copy(h3[name], base / name)
+        copy_tree(h3[name], base / name)
     digest = tree_hash(base)
-    code, err = _h3(*_victim_args(command, base, base / victim))
-    _refused(code, err, base / victim)
+    code, err = run_main(*_victim_args(command, base, base / victim))
+    refused(code, err, base / victim)
     assert tree_hash(base) == digest
 
 
@@ -2051,19 +1866,19 @@ def test_h3_out_naming_an_input_or_another_output_is_refused(h3, tmp_path, comma
 def test_h3_folder_out_naming_another_commands_folder_is_refused(h3, tmp_path, case):
     base = tmp_path / "w"
     for name in ("run", "cache", "data"):
-        _copy(h3[name], base / name)
+        copy_tree(h3[name], base / name)
     digest = tree_hash(base)
     run, cache, data = base / "run", base / "cache", base / "data"
     args = {
-        "cache--out=data": _h3_cache_args(data, data),
-        "cache--out=data-slice-folder": _h3_cache_args(data, _slices(data)),
-        "cache--out=run": _h3_cache_args(data, run),
-        "train--out=cache": _h3_train_args(cache, cache),
-        "train--out=data": _h3_train_args(cache, data),
+        "cache--out=data": cache_args(data, data),
+        "cache--out=data-slice-folder": cache_args(data, slice_folder(data)),
+        "cache--out=run": cache_args(data, run),
+        "train--out=cache": train_args(cache, cache),
+        "train--out=data": train_args(cache, data),
     }[case]
-    code, err = _h3(*args)
+    code, err = run_main(*args)
     out = Path(args[args.index("--out") + 1])
-    _refused(code, err, out)
+    refused(code, err, out)
     assert tree_hash(base) == digest
 
 
