@@ -94,6 +94,7 @@ def test_synth_disk_full_monkeypatched(old_set, tmp_path, monkeypatch, capsys):
     assert tree_hash(root) == digest
 
 
+@pytest.mark.slow  # a synth subprocess; mounts a tmpfs
 def test_disk_full_on_a_real_small_filesystem(small_tmpfs):
     good = small_tmpfs / "history.csv"
     atomic_write(good, "epoch,loss\n1,0.5\n")
@@ -111,6 +112,7 @@ def test_disk_full_on_a_real_small_filesystem(small_tmpfs):
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["history.csv"]
 
 
+@pytest.mark.slow  # mounts a tmpfs (mount/umount subprocesses)
 def test_disk_full_during_a_checkpoint_write(ci_cache, small_tmpfs, capsys):
     run = small_tmpfs / "run"
     assert main(train_args(ci_cache, run)) == 2
@@ -146,6 +148,7 @@ def _no_temp_files(folder: Path):
     assert not left, left
 
 
+@pytest.mark.slow  # mounts a tmpfs (mount/umount subprocesses)
 def test_h3_cache_disk_full_then_rerun_after_freeing(h3, tmpfs_2m):
     cache = tmpfs_2m / "cache"
     filler = _fill(tmpfs_2m, leave=90_000)
@@ -159,6 +162,7 @@ def test_h3_cache_disk_full_then_rerun_after_freeing(h3, tmpfs_2m):
         assert (cache / r.name).read_bytes() == r.read_bytes(), r.name
 
 
+@pytest.mark.slow  # mounts a tmpfs (mount/umount subprocesses)
 @pytest.mark.parametrize("command", ["predict", "evaluate", "inspect-modalities"])
 def test_h3_disk_full_keeps_the_previous_output(h3, tmpfs_2m, command):
     if command == "predict":
@@ -186,6 +190,7 @@ def test_h3_disk_full_keeps_the_previous_output(h3, tmpfs_2m, command):
 # ------------------------------------------------------------------ read-only folders
 
 
+@pytest.mark.slow  # mount/remount subprocesses
 def test_read_only_folder(small_tmpfs, capsys):
     out = small_tmpfs / "d"
     out.mkdir()
@@ -212,6 +217,7 @@ def test_read_only_folder(small_tmpfs, capsys):
 # ------------------------------------------------------------------ atomic writes under SIGKILL
 
 
+@pytest.mark.slow  # a writer subprocess killed at random moments
 def test_atomic_write_killed_at_random_moments(tmp_path):
     """A writer killed at any moment leaves the complete old or the complete new file, nothing else."""
     target = tmp_path / "index.json"
@@ -310,6 +316,7 @@ def test_h3_folder_out_naming_another_commands_folder_is_refused(h3, tmp_path, c
 # -------------------------------------------------------------- concurrent writers: two commands on one folder at once
 
 
+@pytest.mark.slow  # four subprocesses that sleep while holding the lock
 def test_concurrent_writers_one_wins(tmp_path):
     folder = tmp_path / "run"
     code = textwrap.dedent(f"""

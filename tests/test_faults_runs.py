@@ -105,6 +105,7 @@ def test_new_run_discards_the_previous_once_it_has_a_model(finished_run, ci_cach
     assert set(new) == set(old) and new["checkpoints/best_model.pth"] != old["checkpoints/best_model.pth"]
 
 
+@pytest.mark.slow  # a training subprocess, killed
 def test_two_trainings_into_one_out_second_refused_kill_keeps_previous(finished_run, ci_cache, tmp_path, capsys):
     """A real second process: refused naming the holder's PID; a SIGKILL at epoch 1 keeps the old model."""
     from tumorlib.training.run_folder import RUN_FILES
@@ -295,6 +296,7 @@ def test_volume_deleted_from_the_data_is_dropped(data_and_cache, capsys):
     assert not list(cache.glob("v2_*"))
 
 
+@pytest.mark.slow  # mount/remount subprocesses
 def test_read_only_finished_cache_is_usable(small_tmpfs, tmp_path, capsys):
     from tumorlib.core.config import get_config
     from tumorlib.data.resolve import resolve_cache

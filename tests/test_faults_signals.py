@@ -29,6 +29,7 @@ from faults_cli import (SHAPE, cache_args, message_lines, proc_clean, run_cli, r
 # ------------------------------------------------------------------ synth and cache
 
 
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
 def test_synth_kill_at_many_points_keeps_old_or_complete_new(tmp_path):
     """SIGKILL at random moments of `synth --overwrite`: the folder is the old set or the complete new one."""
     out = tmp_path / "d"
@@ -57,6 +58,7 @@ def test_synth_kill_at_many_points_keeps_old_or_complete_new(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "ref"]  # killed runs' partials removed
 
 
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
 @pytest.mark.parametrize("sig,code,text", [(signal.SIGTERM, 143, "stopped by SIGTERM"),
                                            (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
 def test_synth_sigterm_and_ctrl_c_one_line_exit_code_old_kept(tmp_path, sig, code, text):
@@ -94,6 +96,7 @@ def test_h3_synth_sigkill_into_a_new_folder_then_rerun(tmp_path, delay):
     assert list_volumes(out) == list(range(1, 41))
 
 
+@pytest.mark.slow  # subprocesses and real signals: seconds each, minutes under load
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_cache_interrupted_with_workers_one_line_then_resumes(tmp_path, sig, code):
     """Signal the whole process group (as a terminal or a scheduler does): workers print nothing."""
