@@ -1,4 +1,4 @@
-"""tumorlib.core.safety, tumorlib.core.folders and tumorlib.core.integrity: each mechanism on its own (faults: test_faults.py)."""
+"""tumorlib.core.safety, tumorlib.core.folders and tumorlib.core.integrity: each mechanism on its own (faults: test_faults_*.py)."""
 
 from __future__ import annotations
 
