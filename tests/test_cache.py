@@ -564,7 +564,7 @@ def test_index_pointing_volumes_at_one_file_is_refused_naming_both(built, tmp_pa
 
 @pytest.mark.parametrize("volumes,message", [
     ([], r"'volumes' is list \[\], not an object"),
-    ("v1", r"'volumes' is str v1, not an object"),
+    ("v1\nv2", r"'volumes' is str 'v1\\nv2', not an object"),
     ({"one": {}}, r"volume id 'one' is not a number"),
     ({"1": [1, 2]}, r"volume 1's entry is list, not an object"),
 ])

@@ -187,6 +187,12 @@ def test_overwrite_never_replaces_a_model_put_in_place_of_the_exported_one(run_d
     with pytest.raises(FileExistsError, match="never replaced"):
         export_model(run_dir, "onnx", out, overwrite=True)
     assert (out / "model.onnx").read_bytes() == b"my fine-tuned model"
+    export_model(run_dir, "onnx", tmp_path / "f")
+    size = (tmp_path / "f" / "model.onnx").stat().st_size
+    (tmp_path / "f" / "model.onnx").write_bytes(b"x" * size)  # another model of the same size: still not ours
+    with pytest.raises(FileExistsError, match="never replaced"):
+        export_model(run_dir, "onnx", tmp_path / "f", overwrite=True)
+    assert (tmp_path / "f" / "model.onnx").read_bytes() == b"x" * size
 
 
 def test_an_earlier_export_needs_overwrite(run_dir, tmp_path):

@@ -213,15 +213,28 @@ def test_tuning_replaces_only_its_own_unchanged_record(tmp_path):
     path = tmp_path / POSTPROCESSING_FILE
     path.write_text('{"rule": {"min_mm3": {"wt": 50, "tc": 0, "et": 0}}}\n')  # written by hand
     before = path.read_bytes()
-    with pytest.raises(FileExistsError, match="not written by tune-postprocessing"):
+    with pytest.raises(FileExistsError, match="not a record tune-postprocessing wrote as it is now"):
         write_postprocessing(tmp_path, {"rule": PostProcessing(min_mm3=(100, 0, 0)).to_dict()})
     assert path.read_bytes() == before
     path.unlink()
     write_postprocessing(tmp_path, {"rule": PostProcessing(min_mm3=(100, 0, 0)).to_dict()})
     write_postprocessing(tmp_path, {"rule": PostProcessing(min_mm3=(200, 0, 0)).to_dict()})  # its own: replaced
     assert json.loads(path.read_text())["rule"]["min_mm3"]["wt"] == 200
-    path.write_text(path.read_text().replace("200", "300"))  # edited by hand since
+    path.write_text(path.read_text().replace("200", "3000"))  # edited by hand since
     edited = path.read_bytes()
     with pytest.raises(FileExistsError, match="edited since"):
         write_postprocessing(tmp_path, {"rule": PostProcessing().to_dict()})
     assert path.read_bytes() == edited
+
+
+def test_a_whole_tuning_record_from_before_output_records_is_tunings_own(tmp_path):
+    """An upgrade: a run tuned by a tumorlib that kept no output records is tuned again, not refused."""
+    path = tmp_path / POSTPROCESSING_FILE
+    old = {"rule": PostProcessing(min_mm3=(100, 0, 0)).to_dict(), "rule_text": "WT >= 100 mm3", "candidates": [],
+           "split": "val", "val_with": {}, "val_without": {}}
+    path.write_text(json.dumps(old))
+    write_postprocessing(tmp_path, {"rule": PostProcessing(min_mm3=(200, 0, 0)).to_dict()})
+    assert json.loads(path.read_text())["rule"]["min_mm3"]["wt"] == 200
+    path.write_text(json.dumps(old))  # recorded as tuning's once: a whole record put there since is refused
+    with pytest.raises(FileExistsError, match="edited since"):
+        write_postprocessing(tmp_path, {"rule": PostProcessing().to_dict()})

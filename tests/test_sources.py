@@ -269,3 +269,11 @@ def test_describe_setup_of_ci_says_smoke_run_and_shows_no_machine_path(monkeypat
     assert "ci: a smoke run (2 epochs" in text and "numbers mean nothing" in text and "make demo" in text
     assert os.environ["TUMORLIB_HOME"] not in text and "$TUMORLIB_HOME/outputs/ci" in text
     assert "smoke run" not in describe_setup(get_config("demo"))
+
+
+def test_describe_setup_with_tumorlib_data_naming_a_file_says_so(tmp_path, monkeypatch):
+    archive = tmp_path / "brats2020-training-data.zip"  # the download, not yet unpacked
+    archive.write_bytes(b"PK")
+    monkeypatch.setenv("TUMORLIB_DATA", str(archive))
+    text = describe_setup(get_config("ci"))
+    assert "none readable" in text and "is a file, not a folder" in text

@@ -215,7 +215,8 @@ def _add_notebooks(sub: Any) -> None:
     add_output_arg(p, "--out", kind="folder", makes="notebooks", default="outputs/demo",
                    help="folder for the executed notebooks")
     p.add_argument("--only", nargs="*", default=None, help="notebook prefixes to run, e.g. 01 02")
-    p.add_argument("--timeout", type=int_at_least(1), default=1800, help="seconds allowed per cell")
+    p.add_argument("--timeout", type=int_at_least(0), default=1800,
+                   help="seconds allowed per cell (0: no limit, for full-preset training cells)")
     p.set_defaults(func=_cmd_notebooks)
 
 def _add_inspect_modalities(sub: Any) -> None:
@@ -262,7 +263,7 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--device", default=None, help="device for --train: cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--train-warmup", type=int_at_least(0), default=3,
                    help="untimed optimizer steps before each seed/default measurement (compilation, autotuning)")
-    p.add_argument("--loss-steps", type=int_at_least(1), default=5,
+    p.add_argument("--loss-steps", type=int_at_least(0), default=5,
                    help="optimizer steps of the reference/default loss check (0 skips it)")
     p.add_argument("--compile-mode", default="auto",
                    help="torch.compile mode of the default variant: auto (on CUDA only), none, default, "

@@ -49,7 +49,7 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
     Args:
         notebook_dir: folder with ``01_explore.ipynb`` ... ``06_visualize.ipynb``.
         out_dir: where the executed notebooks are written.
-        timeout: seconds allowed per cell.
+        timeout: seconds allowed per cell (0: no limit).
         only: notebook name prefixes to run (e.g. ``["01", "02"]``); None runs all.
         quiet: print nothing.
 
@@ -80,7 +80,7 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         sockets = Path(tempfile.mkdtemp(prefix="tumorlib-kernel-"))  # short: socket paths are limited
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", km=kernel_manager("python3", sockets),
+        client = NotebookClient(nb, timeout=timeout or None, kernel_name="python3", km=kernel_manager("python3", sockets),
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
         start = time.perf_counter()
         target = out_dir / path.name

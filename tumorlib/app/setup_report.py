@@ -60,7 +60,7 @@ def _volumes_line(kind: str, path: Path, config: Config) -> str:
         return f"{config.synth_volumes} (generated on first use)"
     try:
         found = find_slices(path)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         return f"none readable ({err})"
     if not found:
         return f"none found below {path}"

@@ -38,6 +38,7 @@ __all__ = [
     "atomic_open",
     "atomic_path",
     "atomic_write",
+    "ever_recorded",
     "fsync_dir",
     "folder_lock",
     "folder_record_problem",
@@ -311,6 +312,12 @@ def written_by(path: str | os.PathLike) -> str | None:
     if not isinstance(entry, dict) or record_problem(path, entry) is not None:
         return None
     return entry.get("writer")
+
+
+def ever_recorded(path: str | os.PathLike) -> bool:
+    """Whether the record beside ``path`` names it at all (as written then, whatever it holds now)."""
+    path = Path(path)
+    return isinstance(_load_record(path.absolute().parent).get("files", {}).get(path.name), dict)
 
 
 def _folder_files(folder: Path) -> dict[str, int]:

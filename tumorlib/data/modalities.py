@@ -270,5 +270,5 @@ def format_modality_report(report: dict[str, Any]) -> str:
     verb = "agrees with" if report["agrees"] else "DIFFERS from"
     lines.append(f"{verb} the configured kaggle_channel_order {_names(report['configured_order'])}")
     if inferred is not None and not report["agrees"]:
-        lines.append(f"fix: --kaggle_channel_order {','.join(inferred)} (or set it in the config)")
+        lines.append(f"fix: --kaggle_channel_order {','.join(inferred)} when caching and training this data")
     return "\n".join(lines)

@@ -86,7 +86,9 @@ def read_contract(out_dir: str | os.PathLike) -> dict[str, Any] | None:
         contract = json.loads((Path(out_dir) / CONTRACT_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return contract if isinstance(contract, dict) and contract.get("written_by") == _WRITER else None
+    if not isinstance(contract, dict) or contract.get("written_by") != _WRITER:
+        return None
+    return contract if isinstance(contract.get("files", {}), dict) else None  # edited by hand: not a record
 
 
 def _check_out_dir(out: Path, run: Path, inputs: list[Path], names: tuple[str, ...], overwrite: bool) -> None:
@@ -106,7 +108,7 @@ def _check_out_dir(out: Path, run: Path, inputs: list[Path], names: tuple[str, .
     records = (contract or {}).get("files", {})
     # a file is the earlier export's only while it is still the bytes the contract recorded, not by its name
     ours = {n for n, r in records.items() if isinstance(r, dict) and (out / n).is_file()
-            and not (out / n).is_symlink() and record_problem(out / n, r, mtime=False) is None}
+            and not (out / n).is_symlink() and record_problem(out / n, r, mtime=False, checksum=True) is None}
     ours |= {CONTRACT_NAME} if contract else set()
     present = sorted(p.name for p in out.iterdir())
     foreign = [n for n in present if n not in ours]
@@ -241,6 +243,6 @@ def export_model(run_dir: str | os.PathLike, fmt: str = "onnx", out_dir: str | o
     contract = _contract(fmt, config, ckpt_path, ckpt, files)
     path = atomic_write(out / CONTRACT_NAME, json.dumps(contract, indent=2, default=str) + "\n")
     for name, record in sorted(stale.items()):  # removed only while they are still the files it wrote
-        if (out / name).is_file() and record_problem(out / name, record, mtime=False) is None:
+        if (out / name).is_file() and record_problem(out / name, record, mtime=False, checksum=True) is None:
             (out / name).unlink()
     return path

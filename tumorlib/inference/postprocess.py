@@ -272,21 +272,43 @@ def run_postprocessing(run_dir: str | os.PathLike, config: Any) -> PostProcessin
 POSTPROCESSING_WRITER = "tune-postprocessing"
 
 
-def check_postprocessing_replaceable(run_dir: str | os.PathLike) -> Path:
-    """``RUN/postprocessing.json``, refused when it exists and tuning did not write it as it is now.
+#: The keys of tuning's whole record (a hand-written rule holds ``rule`` alone).
+_TUNED_KEYS = frozenset({"rule", "rule_text", "candidates", "split", "val_with", "val_without"})
 
-    A rule written by hand, or a tuned one edited since, is the user's: tuning never replaces it.
+
+def _tuned_before_records(path: Path) -> bool:
+    """A record tuning wrote before tumorlib kept records of its outputs: no record names it, and it holds
+    tuning's whole record (candidates, scores), not a rule alone."""
+    from tumorlib.core.safety import ever_recorded
+
+    if ever_recorded(path) or path.is_symlink():
+        return False
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and _TUNED_KEYS <= set(record)
+
+
+def check_postprocessing_replaceable(run_dir: str | os.PathLike) -> Path:
+    """``RUN/postprocessing.json``, refused when it exists and is not tuning's own record.
+
+    Tuning's own: the file its record says it wrote, unchanged since, or (from before such records) a whole
+    tuning record nothing has recorded. A rule written by hand, or a tuned one edited since, is the user's:
+    tuning never replaces it.
 
     Raises:
-        FileExistsError: the file is not the one ``tune-postprocessing`` wrote (names it).
+        FileExistsError: the file is not tuning's (names it).
     """
     from tumorlib.core.safety import written_by
 
     path = Path(run_dir) / POSTPROCESSING_FILE
-    if (path.exists() or path.is_symlink()) and written_by(path) != POSTPROCESSING_WRITER:
-        raise FileExistsError(f"{path} was not written by tune-postprocessing (or was edited since): never "
-                              "replaced; move it away to tune again, or keep it as the run's rule")
-    return path
+    if not (path.exists() or path.is_symlink()) or written_by(path) == POSTPROCESSING_WRITER:
+        return path
+    if _tuned_before_records(path):
+        return path
+    raise FileExistsError(f"{path} is not a record tune-postprocessing wrote as it is now (written by hand or "
+                          "edited since): never replaced; move it away to tune again, or keep it as the run's rule")
 
 
 def write_postprocessing(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:

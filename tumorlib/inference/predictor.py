@@ -60,7 +60,8 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = "cp
                 f"best model{why.replace(': ', ', ')}); the earlier run's model waits in "
                 f"{waiting[-1].parent.parent}: evaluate that with --run {waiting[-1].parent.parent}, or finish "
                 f"the new run with `tumorlib train --out {run} "
-                f"{'--resume' if (run / 'checkpoints' / 'last.pth').is_file() else '--overwrite'}`")
+                f"{'--resume' if (run / 'checkpoints' / 'last.pth').is_file() else '--overwrite'}` (which discards "
+                "the earlier run once the new one has its first best model)")
         raise FileNotFoundError(f"run folder {run} holds no trained model: checkpoints/{BEST_NAME} is missing "
                                 f"(it holds {held}{why}); train it with `tumorlib train --out {run}`")
     config = load_config(config_path)

@@ -82,8 +82,10 @@ def plot_modality_signatures(report: dict[str, Any], image: Any | None = None, m
     ax.set_ylabel("log2(tissue / healthy brain)")
     ax.legend(frameon=False, fontsize=8, ncol=4, loc="upper left")
     n = len(votes)
-    ax.set_title(f"median over {n} volume{'s' if n != 1 else ''}; "
-                 f"{report.get('agreeing_votes', 0)} vote{'s' if n != 1 else ''} for the verdict", fontsize=9)
+    agreeing = report.get("agreeing_votes", 0)
+    verdict = (f"{agreeing} vote{'s' if agreeing != 1 else ''} for the verdict" if report.get("inferred_order")
+               else "no verdict")
+    ax.set_title(f"median over {n} volume{'s' if n != 1 else ''}; {verdict}", fontsize=9)
     if title:
         fig.suptitle(title)
     return fig

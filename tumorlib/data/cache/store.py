@@ -235,7 +235,7 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
                          f"version {CACHE_VERSION}; delete the folder and build the cache again")
     volumes = index.get("volumes")
     if not isinstance(volumes, dict):
-        raise CacheError(f"{path}: 'volumes' is {type(volumes).__name__} {str(volumes)[:40]}, not an object from "
+        raise CacheError(f"{path}: 'volumes' is {type(volumes).__name__} {volumes!r:.40}, not an object from "
                          "volume id to entry; delete the cache and build it again")
     for key, entry in volumes.items():
         if not (key.isascii() and key.isdigit()) or not isinstance(entry, dict):
