@@ -9,7 +9,7 @@ import torch
 
 from tumorlib.core.config import get_config
 from tumorlib.nn.checkpoint import atomic_torch_save
-from tumorlib.nn.unet import model_from_config
+from tumorlib.nn.unet import UNet3D, model_from_config
 
 
 def make_run(folder, bias=None, config=None, splits=None, **overrides):
@@ -29,3 +29,16 @@ def make_run(folder, bias=None, config=None, splits=None, **overrides):
     if splits is not None:
         (folder / "splits.json").write_text(json.dumps(splits))
     return folder
+
+
+def tiny_unet(seed: int = 0) -> UNet3D:
+    """A 4-8-16 UNet3D in eval mode with seed-``seed`` weights (engine tests)."""
+    torch.manual_seed(seed)
+    return UNet3D(4, 3, (4, 8, 16)).eval()
+
+
+def tiny_checkpoint(tmp_path, model: UNet3D):
+    """``tmp_path/checkpoints/best_model.pth`` holding ``model`` (what the OpenVINO cache sits beside)."""
+    path = tmp_path / "checkpoints" / "best_model.pth"
+    atomic_torch_save({"model": model.state_dict(), "config": {"features": [4, 8, 16]}}, path)
+    return path

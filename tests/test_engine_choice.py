@@ -13,22 +13,11 @@ from tumorlib.inference import engine_choice, engines
 from tumorlib.inference.engine_choice import CHOICE_FILE, engine_candidates
 from tumorlib.inference.engines import make_engine
 from tumorlib.inference.openvino_model import openvino_available, openvino_cache_dir
-from tumorlib.nn.checkpoint import atomic_torch_save
-from tumorlib.nn.unet import UNet3D
+
+from constant_runs import tiny_checkpoint, tiny_unet
 
 PATCH = (16, 16, 16)
 needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
-
-
-def _model(seed: int = 0) -> UNet3D:
-    torch.manual_seed(seed)
-    return UNet3D(4, 3, (4, 8, 16)).eval()
-
-
-def _checkpoint(tmp_path, model: UNet3D):
-    path = tmp_path / "checkpoints" / "best_model.pth"
-    atomic_torch_save({"model": model.state_dict(), "config": {"features": [4, 8, 16]}}, path)
-    return path
 
 
 def _rows(fastest: tuple[str, str], candidates):
@@ -59,8 +48,8 @@ def test_candidates_are_the_allowed_engines_and_precisions(monkeypatch, forced, 
 def test_without_openvino_auto_is_torch_and_says_so(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
     monkeypatch.setenv(CPU_BF16_ENV, "0")
-    model = _model()
-    ckpt = _checkpoint(tmp_path, model)
+    model = tiny_unet()
+    ckpt = tiny_checkpoint(tmp_path, model)
     engine = make_engine(model, "auto", "cpu", "auto", PATCH, checkpoint=ckpt)
     assert engine.name == "torch" and engine.precision == "fp32"
     assert "openvino is not installed" in engine.reason
@@ -73,8 +62,8 @@ def test_without_openvino_auto_is_torch_and_says_so(monkeypatch, tmp_path, capsy
 @needs_openvino
 def test_auto_picks_the_fastest_measured_keeps_it_and_remeasures_on_another_cpu(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv(CPU_BF16_ENV, "1")
-    model = _model()
-    ckpt = _checkpoint(tmp_path, model)
+    model = tiny_unet()
+    ckpt = tiny_checkpoint(tmp_path, model)
     calls = []
 
     def fake_measure(build, candidates, window):
@@ -106,8 +95,8 @@ def test_auto_picks_the_fastest_measured_keeps_it_and_remeasures_on_another_cpu(
 @needs_openvino
 def test_auto_measures_for_real_and_caches_the_compiled_model(monkeypatch, tmp_path):
     monkeypatch.setenv(CPU_BF16_ENV, "0")
-    model = _model()
-    ckpt = _checkpoint(tmp_path, model)
+    model = tiny_unet()
+    ckpt = tiny_checkpoint(tmp_path, model)
     engine = make_engine(model, "auto", "cpu", "auto", PATCH, batch_size=2, checkpoint=ckpt)
     folder = openvino_cache_dir(ckpt)
     kept = json.loads((folder / CHOICE_FILE).read_text())
@@ -128,4 +117,4 @@ def test_on_a_gpu_auto_stays_torch(monkeypatch):
     monkeypatch.setattr(engine_choice, "measure_candidates", lambda *a, **k: pytest.fail("measured off the CPU"))
     monkeypatch.setattr(engines, "_torch_engine", lambda model, dev, precision: engines.Engine(
         "torch", "fp32", "stub", lambda x: x))
-    assert make_engine(_model(), "auto", "cuda", "float32", PATCH).name == "torch"
+    assert make_engine(tiny_unet(), "auto", "cuda", "float32", PATCH).name == "torch"

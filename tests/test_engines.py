@@ -17,21 +17,12 @@ from tumorlib.inference.sliding_window import sliding_window_inference
 from tumorlib.nn.checkpoint import atomic_torch_save
 from tumorlib.nn.unet import UNet3D
 
+from constant_runs import tiny_checkpoint, tiny_unet
+
 PATCH = (16, 16, 16)
 HAS_OPENVINO = openvino_model.openvino_available()
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed "
                                     "(pip install 'tumorlib[openvino]')")
-
-
-def _model(seed: int = 0) -> UNet3D:
-    torch.manual_seed(seed)
-    return UNet3D(4, 3, (4, 8, 16)).eval()
-
-
-def _checkpoint(tmp_path, model: UNet3D):
-    path = tmp_path / "checkpoints" / "best_model.pth"
-    atomic_torch_save({"model": model.state_dict(), "config": {"features": [4, 8, 16]}}, path)
-    return path
 
 
 @pytest.fixture
@@ -40,7 +31,7 @@ def no_openvino(monkeypatch):
 
 
 def test_torch_engine_is_the_model_in_float32():
-    model = _model()
+    model = tiny_unet()
     engine = make_engine(model, "torch", "cpu", "float32", PATCH, batch_size=2)
     x = torch.randn(3, 4, *PATCH)
     with torch.no_grad():
@@ -52,7 +43,7 @@ def test_torch_engine_is_the_model_in_float32():
 @pytest.mark.parametrize("forced, precision", [("0", "fp32"), ("1", "bf16")])
 def test_torch_engine_auto_precision_follows_the_cpu_probe(monkeypatch, forced, precision):
     monkeypatch.setenv(CPU_BF16_ENV, forced)
-    engine = make_engine(_model(), "torch", "cpu", "auto", PATCH)
+    engine = make_engine(tiny_unet(), "torch", "cpu", "auto", PATCH)
     assert engine.precision == precision
     out = engine(torch.randn(1, 4, *PATCH))
     assert out.dtype == torch.float32 and out.shape == (1, 3, *PATCH)
@@ -62,9 +53,9 @@ def test_bad_names_are_refused():
     with pytest.raises(ValueError, match="engine must be one of"):
         resolve_engine("tensorrt", "cpu")
     with pytest.raises(ValueError, match="precision must be one of"):
-        make_engine(_model(), "torch", "cpu", "half", PATCH)
+        make_engine(tiny_unet(), "torch", "cpu", "half", PATCH)
     with pytest.raises(ValueError, match="CUDA only"):
-        make_engine(_model(), "torch", "cpu", "float16", PATCH)
+        make_engine(tiny_unet(), "torch", "cpu", "float16", PATCH)
 
 
 def test_openvino_asked_for_on_a_gpu_is_refused(monkeypatch):
@@ -77,10 +68,10 @@ def test_openvino_asked_for_on_a_gpu_is_refused(monkeypatch):
 def test_without_openvino_auto_is_torch_and_openvino_names_the_install(no_openvino):
     assert not openvino_model.openvino_available()
     assert resolve_engine("auto", "cpu") == "torch"
-    engine = make_engine(_model(), "auto", "cpu", "float32", PATCH)
+    engine = make_engine(tiny_unet(), "auto", "cpu", "float32", PATCH)
     assert engine.name == "torch"
     with pytest.raises(ValueError, match=r"pip install .*openvino"):
-        make_engine(_model(), "openvino", "cpu", "float32", PATCH)
+        make_engine(tiny_unet(), "openvino", "cpu", "float32", PATCH)
 
 
 @needs_openvino
@@ -118,7 +109,7 @@ def test_engines_freed_in_any_order_leave_signal_handlers_working():
 @needs_openvino
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_openvino_matches_torch_for_any_batch(n):
-    model = _model()
+    model = tiny_unet()
     engine = make_engine(model, "openvino", "cpu", "float32", PATCH, batch_size=2)
     x = torch.randn(n, 4, *PATCH)
     with torch.no_grad():
@@ -135,7 +126,7 @@ def test_openvino_matches_torch_for_any_batch(n):
 @needs_openvino
 def test_openvino_bf16_is_close_and_works_in_the_sliding_window(monkeypatch):
     monkeypatch.setenv(CPU_BF16_ENV, "1")
-    model = _model()
+    model = tiny_unet()
     engine = make_engine(model, "openvino", "cpu", "auto", PATCH, batch_size=3)
     assert engine.precision == "bf16"
     image = torch.randn(1, 4, 20, 24, 30)
@@ -148,8 +139,8 @@ def test_openvino_bf16_is_close_and_works_in_the_sliding_window(monkeypatch):
 
 @needs_openvino
 def test_openvino_cache_is_kept_reused_and_rebuilt(tmp_path, monkeypatch):
-    model = _model()
-    ckpt = _checkpoint(tmp_path, model)
+    model = tiny_unet()
+    ckpt = tiny_checkpoint(tmp_path, model)
     engine = make_engine(model, "openvino", "cpu", "float32", PATCH, batch_size=2, checkpoint=ckpt)
     folder = openvino_cache_dir(ckpt)
     assert engine.cache == folder == tmp_path / "checkpoints" / "best_model.openvino"
@@ -168,7 +159,7 @@ def test_openvino_cache_is_kept_reused_and_rebuilt(tmp_path, monkeypatch):
     torch.testing.assert_close(again(x), first)  # the same IR serves another batch size
     monkeypatch.undo()
 
-    other = _model(seed=1)
+    other = tiny_unet(seed=1)
     atomic_torch_save({"model": other.state_dict(), "config": {}}, ckpt)  # the checkpoint changes
     rebuilt = make_engine(other, "openvino", "cpu", "float32", PATCH, batch_size=2, checkpoint=ckpt)
     with torch.no_grad():
@@ -179,8 +170,8 @@ def test_openvino_cache_is_kept_reused_and_rebuilt(tmp_path, monkeypatch):
 
 @needs_openvino
 def test_openvino_cache_never_replaces_foreign_files(tmp_path):
-    model = _model()
-    ckpt = _checkpoint(tmp_path, model)
+    model = tiny_unet()
+    ckpt = tiny_checkpoint(tmp_path, model)
     folder = openvino_cache_dir(ckpt)
     folder.mkdir()
     (folder / "model.xml").write_text("someone else's model")
@@ -194,8 +185,8 @@ def test_openvino_cache_never_replaces_foreign_files(tmp_path):
 
 @needs_openvino
 def test_openvino_interrupted_cache_is_rebuilt(tmp_path):
-    model = _model()
-    ckpt = _checkpoint(tmp_path, model)
+    model = tiny_unet()
+    ckpt = tiny_checkpoint(tmp_path, model)
     make_engine(model, "openvino", "cpu", "float32", PATCH, batch_size=1, checkpoint=ckpt)
     folder = openvino_cache_dir(ckpt)
     (folder / "model.bin").write_bytes(b"truncated")  # a damaged file of ours
@@ -208,8 +199,8 @@ def test_openvino_interrupted_cache_is_rebuilt(tmp_path):
 
 @needs_openvino
 def test_openvino_cache_in_a_read_only_folder_converts_in_memory(tmp_path, monkeypatch):
-    model = _model()
-    ckpt = _checkpoint(tmp_path, model)
+    model = tiny_unet()
+    ckpt = tiny_checkpoint(tmp_path, model)
 
     def read_only(*args, **kwargs):
         raise PermissionError(f"cannot write {tmp_path}: its folder is read-only")

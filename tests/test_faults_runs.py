@@ -145,14 +145,19 @@ def _config_only_run(folder: Path) -> Path:
     return folder
 
 
+def _read_run_args(command, run, data, cache, tmp_path):
+    """evaluate or predict of ``run``: the two commands that open a run's model."""
+    if command == "evaluate":
+        return ["evaluate", "--run", str(run), "--cache", str(cache), "--data", str(data), "--quiet"]
+    return ["predict", "--run", str(run), "--data", str(data), "--volume", "1", "--out", str(tmp_path / "p.nii.gz"),
+            "--quiet"]
+
+
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_r3_a_run_folder_with_only_its_config_is_refused(command, tiny_data, tiny_cache, tmp_path, capsys):
     run = _config_only_run(tmp_path / "run")
     before = tree_hash(run)
-    args = (["evaluate", "--run", str(run), "--cache", str(tiny_cache), "--data", str(tiny_data), "--quiet"]
-            if command == "evaluate" else
-            ["predict", "--run", str(run), "--data", str(tiny_data), "--volume", "1", "--out",
-             str(tmp_path / "p.nii.gz"), "--quiet"])
+    args = _read_run_args(command, run, tiny_data, tiny_cache, tmp_path)
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -168,10 +173,7 @@ def test_a_run_whose_model_waits_in_previous_says_where(command, tiny_data, tiny
     waiting = run / "previous-20261207-101010" / "checkpoints"
     waiting.mkdir(parents=True)
     (waiting / "best_model.pth").write_bytes(b"the earlier run's model")
-    args = (["evaluate", "--run", str(run), "--cache", str(tiny_cache), "--data", str(tiny_data), "--quiet"]
-            if command == "evaluate" else
-            ["predict", "--run", str(run), "--data", str(tiny_data), "--volume", "1", "--out",
-             str(tmp_path / "p.nii.gz"), "--quiet"])
+    args = _read_run_args(command, run, tiny_data, tiny_cache, tmp_path)
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
