@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import re
 import shutil
 import signal
 import subprocess
@@ -139,9 +140,14 @@ def xf(outcome, text):
     return pytest.mark.xfail(strict=True, reason=f"hostile: {outcome}: {text}")
 
 
+_PROGRESS = re.compile(r"\|[^|]*\| *\d+/\d+ \[")  # a tqdm bar: "name:  40%|####  | 2/5 [00:01<00:01, ...]"
+
+
 def message_lines(err: str) -> list[str]:
-    """stderr without argparse's usage block (its 'usage:' line and indented continuation lines)."""
-    return [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
+    """stderr without argparse's usage block (its 'usage:' line and indented continuation lines) and
+    without progress bars (tqdm writes them to stderr: progress, not messages)."""
+    return [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))
+            and not _PROGRESS.search(ln)]
 
 
 def refused(code, err, *names):

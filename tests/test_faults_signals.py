@@ -270,3 +270,26 @@ def test_h3_evaluate_sigterm_keeps_the_old_metrics(h3, tmp_path):
         assert out.read_text() == "volume,dice_wt\n1,0.5\n"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != OUTPUT_RECORD]
     assert not leftovers
+
+
+def test_a_signal_inside_an_import_is_sent_again_not_raised_there(monkeypatch):
+    """Raised inside an import, the interrupt can cross a C++ extension's initialisation (pybind11) and abort
+    the process (exit -6); the handler defers it and sends it again, and main reports it if the work ends."""
+    import os
+    import signal
+    import sys as _sys
+
+    from tumorlib.app import cli
+
+    sent = []
+    monkeypatch.setattr(cli, "_TIMERS", [])
+    monkeypatch.setattr(cli, "_RECEIVED", [])
+    monkeypatch.setattr(cli, "_MAIN_PID", [os.getpid()])
+    code = compile("cli._on_signal(signal.SIGINT, _sys._getframe())", "<frozen importlib._bootstrap>", "exec")
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append(sig))
+    exec(code, {"cli": cli, "signal": signal, "_sys": _sys})  # inside "an import": no exception here
+    assert cli._RECEIVED == [signal.SIGINT] and len(cli._TIMERS) == 1
+    cli._TIMERS[0].join(2)
+    assert sent == [signal.SIGINT]  # sent again once the import is over
+    with pytest.raises(KeyboardInterrupt):  # outside an import it is raised at once
+        cli._on_signal(signal.SIGINT, _sys._getframe())

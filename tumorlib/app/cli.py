@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tumorlib.app.arguments import check_outputs
 from tumorlib.app.commands import register_commands
@@ -46,6 +47,7 @@ _RESUME_HINTS = {
 
 _MAIN_PID: list[int] = []  # the process that installed the handler; forked workers inherit it
 _RECEIVED: list[int] = []  # signals seen, in case library code swallowed the exception
+_TIMERS: list = []  # signals to send again (``_resend``), cancelled when main returns
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -58,22 +60,43 @@ def _on_signal(signum: int, frame: object) -> None:
         # pool under the parent (seen: a hung ProcessPoolExecutor and a thread traceback)
         return
     _RECEIVED.append(signum)
+    if _importing(frame):
+        # raised inside an import, the exception can cross a C++ extension's initialisation (torch, OpenVINO:
+        # pybind11), which then aborts the process (exit -6, "terminate called"): send it again once the
+        # import is done (main reports it if the command finishes first)
+        _resend(signum, 0.05)
+        return
     raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _importing(frame: Any) -> bool:
+    """Whether ``frame`` runs inside Python's import machinery (a module being imported)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _resend(signum: int, delay: float) -> None:
+    """Deliver ``signum`` to this process again after ``delay`` seconds (from a daemon thread)."""
+    import os
+    import threading
+
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    _TIMERS.append(timer)
+    timer.start()
 
 
 def _redeliver(unraisable: object) -> None:
     """``sys.unraisablehook``: an interrupt raised inside a callback (a weakref finaliser, an h5py
     ``__dealloc__``) is swallowed by Python; send the signal again so it stops the command."""
-    import os
     import signal
-    import threading
 
     exc = getattr(unraisable, "exc_value", None)
     if isinstance(exc, KeyboardInterrupt):  # not from here: raising inside this hook is swallowed too
-        sig = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
-        timer = threading.Timer(0.01, os.kill, (os.getpid(), sig))
-        timer.daemon = True
-        timer.start()
+        _resend(signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT, 0.01)
     else:
         sys.__unraisablehook__(unraisable)
 
@@ -153,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         return _report_error(args.command, err)
     finally:
+        for timer in _TIMERS:  # a signal deferred past the end of the command was reported above
+            timer.cancel()
+        _TIMERS.clear()
         sys.unraisablehook = hook
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
