@@ -95,6 +95,7 @@ print("alive")
 """
 
 
+@pytest.mark.slow  # subprocesses (or a signal): seconds each
 @needs_openvino
 def test_engines_freed_in_any_order_leave_signal_handlers_working():
     """Two OpenVINO Cores freed in the order made left a freed signal stack: the next Python signal handler

@@ -68,6 +68,7 @@ def _env(tmp_path):
     return env
 
 
+@pytest.mark.slow  # subprocesses (or a signal): seconds each
 def test_spawn_workers_from_a_script(tmp_path):
     script = tmp_path / "spawn_script.py"
     script.write_text(BODY + '\n\nif __name__ == "__main__":  # required under spawn: workers re-import this file\n    run()\n')

@@ -336,6 +336,7 @@ def _env(threads: int) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # subprocesses (or a signal): seconds each
 def test_resume_after_sigkill_reproduces_the_uninterrupted_history(ci_cache, tmp_path):
     # with whole-volume model selection (epoch 1: the first, 2: every second, 3: the last), so the
     # selection state is resumed too
@@ -376,6 +377,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_history(ci_cache, tmp
     pd.testing.assert_frame_equal(again[keep], full[keep])
 
 
+@pytest.mark.slow  # subprocesses (or a signal): seconds each
 def test_ddp_two_gloo_processes_on_cpu(ci_cache, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
