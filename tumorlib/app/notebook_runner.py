@@ -80,7 +80,8 @@ def run_notebooks(notebook_dir: str | os.PathLike, out_dir: str | os.PathLike, t
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         sockets = Path(tempfile.mkdtemp(prefix="tumorlib-kernel-"))  # short: socket paths are limited
-        client = NotebookClient(nb, timeout=timeout or None, kernel_name="python3", km=kernel_manager("python3", sockets),
+        client = NotebookClient(nb, timeout=timeout or None, kernel_name="python3",  # 0: no per-cell limit
+                                km=kernel_manager("python3", sockets),
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
         start = time.perf_counter()
         target = out_dir / path.name

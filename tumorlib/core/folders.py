@@ -33,7 +33,6 @@ from tumorlib.core.safety import (
 )
 
 __all__ = [
-    "require_folder",
     "check_empty_folder",
     "check_free_space",
     "check_not_input",
@@ -41,30 +40,11 @@ __all__ = [
     "inside",
     "move_aside",
     "replace_folder",
+    "require_folder",
 ]
 
 
 # ---------------------------------------------------------------- previous results
-
-
-def require_folder(path: str | os.PathLike, what: str, missing_hint: str = "") -> Path:
-    """``path`` when it is a folder; otherwise one line saying it is missing or is a file.
-
-    Args:
-        path: the folder given.
-        what: what it should be, for the message (``"data folder"``, ``"run folder"``).
-        missing_hint: added to the message when it does not exist (how to make one).
-
-    Raises:
-        FileNotFoundError: nothing there.
-        NotADirectoryError: a file where a folder is expected.
-    """
-    path = Path(path)
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise NotADirectoryError(f"{what} {path} is a file, not a folder; give the folder itself")
-    raise FileNotFoundError(f"{what} {path} does not exist" + (f"; {missing_hint}" if missing_hint else ""))
 
 
 def move_aside(folder: str | os.PathLike, names: Iterable[str], overwrite: bool = False,
@@ -249,6 +229,26 @@ def check_free_space(folder: str | os.PathLike, need_bytes: int, what: str = "th
 
 
 # ---------------------------------------------------------------- inputs and index names
+
+
+def require_folder(path: str | os.PathLike, what: str, missing_hint: str = "") -> Path:
+    """``path`` when it is a folder; otherwise one line saying it is missing or is a file.
+
+    Args:
+        path: the folder given.
+        what: what it should be, for the message (``"data folder"``, ``"run folder"``).
+        missing_hint: added to the message when it does not exist (how to make one).
+
+    Raises:
+        FileNotFoundError: nothing there.
+        NotADirectoryError: a file where a folder is expected.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{what} {path} is a file, not a folder; give the folder itself")
+    raise FileNotFoundError(f"{what} {path} does not exist" + (f"; {missing_hint}" if missing_hint else ""))
 
 
 def check_not_input(out_path: str | os.PathLike, input_paths: Iterable[str | os.PathLike],

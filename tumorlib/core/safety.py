@@ -308,16 +308,21 @@ def written_by(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if path.is_symlink() or not path.is_file():
         return None
-    entry = _load_record(path.absolute().parent).get("files", {}).get(path.name)
-    if not isinstance(entry, dict) or record_problem(path, entry) is not None:
+    entry = _record_entry(path)
+    if entry is None or record_problem(path, entry) is not None:
         return None
     return entry.get("writer")
 
 
 def ever_recorded(path: str | os.PathLike) -> bool:
     """Whether the record beside ``path`` names it at all (as written then, whatever it holds now)."""
-    path = Path(path)
-    return isinstance(_load_record(path.absolute().parent).get("files", {}).get(path.name), dict)
+    return _record_entry(Path(path)) is not None
+
+
+def _record_entry(path: Path) -> dict[str, Any] | None:
+    """The entry of ``path`` in the record of its folder, or None."""
+    entry = _load_record(path.absolute().parent).get("files", {}).get(path.name)
+    return entry if isinstance(entry, dict) else None
 
 
 def _folder_files(folder: Path) -> dict[str, int]:

@@ -91,6 +91,12 @@ def read_contract(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     return contract if isinstance(contract.get("files", {}), dict) else None  # edited by hand: not a record
 
 
+def _still_exported(path: Path, record: Any) -> bool:
+    """Whether ``path`` is still the file an export's contract recorded (its bytes, not its name)."""
+    return (isinstance(record, dict) and path.is_file() and not path.is_symlink()
+            and record_problem(path, record, mtime=False, checksum=True) is None)
+
+
 def _check_out_dir(out: Path, run: Path, inputs: list[Path], names: tuple[str, ...], overwrite: bool) -> None:
     """Refuse an output folder that is an input, or holds files that writing ``names`` must not touch."""
     resolved, home = out.resolve(), run.resolve()
@@ -107,8 +113,7 @@ def _check_out_dir(out: Path, run: Path, inputs: list[Path], names: tuple[str, .
     contract = read_contract(out)
     records = (contract or {}).get("files", {})
     # a file is the earlier export's only while it is still the bytes the contract recorded, not by its name
-    ours = {n for n, r in records.items() if isinstance(r, dict) and (out / n).is_file()
-            and not (out / n).is_symlink() and record_problem(out / n, r, mtime=False, checksum=True) is None}
+    ours = {n for n, r in records.items() if _still_exported(out / n, r)}
     ours |= {CONTRACT_NAME} if contract else set()
     present = sorted(p.name for p in out.iterdir())
     foreign = [n for n in present if n not in ours]
@@ -243,6 +248,6 @@ def export_model(run_dir: str | os.PathLike, fmt: str = "onnx", out_dir: str | o
     contract = _contract(fmt, config, ckpt_path, ckpt, files)
     path = atomic_write(out / CONTRACT_NAME, json.dumps(contract, indent=2, default=str) + "\n")
     for name, record in sorted(stale.items()):  # removed only while they are still the files it wrote
-        if (out / name).is_file() and record_problem(out / name, record, mtime=False, checksum=True) is None:
+        if _still_exported(out / name, record):
             (out / name).unlink()
     return path

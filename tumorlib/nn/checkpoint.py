@@ -153,7 +153,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", conf
         path: a checkpoint file or a run folder (uses ``RUN/checkpoints/best_model.pth``).
         device: where to put the model.
         config: build the model from this config (e.g. ``RUN/config.json``); its ``MODEL_FIELDS`` and
-            ``TRAINED_FIELDS`` must match the checkpoint's (a field the checkpoint does not record is not compared). None: the config stored in the checkpoint.
+            ``TRAINED_FIELDS`` must match the checkpoint's (a field the checkpoint does not record is not
+            compared). None: the config stored in the checkpoint.
         config_path: where ``config`` was read from (named in errors).
 
     Returns:

@@ -214,8 +214,9 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         CacheError: no index (an unfinished build), not a tumorlib cache, another format version, volumes
-            that are not an object of numbered entries, a volume entry whose shape is not three positive integers, or entries pointing two volumes at one
-            file or a volume at another volume's arrays (names both volumes).
+            that are not an object of numbered entries, a volume entry whose shape is not three positive
+            integers, or entries pointing two volumes at one file or a volume at another volume's arrays
+            (names both volumes).
     """
     cache = Path(cache_dir)
     path = cache / INDEX_NAME
@@ -238,10 +239,11 @@ def load_cache_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
         raise CacheError(f"{path}: 'volumes' is {type(volumes).__name__} {volumes!r:.40}, not an object from "
                          "volume id to entry; delete the cache and build it again")
     for key, entry in volumes.items():
-        if not (key.isascii() and key.isdigit()) or not isinstance(entry, dict):
-            what = f"volume id {key!r} is not a number" if not (key.isascii() and key.isdigit()) else \
-                f"volume {key}'s entry is {type(entry).__name__}, not an object"
-            raise CacheError(f"{path}: {what}; delete the cache and build it again")
+        if not (key.isascii() and key.isdigit()):
+            raise CacheError(f"{path}: volume id {key!r} is not a number; delete the cache and build it again")
+        if not isinstance(entry, dict):
+            raise CacheError(f"{path}: volume {key}'s entry is {type(entry).__name__}, not an object; delete the "
+                             "cache and build it again")
         shape = entry.get("shape")
         if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(
                 isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
