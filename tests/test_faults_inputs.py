@@ -223,15 +223,20 @@ def test_h3_lying_meta_data_csv(h3, tmp_path, lie):
             assert index["volume_ids"] == [1, 2, 3]
 
 
+def _cache_names_volume_2_or_keeps_it_finite(data, tmp_path):
+    """Cache ``data``: refused naming volume 2, or cached with volume 2 finite everywhere."""
+    code, err = run_main(*cache_args(data, tmp_path / "cache"))
+    clean(code, err, "volume 2", "volume_2")
+    if code == 0:
+        assert np.isfinite(np.load(tmp_path / "cache" / "v2_img.npy").astype(np.float32)).all()
+
+
 def test_h3_all_zero_volume_is_named_or_cached_finite(h3, tmp_path):
     data = copy_tree(h3["data"], tmp_path / "data")
     for s in range(8):
         rewrite_slice(slice_folder(data) / f"volume_2_slice_{s}.h5", image=np.zeros((24, 24, 4)),
                       mask=np.zeros((24, 24, 3), np.uint8))
-    code, err = run_main(*cache_args(data, tmp_path / "cache"))
-    clean(code, err, "volume 2", "volume_2")
-    if code == 0:
-        assert np.isfinite(np.load(tmp_path / "cache" / "v2_img.npy").astype(np.float32)).all()
+    _cache_names_volume_2_or_keeps_it_finite(data, tmp_path)
 
 
 def test_h3_constant_channel_is_named_or_cached_finite(h3, tmp_path):
@@ -243,10 +248,7 @@ def test_h3_constant_channel_is_named_or_cached_finite(h3, tmp_path):
             im = f["image"][()]
         im[..., 1] = np.where(im[..., 0] > 0, 5.0, 0.0)
         rewrite_slice(path, image=im)
-    code, err = run_main(*cache_args(data, tmp_path / "cache"))
-    clean(code, err, "volume 2", "volume_2")
-    if code == 0:
-        assert np.isfinite(np.load(tmp_path / "cache" / "v2_img.npy").astype(np.float32)).all()
+    _cache_names_volume_2_or_keeps_it_finite(data, tmp_path)
 
 
 def test_h3_huge_but_float32_values_do_not_overflow_the_float16_cache(h3, tmp_path):
